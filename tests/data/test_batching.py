@@ -7,7 +7,7 @@ import io
 import pytest
 import torch
 
-from dualsparse.data.batching import FixedBPTT, RandomBPTT, batchify, get_batch
+from dualsparse.data.batching import BPTTIterator, FixedBPTT, RandomBPTT, batchify, get_batch
 
 
 def _stream(n: int, batch: int) -> torch.Tensor:
@@ -77,7 +77,7 @@ def test_get_batch_needs_2d_source_with_two_rows() -> None:
 # ----------------------------------------------------------------------------- fixed BPTT
 
 
-def _check_covers(it, src: torch.Tensor) -> list[int]:
+def _check_covers(it: BPTTIterator, src: torch.Tensor) -> list[int]:
     """All segments tile rows 0..rows-2 with matching targets; returns their lengths."""
     segments = list(it)
     assert torch.equal(torch.cat([s.input for s in segments]), src[:-1])
