@@ -111,7 +111,7 @@ def heaviside(x: torch.Tensor, surrogate: Surrogate) -> torch.Tensor:
 def straight_through_heaviside(x: torch.Tensor, surrogate: Surrogate) -> torch.Tensor:
     """Reference implementation of :func:`heaviside` using plain autograd (for tests)."""
     smooth = surrogate.antiderivative(x)
-    return (x > 0).to(x.dtype) + smooth - smooth.detach()
+    return (x > 0).to(x.dtype) + (smooth - smooth.detach())
 
 
 def smooth_step(x: torch.Tensor, surrogate: Surrogate) -> torch.Tensor:

@@ -1,0 +1,111 @@
+import pytest
+import torch
+
+from dualsparse.accounting import ActivityMeter, count_macs, ideal_reduction, measure
+from dualsparse.models import EGRU, GRU, LSTM, LayerSequences
+
+
+def test_hand_counted_small_case():
+    """One layer, I=2, H=1, G=3, two steps, one sequence; every MAC counted by hand."""
+    w_ih = torch.tensor([[1.0, 0.0], [2.0, 3.0], [0.0, 0.0]])  # column nnz: [2, 1]
+    w_hh = torch.tensor([[0.0], [5.0], [6.0]])  # column nnz: [2]
+    x = torch.tensor([[[1.0, 0.0]], [[4.0, 5.0]]])  # (T=2, B=1, I=2)
+    y = torch.tensor([[[0.0]], [[0.7]]])  # step 0 silent, step 1 fires
+    seq = LayerSequences(output=y, initial_output=torch.tensor([[0.9]]))
+    meter = ActivityMeter()
+    meter.update_layer(0, w_ih, w_hh, x, seq)
+    r = meter.report().layers[0]
+    # dense: 3 * 1 * (2 + 1) = 9 per token
+    assert r.dense_macs == 9
+    # effective: t0: x=[1,0] -> 2 ; y_prev=0.9 -> 2 ; t1: x=[4,5] -> 3 ; y_prev=0 -> 0
+    assert r.effective_macs == (2 + 2 + 3 + 0) / 2
+    assert r.activity == 0.5 and r.activity_sparsity == 0.5
+    assert r.input_density == 3 / 4
+    assert r.weight_density_ih == 3 / 6 and r.weight_density_hh == 2 / 3
+    assert r.reduction == pytest.approx(9 / 3.5)
+
+
+def test_count_macs():
+    w = torch.tensor([[1.0, 0.0, 2.0], [0.0, 0.0, 3.0]])
+    x = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 2.0]])
+    assert count_macs(w, x) == (12, 1 + 0 + 2)
+    with pytest.raises(ValueError, match="features"):
+        count_macs(w, torch.ones(2, 4))
+
+
+def test_meter_equals_brute_force_loop_on_egru_with_zeros():
+    torch.manual_seed(0)
+    m = EGRU(6, [9, 5], threshold_mean=0.2).eval()
+    with torch.no_grad():  # prune some weights by hand
+        m.weight_hh_l0[torch.rand_like(m.weight_hh_l0) < 0.6] = 0
+        m.weight_ih_l1[:, :3] = 0
+    x = torch.randn(7, 3, 6)
+    x[x.abs() < 0.5] = 0
+    rep = measure(m, x)
+    _, _, seqs = m(x, return_sequences=True)
+    layer_in = x
+    for k, seq in enumerate(seqs):
+        w_ih, w_hh = m.weight_ih_l0 if k == 0 else m.weight_ih_l1, getattr(m, f"weight_hh_l{k}")
+        total, prev = 0, seq.initial_output
+        for t in range(7):
+            for b in range(3):
+                for j in range(w_ih.size(1)):
+                    if layer_in[t, b, j] != 0:
+                        total += int((w_ih[:, j] != 0).sum())
+                for j in range(w_hh.size(1)):
+                    if prev[b, j] != 0:
+                        total += int((w_hh[:, j] != 0).sum())
+            prev = seq.output[t]
+        assert rep.layers[k].effective_macs == pytest.approx(total / 21)
+        assert rep.layers[k].dense_macs == 3 * w_hh.size(1) * (w_ih.size(1) + w_hh.size(1))
+        act = float((seq.output != 0).float().mean())
+        assert rep.layers[k].activity == pytest.approx(act)
+        dist = seq.internal - m.threshold(k)
+        assert rep.layers[k].backward_sparsity == pytest.approx(
+            float((dist.abs() >= m.surrogate.width).float().mean()))
+        assert sum(rep.layers[k].distance_histogram["counts"]) == dist.numel()
+        layer_in = seq.output
+    assert rep.rnn_reduction > 1
+    assert "reduction" in rep.format_table()
+    assert rep.to_dict()["layers"][0]["layer"] == 0
+
+
+def test_lstm_and_gru_dense_macs_and_decoder():
+    torch.manual_seed(0)
+    x = torch.randn(5, 2, 4)
+    dec = torch.nn.Linear(6, 11)
+    with torch.no_grad():
+        dec.weight[:, 0] = 0
+    rep = measure(LSTM(4, 6), x, decoder=dec)
+    assert rep.layers[0].dense_macs == 4 * 6 * (4 + 6)
+    assert rep.decoder.dense_macs == 66
+    assert rep.decoder.effective_macs == pytest.approx(55)  # column 0 has no weights
+    assert rep.layers[0].backward_sparsity is None
+    assert measure(GRU(4, 6), x).layers[0].dense_macs == 3 * 6 * 10
+
+
+def test_accumulates_over_batches_and_batch_first():
+    torch.manual_seed(0)
+    m = EGRU(3, 4, batch_first=True, threshold_mean=0.1).eval()
+    x = torch.randn(2, 6, 3)
+    meter = ActivityMeter(m)
+    with torch.no_grad():
+        for chunk in (x[:, :3], x[:, 3:]):
+            _, _, s = m(chunk, return_sequences=True)
+            meter.update(chunk, s)
+    r = meter.report().layers[0]
+    assert r.tokens == 12
+    with torch.no_grad():
+        m.batch_first = False
+        _, _, s = m(x[:, :3].transpose(0, 1), return_sequences=True)
+    assert len(r.per_neuron_activity) == 4
+
+
+def test_meter_errors():
+    with pytest.raises(ValueError, match="nothing measured"):
+        ActivityMeter().report()
+    with pytest.raises(ValueError, match="needs the meter"):
+        ActivityMeter().update(torch.zeros(1, 1, 1), ())
+    with pytest.raises(ValueError, match="must be in"):
+        ideal_reduction(0.0, 0.5)
+    assert ideal_reduction(0.2, 0.25) == pytest.approx(20.0)
