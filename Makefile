@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DUALSPARSE_DATA ?= $(abspath ../shared/data)
+LINT_PATHS := $(wildcard src tests benchmarks examples)
 
 .PHONY: test demo lint venv clean bench
 
@@ -16,14 +17,14 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/python -m pytest -q tests
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff check $(LINT_PATHS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
