@@ -1,0 +1,83 @@
+"""The online learner: end-of-sequence updates equal BPTT training; online updates act."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dualsparse.models import EGRUCell
+from dualsparse.rtrl import DenseRTRL, SparseRTRL, run_cell
+from dualsparse.rtrl.learner import OnlineLearner
+from dualsparse.rtrl.tasks import spiral_task, split
+
+H = 6
+
+
+def _setup(seed: int = 0):
+    torch.manual_seed(seed)
+    cell = EGRUCell(2, H, threshold_mean=0.2, dtype=torch.float64)
+    with torch.no_grad():
+        for n in ("weight_ih", "weight_hh"):
+            getattr(cell, n).mul_(3)
+    readout = torch.nn.Linear(H, 2, dtype=torch.float64)
+    return cell, readout
+
+
+@pytest.mark.parametrize("engine_cls", [DenseRTRL, SparseRTRL])
+def test_sequence_updates_equal_bptt_training(engine_cls):
+    xs, labels = spiral_task(8, seq_len=9, seed=1, dtype=torch.float64)
+    cell, readout = _setup()
+    cell_b, readout_b = copy.deepcopy(cell), copy.deepcopy(readout)
+    mask = {"weight_hh": torch.rand(3 * H, H, generator=torch.Generator().manual_seed(2)) < 0.6}
+    with torch.no_grad():
+        cell.weight_hh.mul_(mask["weight_hh"])
+        cell_b.weight_hh.mul_(mask["weight_hh"])
+    opt = torch.optim.SGD([*cell.parameters(), *readout.parameters()], lr=0.5)
+    learner = OnlineLearner(engine_cls(cell, mask), readout, opt, update="sequence")
+    opt_b = torch.optim.SGD([*cell_b.parameters(), *readout_b.parameters()], lr=0.5)
+    for _ in range(3):
+        learner.start(xs.size(1))
+        for t in range(xs.size(0)):
+            learner.observe(xs[t], labels if t == xs.size(0) - 1 else None)
+        learner.apply()
+        opt_b.zero_grad()
+        loss = F.cross_entropy(readout_b(run_cell(cell_b, xs)[-1]), labels)
+        loss.backward()
+        cell_b.weight_hh.grad.mul_(mask["weight_hh"])
+        opt_b.step()
+    for (n, p), p_b in zip(cell.named_parameters(), cell_b.parameters(), strict=True):
+        assert float((p - p_b).abs().max()) < 1e-10, n
+        assert not torch.equal(p, getattr(_setup()[0], n)), n  # it did move
+    assert bool((cell.weight_hh[~mask["weight_hh"]] == 0).all())
+
+
+def test_step_updates_change_parameters_every_step():
+    xs, labels = spiral_task(4, seq_len=5, seed=1, dtype=torch.float64)
+    cell, readout = _setup()
+    opt = torch.optim.SGD([*cell.parameters(), *readout.parameters()], lr=0.1)
+    learner = OnlineLearner(SparseRTRL(cell), readout, opt, update="step")
+    learner.start(4)
+    before = cell.weight_ih.detach().clone()
+    for t in range(xs.size(0)):
+        _, loss = learner.observe(xs[t], labels)
+        assert loss is not None and learner.pending == 0
+        assert not torch.equal(before, cell.weight_ih)
+        before = cell.weight_ih.detach().clone()
+
+
+def test_spiral_task_shapes_and_classes():
+    xs, labels = spiral_task(100, seed=3)
+    assert xs.shape == (17, 100, 2) and labels.shape == (100,)
+    assert 20 < int(labels.sum()) < 80
+    # the two classes turn in opposite directions: sign of the cross product x_t x x_{t+1}
+    cross = xs[:-1, :, 0] * xs[1:, :, 1] - xs[:-1, :, 1] * xs[1:, :, 0]
+    assert bool(((cross.mean(0) > 0) == (labels == 0)).all())
+    parts = split(xs, labels)
+    assert parts["train"][0].size(1) == 70 and parts["test"][1].numel() == 15
+    with pytest.raises(ValueError):
+        spiral_task(0)
+    with pytest.raises(ValueError):
+        OnlineLearner(SparseRTRL(_setup()[0]), torch.nn.Linear(H, 2), None, update="bogus")
