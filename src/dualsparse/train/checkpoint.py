@@ -1,0 +1,318 @@
+"""Crash-safe training checkpoints: safetensors for tensors, JSON for everything else.
+
+A checkpoint named ``tag`` (``"latest"``, ``"best"``) in ``directory`` is two files:
+
+* ``{tag}-{step:08d}-{nonce}.safetensors``: all tensors (model, optimiser moments, RNG
+  states as ``uint8``, carried hidden states, ...), under flat dotted keys;
+* ``{tag}.json``: the *pointer*: which tensor file belongs to it, its sha256, and the JSON
+  part (config, step, metrics, iterator position, code version, git commit).
+
+Write order: (1) the tensor file under a fresh name (temp file, fsync, ``os.replace``);
+(2) the JSON pointer (temp file, fsync, ``os.replace``); (3) delete tensor files no pointer
+names. A kill at any moment therefore leaves ``{tag}.json`` pointing at a complete tensor file:
+before step 2 completes it still names the previous one, which is deleted only after.
+
+Nested state (optimizer ``state_dict()``, iterator state, ...) is stored with
+:func:`split_state` / :func:`join_state`: tensors go to the safetensors file under
+``prefix.path.to.key``, the rest stays in JSON with ``{"__tensor__": key}`` placeholders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import secrets
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import dualsparse
+
+FORMAT = "dualsparse-checkpoint"
+FORMAT_VERSION = 1
+_TENSOR = "__tensor__"
+_TUPLE = "__tuple__"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, or does not match the model it is loaded into."""
+
+
+# ----------------------------------------------------------------------------- atomic files
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o644)
+        save_file(tensors, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------- nested state
+def split_state(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """JSON form of a nested dict/list/tuple; tensors move into ``tensors`` under dotted keys."""
+    if isinstance(obj, torch.Tensor):
+        key = prefix
+        if key in tensors:
+            raise ValueError(f"duplicate tensor key {key!r}")
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {_TENSOR: key}
+    if isinstance(obj, dict):
+        return {str(k): split_state(v, f"{prefix}.{k}", tensors) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return {_TUPLE: [split_state(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [split_state(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]
+    if isinstance(obj, np.ndarray):
+        return split_state(torch.from_numpy(obj.copy()), prefix, tensors)
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot store {type(obj).__name__} at {prefix!r} in a checkpoint")
+
+
+def join_state(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of :func:`split_state`."""
+    if isinstance(obj, dict):
+        if set(obj) == {_TENSOR}:
+            key = obj[_TENSOR]
+            if key not in tensors:
+                raise CheckpointError(f"checkpoint tensor {key!r} is missing")
+            return tensors[key]
+        if set(obj) == {_TUPLE}:
+            return tuple(join_state(v, tensors) for v in obj[_TUPLE])
+        return {k: join_state(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [join_state(v, tensors) for v in obj]
+    return obj
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``optimizer.state_dict()`` with integer state keys turned into strings (JSON keys)."""
+    sd = optimizer.state_dict()
+    return {"state": {str(k): v for k, v in sd["state"].items()},
+            "param_groups": sd["param_groups"]}
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Restore :func:`optimizer_state` output; ``CheckpointError`` if the groups differ."""
+    groups = state["param_groups"]
+    if len(groups) != len(optimizer.param_groups) or any(
+            len(g["params"]) != len(h["params"])
+            for g, h in zip(groups, optimizer.param_groups, strict=True)):
+        raise CheckpointError(
+            "optimizer state does not match: checkpoint has parameter groups of sizes "
+            f"{[len(g['params']) for g in groups]}, the optimizer "
+            f"{[len(g['params']) for g in optimizer.param_groups]}")
+    optimizer.load_state_dict({"state": {int(k): v for k, v in state["state"].items()},
+                               "param_groups": groups})
+
+
+# ---------------------------------------------------------------------------- RNG states
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch CPU (and CUDA) RNG states."""
+    py = random.getstate()
+    np_state = np.random.get_state()  # noqa: NPY002 (the global state others use)
+    state: dict[str, Any] = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": {"kind": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
+                  "gauss": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state` output."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32),  # noqa: NPY002
+                         n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"].to(torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([t.to(torch.uint8) for t in state["cuda"]])
+
+
+# ------------------------------------------------------------------------ model tensors
+def model_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``(tensors, aliases)``: the state dict with shared tensors (tied weights) stored once;
+    ``aliases`` maps a dropped key to the key that holds the same storage."""
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    for name, t in model.state_dict().items():
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if ident in seen:
+            aliases[name] = seen[ident]
+            continue
+        seen[ident] = name
+        tensors[name] = t.detach().cpu().contiguous()
+    return tensors, aliases
+
+
+def load_model_tensors(model: nn.Module, tensors: dict[str, torch.Tensor],
+                       aliases: dict[str, str] | None = None) -> None:
+    """Load tensors into ``model``; ``CheckpointError`` naming every mismatch otherwise."""
+    full = dict(tensors)
+    for name, target in (aliases or {}).items():
+        if target not in full:
+            raise CheckpointError(f"alias {name!r} -> {target!r}: target missing")
+        full[name] = full[target]
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(full))
+    unexpected = sorted(set(full) - set(expected))
+    shapes = [f"{k}: checkpoint {tuple(full[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in expected.items() if k in full and full[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing from the checkpoint: {missing}")
+        if unexpected:
+            parts.append(f"not in the model: {unexpected}")
+        if shapes:
+            parts.append("shape mismatch: " + "; ".join(shapes))
+        raise CheckpointError("checkpoint does not match the model: " + " | ".join(parts))
+    for k, t in full.items():
+        if not bool(torch.isfinite(t).all()) and t.is_floating_point():
+            raise CheckpointError(f"checkpoint tensor {k!r} contains NaN or inf")
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in full.items()})
+
+
+# ----------------------------------------------------------------------------- save / load
+def git_commit(cwd: str | os.PathLike[str] | None = None) -> str | None:
+    """The current git commit of the source tree, or None outside a git checkout."""
+    cwd = cwd or Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                             text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def save_checkpoint(directory: str | os.PathLike[str], tag: str,
+                    tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+    """Write checkpoint ``tag`` (see module docstring); returns the JSON pointer's path.
+
+    Args:
+        tensors: flat ``name -> tensor`` (CPU, contiguous, no shared storage).
+        meta: JSON-serialisable metadata; must contain an int ``step``.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    step = int(meta["step"])
+    name = f"{tag}-{step:08d}-{secrets.token_hex(4)}.safetensors"
+    _atomic_save_tensors(directory / name, tensors)
+    pointer = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "tag": tag,
+        "tensors_file": name, "sha256": sha256_file(directory / name),
+        "dualsparse_version": dualsparse.__version__, **meta,
+    }
+    json_path = directory / f"{tag}.json"
+    atomic_write_json(json_path, pointer)
+    for old in directory.glob(f"{tag}-*.safetensors"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+    for tmp in directory.glob(f".{tag}-*.tmp"):
+        tmp.unlink(missing_ok=True)
+    return json_path
+
+
+def read_checkpoint_meta(directory: str | os.PathLike[str], tag: str = "latest"
+                         ) -> dict[str, Any]:
+    """The JSON part of checkpoint ``tag``; ``CheckpointError`` if absent or not ours."""
+    path = Path(directory) / f"{tag}.json"
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint {tag!r} in {directory} ({path.name} not found)")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a dualsparse checkpoint")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has format version {meta.get('format_version')}, "
+                              f"this code reads {FORMAT_VERSION}")
+    return meta
+
+
+def load_checkpoint(directory: str | os.PathLike[str], tag: str = "latest",
+                    verify: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``(tensors, meta)`` of checkpoint ``tag``; verifies the tensor file's sha256."""
+    meta = read_checkpoint_meta(directory, tag)
+    path = Path(directory) / meta["tensors_file"]
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {tag!r}: tensor file {path.name} is missing")
+    if verify and sha256_file(path) != meta["sha256"]:
+        raise CheckpointError(f"checkpoint {tag!r}: {path.name} does not match its sha256 "
+                              "(corrupt or replaced)")
+    return load_file(str(path)), meta
+
+
+__all__ = [
+    "CheckpointError", "atomic_write_bytes", "atomic_write_json", "git_commit", "join_state",
+    "load_checkpoint", "load_model_tensors", "load_optimizer_state", "model_tensors",
+    "optimizer_state", "read_checkpoint_meta", "rng_state", "save_checkpoint",
+    "set_rng_state", "split_state",
+]
