@@ -39,7 +39,8 @@ def test_dense_counts_are_the_dense_formula():
 
 
 def test_sparse_counts_one_gru_step_exactly():
-    """GRU, no masks: at step 2 all units are active and all rows of M are nonzero."""
+    """GRU, no masks: step 1 fills all columns but W_hh's (y_0 = 0); at step 2 all units are
+    active, all rows of M nonzero and all columns live."""
     torch.manual_seed(0)
     cell = GRUCell(I, H, dtype=torch.float64)
     eng = SparseRTRL(cell)
@@ -48,10 +49,13 @@ def test_sparse_counts_one_gru_step_exactly():
     eng.step(xs[0])
     first = eng.counter.records[-1].macs["update"]
     p = eng.num_kept
-    assert first == B * p        # M_0 = 0: no diagonal or off-diagonal work, only Mbar
+    assert first == B * (p - 3 * H * H)   # M_0 = 0: only the nonzero immediate terms
+    assert eng.live_fraction == (p - 3 * H * H) / p
     eng.step(xs[1])
+    assert eng.live_fraction == 1.0
     rec = eng.counter.records[-1]
-    assert rec.macs["update"] == B * (H * p + H * H * p + p)
+    live1 = p - 3 * H * H   # products run over the columns live before the step
+    assert rec.macs["update"] == B * (H * live1 + H * H * live1 + p)
     assert rec.macs["jacobian"] == B * (3 * H * H + H * H)
     assert rec.active_fraction == 1.0
 
@@ -90,6 +94,25 @@ def test_update_macs_fall_with_activity_sparsity():
     assert macs[0] > macs[1]
     dense = _run(DenseRTRL(cell), xs)
     assert dense["macs_total"] > macs[1]
+
+
+def test_silent_units_leave_their_columns_dead():
+    """W_hh columns of units that never emitted are never touched (not live, still zero)."""
+    torch.manual_seed(0)
+    cell = EGRUCell(I, H, threshold_init="constant", threshold_mean=0.9, dtype=torch.float64)
+    eng = SparseRTRL(cell)
+    eng.reset(B)
+    ever = torch.zeros(B, H, dtype=torch.bool)
+    for x in _inputs(6):
+        ever |= eng.y != 0        # y_{t-1} feeds this step's immediate terms
+        eng.step(x)
+    assert bool((~ever).any())
+    full = eng.influence()
+    off = eng.layout.offsets["weight_hh"]
+    w_cols = full[:, :, off:off + 3 * H * H].reshape(B, H, 3 * H, H)
+    silent = ~ever
+    assert bool((w_cols.permute(0, 3, 1, 2)[silent] == 0).all())
+    assert eng.live_fraction < 1.0
 
 
 def test_density_of_m_is_measured():

@@ -1,12 +1,22 @@
 """Sparse exact RTRL: the same recursion as :class:`DenseRTRL`, skipping structural zeros.
 
-Per sample and step, with ``A`` = units with ``a_{t-1} = dy/dc~ != 0`` (fired or inside the
-surrogate's support) whose row of ``M`` is nonzero, ``R`` = nonzero rows of ``M`` and only the
-``P`` kept (unpruned) parameter columns stored::
+Three kinds of zeros are skipped, per sample and step:
 
-    M[R]  *= diag(J_t)[R]                                  |R| P   MACs
-    M     += (K_t[:, A] * a_{t-1}[A]) @ M_old[A]           H |A| P MACs (only if A is nonempty)
-    M[i, col] += delta[slot, i] * src[k]                   one MAC per kept plain column
+* **pruned parameters**: only the ``P`` kept columns of ``M`` are stored;
+* **zero columns of M** ("live" columns): the column of ``W_hh[g, i, j]`` stays zero until the
+  presynaptic unit ``j`` emits its first event (its immediate term is ``delta * y_j``); a column
+  becomes live when its immediate term is first nonzero. Live columns are kept first in storage
+  (a per-sample permutation; swapping two all-zero columns moves no data), so all products
+  run on the contiguous block ``M[:, :L]``;
+* **inactive units**: column ``j`` of the off-diagonal Jacobian is skipped when
+  ``a_{t-1, j} = dy/dc~ = 0`` (no event, outside the surrogate's support) or row ``j`` of ``M``
+  is zero (rows are tracked structurally).
+
+With ``A`` the used active units, ``R`` the nonzero rows and ``L`` the live columns::
+
+    M[R, :L] *= diag(J_t)[R]                                  |R| L   MACs
+    M[:, :L] += (K_t[:, A] * a_{t-1}[A]) @ M_old[A, :L]       H |A| L MACs
+    M[i, col] += delta[slot, i] * src[k]                      one MAC per nonzero entry
 
 ``K_t[:, A]`` is formed for the needed columns only (``3 H |A|`` MACs). Rows of ``M`` are
 tracked structurally (a row becomes nonzero when something is added to it), so the first step
@@ -33,30 +43,31 @@ from dualsparse.rtrl.counters import (
 class SparseRTRL(RTRLBase):
     """Exact RTRL exploiting activity and parameter sparsity.
 
-    Args: see :class:`~dualsparse.rtrl.base.RTRLBase`. ``M`` is stored as ``(B, H, P)`` for
-    the ``P`` kept columns only.
+    Args: see :class:`~dualsparse.rtrl.base.RTRLBase`. ``M`` is allocated as ``(B, H, P)`` for
+    the ``P`` kept columns only; per sample the first ``live[b]`` storage columns are in use.
     """
 
     def _init_influence(self) -> None:
-        lay, h = self.layout, self.spec.hidden_size
+        lay, h, bsz = self.layout, self.spec.hidden_size, self.batch_size
         dev = self.y.device
         kept = lay.kept_index
         is_th = self.is_theta[kept]
         plain = (~is_th).nonzero().squeeze(1)
         theta = is_th.nonzero().squeeze(1)
         self._p = int(kept.numel())
-        self._plain_pos = plain.to(dev)                        # positions in the kept columns
+        self._plain_pos = plain.to(dev)                        # kept-column ids of plain columns
         self._plain_unit = lay.unit[kept][plain].to(dev)
         self._plain_q = (lay.slot[kept][plain] * h + lay.unit[kept][plain]).to(dev)
         self._plain_src = lay.src[kept][plain].to(dev)
         self._theta_pos = theta.to(dev)
         self._theta_unit = lay.unit[kept][theta].to(dev)
         self._kept_index = kept.to(dev)
-        self.M = self.y.new_zeros(self.batch_size, h, self._p)
-        self.row_nz = torch.zeros(self.batch_size, h, dtype=torch.bool, device=dev)
-        plain_rows = torch.zeros(h, dtype=torch.bool, device=dev)
-        plain_rows[self._plain_unit] = True
-        self._plain_rows = plain_rows
+        self.M = self.y.new_zeros(bsz, h, self._p)
+        self.row_nz = torch.zeros(bsz, h, dtype=torch.bool, device=dev)
+        self.perm = torch.arange(self._p, device=dev).repeat(bsz, 1)   # storage -> kept column
+        self.where = self.perm.clone()                                 # kept column -> storage
+        self.is_live = torch.zeros(bsz, self._p, dtype=torch.bool, device=dev)
+        self.live = [0] * bsz
 
     @property
     def num_kept(self) -> int:
@@ -68,12 +79,23 @@ class SparseRTRL(RTRLBase):
 
     def influence(self) -> torch.Tensor:
         full = self.M.new_zeros(self.batch_size, self.spec.hidden_size, self.layout.num_columns)
-        full[:, :, self._kept_index] = self.M
+        for b in range(self.batch_size):
+            full[b][:, self._kept_index[self.perm[b]]] = self.M[b]
         return full
+
+    def _make_live(self, b: int, newly: torch.Tensor) -> None:
+        """Move the (all-zero) columns ``newly`` (kept-column ids) to the live block."""
+        live = self.live[b]
+        tail = self.perm[b, live:]
+        self.is_live[b, newly] = True
+        rest = tail[~self.is_live[b, tail]]
+        self.perm[b, live:] = torch.cat([newly, rest])
+        self.where[b, self.perm[b, live:]] = torch.arange(live, self._p, device=newly.device)
+        self.live[b] = live + int(newly.numel())
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         x = self._check_input(x)
-        spec, h, p = self.spec, self.spec.hidden_size, self._p
+        spec, h = self.spec, self.spec.hidden_size
         w, theta, slope, ls = self._forward(x)
         w_hh = w["weight_hh"]
         diag = ls.z * self.e_prev
@@ -85,6 +107,13 @@ class SparseRTRL(RTRLBase):
         active_sum = 0.0
         j_entries = 0
         n_theta = int(self._theta_pos.numel())
+        tu = self._theta_unit
+        if n_theta:
+            own = ls.z[:, tu] * self.dcth_prev[:, tu]
+            if spec.reset_mode == "subtract_output":
+                own = own - self.dyth_prev[:, tu]
+            own = own * slope[tu]
+            macs["immediate"] += 3 * n_theta * self.batch_size
         for b in range(self.batch_size):
             mb, rows = self.M[b], self.row_nz[b]
             a_b = self.a_prev[b]
@@ -92,8 +121,19 @@ class SparseRTRL(RTRLBase):
             active_sum += float(act.double().mean())
             use = (act & rows).nonzero().squeeze(1)              # active columns of J worth doing
             n_use = int(use.numel())
-            th_need = (self.dyth_prev[b, self._theta_unit] != 0).nonzero().squeeze(1)
-            th_units = self._theta_unit[th_need]
+            nz_plain = vals[b] != 0
+            th_need = (self.dyth_prev[b, tu] != 0).nonzero().squeeze(1) if n_theta else use[:0]
+            th_units = tu[th_need]
+            # columns of M becoming live this step (their immediate term is nonzero)
+            fresh = torch.zeros(self._p, dtype=torch.bool, device=x.device)
+            fresh[self._plain_pos[nz_plain]] = True
+            if n_theta:
+                fresh[self._theta_pos[th_need]] = True
+                fresh[self._theta_pos[own[b] != 0]] = True
+            fresh &= ~self.is_live[b]
+            n_live = self.live[b]                                # columns that may be nonzero
+            if bool(fresh.any()):
+                self._make_live(b, fresh.nonzero().squeeze(1))
             need = torch.zeros(h, dtype=torch.bool, device=x.device)
             need[use] = True
             need[th_units] = True
@@ -104,36 +144,37 @@ class SparseRTRL(RTRLBase):
             macs["jacobian"] += 3 * h * int(cols.numel())
             j_entries += h * n_use + h - n_use                   # active columns + diagonal
             new_rows = rows.clone()
-            if n_use:
-                m_act = mb.index_select(0, use)                    # (|A|, P) copy of old rows
-                coef = kc[:, pos[use]] * a_b[use]                    # (H, |A|)
+            live_m = mb[:, :n_live]
+            if n_use and n_live:
+                m_act = live_m.index_select(0, use)                # (|A|, L) copy of old rows
+                coef = kc[:, pos[use]] * a_b[use]                  # (H, |A|)
                 macs["jacobian"] += h * n_use
             r_idx = rows.nonzero().squeeze(1)
             if r_idx.numel() == h:
-                mb.mul_(diag[b, :, None])
+                live_m.mul_(diag[b, :, None])
             elif r_idx.numel():
-                mb[r_idx] = mb[r_idx] * diag[b, r_idx, None]
-            macs["update"] += int(r_idx.numel()) * p
-            if n_use:
-                mb.addmm_(coef, m_act)
-                macs["update"] += h * n_use * p
+                live_m[r_idx] = live_m[r_idx] * diag[b, r_idx, None]
+            macs["update"] += int(r_idx.numel()) * n_live
+            if n_use and n_live:
+                live_m.addmm_(coef, m_act)
+                macs["update"] += h * n_use * n_live
                 new_rows |= (coef != 0).any(1)
-            mb.index_put_((self._plain_unit, self._plain_pos), vals[b], accumulate=True)
-            macs["update"] += int(vals.size(1))
-            new_rows |= self._plain_rows
+            where = self.where[b]
+            nzp = nz_plain.nonzero().squeeze(1)
+            mb.index_put_((self._plain_unit[nzp], where[self._plain_pos[nzp]]), vals[b, nzp],
+                          accumulate=True)
+            macs["update"] += int(nzp.numel())
+            new_rows[self._plain_unit[nzp]] = True
             if n_theta:
-                own = ls.z[b, self._theta_unit] * self.dcth_prev[b, self._theta_unit]
-                if spec.reset_mode == "subtract_output":
-                    own = own - self.dyth_prev[b, self._theta_unit]
-                own = own * slope[self._theta_unit]
-                mb.index_put_((self._theta_unit, self._theta_pos), own, accumulate=True)
-                macs["immediate"] += 3 * n_theta
-                macs["update"] += n_theta
-                new_rows[self._theta_unit] = True
+                nzo = (own[b] != 0).nonzero().squeeze(1)
+                mb.index_put_((tu[nzo], where[self._theta_pos[nzo]]), own[b, nzo],
+                              accumulate=True)
+                macs["update"] += int(nzo.numel())
+                new_rows[tu[nzo]] = True
                 if th_need.numel():
                     scale = self.dyth_prev[b, th_units] * slope[th_units]
-                    colv = kc[:, pos[th_units]] * scale                   # (H, |th_need|)
-                    mb[:, self._theta_pos[th_need]] += colv
+                    colv = kc[:, pos[th_units]] * scale            # (H, |th_need|)
+                    mb[:, where[self._theta_pos[th_need]]] += colv
                     macs["immediate"] += h * int(th_need.numel()) + int(th_need.numel())
                     macs["update"] += h * int(th_need.numel())
                     new_rows |= (colv != 0).any(1)
@@ -151,6 +192,11 @@ class SparseRTRL(RTRLBase):
         ))
         return ls.y
 
+    @property
+    def live_fraction(self) -> float:
+        """Mean fraction of the kept columns of ``M`` that are live (may be nonzero)."""
+        return sum(self.live) / (self.batch_size * self._p) if self._p else 0.0
+
     def accumulate(self, grad_y: torch.Tensor) -> None:
         g = self._check_grad_y(grad_y)
         ls = self.last
@@ -158,10 +204,12 @@ class SparseRTRL(RTRLBase):
         acc = self.M.new_zeros(self._p)
         macs = v.numel()
         for b in range(self.batch_size):
+            n_live = self.live[b]
             rows = ((v[b] != 0) & self.row_nz[b]).nonzero().squeeze(1)
-            if rows.numel():
-                acc.addmv_(self.M[b].index_select(0, rows).t(), v[b, rows])
-                macs += int(rows.numel()) * self._p
+            if rows.numel() and n_live:
+                part = self.M[b, :, :n_live].index_select(0, rows).t() @ v[b, rows]
+                acc[self.perm[b, :n_live]] += part
+                macs += int(rows.numel()) * n_live
         if self._theta_pos.numel():
             _, slope = threshold_and_slope(self.cell, self.spec)
             u = self._theta_unit
