@@ -1,8 +1,9 @@
 """EGRU forward+backward throughput against torch.nn.GRU on CPU, side by side in one run.
 
 Prints tokens/s (median of repeats) for ``torch.nn.GRU`` (oneDNN/MKL fused kernels),
-our ``dualsparse.models.GRU`` (same Python time loop as EGRU, no events) and
-``dualsparse.models.EGRU``, and the ratios to ``torch.nn.GRU``.
+our ``dualsparse.models.GRU`` (Python time loop under autograd), ``EGRU(fused=False)`` (the
+autograd reference) and ``EGRU`` (default: fused layer with hand-written BPTT), and the
+ratios to ``torch.nn.GRU``.
 
     python benchmarks/bench_egru_speed.py --threads 1 --repeats 7
 """
@@ -55,8 +56,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"machine: {machine()}; threads={args.threads}; repeats={args.repeats} (median)")
-    head = (f"{'I':>5} {'B':>4} {'T':>4} {'H':>5} | {'nn.GRU tok/s':>13} {'our GRU tok/s':>14} "
-            f"{'EGRU tok/s':>11} | {'GRU/nn':>7} {'EGRU/nn':>8}")
+    head = (f"{'I':>5} {'B':>4} {'T':>4} {'H':>5} | {'nn.GRU tok/s':>13} {'our GRU':>9} "
+            f"{'EGRU ref':>9} {'EGRU':>9} | {'GRU/nn':>7} {'ref/nn':>7} {'EGRU/nn':>8}")
     print(head)
     print("-" * len(head))
     for cfg in args.configs.split(","):
@@ -65,10 +66,13 @@ def main() -> None:
         tokens = t * b
         ref = torch.nn.GRU(i, h)
         ours = GRU(i, h)
+        egru_ref = EGRU(i, h, threshold_mean=0.3, fused=False)
         egru = EGRU(i, h, threshold_mean=0.3)
-        speeds = [tokens / time_fwd_bwd(m, x, args.repeats) for m in (ref, ours, egru)]
-        print(f"{i:>5} {b:>4} {t:>4} {h:>5} | {speeds[0]:>13,.0f} {speeds[1]:>14,.0f} "
-              f"{speeds[2]:>11,.0f} | {speeds[1] / speeds[0]:>7.2f} {speeds[2] / speeds[0]:>8.2f}")
+        speeds = [tokens / time_fwd_bwd(m, x, args.repeats)
+                  for m in (ref, ours, egru_ref, egru)]
+        print(f"{i:>5} {b:>4} {t:>4} {h:>5} | {speeds[0]:>13,.0f} {speeds[1]:>9,.0f} "
+              f"{speeds[2]:>9,.0f} {speeds[3]:>9,.0f} | {speeds[1] / speeds[0]:>7.2f} "
+              f"{speeds[2] / speeds[0]:>7.2f} {speeds[3] / speeds[0]:>8.2f}")
 
 
 if __name__ == "__main__":

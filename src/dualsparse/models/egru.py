@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dualsparse.models.egru_fused import egru_sequence
 from dualsparse.models.recurrent import (
     LayerSequences,
     RecurrentBase,
@@ -184,6 +185,10 @@ class EGRU(RecurrentBase):
         threshold_range: ``(low, high)`` open interval of the thresholds (default ``(0, 1)``).
         threshold_learnable: thresholds are parameters (True) or fixed buffers.
         events: False turns events off (a plain GRU with the same parameters).
+        fused: run each layer's time loop as one autograd Function with a hand-written
+            backward (:mod:`dualsparse.models.egru_fused`, faster); False steps
+            :func:`egru_step` under autograd (the reference). Both compute the same values
+            and gradients.
 
     Inputs/outputs: see :meth:`RecurrentBase.forward`. The state is one :class:`EGRUState`
     per layer; with ``return_sequences=True`` the events ``o_t`` and pre-reset ``c~_t`` of
@@ -212,9 +217,11 @@ class EGRU(RecurrentBase):
         threshold_range: Sequence[float] = (0.0, 1.0),
         threshold_learnable: bool = True,
         events: bool = True,
+        fused: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
+        self.fused = bool(fused)
         self._opts = _EGRUOptions(surrogate, surrogate_gamma, surrogate_width, reset_mode,
                                   threshold_init, threshold_mean, threshold_range,
                                   threshold_learnable, events)
@@ -249,7 +256,7 @@ class EGRU(RecurrentBase):
             raw.copy_(torch.log(m / (1 - m)).to(raw))
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), **self._opts.config()}
+        return {**super().get_config(), **self._opts.config(), "fused": self.fused}
 
     def extra_repr(self) -> str:
         s = super().extra_repr() + f", reset_mode={self.reset_mode!r}, surrogate={self.surrogate}"
@@ -261,14 +268,35 @@ class EGRU(RecurrentBase):
 
     def _run_layer(self, layer: int, gi: torch.Tensor, w_hh: torch.Tensor,
                    b_hh: torch.Tensor | None, state: tuple, record: bool):
-        self._theta = self.threshold(layer)  # computed once per layer and forward call
-        return super()._run_layer(layer, gi, w_hh, b_hh, state, record)
-
-    def _step(self, layer, gi, state, w_hh, b_hh):
-        res = egru_step(gi, state.y, state.c, w_hh, b_hh, self._theta, self.surrogate,
-                        self.reset_mode, self.events)
-        c = self._zoneout(state.c, res.c)
-        return res.y, EGRUState(res.y, c), (res.events, res.c_tilde)
+        theta = self.threshold(layer)
+        keep: torch.Tensor | float | None = None
+        if self.zoneout:
+            keep = (gi.new_empty(gi.shape[:-1] + (self.hidden_sizes[layer],))
+                    .bernoulli_(self.zoneout) if self.training else self.zoneout)
+        if self.fused and self.events:
+            ys, events, c_tildes, c_last = egru_sequence(
+                gi, state.y, state.c, w_hh, b_hh, theta, keep, self.surrogate, self.reset_mode)
+            seq = LayerSequences(ys, state.y, events, c_tildes) if record else None
+            return ys, EGRUState(ys[-1], c_last), seq
+        y, c = state
+        outputs, events, c_tildes = [], [], []
+        for t in range(gi.size(0)):
+            res = egru_step(gi[t], y, c, w_hh, b_hh, theta, self.surrogate, self.reset_mode,
+                            self.events)
+            c_new = res.c
+            if isinstance(keep, float):
+                c_new = keep * c + (1.0 - keep) * c_new
+            elif keep is not None:
+                c_new = c_new + keep[t] * (c - c_new)
+            y, c = res.y, c_new
+            outputs.append(y)
+            if record:
+                events.append(res.events)
+                c_tildes.append(res.c_tilde)
+        ys = torch.stack(outputs)
+        seq = LayerSequences(ys, state.y, torch.stack(events), torch.stack(c_tildes)) if record \
+            else None
+        return ys, EGRUState(y, c), seq
 
 
 class EGRUCell(nn.Module):
