@@ -49,6 +49,11 @@ def test_single_vector_accumulate_matches_numpy(block):
         K.accumulate_block(p.indptr, p.indices, p.data, *block, x.reshape(-1), active, n, out)
     ref = bias[:70].astype(np.float64) + w.astype(np.float64) @ x[:, 0].astype(np.float64)
     np.testing.assert_allclose(out[:70], ref, rtol=1e-5, atol=1e-5)
+    special = {(16, 1): K.accumulate_block16, (4, 4): K.accumulate_block4x4}.get(block)
+    if special is not None:
+        out2 = bias.copy()
+        special(p.indptr, p.indices, p.data, x.reshape(-1), active, n, out2)
+        np.testing.assert_array_equal(out2, out)
 
 
 @pytest.mark.parametrize("block", [(1, 1), (16, 1), (4, 4)])

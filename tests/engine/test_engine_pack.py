@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dualsparse.engine.pack import pack_matrix, pack_rnn
+from dualsparse.engine.pack import choose_block, pack_matrix, pack_rnn
 from dualsparse.models import EGRU, LSTM
 
 
@@ -94,3 +94,15 @@ def test_pack_errors():
         pack_rnn(torch.nn.GRU(3, 4, bidirectional=True))
     with pytest.raises(ValueError, match="proj_size"):
         pack_rnn(torch.nn.LSTM(3, 4, proj_size=2))
+
+
+def test_auto_block_choice():
+    rng = np.random.default_rng(7)
+    dense = rng.standard_normal((64, 20)).astype(np.float32)
+    assert choose_block(dense) == (16, 1)
+    assert choose_block(_pruned(64, 20, 0.05)) == (1, 1)
+    rowblocks = np.kron(rng.random((4, 20)) < 0.2, np.ones((16, 1))).astype(np.float32)
+    assert choose_block(rowblocks * dense) == (16, 1)
+    p = pack_matrix(rowblocks * dense, block="auto")
+    assert p.block == (16, 1) and p.stored_values == p.nnz
+    np.testing.assert_array_equal(p.to_dense(), rowblocks * dense)

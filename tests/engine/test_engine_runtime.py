@@ -63,7 +63,7 @@ def test_egru_runtime_equals_torch(reset_mode, density, batch):
     assert 0.01 < rate < 0.9
 
 
-@pytest.mark.parametrize("block", [(16, 1), (4, 4)])
+@pytest.mark.parametrize("block", [(16, 1), (4, 4), "auto", (3, 2)])
 def test_egru_runtime_block_formats_and_threads(block):
     torch.manual_seed(1)
     m = _egru(zoneout=0.2)
@@ -71,6 +71,7 @@ def test_egru_runtime_block_formats_and_threads(block):
     x = torch.randn(15, 8, 12)
     assert _check_egru(m, x, block=block, threads=2) == 0
     assert _check_egru(m, x[:, :1], block=block, threads=2) == 0
+    assert _check_egru(m, x[:, :1], block=block, threads=1) == 0
 
 
 def test_event_mismatches_are_counted_and_only_near_threshold():

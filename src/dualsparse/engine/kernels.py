@@ -9,7 +9,8 @@ Kernels:
 
 * :func:`active_columns` -- indices of the columns where any batch entry is nonzero.
 * :func:`accumulate_csc`, :func:`accumulate_block` -- ``out += W[:, active] @ x[active]`` for
-  one vector (CSC / tiles); :func:`accumulate_batch` for ``(C, B)`` inputs over the *union* of
+  one vector (CSC / tiles; :func:`accumulate_block16`, :func:`accumulate_block4x4` are the
+  SIMD-friendly specialisations); :func:`accumulate_batch` for ``(C, B)`` inputs over the *union* of
   active columns; :func:`accumulate_parallel` splits the rows over threads (``prange``).
 * :func:`egru_gates`, :func:`gru_gates`, :func:`lstm_gates` -- the gate nonlinearities, the
   state update, event/reset and eval-mode zoneout of one step, fused, writing the next step's
@@ -76,6 +77,45 @@ def accumulate_block(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, 
 
 
 @njit(**_OPTS)
+def accumulate_block16(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,
+                       x: np.ndarray, active: np.ndarray, n_active: int, out: np.ndarray) -> None:
+    """:func:`accumulate_block` for ``(16, 1)`` tiles: the 16-long axpy has a literal trip
+    count, so it compiles to SIMD (the generic kernel is ~4x slower)."""
+    for a in range(n_active):
+        j = active[a]
+        xj = x[j]
+        if xj == ZERO:
+            continue
+        for t in range(indptr[j], indptr[j + 1]):
+            r0 = np.int64(indices[t]) * 16
+            o = out[r0:r0 + 16]
+            d = data[t * 16:t * 16 + 16]
+            for r in range(16):
+                o[r] += d[r] * xj
+
+
+@njit(**_OPTS)
+def accumulate_block4x4(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,
+                        x: np.ndarray, active: np.ndarray, n_active: int,
+                        out: np.ndarray) -> None:
+    """:func:`accumulate_block` for ``(4, 4)`` tiles (literal 4-long axpys)."""
+    for a in range(n_active):
+        j = active[a]
+        xj = x[j]
+        if xj == ZERO:
+            continue
+        bj = j // 4
+        c = j - bj * 4
+        for t in range(indptr[bj], indptr[bj + 1]):
+            r0 = np.int64(indices[t]) * 4
+            base = (t * 4 + c) * 4
+            o = out[r0:r0 + 4]
+            d = data[base:base + 4]
+            for r in range(4):
+                o[r] += d[r] * xj
+
+
+@njit(**_OPTS)
 def accumulate_batch(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, br: int,
                      bc: int, x: np.ndarray, active: np.ndarray, n_active: int,
                      out: np.ndarray) -> None:
@@ -94,9 +134,8 @@ def accumulate_batch(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, 
             base = (t * bc + c) * br
             for r in range(br):
                 w = data[base + r]
-                row = out[r0 + r]
                 for b in range(nb):
-                    row[b] += w * xs[b]
+                    out[r0 + r, b] += w * xs[b]
 
 
 @njit(parallel=True, **_OPTS)
@@ -237,5 +276,6 @@ def lstm_gates(gi: np.ndarray, gh: np.ndarray, h: np.ndarray, c: np.ndarray,
     return n
 
 
-__all__ = ["accumulate_batch", "accumulate_block", "accumulate_csc", "accumulate_parallel",
+__all__ = ["accumulate_batch", "accumulate_block", "accumulate_block16", "accumulate_block4x4",
+           "accumulate_csc", "accumulate_parallel",
            "active_columns", "egru_gates", "gru_gates", "lstm_gates"]

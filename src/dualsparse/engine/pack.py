@@ -40,6 +40,31 @@ NUM_GATES = {"egru": 3, "gru": 3, "lstm": 4}
 RESET_CODES = {"subtract_threshold": 0, "subtract_output": 1, "none": 2}
 
 
+#: Cost of one scattered CSC update (index load, gather, scatter) relative to one value of a
+#: contiguous 16-long SIMD axpy, as measured by ``benchmarks/bench_engine.py`` on our 2-core
+#: AMD EPYC (about 4-5x). ``block="auto"`` uses ``(16, 1)`` tiles when they store at most this
+#: many values per nonzero weight, else CSC.
+AUTO_SCATTER_COST = 4.0
+
+Block = tuple[int, int] | str
+
+
+def choose_block(weight: torch.Tensor | np.ndarray, scatter_cost: float = AUTO_SCATTER_COST
+                 ) -> tuple[int, int]:
+    """``(16, 1)`` if its tiles store ``<= scatter_cost`` values per nonzero weight (dense or
+    row-block-pruned matrices), else ``(1, 1)`` (CSC, for unstructured sparsity)."""
+    w = _as_matrix(weight, "weight")
+    nnz = int(np.count_nonzero(w))
+    if nnz == 0:
+        return (1, 1)
+    rows, cols = w.shape
+    nbr = math.ceil(rows / 16)
+    padded = np.zeros((nbr * 16, cols), dtype=bool)
+    padded[:rows] = w != 0
+    stored = int(padded.reshape(nbr, 16, cols).any(axis=1).sum()) * 16
+    return (16, 1) if stored <= scatter_cost * nnz else (1, 1)
+
+
 def _check_block(block: tuple[int, int]) -> tuple[int, int]:
     if (not isinstance(block, (tuple, list)) or len(block) != 2
             or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in block)):
@@ -139,17 +164,19 @@ def _as_matrix(weight: torch.Tensor | np.ndarray, name: str) -> np.ndarray:
     return w
 
 
-def pack_matrix(weight: torch.Tensor | np.ndarray, block: tuple[int, int] = (1, 1),
+def pack_matrix(weight: torch.Tensor | np.ndarray, block: Block = (1, 1),
                 nparts: int = 1, name: str = "weight") -> PackedMatrix:
     """Pack a dense ``(rows, cols)`` matrix whose pruned weights are exact zeros.
 
     Args:
         weight: the matrix (torch or numpy, any float dtype; stored as float32).
-        block: tile shape ``(br, bc)``; ``(1, 1)`` = CSC.
+        block: tile shape ``(br, bc)``; ``(1, 1)`` = CSC; ``"auto"``: :func:`choose_block`.
         nparts: number of disjoint row ranges (threads that may accumulate concurrently).
         name: used in error messages.
     """
     w = _as_matrix(weight, name)
+    if block == "auto":
+        block = choose_block(w)
     br, bc = _check_block(block)
     if not isinstance(nparts, int) or nparts < 1:
         raise ValueError(f"nparts must be an int >= 1, got {nparts!r}")
@@ -276,14 +303,15 @@ def _layer_sizes(model: nn.Module) -> tuple[int, list[int]]:
     return model.input_size, [model.hidden_size] * model.num_layers
 
 
-def pack_rnn(model: nn.Module, block: tuple[int, int] = (1, 1), nparts: int = 1) -> PackedRNN:
+def pack_rnn(model: nn.Module, block: Block = "auto", nparts: int = 1) -> PackedRNN:
     """Pack a trained (pruned or dense) EGRU/GRU/LSTM for the sparse runtime.
 
     Args:
         model: ``dualsparse.models.EGRU``/``GRU``/``LSTM`` or ``torch.nn.GRU``/``LSTM``
             (unidirectional, no projection). Pruned weights must be exact zeros (as the
             pruning masks leave them).
-        block: tile shape of every weight matrix (see the module docstring).
+        block: tile shape of every weight matrix (see the module docstring), or ``"auto"``
+            (per matrix, :func:`choose_block`).
         nparts: row ranges per matrix (for multi-threaded accumulation).
     """
     kind = model_kind(model)
@@ -313,5 +341,5 @@ def pack_rnn(model: nn.Module, block: tuple[int, int] = (1, 1), nparts: int = 1)
     return PackedRNN(layers)
 
 
-__all__ = ["NUM_GATES", "PackedLayer", "PackedMatrix", "PackedRNN", "model_kind", "pack_matrix",
-           "pack_rnn"]
+__all__ = ["AUTO_SCATTER_COST", "NUM_GATES", "PackedLayer", "PackedMatrix", "PackedRNN",
+           "choose_block", "model_kind", "pack_matrix", "pack_rnn"]

@@ -13,7 +13,7 @@ those).
 
 Usage::
 
-    rt = SparseRuntime.from_model(egru.eval())          # block=(16, 1) for dense-ish weights
+    rt = SparseRuntime.from_model(egru.eval())          # block="auto": per-matrix format
     y = rt.step(x_t)                                     # streaming, (B, I) or (I,)
     out = rt.run(x)                                      # (T, B, I) -> (T, B, H)
 """
@@ -62,6 +62,12 @@ def accumulate(mat: PackedMatrix, x: np.ndarray, active: np.ndarray, n_active: i
         if br == 1 and bc == 1:
             K.accumulate_csc(mat.indptr, mat.indices, mat.data, x.reshape(-1), active,
                              n_active, out.reshape(-1))
+        elif br == 16 and bc == 1:
+            K.accumulate_block16(mat.indptr, mat.indices, mat.data, x.reshape(-1), active,
+                                 n_active, out.reshape(-1))
+        elif br == 4 and bc == 4:
+            K.accumulate_block4x4(mat.indptr, mat.indices, mat.data, x.reshape(-1), active,
+                                  n_active, out.reshape(-1))
         else:
             K.accumulate_block(mat.indptr, mat.indices, mat.data, br, bc, x.reshape(-1),
                                active, n_active, out.reshape(-1))
@@ -134,10 +140,12 @@ class SparseRuntime:
         self.reset_stats()
 
     @classmethod
-    def from_model(cls, model: nn.Module, block: tuple[int, int] = (1, 1),
+    def from_model(cls, model: nn.Module, block: tuple[int, int] | str = "auto",
                    threads: int = 1) -> SparseRuntime:
         """Pack ``model`` (EGRU/GRU/LSTM, ``torch.nn.GRU``/``LSTM``) and build a runtime.
 
+        ``block``: tile shape of the packed weights or ``"auto"`` (per matrix: ``(16, 1)``
+        tiles for dense or row-block-sparse weights, CSC for unstructured sparsity).
         The engine computes the eval-mode model (no dropout; zoneout as its expectation).
         """
         if model.training:
