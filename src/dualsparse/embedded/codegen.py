@@ -405,7 +405,7 @@ int main(void) {
 }
 """)
 
-M0_CFLAGS = ("-mcpu=cortex-m0", "-mthumb", "-std=c99", "-Wall", "-Werror", "-Os",
+M0_CFLAGS = ("-mcpu=cortex-m0", "-mthumb", "-std=c99", "-Wall", "-Werror",
              "-ffreestanding", "-ffunction-sections", "-fdata-sections")
 
 
@@ -418,12 +418,15 @@ def m0_tools() -> dict[str, str] | None:
 
 
 def build_m0(model: DeployedEGRU, x_q: np.ndarray, work_dir: str | os.PathLike,
-             prefix: str = "egru", with_model: bool = True) -> Path:
+             prefix: str = "egru", with_model: bool = True, opt: str = "-Os") -> Path:
     """Cross-compile a bare-metal microbit ELF that classifies the sequences ``x_q (B, T, I)``.
 
     ``with_model=False`` builds the same driver without inference (the model call is replaced
-    by zeros) so that the model's own flash/RAM can be measured as a difference.
+    by zeros) so that the model's own flash/RAM can be measured as a difference.  ``opt`` is
+    the gcc optimisation flag (``-Os`` default, ``-O2`` is faster and slightly larger).
     """
+    if opt not in ("-Os", "-O0", "-O1", "-O2", "-O3"):
+        raise ValueError(f"opt must be one of -Os -O0 -O1 -O2 -O3, got {opt!r}")
     tools = m0_tools()
     if tools is None:
         raise FileNotFoundError("arm-none-eabi-gcc / qemu-system-arm not found "
@@ -454,7 +457,7 @@ def build_m0(model: DeployedEGRU, x_q: np.ndarray, work_dir: str | os.PathLike,
                             f"int {prefix}_state_size(int l) {{ (void)l; return 0; }}\n")
     (d / "m0_main.c").write_text(main)
     elf = d / f"{prefix}_m0{'' if with_model else '_empty'}.elf"
-    cmd = [tools["gcc"], *M0_CFLAGS, f"-I{d}", "-nostdlib", "-Wl,--gc-sections",
+    cmd = [tools["gcc"], *M0_CFLAGS, opt, f"-I{d}", "-nostdlib", "-Wl,--gc-sections",
            f"-T{d / 'm0.ld'}", "-o", str(elf), *map(str, srcs), "-lgcc"]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     return elf
