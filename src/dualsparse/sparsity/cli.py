@@ -13,7 +13,7 @@ Methods:
 ``dualsparse prune``: :func:`add_arguments` + :func:`run` prune a trained model in
 ``--prune-steps`` rounds (1 = one-shot), fine-tuning ``--fine-tune-steps`` optimiser steps
 after each round. :func:`run` is written against two callables the task supplies:
-``fine_tune(model, pruner, steps) -> None`` (a training loop that calls
+``fine_tune(model, pruner, steps)`` (a training loop; its return value is ignored that calls
 ``pruner.step(global_step)`` after every optimiser step and adds ``pruner.penalty()``) and
 ``evaluate(model) -> float`` (e.g. validation perplexity).
 """
@@ -42,8 +42,9 @@ METHODS = ("magnitude", "block", "gl", "glp")
 SCHEDULES = ("iterative", "agp", "narang")
 DEFAULT_TENSORS = "*weight_ih_l*,*weight_hh_l*"
 
-FineTune = Callable[[nn.Module, Pruner, int], None]
+FineTune = Callable[[nn.Module, Pruner, int], Any]
 Evaluate = Callable[[nn.Module], float]
+Save = Callable[[nn.Module, "Pruner | None", str], Any]
 
 
 def add_prune_arguments(parser: argparse.ArgumentParser, command: str = "train") -> None:
@@ -140,8 +141,8 @@ def pruner_from_args(model: nn.Module, args: argparse.Namespace) -> Pruner | Non
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``dualsparse prune`` (the caller loads ``--checkpoint`` into the model)."""
-    parser.add_argument("--checkpoint", required=True, help="trained checkpoint to prune")
+    """Arguments of ``dualsparse prune`` besides the checkpoint, which the caller
+    (:mod:`dualsparse.cli`) adds and loads into the model it passes to :func:`run`."""
     add_prune_arguments(parser, command="prune")
     parser.add_argument("--fine-tune-steps", type=int, default=0,
                         help="optimiser steps of fine-tuning after each round (default 0)")
@@ -152,12 +153,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, model: nn.Module, fine_tune: FineTune,
-        evaluate: Evaluate) -> dict[str, Any]:
+        evaluate: Evaluate, save: Save | None = None) -> dict[str, Any]:
     """Prune a trained ``model`` in ``--prune-steps`` rounds with fine-tuning in between.
 
     Round ``i`` prunes to the schedule's ``i``-th sparsity (iterative: geometric rounds;
     agp: cubic), evaluates, fine-tunes with masks frozen, evaluates again. Returns (and with
     ``--output`` writes) ``{"config", "dense", "rounds": [...], "report", "pruner"}``.
+    With ``--save``, ``save(model, pruner_or_None, path)`` writes the checkpoint (default:
+    :func:`dualsparse.sparsity.checkpoint.save_checkpoint`).
     """
     if args.prune_method == "gl":
         raise ValueError("--prune-method gl needs training with the penalty before its cut; "
@@ -199,8 +202,12 @@ def run(args: argparse.Namespace, model: nn.Module, fine_tune: FineTune,
     if args.finalize:
         pruner.finalize()
     if args.save:
-        save_checkpoint(args.save, model, None if args.finalize else pruner,
-                        extra={"prune_result": {"dense": dense, "rounds": rounds}})
+        kept = None if args.finalize else pruner
+        if save is not None:
+            save(model, kept, args.save)
+        else:
+            save_checkpoint(args.save, model, kept,
+                            extra={"prune_result": {"dense": dense, "rounds": rounds}})
     if args.output:
         write_json(args.output, result)
     return result

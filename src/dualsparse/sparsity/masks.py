@@ -25,6 +25,7 @@ Tied weights (decoder = embedding) are one tensor with one mask, stored under it
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -66,7 +67,7 @@ class MaskSet:
         self.model = model
         self._entries: dict[str, _Entry] = {}
         self._pre_hooks: dict[int, RemovableHandle] = {}
-        self._optimizers: list[torch.optim.Optimizer] = []
+        self._optimizers: list[weakref.ref] = []  # weak: fine-tuning rounds make new ones
 
     # ------------------------------------------------------------------ registry
     @property
@@ -139,13 +140,18 @@ class MaskSet:
         """Zero this optimiser's state of pruned entries on every :meth:`apply`."""
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(f"expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        if not any(o is optimizer for o in self._optimizers):
-            self._optimizers.append(optimizer)
+        live = [r for r in self._optimizers if r() is not None]
+        if not any(r() is optimizer for r in live):
+            live.append(weakref.ref(optimizer))
+        self._optimizers = live
 
     @torch.no_grad()
     def zero_optimizer_state(self) -> None:
         """Zero, at pruned entries, every state tensor shaped like its parameter."""
-        for opt in self._optimizers:
+        for ref in self._optimizers:
+            opt = ref()
+            if opt is None:
+                continue
             for e in self._entries.values():
                 p = e.param()
                 state = opt.state.get(p)

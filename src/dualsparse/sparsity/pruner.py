@@ -4,7 +4,7 @@ Trainer contract (all a trainer needs)::
 
     pruner = Pruner(model, spec, schedule, scoring)        # or Pruner.from_config(model, cfg)
     pruner.attach_optimizer(optimizer)
-    for global_step in range(1, n + 1):                    # global_step = optimiser steps done
+    for global_step in range(n):                           # any increasing step counter
         loss = task_loss
         penalty = pruner.penalty()                         # group lasso, or None
         if penalty is not None:
@@ -12,6 +12,10 @@ Trainer contract (all a trainer needs)::
         loss.backward(); optimizer.step(); optimizer.zero_grad()
         pruner.step(global_step)                           # True if the masks changed
     checkpoint = {"model": model.state_dict(), "pruner": pruner.state_dict()}
+
+``global_step`` is the trainer's counter for the optimiser step just taken (the dualsparse
+``Trainer`` passes its 0-based index; a count from 1 works the same way): the masks of a
+schedule update point ``u`` are computed by the first call with ``global_step >= u``.
 
 ``state_dict()`` is JSON-able (spec, schedule, scoring, schedule position, Narang's q); the
 masks themselves are buffers in ``model.state_dict()``. To resume or load a pruned
@@ -124,7 +128,7 @@ class Pruner:
         self.masks.attach_optimizer(optimizer)
 
     def step(self, global_step: int) -> bool:
-        """Call after every ``optimizer.step()``; ``global_step`` = optimiser steps done.
+        """Call after every ``optimizer.step()``; ``global_step``: the trainer's step counter.
 
         Re-applies the masks in place, zeroes the attached optimisers' state of pruned
         entries, and updates the masks when the schedule has an update point in
