@@ -100,7 +100,8 @@ class RuntimeStats:
 
     ``active_inputs[k]`` / ``active_recurrent[k]``: summed number of active input / recurrent
     columns processed (union over the batch) per step; ``steps``: steps run;
-    ``input_columns[k]``, ``hidden_units[k]``: the column counts (for densities).
+    ``input_columns[k]``, ``hidden_units[k]``: the column counts (for densities);
+    ``nonzero_outputs[k]``: summed nonzero outputs (over units and batch entries).
     """
 
     steps: int
@@ -108,6 +109,13 @@ class RuntimeStats:
     active_recurrent: list[int]
     input_columns: list[int]
     hidden_units: list[int]
+    nonzero_outputs: list[int]
+    batch: int = 1
+
+    def activity(self) -> float:
+        """Fraction of nonzero outputs over all layers, units, steps and batch entries."""
+        units = sum(self.hidden_units) * self.steps * self.batch
+        return sum(self.nonzero_outputs) / max(1, units)
 
     def input_density(self, layer: int) -> float:
         return self.active_inputs[layer] / max(1, self.steps * self.input_columns[layer])
@@ -136,6 +144,7 @@ class SparseRuntime:
         self._zone = [(np.float32(lay.zoneout), np.float32(1.0 - lay.zoneout))
                       for lay in packed.layers]
         self._x_active = np.zeros(packed.input_size, dtype=np.int32)
+        self.stats: RuntimeStats | None = None
         self.reset(1)
         self.reset_stats()
 
@@ -167,17 +176,20 @@ class SparseRuntime:
         return self._batch
 
     def reset(self, batch_size: int = 1) -> None:
-        """Zero state for ``batch_size`` sequences."""
+        """Zero state for ``batch_size`` sequences (statistics restart if the batch changes)."""
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         self._batch = batch_size
         self._layers = [_LayerState(lay, batch_size) for lay in self.packed.layers]
+        if getattr(self, "stats", None) is not None and self.stats.batch != batch_size:
+            self.reset_stats()  # counts are per batch size
 
     def reset_stats(self) -> None:
         n = self.num_layers
         self.stats = RuntimeStats(0, [0] * n, [0] * n,
                                   [lay.input_size for lay in self.packed.layers],
-                                  [lay.hidden_size for lay in self.packed.layers])
+                                  [lay.hidden_size for lay in self.packed.layers], [0] * n,
+                                  self._batch)
 
     @property
     def state(self) -> tuple:
@@ -229,8 +241,14 @@ class SparseRuntime:
         xt = np.ascontiguousarray(a.reshape(batch, -1).T, dtype=np.float32)
         return xt, unbatched
 
-    def _step_columns(self, x: np.ndarray, n_in: int, active_in: np.ndarray) -> None:
-        """Advance all layers one step; ``x`` ``(I, B)`` with ``active_in[:n_in]``."""
+    def step_columns(self, x: np.ndarray, n_in: int, active_in: np.ndarray) -> None:
+        """Advance all layers one step (no input checks; for callers that build inputs
+        themselves, such as :class:`dualsparse.engine.lm.SparseLM`).
+
+        Args:
+            x: ``(I, B)`` float32 C-contiguous input columns.
+            n_in, active_in: the nonzero input rows ``active_in[:n_in]`` (int32).
+        """
         stats = self.stats
         for k, (lay, st) in enumerate(zip(self.packed.layers, self._layers, strict=True)):
             g = lay.num_gates * lay.hidden_size
@@ -250,15 +268,21 @@ class SparseRuntime:
             else:
                 n = K.lstm_gates(st.gi, st.gh, st.y, st.c, zp, zq, st.active)
             st.n_active = n
+            stats.nonzero_outputs[k] += n if st.y.shape[1] == 1 else int(np.count_nonzero(st.y))
             x, n_in, active_in = st.y, n, st.active
         stats.steps += 1
+
+    def output_columns(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """The last layer's output ``(H, B)`` (a view) and its active rows ``(active, n)``."""
+        st = self._layers[-1]
+        return st.y, st.active, st.n_active
 
     def step(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
         """One time step through all layers; ``x`` ``(B, I)`` or ``(I,)``; returns the last
         layer's output ``(B, H)`` or ``(H,)`` (a new tensor)."""
         xt, unbatched = self._check_step_input(x)
         n_in = K.active_columns(xt, self._x_active)
-        self._step_columns(xt, n_in, self._x_active)
+        self.step_columns(xt, n_in, self._x_active)
         y = torch.from_numpy(self._layers[-1].y.T.copy())
         return y.reshape(-1) if unbatched else y
 
@@ -298,7 +322,7 @@ class SparseRuntime:
                                   else ("output",))} for lay in self.packed.layers]
         for t in range(steps):
             n_in = K.active_columns(xs[t], self._x_active)
-            self._step_columns(xs[t], n_in, self._x_active)
+            self.step_columns(xs[t], n_in, self._x_active)
             out[t] = self._layers[-1].y.T
             if recs is not None:
                 for rec, st in zip(recs, self._layers, strict=True):
