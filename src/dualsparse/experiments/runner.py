@@ -1,0 +1,246 @@
+"""Execute the runs of a results store: the run-function interface and the local backend.
+
+A **run function** takes a JSON-able config dict and a run folder (for checkpoints; it exists
+and survives interruptions, so a run function may resume from what it left there) and returns
+a JSON-able metrics dict (see :mod:`dualsparse.experiments.metrics`; ``metrics["checkpoint"]``,
+if present, is stored as the run's checkpoint path)::
+
+    def run(config: dict, run_dir: pathlib.Path) -> dict
+
+Registered names: ``lm`` (:func:`dualsparse.experiments.lm_run.run_lm`), ``toy`` and ``echo``
+(:mod:`dualsparse.experiments.toy`); any other ``"package.module:function"`` is imported.
+
+**Local backend** (the default): :func:`work` is one worker, a loop claim -> run -> finish/fail
+with a heartbeat thread; :func:`run_local` starts ``workers`` such processes (``spawn``) on
+one store, or runs in this process for ``workers=1``. Ctrl-C gives the current run back to
+the store (``pending``); a killed worker's run is claimable again at once on the same host
+(its pid is gone) or after ``stale_after`` seconds without heartbeat elsewhere.
+"""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing as mp
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dualsparse.experiments.files import atomic_write_json
+from dualsparse.experiments.store import ResultStore, RunRecord, worker_id
+
+RunFunction = Callable[[dict[str, Any], Path], dict[str, Any]]
+
+RUN_FUNCTIONS: dict[str, str] = {
+    "lm": "dualsparse.experiments.lm_run:run_lm",
+    "toy": "dualsparse.experiments.toy:run_toy",
+    "echo": "dualsparse.experiments.toy:run_echo",
+}
+ERROR_CHARS = 8000
+
+
+def resolve_run_function(name: str) -> RunFunction:
+    """The run function registered as ``name`` or importable as ``"package.module:function"``."""
+    target = RUN_FUNCTIONS.get(name, name)
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"unknown run function {name!r}: use one of {sorted(RUN_FUNCTIONS)} "
+                         "or 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ValueError(f"run function {name!r}: cannot import {module_name!r} ({exc})") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ValueError(f"run function {name!r}: {module_name!r} has no callable {attr!r}")
+    return fn
+
+
+def run_dir_for(output: str | Path, run_id: str) -> Path:
+    """Folder of one run: ``<output>/runs/<run_id>``."""
+    return Path(output) / "runs" / run_id
+
+
+def execute(record: RunRecord, output: str | Path) -> dict[str, Any]:
+    """Run one claimed record's function in this process; returns its metrics.
+
+    Writes ``config.json`` before and ``metrics.json`` after the run into its folder.
+    """
+    fn = resolve_run_function(record.run_fn)
+    run_dir = run_dir_for(output, record.run_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "config.json", {"run_id": record.run_id, "run": record.run_fn,
+                                                "config": record.config})
+    metrics = fn(dict(record.config), run_dir)
+    if not isinstance(metrics, dict):
+        raise ValueError(f"run function {record.run_fn!r} returned {type(metrics).__name__}, "
+                         "expected a metrics dict")
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def format_error(exc: BaseException) -> str:
+    """Traceback text of ``exc``, keeping its last :data:`ERROR_CHARS` characters."""
+    text = "".join(traceback.format_exception(exc))
+    return text[-ERROR_CHARS:]
+
+
+class _Heartbeat(threading.Thread):
+    """Refreshes a lease every ``interval`` seconds from its own store connection."""
+
+    def __init__(self, store_path: Path, lease: tuple[str, str, int], interval: float) -> None:
+        super().__init__(daemon=True)
+        self.store_path, self.lease, self.interval = store_path, lease, interval
+        self.stopped = threading.Event()
+        self.lost = False
+
+    def run(self) -> None:
+        with ResultStore(self.store_path) as store:
+            while not self.stopped.wait(self.interval):
+                if not store.heartbeat(self.lease):
+                    self.lost = True
+                    return
+
+
+@dataclass
+class WorkerOptions:
+    """Settings of one worker.
+
+    Attributes:
+        sweep: claim only runs of this sweep (None: any run in the store).
+        max_runs: stop after this many runs (None: until nothing is claimable).
+        stale_after: seconds without heartbeat after which another worker may take a run.
+        heartbeat_s: seconds between heartbeats (must be well below ``stale_after``).
+        retry_failed, max_attempts: also take failed runs with fewer attempts.
+        threads: ``torch.set_num_threads`` in the worker (None: leave as is).
+        verbose: print one line per run.
+    """
+
+    sweep: str | None = None
+    max_runs: int | None = None
+    stale_after: float = 600.0
+    heartbeat_s: float = 30.0
+    retry_failed: bool = False
+    max_attempts: int = 3
+    threads: int | None = 1
+    verbose: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 < self.heartbeat_s < self.stale_after:
+            raise ValueError(f"need 0 < heartbeat_s < stale_after, got heartbeat_s="
+                             f"{self.heartbeat_s}, stale_after={self.stale_after}")
+        if self.max_runs is not None and self.max_runs < 1:
+            raise ValueError(f"max_runs must be >= 1 or None, got {self.max_runs}")
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 or None, got {self.threads}")
+
+
+def _summary(metrics: dict[str, Any]) -> str:
+    keys = ("test_ppl", "activity_sparsity", "weight_sparsity", "mac_reduction")
+    parts = [f"{k}={metrics[k]:.4g}" for k in keys
+             if isinstance(metrics.get(k), (int, float)) and not isinstance(metrics[k], bool)]
+    return " ".join(parts)
+
+
+def work(store_path: str | Path, output: str | Path, options: WorkerOptions | None = None,
+         worker: str | None = None) -> dict[str, int]:
+    """One worker: claim and execute runs until none is claimable (or ``max_runs``).
+
+    Returns ``{"done": n, "failed": m, "lost": k}`` for this worker (``lost``: results that
+    were not stored because the run was already done by another worker).
+    """
+    opts = options or WorkerOptions()
+    if opts.threads is not None:
+        import torch
+        torch.set_num_threads(opts.threads)
+    worker = worker or worker_id("local")
+    store_path = Path(store_path)
+    counts = {"done": 0, "failed": 0, "lost": 0}
+    with ResultStore(store_path) as store:
+        while opts.max_runs is None or counts["done"] + counts["failed"] < opts.max_runs:
+            record = store.claim(worker, opts.sweep, opts.stale_after, opts.retry_failed,
+                                 opts.max_attempts)
+            if record is None:
+                break
+            beat = _Heartbeat(store_path, record.lease, opts.heartbeat_s)
+            beat.start()
+            t0 = time.perf_counter()
+            try:
+                metrics = execute(record, output)
+            except (KeyboardInterrupt, SystemExit):
+                beat.stopped.set()
+                store.release(record.lease)
+                raise
+            except Exception as exc:  # a failed run is recorded, the sweep goes on
+                beat.stopped.set()
+                store.fail(record.lease, format_error(exc))
+                counts["failed"] += 1
+                if opts.verbose:
+                    print(f"[{worker}] run {record.run_id} failed (attempt "
+                          f"{record.attempts}): {type(exc).__name__}: {exc}", flush=True)
+                continue
+            beat.stopped.set()
+            ckpt = metrics.get("checkpoint")
+            stored = store.finish(record.lease, metrics, ckpt if isinstance(ckpt, str) else None)
+            counts["done" if stored else "lost"] += 1
+            if opts.verbose:
+                state = "done" if stored else "already done elsewhere; result not stored"
+                print(f"[{worker}] run {record.run_id} {state} in "
+                      f"{time.perf_counter() - t0:.1f} s {_summary(metrics)}", flush=True)
+    return counts
+
+
+def _worker_main(store_path: str, output: str, options: WorkerOptions,
+                 results: Any) -> None:
+    try:
+        results.put(work(store_path, output, options))
+    except KeyboardInterrupt:
+        results.put({"done": 0, "failed": 0, "lost": 0, "interrupted": 1})
+
+
+def run_local(store_path: str | Path, output: str | Path, workers: int = 1,
+              options: WorkerOptions | None = None) -> dict[str, int]:
+    """Execute claimable runs with ``workers`` local processes (1: in this process).
+
+    Returns the summed per-worker counts (``done``, ``failed``, ``lost``; ``crashed``: worker
+    processes that exited abnormally, whose runs stay claimable).
+    """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+    opts = options or WorkerOptions()
+    if workers == 1:
+        return work(store_path, output, opts)
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_worker_main, args=(str(store_path), str(output), opts, results),
+                         name=f"dualsparse-worker-{i}") for i in range(workers)]
+    for p in procs:
+        p.start()
+    total = {"done": 0, "failed": 0, "lost": 0, "crashed": 0}
+    try:
+        for p in procs:
+            p.join()
+    except KeyboardInterrupt:
+        for p in procs:  # the children got the same SIGINT and give their runs back
+            p.join(timeout=30)
+        raise
+    for p in procs:
+        if p.exitcode != 0:
+            total["crashed"] += 1
+            continue
+        try:
+            for k, v in results.get(timeout=10).items():
+                total[k] = total.get(k, 0) + v
+        except queue.Empty:
+            total["crashed"] += 1
+    return total
+
+
+__all__ = ["RUN_FUNCTIONS", "RunFunction", "WorkerOptions", "execute", "format_error",
+           "resolve_run_function", "run_dir_for", "run_local", "work"]
