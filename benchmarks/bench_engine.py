@@ -11,6 +11,9 @@ row blocks of 16 (``16x1``) as block pruning leaves them), the median time per v
 * the engine (``pack_matrix(block="auto")`` + active-column kernels; union of active columns at
   batch > 1; row-split threads at 2 threads), bias/accumulator reset included;
 
+timed with this thread's CPU time at 1 thread (the development machine is shared, and wall time
+there mostly measures how often the process was descheduled) and wall time at 2 threads;
+
 and the ideal speed-up ``1/(d_a d_w)``, the measured speed-up over dense PyTorch and their
 ratio. Matrices: the recurrent matrix of an EGRU-1350 layer (PTB recipe, ``3*1350 x 1350``),
 Narang et al.'s ``1760x1760`` (at 90% sparsity) and ``7680x2560`` (at 95%).
@@ -72,15 +75,22 @@ def machine() -> str:
             f"numpy {np.__version__}")
 
 
-def median_time(fn: Callable[[], None], repeats: int, warmup: int = 1) -> float:
+#: Clock of single-threaded timings: "cpu" = this thread's CPU time (``time.thread_time``),
+#: immune to being descheduled on a shared machine; multi-threaded timings use wall time.
+CLOCK = {"cpu": time.thread_time, "wall": time.perf_counter}
+
+
+def median_time(fn: Callable[[], None], repeats: int, warmup: int = 1,
+                clock: str = "wall") -> float:
     """Median seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
+    now = CLOCK[clock]
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = now()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(now() - t0)
     return statistics.median(times)
 
 
@@ -161,9 +171,11 @@ def time_matvecs(w: np.ndarray, xs: np.ndarray, threads: int, repeats: int
     if not np.allclose(out[: w.shape[0]], ref, rtol=1e-4, atol=1e-4):
         raise RuntimeError("engine result differs from the dense product")
     res = {}
+    clock = "cpu" if threads == 1 else "wall"
     for name, fn in (("dense", dense), ("scipy_csr", scipy_csr), ("torch_csr", torch_csr),
                      ("engine", engine)):
-        res[name] = median_time(fn, repeats) / steps
+        res[name] = median_time(fn, repeats, clock=clock) / steps
+    res["clock"] = clock
     res["block"] = "x".join(map(str, packed.block))
     res["packed_bytes"] = packed.nbytes
     res["dense_bytes"] = packed.dense_nbytes
@@ -197,7 +209,8 @@ def run_matrices(matrices: dict, batches: list[int], threads_list: list[int], st
                                 "vs_torch_csr": r["torch_csr"] / r["engine"],
                                 **{f"t_{k}_us": r[k] * 1e6 for k in
                                    ("dense", "scipy_csr", "torch_csr", "engine")},
-                                "format": r["block"], "packed_bytes": r["packed_bytes"],
+                                "format": r["block"], "clock": r["clock"],
+                                "packed_bytes": r["packed_bytes"],
                                 "dense_bytes": r["dense_bytes"],
                             })
                             print(_row_line(rows_out[-1]), flush=True)
@@ -249,8 +262,8 @@ def run_layers(hidden: int, steps: int, repeats: int, seed: int) -> list[dict]:
         def sequence() -> None:
             with torch.no_grad():
                 module(x)
-        return (median_time(streaming, repeats) / x.shape[0],
-                median_time(sequence, repeats) / x.shape[0])
+        return (median_time(streaming, repeats, clock="cpu") / x.shape[0],
+                median_time(sequence, repeats, clock="cpu") / x.shape[0])
 
     for d_a in (0.5, 0.2, 0.1):
         xs = torch.from_numpy(make_inputs(hidden, 1, steps, d_a, rng)[:, :, 0][:, None, :]
@@ -267,7 +280,7 @@ def run_layers(hidden: int, steps: int, repeats: int, seed: int) -> list[dict]:
             rt = SparseRuntime.from_model(m)
             rt.run(xs)
             rt.reset_stats()
-            t_rt = median_time(lambda rt=rt, xs=xs: rt.run(xs), repeats) / steps
+            t_rt = median_time(lambda rt=rt, xs=xs: rt.run(xs), repeats, clock="cpu") / steps
             dens = (rt.stats.input_density(0), rt.stats.recurrent_density(0))
             real_dw = float((m.weight_hh_l0 != 0).float().mean())
             mean_a = (dens[0] + dens[1]) / 2
@@ -292,7 +305,7 @@ def run_layers(hidden: int, steps: int, repeats: int, seed: int) -> list[dict]:
                 p.copy_(torch.from_numpy(make_weight(*p.shape, d_w, pattern, rng)))
         rt = SparseRuntime.from_model(m)
         rt.run(x)
-        t_rt = median_time(lambda rt=rt: rt.run(x), repeats) / steps
+        t_rt = median_time(lambda rt=rt: rt.run(x), repeats, clock="cpu") / steps
         real_dw = float((m.weight_hh_l0 != 0).float().mean())
         results.append({
             "layer": f"LSTM {hidden}->{hidden}", "pattern": pattern, "d_w": real_dw,

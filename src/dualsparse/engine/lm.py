@@ -30,6 +30,10 @@ from dualsparse.engine.pack import Block, PackedMatrix, PackedRNN, pack_matrix, 
 from dualsparse.engine.runtime import SparseRuntime, accumulate
 from dualsparse.models.lm import RNNLanguageModel
 
+#: ``"cpu"``: this thread's CPU time (single-threaded timings on a shared machine, immune to
+#: being descheduled); ``"wall"``: elapsed time.
+CLOCKS = {"cpu": time.thread_time, "wall": time.perf_counter}
+
 
 def _check_lm(model: nn.Module) -> RNNLanguageModel:
     model = getattr(model, "module", model)  # DDP wrapper
@@ -166,8 +170,8 @@ def _batchify(source: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 
 def evaluate_lm_sparse(model: nn.Module | SparseLM, source: torch.Tensor, batch_size: int = 1,
-                       block: Block = "auto", threads: int = 1, chunk: int = 64
-                       ) -> dict[str, float]:
+                       block: Block = "auto", threads: int = 1, chunk: int = 64,
+                       clock: str = "wall") -> dict[str, float]:
     """Cross-entropy (nats/token) and perplexity of a token stream through the engine.
 
     Args:
@@ -176,11 +180,15 @@ def evaluate_lm_sparse(model: nn.Module | SparseLM, source: torch.Tensor, batch_
             state carried from the first token to the last (``evaluate_lm`` with
             ``carry="full"``).
         chunk: steps per call (memory of the logits only; results do not depend on it).
+        clock: ``"wall"`` or ``"cpu"`` (see :data:`CLOCKS`) for ``seconds``.
 
     Returns:
         ``{"loss", "ppl", "tokens", "activity", "seconds", "seconds_per_token"}``; activity is
         the fraction of nonzero layer outputs, seconds the wall time of the engine.
     """
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {sorted(CLOCKS)}, got {clock!r}")
+    now = CLOCKS[clock]
     if not isinstance(model, SparseLM):
         model = SparseLM.from_model(model, block=block, threads=threads)
     data = _batchify(source, batch_size)
@@ -189,9 +197,9 @@ def evaluate_lm_sparse(model: nn.Module | SparseLM, source: torch.Tensor, batch_
     model.runtime.reset_stats()
     total, seconds = 0.0, 0.0
     for start in range(0, inputs.shape[0], chunk):
-        t0 = time.perf_counter()
+        t0 = now()
         logits = model.run(inputs[start:start + chunk], reset=False)
-        seconds += time.perf_counter() - t0
+        seconds += now() - t0
         tgt = targets[start:start + chunk]
         total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
                                        reduction="sum"))
@@ -226,7 +234,8 @@ def _dense_torch_twin(lm: RNNLanguageModel) -> nn.ModuleList:
     return nn.ModuleList(cls(i, h) for i, h in zip(in_sizes, lm.hidden_sizes, strict=True)).eval()
 
 
-def _time_dense(lm: RNNLanguageModel, tokens: torch.Tensor, segment: int) -> tuple[float, float]:
+def _time_dense(lm: RNNLanguageModel, tokens: torch.Tensor, segment: int, clock: str
+                ) -> tuple[float, float]:
     """Seconds per token of the dense PyTorch twin at batch 1: ``(streaming, sequence)``:
     one token per call, and segments of ``segment`` tokens per call."""
     twin = _dense_torch_twin(lm)
@@ -240,18 +249,19 @@ def _time_dense(lm: RNNLanguageModel, tokens: torch.Tensor, segment: int) -> tup
         F.linear(x, dec_w, dec_b)
 
     ids = tokens.view(-1, 1)
+    now = CLOCKS[clock]
     with torch.no_grad():
         forward(ids[:2], [None] * len(twin))  # warm-up
         states: list = [None] * len(twin)
-        t0 = time.perf_counter()
+        t0 = now()
         for t in range(ids.shape[0]):
             forward(ids[t:t + 1], states)
-        stream = (time.perf_counter() - t0) / ids.shape[0]
+        stream = (now() - t0) / ids.shape[0]
         states = [None] * len(twin)
-        t0 = time.perf_counter()
+        t0 = now()
         for s in range(0, ids.shape[0], segment):
             forward(ids[s:s + segment], states)
-        seq = (time.perf_counter() - t0) / ids.shape[0]
+        seq = (now() - t0) / ids.shape[0]
     return stream, seq
 
 
@@ -264,7 +274,8 @@ def compare_with_torch(model: nn.Module, tokens: torch.Tensor, batch_size: int =
         model: an :class:`RNNLanguageModel` (evaluated in eval mode; its mode is restored).
         tokens: ``(N,)`` evaluation token ids.
         batch_size, bptt: as ``dualsparse.train.lm_task.evaluate_lm`` (state fully carried).
-        timing_tokens: tokens (batch 1) over which engine and dense PyTorch are timed.
+        timing_tokens: tokens (batch 1) over which engine and dense PyTorch are timed (this
+            thread's CPU time at 1 thread, wall time otherwise; ``clock`` in the result).
         repeats: timings are medians over this many runs.
 
     Returns a dict: ``ppl_torch``, ``ppl_engine``, ``ppl_rel_diff``, ``activity_density``
@@ -290,9 +301,10 @@ def compare_with_torch(model: nn.Module, tokens: torch.Tensor, batch_size: int =
         sparse = SparseLM.from_model(lm, block=block, threads=threads)
         eng = evaluate_lm_sparse(sparse, tokens, batch_size)
         timing = tokens[: max(2, timing_tokens)]
-        t_engine = float(np.median([evaluate_lm_sparse(sparse, timing, 1)["seconds_per_token"]
-                                    for _ in range(repeats)]))
-        dense = [_time_dense(lm, timing, bptt) for _ in range(repeats)]
+        clock = "cpu" if threads == 1 else "wall"
+        t_engine = float(np.median([evaluate_lm_sparse(sparse, timing, 1, clock=clock)
+                                    ["seconds_per_token"] for _ in range(repeats)]))
+        dense = [_time_dense(lm, timing, bptt, clock) for _ in range(repeats)]
         t_stream = float(np.median([d[0] for d in dense]))
         t_seq = float(np.median([d[1] for d in dense]))
     finally:
@@ -309,8 +321,9 @@ def compare_with_torch(model: nn.Module, tokens: torch.Tensor, batch_size: int =
         "speedup_stream": t_stream / t_engine, "speedup_seq": t_seq / t_engine,
         "ratio_seq": t_seq / t_engine / ideal,
         "packed_bytes": sparse.nbytes, "dense_bytes": sparse.dense_nbytes,
-        "threads": threads, "block": block,
+        "threads": threads, "block": block, "clock": clock,
     }
 
 
-__all__ = ["SparseLM", "compare_with_torch", "evaluate_lm_sparse", "evaluate_perplexity_sparse"]
+__all__ = ["CLOCKS", "SparseLM", "compare_with_torch", "evaluate_lm_sparse",
+           "evaluate_perplexity_sparse"]
