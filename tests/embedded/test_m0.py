@@ -28,6 +28,8 @@ def test_m0_bitexact_sizes_and_instruction_count(tmp_path):
     assert np.array_equal(cls, np.argmax(ref_logits, axis=1))
     size = cg.m0_size(elf)
     assert 0 < size["flash"] < 256 * 1024 and size["ram"] <= 16 * 1024
+    empty = cg.m0_size(cg.build_m0(m, x, tmp_path / "empty", with_model=False))
+    assert empty["flash"] < size["flash"]
     syms = cg.symbol_sizes(elf)
     assert syms["egru_w0"] == 4 * m.layers[0].codes.shape[0] * -(-28 // 10)
     counts = cg.count_instructions_m0(elf, timeout=60)

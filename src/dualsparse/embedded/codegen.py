@@ -451,15 +451,19 @@ def build_m0(model: DeployedEGRU, x_q: np.ndarray, work_dir: str | os.PathLike,
         srcs.append(d / f"{prefix}.c")
     else:  # stubs with the same API, to measure the driver alone
         main = main.replace(f'#include "{prefix}.h"', f'#include "{prefix}.h"\n'
-                            f"int {prefix}_classify(const int16_t *x, int T, int32_t *o) "
-                            "{ (void)x; (void)T; (void)o; return 0; }\n"
+                            f"int {prefix}_classify(const int16_t *x, int T, "
+                            f"int32_t o[{prefix.upper()}_CLASSES]) "
+                            "{ int c; (void)x; (void)T; for (c = 0; c < "
+                            f"{prefix.upper()}_CLASSES; ++c) o[c] = 0; return 0; }}\n"
                             f"const int16_t *{prefix}_state(int l) {{ (void)l; return 0; }}\n"
                             f"int {prefix}_state_size(int l) {{ (void)l; return 0; }}\n")
     (d / "m0_main.c").write_text(main)
     elf = d / f"{prefix}_m0{'' if with_model else '_empty'}.elf"
     cmd = [tools["gcc"], *M0_CFLAGS, opt, f"-I{d}", "-nostdlib", "-Wl,--gc-sections",
            f"-T{d / 'm0.ld'}", "-o", str(elf), *map(str, srcs), "-lgcc"]
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"arm-none-eabi-gcc failed:\n{r.stderr[-3000:]}")
     return elf
 
 
