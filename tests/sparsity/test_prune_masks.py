@@ -191,6 +191,7 @@ def test_finalize_leaves_plain_model():
 
 MODULES = {
     "egru": lambda: EGRU(6, 8, num_layers=2),
+    "egru_unfused": lambda: EGRU(6, 8, num_layers=2, fused=False),
     "gru": lambda: GRU(6, 8, num_layers=2),
     "lstm": lambda: LSTM(6, 8, num_layers=2),
     "egru_cell": lambda: EGRUCell(6, 8),

@@ -26,7 +26,7 @@ def fanout_histogram(mask: torch.Tensor, bins: int = 10) -> dict[str, list]:
         raise ValueError(f"bins must be an int >= 1, got {bins!r}")
     out_dim = mask.size(0)
     fan = mask.sum(0).to(torch.float64).cpu()
-    bins = min(bins, out_dim + 1)
+    bins = min(bins, max(out_dim, 1))  # bins at least one fan-out value wide
     edges = torch.linspace(0, out_dim, bins + 1, dtype=torch.float64).round()
     idx = torch.bucketize(fan, edges[1:-1], right=True)
     counts = torch.bincount(idx, minlength=bins)
