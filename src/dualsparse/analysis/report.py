@@ -55,11 +55,13 @@ def write_report(records: Sequence[Any], out_dir: str | Path, title: str = "Swee
         notes: extra markdown placed after the header.
 
     Raises:
-        ValueError: if no record has metrics.
+        ValueError: if no record has metrics, or none has a test perplexity.
     """
     runs = as_runs(records)
     if not runs:
         raise ValueError("no finished runs to report on")
+    if not any(isinstance(r.metrics.get("test_ppl"), (int, float)) for r in runs):
+        raise ValueError("no finished run has a 'test_ppl' metric (is this an LM sweep?)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     egru = [r for r in runs if str(r.config.get(keys.model, "")).upper() == "EGRU"]

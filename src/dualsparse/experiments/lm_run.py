@@ -10,7 +10,8 @@ two keys of this module:
 * ``prune_start_frac`` / ``prune_end_frac``: when ``prune_start`` / ``prune_end`` are not
   given, pruning runs from ``prune_start_frac * max_steps`` to ``prune_end_frac * max_steps``
   (defaults 0.25 and 0.75, leaving a quarter of training to recover); the span is rounded
-  down to a multiple of ``prune_steps`` for the AGP schedule.
+  down to a multiple of ``prune_steps`` for the AGP schedule; one iterative round
+  (one-shot pruning) happens at the start step.
 
 ``prune_target`` 0 (or ``prune_method`` None / "none") trains the dense model. The run folder
 holds the trainer's checkpoints; a run interrupted and claimed again resumes from its
@@ -92,11 +93,15 @@ def build_args(config: dict[str, Any], run_dir: Path) -> argparse.Namespace:
             args.prune_start = int(own["prune_start_frac"] * args.max_steps)
         if config.get("prune_end") is None:
             end = int(own["prune_end_frac"] * args.max_steps)
-            if args.prune_schedule == "agp" and args.prune_method != "gl":
+            if args.prune_steps == 1 and args.prune_schedule == "iterative":
+                end = args.prune_start  # one-shot: a single round at the start
+            elif args.prune_schedule == "agp" and args.prune_method != "gl":
                 span = (end - args.prune_start) // args.prune_steps * args.prune_steps
                 end = args.prune_start + span
             args.prune_end = end
-        if args.prune_end <= args.prune_start:
+        one_shot = args.prune_steps == 1 and args.prune_schedule == "iterative"
+        if args.prune_end < args.prune_start or (args.prune_end == args.prune_start
+                                                 and not one_shot):
             raise ValueError(f"pruning span is empty: prune_start {args.prune_start}, "
                              f"prune_end {args.prune_end}")
     return args
@@ -107,7 +112,8 @@ def run_lm(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 
     Extra keys: ``train_seconds``, ``steps``, ``parameters``, ``rnn_parameters``,
     ``test_tokens``, ``test_weights`` (which checkpoint was tested), ``pruning``
-    (method, target, steps, schedule span).
+    (method, target, steps, schedule span), ``flags`` (every training setting actually used,
+    presets resolved, so the store stays exact if a preset changes later).
     """
     from dualsparse.sparsity import cli as prune_cli
     from dualsparse.train import lm_task
@@ -132,7 +138,14 @@ def run_lm(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
                      train_seconds=result["train"].get("train_seconds"),
                      steps=result["train"].get("step"), parameters=result["parameters"],
                      rnn_parameters=result["rnn_parameters"], test_tokens=test["tokens"],
-                     test_weights=test.get("weights"), pruning=pruning)
+                     test_weights=test.get("weights"), pruning=pruning,
+                     flags={k: v for k, v in vars(args).items() if _plain(v)})
+
+
+def _plain(value: Any) -> bool:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return True
+    return isinstance(value, (list, tuple)) and all(_plain(v) for v in value)
 
 
 __all__ = ["OWN_KEYS", "build_args", "lm_parser", "run_lm"]

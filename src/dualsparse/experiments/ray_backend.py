@@ -18,14 +18,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dualsparse.experiments.runner import WorkerOptions, execute, format_error
+from dualsparse.experiments.runner import WorkerOptions, execute, format_error, set_threads
 from dualsparse.experiments.store import ResultStore, RunRecord, worker_id
 
 
 def _task(record: RunRecord, output: str, threads: int | None) -> dict[str, Any]:
     if threads is not None:
-        import torch
-        torch.set_num_threads(threads)
+        set_threads(threads)
     return execute(record, output)
 
 

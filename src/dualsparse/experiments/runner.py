@@ -7,8 +7,9 @@ if present, is stored as the run's checkpoint path)::
 
     def run(config: dict, run_dir: pathlib.Path) -> dict
 
-Registered names: ``lm`` (:func:`dualsparse.experiments.lm_run.run_lm`), ``toy`` and ``echo``
-(:mod:`dualsparse.experiments.toy`); any other ``"package.module:function"`` is imported.
+Registered names: ``lm`` (:func:`dualsparse.experiments.lm_run.run_lm`), ``toy``
+(:mod:`dualsparse.experiments.toy`) and ``echo`` (:mod:`dualsparse.experiments.echo`); any
+other ``"package.module:function"`` is imported.
 
 **Local backend** (the default): :func:`work` is one worker, a loop claim -> run -> finish/fail
 with a heartbeat thread; :func:`run_local` starts ``workers`` such processes (``spawn``) on
@@ -21,7 +22,9 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing as mp
+import os
 import queue
+import sys
 import threading
 import time
 import traceback
@@ -38,7 +41,7 @@ RunFunction = Callable[[dict[str, Any], Path], dict[str, Any]]
 RUN_FUNCTIONS: dict[str, str] = {
     "lm": "dualsparse.experiments.lm_run:run_lm",
     "toy": "dualsparse.experiments.toy:run_toy",
-    "echo": "dualsparse.experiments.toy:run_echo",
+    "echo": "dualsparse.experiments.echo:run_echo",
 }
 ERROR_CHARS = 8000
 
@@ -141,6 +144,15 @@ class WorkerOptions:
             raise ValueError(f"threads must be >= 1 or None, got {self.threads}")
 
 
+def set_threads(threads: int) -> None:
+    """``torch.set_num_threads`` if torch is loaded, else ``OMP_NUM_THREADS`` for its import."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+    else:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
 def _summary(metrics: dict[str, Any]) -> str:
     keys = ("test_ppl", "activity_sparsity", "weight_sparsity", "mac_reduction")
     parts = [f"{k}={metrics[k]:.4g}" for k in keys
@@ -157,8 +169,7 @@ def work(store_path: str | Path, output: str | Path, options: WorkerOptions | No
     """
     opts = options or WorkerOptions()
     if opts.threads is not None:
-        import torch
-        torch.set_num_threads(opts.threads)
+        set_threads(opts.threads)
     worker = worker or worker_id("local")
     store_path = Path(store_path)
     counts = {"done": 0, "failed": 0, "lost": 0}
@@ -243,4 +254,4 @@ def run_local(store_path: str | Path, output: str | Path, workers: int = 1,
 
 
 __all__ = ["RUN_FUNCTIONS", "RunFunction", "WorkerOptions", "execute", "format_error",
-           "resolve_run_function", "run_dir_for", "run_local", "work"]
+           "resolve_run_function", "run_dir_for", "run_local", "set_threads", "work"]

@@ -1,29 +1,23 @@
-"""Small run functions for tests, demos and checking a cluster: ``toy`` and ``echo``.
+"""The ``toy`` run function: a real, tiny experiment that runs in about a second.
 
-``toy``: a real, tiny experiment that runs in a fraction of a second. A token stream is drawn
-from a fixed random first-order Markov chain (``vocab`` states, ``branch`` successors each);
-an embedding -> EGRU/LSTM/GRU -> linear model is trained on it with AdamW (separate weight
-decay for weights and for biases; none on EGRU thresholds), its ``W_ih``/``W_hh`` are
-magnitude-pruned to ``prune_target`` in ``prune_steps`` rounds during the first two thirds
-of training (geometric rounds, masks re-applied after every step), and test perplexity and
-the accounting report are measured.
+A token stream is drawn from a fixed random first-order Markov chain (``vocab`` states,
+``branch`` successors each). An embedding -> EGRU/LSTM/GRU -> linear model is trained on it
+with AdamW (separate weight decay for weights and for biases; none on EGRU thresholds). Its
+``W_ih``/``W_hh`` are magnitude-pruned to ``prune_target`` in ``prune_steps`` rounds during
+the first two thirds of training (geometric rounds, masks re-applied after every step).
+Test perplexity and the accounting report are measured on a separate sampled stream.
 
 Config keys and defaults: ``model`` (EGRU), ``vocab`` 16, ``branch`` 3, ``emsize`` 16,
 ``nhid`` 32 (int or per-layer list), ``steps`` 60, ``batch_size`` 16, ``bptt`` 20, ``lr``
 0.01, ``wdecay`` 0, ``wdecay_bias`` 0, ``prune_method`` ("magnitude" or None), ``prune_target``
 0, ``prune_steps`` 1, ``thr_mean`` 0.3, ``seed`` 0, ``data_seed`` 1234, ``train_tokens``
 20000, ``test_tokens`` 2000.
-
-``echo``: no training; sleeps ``sleep_s`` seconds, raises if ``fail`` is true, and returns
-the config with the process id (to test schedulers and stores).
 """
 
 from __future__ import annotations
 
 import bisect
 import math
-import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -177,19 +171,4 @@ def run_toy(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
                      train_loss=float(loss.detach()))
 
 
-def run_echo(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """Sleep ``config['sleep_s']`` (default 0), raise if ``config['fail']``, echo the config."""
-    sleep = float(config.get("sleep_s", 0.0))
-    if sleep < 0:
-        raise ValueError(f"sleep_s must be >= 0, got {sleep}")
-    time.sleep(sleep)
-    if config.get("fail"):
-        raise RuntimeError(f"echo run asked to fail: {config['fail']!r}")
-    marker = config.get("marker_dir")
-    if marker:  # one file per execution, to count executions across processes
-        Path(marker).mkdir(parents=True, exist_ok=True)
-        (Path(marker) / f"{config.get('i', 'run')}-{os.getpid()}-{time.time_ns()}").touch()
-    return {"echo": config, "pid": os.getpid(), "run_dir": str(run_dir)}
-
-
-__all__ = ["TOY_DEFAULTS", "ToyLM", "markov_stream", "run_echo", "run_toy"]
+__all__ = ["TOY_DEFAULTS", "ToyLM", "markov_stream", "run_toy"]

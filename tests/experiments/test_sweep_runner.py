@@ -1,0 +1,125 @@
+"""Local runner: run functions, failures, several worker processes, toy runs end to end."""
+
+import json
+
+import pytest
+
+from dualsparse.experiments.runner import (
+    WorkerOptions,
+    resolve_run_function,
+    run_dir_for,
+    run_local,
+    work,
+)
+from dualsparse.experiments.spec import SweepSpec
+from dualsparse.experiments.store import ResultStore
+
+TINY_TOY = {"emsize": 8, "nhid": 12, "steps": 12, "train_tokens": 1500, "test_tokens": 200,
+            "bptt": 10, "batch_size": 8}
+
+
+def _setup(tmp_path, run, base, grid, seeds=(), name="r"):
+    spec = SweepSpec.from_dict({"name": name, "run": run, "output": str(tmp_path / "out"),
+                                "base": base, "grid": grid, "seeds": list(seeds)})
+    with ResultStore(spec.store_path) as store:
+        store.add_sweep(spec.name, spec.to_dict(), spec.expand())
+    return spec
+
+
+def test_resolve_run_function():
+    assert resolve_run_function("echo").__name__ == "run_echo"
+    assert resolve_run_function("dualsparse.experiments.toy:run_toy").__name__ == "run_toy"
+    for bad in ("nonsense", "no.such.module:f", "dualsparse.experiments.toy:missing"):
+        with pytest.raises(ValueError, match="run function"):
+            resolve_run_function(bad)
+
+
+def test_worker_options_validation():
+    with pytest.raises(ValueError, match="heartbeat_s < stale_after"):
+        WorkerOptions(heartbeat_s=10, stale_after=5)
+    with pytest.raises(ValueError, match="max_runs"):
+        WorkerOptions(max_runs=0)
+
+
+def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path):
+    spec = _setup(tmp_path, "echo", {}, [{"i": [0, 2]}, {"i": [1], "fail": ["on purpose"]}])
+    counts = work(spec.store_path, spec.output, WorkerOptions(sweep="r", verbose=False))
+    assert counts == {"done": 2, "failed": 1, "lost": 0}
+    with ResultStore(spec.store_path) as store:
+        failed = store.records("r", "failed")
+        assert len(failed) == 1
+        assert "RuntimeError: echo run asked to fail: 'on purpose'" in failed[0].error
+        assert "Traceback" in failed[0].error
+        done = store.records("r", "done")
+        assert all(r.metrics["echo"] == r.config for r in done)
+    # files written next to every run
+    rid = done[0].run_id
+    folder = run_dir_for(spec.output, rid)
+    assert json.loads((folder / "config.json").read_text())["config"] == done[0].config
+    assert json.loads((folder / "metrics.json").read_text())["echo"] == done[0].config
+    # a second invocation repeats nothing; --retry-failed retries the failure only
+    assert work(spec.store_path, spec.output, WorkerOptions(sweep="r", verbose=False))[
+        "done"] == 0
+    again = work(spec.store_path, spec.output,
+                 WorkerOptions(sweep="r", retry_failed=True, max_attempts=2, verbose=False))
+    assert again == {"done": 0, "failed": 1, "lost": 0}
+
+
+def test_max_runs_stops_early(tmp_path):
+    spec = _setup(tmp_path, "echo", {}, {"i": [0, 1, 2, 3]})
+    assert work(spec.store_path, spec.output, WorkerOptions(max_runs=3, verbose=False))[
+        "done"] == 3
+    with ResultStore(spec.store_path) as store:
+        assert store.counts() == {"pending": 1, "running": 0, "done": 3, "failed": 0}
+
+
+def test_several_local_processes_run_everything_once(tmp_path):
+    marks = tmp_path / "marks"
+    spec = _setup(tmp_path, "echo", {"sleep_s": 0.05, "marker_dir": str(marks)},
+                  {"i": list(range(12))})
+    total = run_local(spec.store_path, spec.output, workers=3,
+                      options=WorkerOptions(sweep="r", verbose=False))
+    assert total["done"] == 12 and total["failed"] == 0 and total["crashed"] == 0
+    assert len(list(marks.iterdir())) == 12
+    with ResultStore(spec.store_path) as store:
+        recs = store.records("r")
+        assert all(r.status == "done" and r.attempts == 1 for r in recs)
+        assert len({r.metrics["pid"] for r in recs}) >= 1
+    with pytest.raises(ValueError, match="workers"):
+        run_local(spec.store_path, spec.output, workers=0)
+
+
+def test_toy_runs_produce_standard_metrics(tmp_path):
+    spec = _setup(tmp_path, "toy", TINY_TOY,
+                  {"model": ["EGRU", "LSTM"], "prune_target": [0.0, 0.75]}, seeds=[0])
+    counts = work(spec.store_path, spec.output, WorkerOptions(sweep="r", verbose=False))
+    assert counts["done"] == 4
+    with ResultStore(spec.store_path) as store:
+        recs = {(r.config["model"], r.config["prune_target"]): r for r in store.records("r")}
+    for (model, target), r in recs.items():
+        m = r.metrics
+        assert m["test_ppl"] > 1.0
+        assert m["weight_sparsity"] == pytest.approx(target, abs=0.01)
+        assert m["dense_macs"] == pytest.approx(3 * 12 * (8 + 12) if model == "EGRU"
+                                                else 4 * 12 * (8 + 12))
+        assert m["mac_reduction"] == pytest.approx(m["dense_macs"] / m["effective_macs"])
+        assert r.checkpoint and r.checkpoint.endswith("model.safetensors")
+        layer = m["layers"][0]
+        assert sum(layer["activity_histogram"]["counts"]) == 12  # one count per neuron
+        if model == "EGRU":
+            assert layer["distance_histogram"] is not None
+            assert 0.0 < m["activity_sparsity"] < 1.0
+        else:
+            assert layer["distance_histogram"] is None and m["activity_sparsity"] == 0.0
+    # pruning cuts MACs: with the same activity, 75 % fewer weights
+    assert recs[("LSTM", 0.75)].metrics["mac_reduction"] == pytest.approx(4.0, rel=0.02)
+
+
+def test_toy_rejects_bad_config(tmp_path):
+    from dualsparse.experiments.toy import run_toy
+    with pytest.raises(ValueError, match="unknown toy config keys"):
+        run_toy({"hidden": 3}, tmp_path)
+    with pytest.raises(ValueError, match="prune_target"):
+        run_toy({"prune_target": 1.0}, tmp_path)
+    with pytest.raises(ValueError, match="EGRU, LSTM or GRU"):
+        run_toy({**TINY_TOY, "model": "RNN"}, tmp_path)
