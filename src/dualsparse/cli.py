@@ -111,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     try:
         COMMANDS[argv[0]](argv[1:])
-    except ValueError as exc:  # bad input: a clear message, not a traceback
+    except Exception as exc:  # bad input or missing data: a clear message, not a traceback
+        from dualsparse.data.corpora import DataError
+        if not isinstance(exc, (ValueError, DataError)):
+            raise
         print(f"dualsparse {argv[0]}: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -19,6 +19,7 @@ Nested state (optimizer ``state_dict()``, iterator state, ...) is stored with
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -240,9 +241,10 @@ def load_model_tensors(model: nn.Module, tensors: dict[str, torch.Tensor],
 
 
 # ----------------------------------------------------------------------------- save / load
-def git_commit(cwd: str | os.PathLike[str] | None = None) -> str | None:
-    """The current git commit of the source tree, or None outside a git checkout."""
-    cwd = cwd or Path(__file__).resolve().parent
+@functools.lru_cache(maxsize=8)
+def git_commit(cwd: str | None = None) -> str | None:
+    """The git commit of the source tree (looked up once per process), or None."""
+    cwd = cwd or str(Path(__file__).resolve().parent)
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
                              text=True, timeout=5, check=False)

@@ -193,11 +193,23 @@ class LMTask:
         bs = self.eval_batch_size if split == "valid" else self.test_batch_size
         return evaluate_lm(model, data, bs, self.bptt, self.carry, meter)
 
+    def _settings(self) -> dict[str, Any]:
+        return {"batch_size": self.batch_size, "bptt": self.bptt,
+                "random_bptt": self.random_bptt, "seed": self.seed, "carry": self.carry}
+
     def state_dict(self) -> dict[str, Any]:
+        """Epoch, iterator position, carried hidden state, and the settings they depend on."""
         return {"epoch": self.epoch, "iterator": self.iterator.state_dict(),
-                "hidden": None if self.state is None else [list(s) for s in self.state]}
+                "hidden": None if self.state is None else [list(s) for s in self.state],
+                "settings": self._settings()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume; ``ValueError`` if the data settings differ from the saved ones."""
+        saved = state.get("settings", {})
+        diff = {k: (saved.get(k), v) for k, v in self._settings().items() if saved.get(k) != v}
+        if diff:
+            raise ValueError("cannot resume: data settings differ (saved, now): "
+                             + ", ".join(f"{k}={a!r}->{b!r}" for k, (a, b) in diff.items()))
         self.epoch = int(state["epoch"])
         self.iterator = self._make_iterator(self.epoch)
         self.iterator.load_state_dict(state["iterator"])
@@ -302,7 +314,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="steps between validations (default: once per epoch)")
     r.add_argument("--save-interval", type=int, default=0,
                    help="steps between 'latest' checkpoints besides each validation")
-    r.add_argument("--save", default="runs/lm", help="output folder")
+    r.add_argument("--save", default="runs/lm", help="output folder ('' writes nothing)")
     r.add_argument("--resume", action="store_true", help="continue from <save>/latest")
     r.add_argument("--stop-at", type=int, default=None,
                    help="stop at this step with a checkpoint (the schedule is unchanged)")
@@ -315,7 +327,7 @@ def apply_preset(parser: argparse.ArgumentParser, argv: list[str] | None) -> Non
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", default=None)
     known, _ = pre.parse_known_args(argv)
-    if known.preset is not None:
+    if known.preset in PRESETS:  # an unknown name is reported by the parser's choices
         parser.set_defaults(**get_preset(known.preset))
 
 
@@ -386,7 +398,7 @@ def train_config(args: argparse.Namespace, steps_per_epoch: int) -> TrainConfig:
         gamma=args.gamma, warmup_steps=args.warmup_steps, scale_lr_by_seq_len=args.random_bptt,
         eval_interval=args.eval_interval if args.eval_interval is not None else steps_per_epoch,
         log_interval=args.log_interval, save_interval=args.save_interval, stop_at=args.stop_at,
-        seed=args.seed, deterministic=args.deterministic, out_dir=args.save,
+        seed=args.seed, deterministic=args.deterministic, out_dir=args.save or None,
         tensorboard=args.tensorboard, progress=args.progress,
     )
 
@@ -412,6 +424,8 @@ def build_trainer(args: argparse.Namespace, dist: DistInfo | None = None,
     run_config = {k: v for k, v in vars(args).items() if not callable(v)}
     trainer = Trainer(model, task, cfg, pruner=pruner, dist=dist, run_config=run_config)
     if args.resume:
+        if not args.save:
+            raise ValueError("--resume needs --save pointing at the run folder")
         trainer.resume(args.save)
     return trainer
 

@@ -208,6 +208,7 @@ class MetricsLog:
         self.writer = None
         if self.path is None:
             return
+        out_dir.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
             self._truncate_after(resume_step)
         elif self.path.exists():

@@ -38,12 +38,13 @@ _AWD_LSTM: dict[str, Any] = {
 
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu-small": {
-        "data": "ptb", "model": "EGRU", "emsize": 200, "nhid": [400, 200],
+        "data": "ptb", "model": "EGRU", "emsize": 128, "nhid": [256, 128],
         "optimizer": "adamw", "lr": 3e-3, "beta1": 0.0, "beta2": 0.999, "wdecay": 0.01,
-        "batch_size": 32, "bptt": 35, "random_bptt": False, "dropout": 0.1, "dropouth": 0.1,
-        "dropouti": 0.1, "dropoute": 0.0, "wdrop": 0.1, "clip": 0.25, "thr_mean": 0.05,
-        "surrogate_width": 0.5, "schedule": "cosine", "max_steps": 1500, "eval_interval": 500,
+        "batch_size": 20, "bptt": 35, "random_bptt": False, "dropout": 0.0, "dropouth": 0.0,
+        "dropouti": 0.0, "dropoute": 0.0, "wdrop": 0.0, "clip": 0.25, "thr_mean": 0.1,
+        "schedule": "cosine", "min_lr_ratio": 0.1, "max_steps": 600, "eval_interval": 200,
         "valid_tokens": 20000, "eval_batch_size": 10, "test_batch_size": 1, "seed": 1111,
+        "threads": 1,
     },
     "ptb-egru": {**_EGRU_PAPER, "data": "ptb", "epochs": 1000, "batch_size": 64, "lr": 0.0012,
                  "wdecay": 0.10, "dropouti": 0.6, "cosine_start": 700, "seed": 9612},

@@ -1,0 +1,138 @@
+"""The ``dualsparse`` command: presets, train, eval, refusals, optional subcommands."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from dualsparse import cli
+from dualsparse.models.lm import count_parameters
+from dualsparse.train import lm_task
+from dualsparse.train.presets import PRESETS
+
+DATA = os.environ.get("DUALSPARSE_DATA")
+needs_data = pytest.mark.skipif(
+    not DATA or not (Path(DATA) / "ptb" / "train.txt").is_file()
+    or not (Path(DATA) / "wikitext-2" / "train.txt").is_file(),
+    reason="PTB/WikiText-2 not available under $DUALSPARSE_DATA")
+
+TINY = ["--train-tokens", "4000", "--valid-tokens", "500", "--test-tokens", "200",
+        "--emsize", "16", "--nhid", "24,16", "--batch_size", "4", "--bptt", "10",
+        "--threads", "1", "--no-progress", "--no-tensorboard"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_globals():
+    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(det)
+
+
+def _parse(argv: list[str]):
+    parser, _ = cli.build_train_parser(argv)
+    return parser.parse_args(argv)
+
+
+def test_usage_and_unknown_command(capsys) -> None:
+    assert cli.main(["--help"]) == 0
+    assert "train" in capsys.readouterr().out
+    assert cli.main(["frobnicate"]) == 2
+    assert cli.main([]) == 2
+
+
+def test_presets_set_defaults_and_flags_override() -> None:
+    args = _parse(["--preset", "ptb-egru"])
+    assert (args.nhid, args.emsize, args.beta1, args.lr_thr, args.random_bptt) == (
+        [1350, 1350, 750], 750, 0.0, 0.0, True)
+    args = _parse(["--preset", "ptb-egru", "--lr", "0.5", "--nhid", "10,20"])
+    assert args.lr == 0.5 and args.nhid == [10, 20] and args.wdrop == 0.7
+    awd = _parse(["--preset", "wt2-lstm"])
+    assert (awd.model, awd.optimizer, awd.batch_size, awd.data) == ("LSTM", "sgd", 80,
+                                                                     "wikitext-2")
+    with pytest.raises(SystemExit):
+        _parse(["--preset", "nope"])
+
+
+@pytest.mark.parametrize("name,vocab,total,rnn", [
+    ("ptb-egru", 10000, 31.7e6, 24.2e6),   # parameter counts given in the EGRU notes
+    ("ptb-lstm", 10000, 24.2e6, None),     # AWD-LSTM: 24M on PTB
+    ("wt2-egru", 33278, 49.2e6, 24.2e6),
+    ("wt2-lstm", 33278, 33.6e6, None),     # AWD-LSTM: 33M on WT2
+])
+def test_paper_preset_models_have_the_papers_sizes(name, vocab, total, rnn) -> None:
+    model = lm_task.build_model(_parse(["--preset", name]), vocab)
+    assert model.tied
+    assert count_parameters(model) == pytest.approx(total, rel=0.01)
+    if rnn is not None:
+        assert count_parameters(model, exclude_embedding=True) == pytest.approx(rnn, rel=0.01)
+
+
+@needs_data
+@pytest.mark.parametrize("name", ["ptb-egru", "wt2-lstm"])
+def test_paper_presets_start_and_run_steps_on_cpu(name: str) -> None:
+    # full-size model and recipe; batch and bptt cut down to keep this test fast on 2 shared
+    # cores (one full-size step takes minutes there; docs/lm.md records such a run)
+    args = _parse(["--preset", name, "--max-steps", "2", "--train-tokens", "3000",
+                   "--valid-tokens", "300", "--eval-interval", "0", "--save", "",
+                   "--batch_size", "2", "--bptt", "6",
+                   "--threads", "1", "--no-progress", "--no-tensorboard"])
+    trainer = lm_task.build_trainer(args)
+    before = trainer.model.embedding.weight.detach().clone()
+    losses = [trainer.train_step()["loss"] for _ in range(2)]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert not torch.equal(before, trainer.model.embedding.weight)
+    assert trainer.cfg.lr == PRESETS[name]["lr"] and trainer.task.random_bptt
+    assert trainer.cfg.optimizer == PRESETS[name]["optimizer"]
+
+
+@needs_data
+def test_train_then_eval(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    assert cli.main(["train", *TINY, "--max-steps", "6", "--eval-interval", "3",
+                     "--save", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "test (best" in out and "act.sp." in out
+    results = json.loads((run / "results.json").read_text())
+    assert results["train"]["finished"] and results["test"]["tokens"] == 199
+    assert results["config"]["nhid"] == [24, 16]
+    layers = results["test"]["accounting"]["layers"]
+    assert [entry["hidden_size"] for entry in layers] == [24, 16]
+    assert (run / "metrics.csv").is_file() and (run / "best.json").is_file()
+
+    assert cli.main(["eval", "--checkpoint", str(run), "--tag", "best", "--split", "test",
+                     "--tokens", "200", "--threads", "1"]) == 0
+    ev = json.loads((run / "eval-best-test.json").read_text())
+    assert ev["ppl"] == pytest.approx(results["test"]["ppl"], rel=1e-6)
+    assert ev["batch_size"] == 1 and len(ev["accounting"]["layers"]) == 2
+
+    # a run folder of a different model refuses --resume with a clear message
+    assert cli.main(["train", *TINY, "--nhid", "32,16", "--max-steps", "6",
+                     "--save", str(run), "--resume"]) == 1
+    assert "different model" in capsys.readouterr().err
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "missing")]) == 1
+    assert "no checkpoint 'best'" in capsys.readouterr().err
+
+
+@needs_data
+def test_bad_arguments_give_clear_errors(capsys) -> None:
+    assert cli.main(["train", *TINY, "--max-steps", "1", "--dropouti", "1.5", "--save", ""]
+                    ) == 1
+    assert "dropouti must be a probability" in capsys.readouterr().err
+    assert cli.main(["train", *TINY, "--save", ""]) == 1
+    assert "give --max-steps or --epochs" in capsys.readouterr().err
+
+
+def test_optional_task_and_prune_subcommands_are_guarded() -> None:
+    kws = cli._optional("dualsparse.train.kws_task")
+    parser, _ = cli.build_train_parser(["--task", "kws"]) if kws else (None, None)
+    if kws is not None:
+        assert parser.parse_args(["--task", "kws"]).task == "kws"
+    assert cli._optional("dualsparse.no_such_module") is None
+    if cli._optional("dualsparse.sparsity.cli") is None:
+        with pytest.raises(SystemExit, match="sparsity.cli"):
+            cli.cmd_prune(["--checkpoint", "x"])

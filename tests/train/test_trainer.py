@@ -1,0 +1,206 @@
+"""Trainer: parameter groups, schedules, LR scaling, pruner hooks, exact resume."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from dualsparse.models.lm import RNNLanguageModel
+from dualsparse.train import checkpoint as ckpt
+from dualsparse.train.lm_task import LMTask
+from dualsparse.train.loop import (
+    TrainConfig,
+    Trainer,
+    lr_factor,
+    parameter_groups,
+    set_seed,
+)
+
+V = 24
+
+
+def synthetic_stream(n: int, seed: int = 0) -> torch.Tensor:
+    """A learnable stream: a fixed cycle over the vocabulary with 10% random tokens."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.arange(n) * 7 % V
+    noise = torch.randint(0, V, (n,), generator=g)
+    return torch.where(torch.rand(n, generator=g) < 0.1, noise, base)
+
+
+def make(cell: str = "egru", *, random_bptt: bool = True, out_dir: Path | None = None,
+         max_steps: int = 12, stop_at: int | None = None, seed: int = 5, **cfg_kw):
+    set_seed(seed)
+    model = RNNLanguageModel(V, 8, [12, 8], cell=cell, dropout=0.1, dropouth=0.1,
+                             dropouti=0.1, dropoute=0.05, wdrop=0.2,
+                             cell_options={"threshold_mean": 0.05} if cell == "egru" else None)
+    task = LMTask(synthetic_stream(3000), synthetic_stream(400, 1), synthetic_stream(200, 2),
+                  batch_size=4, bptt=10, random_bptt=random_bptt, seed=seed,
+                  eval_batch_size=4, test_batch_size=1)
+    settings = {"eval_interval": 5, "log_interval": 1, "save_interval": 2, **cfg_kw}
+    settings.setdefault("lr", 3e-3)
+    cfg = TrainConfig(max_steps=max_steps, beta1=0.0, clip=0.5, schedule="cosine",
+                      cosine_start=4, stop_at=stop_at,
+                      out_dir=None if out_dir is None else str(out_dir), tensorboard=False,
+                      progress=False, seed=seed, **settings)
+    return Trainer(model, task, cfg)
+
+
+def test_parameter_groups_split_weights_biases_thresholds() -> None:
+    model = RNNLanguageModel(V, 8, [12, 8], cell="egru")
+    cfg = TrainConfig(max_steps=1, lr=0.01, wdecay=0.1, wdecay_bias=0.0, wdecay_thr=0.5,
+                      lr_thr=0.0, lr_bias=2.0)
+    groups = {g["name"]: g for g in parameter_groups(model, cfg)}
+    assert set(groups) == {"weights", "biases", "thresholds"}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in groups["thresholds"]["params"]} == {
+        "rnns.0.threshold_raw_l0", "rnns.1.threshold_raw_l0"}
+    assert "embedding.weight" in {names[id(p)] for p in groups["weights"]["params"]}
+    assert "decoder.bias" in {names[id(p)] for p in groups["biases"]["params"]}
+    assert (groups["weights"]["weight_decay"], groups["thresholds"]["weight_decay"]) == (0.1, 0.5)
+    assert groups["thresholds"]["lr"] == 0.0 and groups["biases"]["lr"] == pytest.approx(0.02)
+    total = sum(len(g["params"]) for g in groups.values())
+    assert total == len(list(model.parameters()))  # tied weight once
+    lstm = RNNLanguageModel(V, 8, [8], cell="lstm")
+    assert {g["name"] for g in parameter_groups(lstm, cfg)} == {"weights", "biases"}
+
+
+def test_lr_schedules() -> None:
+    cos = TrainConfig(max_steps=110, schedule="cosine", cosine_start=10, min_lr_ratio=0.1)
+    assert lr_factor(0, cos) == lr_factor(9, cos) == 1.0
+    assert lr_factor(60, cos) == pytest.approx(0.55)
+    assert lr_factor(110, cos) == pytest.approx(0.1)
+    step = TrainConfig(max_steps=100, schedule="step", when=(10, 20), gamma=0.5)
+    assert [lr_factor(s, step) for s in (9, 10, 19, 20, 99)] == [1, 0.5, 0.5, 0.25, 0.25]
+    warm = TrainConfig(max_steps=100, warmup_steps=4)
+    assert [lr_factor(s, warm) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(max_steps=1, schedule="linear")
+    with pytest.raises(ValueError, match="beta1"):
+        TrainConfig(max_steps=1, beta1=1.0)
+    with pytest.raises(ValueError, match="lr must be"):
+        TrainConfig(max_steps=1, lr=math.nan)
+
+
+def test_lr_is_scaled_by_segment_length_with_random_bptt() -> None:
+    tr = make(random_bptt=True, eval_interval=0)
+    lengths = []
+    for _ in range(6):
+        before = tr.task.iterator.index
+        out = tr.train_step()
+        seg_len = tr.task.iterator.bounds[before][1]
+        lengths.append(seg_len)
+        assert out["lr"] == pytest.approx(3e-3 * seg_len / 10 * lr_factor(tr.step - 1, tr.cfg))
+        thr = next(g for g in tr.optimizer.param_groups if g["name"] == "thresholds")
+        assert thr["lr"] == pytest.approx(out["lr"])
+    assert len(set(lengths)) > 1
+    fixed = make(random_bptt=False)
+    assert fixed.train_step()["lr"] == pytest.approx(3e-3)
+
+
+def test_training_reduces_the_loss() -> None:
+    tr = make("lstm", random_bptt=False, max_steps=60, lr=0.02)
+    tr.cfg.eval_interval = 0
+    first = tr.task.evaluate(tr.model, "valid")["loss"]
+    tr.fit()
+    assert tr.task.evaluate(tr.model, "valid")["loss"] < first - 0.3
+
+
+class RecordingPruner:
+    """Stands in for dualsparse.sparsity's Pruner and records the calls the Trainer makes."""
+
+    def __init__(self) -> None:
+        self.calls: list = []
+        self.optimizer = None
+
+    def attach_optimizer(self, optimizer) -> None:
+        self.calls.append("attach")
+        self.optimizer = optimizer
+
+    def penalty(self):
+        self.calls.append("penalty")
+        return torch.tensor(0.0)
+
+    def step(self, global_step: int) -> None:
+        self.calls.append(("step", global_step))
+
+    def state_dict(self) -> dict:
+        return {"steps": [c[1] for c in self.calls if isinstance(c, tuple)]}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.calls.append(("loaded", tuple(d["steps"])))
+
+
+def test_pruner_hooks_are_called_in_order_and_state_is_checkpointed(tmp_path: Path) -> None:
+    tr = make(out_dir=tmp_path, max_steps=3)
+    pruner = RecordingPruner()
+    tr = Trainer(tr.model, tr.task, tr.cfg, pruner=pruner)
+    assert pruner.calls == ["attach"] and pruner.optimizer is tr.optimizer
+    tr.fit()
+    assert pruner.calls[1:] == ["penalty", ("step", 0), "penalty", ("step", 1), "penalty",
+                                ("step", 2)]
+    _, meta = ckpt.load_checkpoint(tmp_path, "latest")
+    assert meta["pruner"] == {"steps": [0, 1, 2]}
+    again = make(out_dir=tmp_path, max_steps=3)
+    p2 = RecordingPruner()
+    Trainer(again.model, again.task, again.cfg, pruner=p2).resume(tmp_path)
+    assert p2.calls == ["attach", ("loaded", (0, 1, 2))]
+
+
+def _losses(tr: Trainer) -> list[float]:
+    out = []
+    while tr.step < min(tr.cfg.max_steps, tr.cfg.stop_at or tr.cfg.max_steps):
+        out.append(tr.train_step()["loss"])
+    return out
+
+
+@pytest.mark.parametrize("cell", ["egru", "lstm"])
+def test_resume_continues_bitwise(tmp_path: Path, cell: str) -> None:
+    full = make(cell, out_dir=tmp_path / "full", max_steps=12)
+    full.fit()
+    reference = _csv_losses(tmp_path / "full")
+    first = make(cell, out_dir=tmp_path / "part", max_steps=12, stop_at=7)
+    summary = first.fit()
+    assert summary["step"] == 7 and not summary["finished"]
+    second = make(cell, out_dir=tmp_path / "part", max_steps=12)
+    torch.manual_seed(12345)  # the checkpoint's RNG state must replace this
+    second.resume(tmp_path / "part")
+    assert second.step == 7
+    second.fit()
+    assert _csv_losses(tmp_path / "part") == reference  # no duplicate or missing rows
+    for (n, a), b in zip(full.model.state_dict().items(), second.model.state_dict().values(),
+                         strict=True):
+        assert torch.equal(a, b), n
+
+
+def _csv_losses(run: Path) -> list[str]:
+    import csv
+    with open(run / "metrics.csv") as f:
+        return [r["loss"] for r in csv.DictReader(f) if r["split"] == "train"]
+
+
+def test_best_checkpoint_tracks_validation(tmp_path: Path) -> None:
+    tr = make("gru", out_dir=tmp_path, max_steps=10, random_bptt=False)
+    tr.fit()
+    best = ckpt.read_checkpoint_meta(tmp_path, "best")
+    vals = {h["step"]: h["valid_loss"] for h in tr.history}
+    assert set(vals) == {5, 10}
+    assert best["step"] == min(vals, key=vals.get)
+    assert best["best_val"] == pytest.approx(min(vals.values()))
+
+
+def test_resume_refuses_a_different_model(tmp_path: Path) -> None:
+    make(out_dir=tmp_path, max_steps=2).fit()
+    other = make("lstm", out_dir=tmp_path, max_steps=2)
+    with pytest.raises(ckpt.CheckpointError, match="different model.*cell"):
+        other.resume(tmp_path)
+
+
+def test_nan_loss_stops_training() -> None:
+    tr = make(max_steps=2)
+    with torch.no_grad():
+        tr.model.decoder.bias.fill_(math.nan)
+    with pytest.raises(RuntimeError, match="training loss is nan"):
+        tr.train_step()
