@@ -107,7 +107,7 @@ def ppl_vs_reduction(records: Sequence[Any], path: str | Path, keys: Keys = DEFA
     if not curves:
         return None
     curves = _relabel(skeys, curves)
-    fig = Figure(figsize=(6.0, 4.2))
+    fig = Figure(layout="constrained", figsize=(6.0, 4.2))
     ax = fig.add_subplot()
     for name, c in curves.items():
         ax.errorbar(c["x"], c["y"], xerr=c["xerr"], yerr=c["yerr"], marker="o", capsize=3,
@@ -154,7 +154,7 @@ def tradeoff_map(records: Sequence[Any], path: str | Path, keys: Keys = DEFAULT_
     norm = Normalize(vmin=min(all_ppl), vmax=max(all_ppl) if max(all_ppl) > min(all_ppl)
                      else min(all_ppl) + 1)
     max_macs = max(all_macs) or 1.0
-    fig = Figure(figsize=(4.2 * len(panels) + 1.0, 4.0))
+    fig = Figure(layout="constrained", figsize=(4.2 * len(panels) + 1.0, 4.0))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     sc = None
     for ax, (model, p) in zip(axes, panels.items(), strict=True):
@@ -216,7 +216,7 @@ def weight_decay_effect(records: Sequence[Any], path: str | Path, keys: Keys = D
     out = {xk: _relabel(_series_keys(runs, keys, [xk]), out[xk]) for xk in xkeys}
     if not xkeys:
         return None
-    fig = Figure(figsize=(5.0 * len(xkeys), 7.0))
+    fig = Figure(layout="constrained", figsize=(5.0 * len(xkeys), 7.0))
     axes = fig.subplots(2, len(xkeys), squeeze=False)
     for col, xk in enumerate(xkeys):
         for row, (m, ylabel) in enumerate(((metric, "test perplexity"),
@@ -274,7 +274,7 @@ def _histograms(records: Sequence[Any], path: str | Path, field: str, by: Sequen
     if not series:
         return None
     n_layers = max(len(v) for v in series.values())
-    fig = Figure(figsize=(4.0 * n_layers, 3.4))
+    fig = Figure(layout="constrained", figsize=(4.0 * n_layers, 3.4))
     axes = fig.subplots(1, n_layers, squeeze=False)[0]
     for k, ax in enumerate(axes):
         for name, layers in series.items():
@@ -347,7 +347,7 @@ def ppl_vs_prune_steps(records: Sequence[Any], path: str | Path, keys: Keys = DE
     if not curves:
         return None
     curves = _relabel(skeys, curves)
-    fig = Figure(figsize=(6.0, 4.2))
+    fig = Figure(layout="constrained", figsize=(6.0, 4.2))
     ax = fig.add_subplot()
     for name, c in curves.items():
         ax.errorbar(c["steps"], c["y"], yerr=c["yerr"], marker="o", capsize=3, label=name)
