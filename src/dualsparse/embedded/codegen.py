@@ -421,8 +421,8 @@ def build_m0(model: DeployedEGRU, x_q: np.ndarray, work_dir: str | os.PathLike,
              prefix: str = "egru", with_model: bool = True, opt: str = "-Os") -> Path:
     """Cross-compile a bare-metal microbit ELF that classifies the sequences ``x_q (B, T, I)``.
 
-    ``with_model=False`` builds the same driver without inference (the model call is replaced
-    by zeros) so that the model's own flash/RAM can be measured as a difference.  ``opt`` is
+    ``with_model=False`` builds the same driver without inference (stubs that read the inputs and
+    return zeros) so that the model's own flash/RAM can be measured as a difference.  ``opt`` is
     the gcc optimisation flag (``-Os`` default, ``-O2`` is faster and slightly larger).
     """
     if opt not in ("-Os", "-O0", "-O1", "-O2", "-O3"):
@@ -453,8 +453,10 @@ def build_m0(model: DeployedEGRU, x_q: np.ndarray, work_dir: str | os.PathLike,
         main = main.replace(f'#include "{prefix}.h"', f'#include "{prefix}.h"\n'
                             f"int {prefix}_classify(const int16_t *x, int T, "
                             f"int32_t o[{prefix.upper()}_CLASSES]) "
-                            "{ int c; (void)x; (void)T; for (c = 0; c < "
-                            f"{prefix.upper()}_CLASSES; ++c) o[c] = 0; return 0; }}\n"
+                            "{ int c; volatile int32_t sink = 0; long i; "
+                            f"for (i = 0; i < (long)T * {prefix.upper()}_INPUT; ++i) sink += x[i]; "
+                            f"for (c = 0; c < {prefix.upper()}_CLASSES; ++c) o[c] = 0; "
+                            "return 0; }\n"
                             f"const int16_t *{prefix}_state(int l) {{ (void)l; return 0; }}\n"
                             f"int {prefix}_state_size(int l) {{ (void)l; return 0; }}\n")
     (d / "m0_main.c").write_text(main)

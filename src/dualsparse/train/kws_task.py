@@ -6,6 +6,7 @@ Trains a :class:`~dualsparse.models.egru_embedded.KWSNet` with Adam on the train
 the parameters of the epoch with the best validation accuracy, and reports test accuracy.  For
 ``egru``/``egru-q`` the model is also converted to the bit-exact integer model
 (:func:`~dualsparse.embedded.reference.deploy`) and evaluated on Q15 features ("deployed").
+(For the float ``egru`` this is post-training quantisation, reported as ``deployed_kind: ptq``.)
 With ``--out`` it writes ``config.json``, ``metrics.json``, ``model.pt`` and, for eGRU models,
 the generated C into ``out/c/``.
 """
@@ -142,6 +143,7 @@ def run(args: argparse.Namespace) -> dict:
             deployed_test_acc=float((pred_i == data.y[idx["test"]]).mean()),
             deployed_agreement=float((pred_i == pred_f).mean()),
             deployed_bytes=deployed.model_bytes(),
+            deployed_kind="qat" if args.model == "egru-q" else "ptq",
             bits=args.bits,
         )
         if args.model == "egru-q":
