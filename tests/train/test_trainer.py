@@ -31,12 +31,13 @@ def synthetic_stream(n: int, seed: int = 0) -> torch.Tensor:
 
 
 def make(cell: str = "egru", *, random_bptt: bool = True, out_dir: Path | None = None,
-         max_steps: int = 12, stop_at: int | None = None, seed: int = 5, **cfg_kw):
+         max_steps: int = 12, stop_at: int | None = None, seed: int = 5, n_train: int = 3000,
+         **cfg_kw):
     set_seed(seed)
     model = RNNLanguageModel(V, 8, [12, 8], cell=cell, dropout=0.1, dropouth=0.1,
                              dropouti=0.1, dropoute=0.05, wdrop=0.2,
                              cell_options={"threshold_mean": 0.05} if cell == "egru" else None)
-    task = LMTask(synthetic_stream(3000), synthetic_stream(400, 1), synthetic_stream(200, 2),
+    task = LMTask(synthetic_stream(n_train), synthetic_stream(400, 1), synthetic_stream(200, 2),
                   batch_size=4, bptt=10, random_bptt=random_bptt, seed=seed,
                   eval_batch_size=4, test_batch_size=1)
     settings = {"eval_interval": 5, "log_interval": 1, "save_interval": 2, **cfg_kw}
@@ -156,20 +157,23 @@ def _losses(tr: Trainer) -> list[float]:
     return out
 
 
-@pytest.mark.parametrize("cell", ["egru", "lstm"])
-def test_resume_continues_bitwise(tmp_path: Path, cell: str) -> None:
-    full = make(cell, out_dir=tmp_path / "full", max_steps=12)
+@pytest.mark.parametrize("cell,n_train", [("egru", 3000), ("lstm", 300)])
+def test_resume_continues_bitwise(tmp_path: Path, cell: str, n_train: int) -> None:
+    """Stop at step 7 and resume; with 300 tokens the run also crosses epoch boundaries."""
+    full = make(cell, out_dir=tmp_path / "full", max_steps=12, n_train=n_train)
     full.fit()
     reference = _csv_losses(tmp_path / "full")
-    first = make(cell, out_dir=tmp_path / "part", max_steps=12, stop_at=7)
+    first = make(cell, out_dir=tmp_path / "part", max_steps=12, stop_at=7, n_train=n_train)
     summary = first.fit()
     assert summary["step"] == 7 and not summary["finished"]
-    second = make(cell, out_dir=tmp_path / "part", max_steps=12)
+    second = make(cell, out_dir=tmp_path / "part", max_steps=12, n_train=n_train)
     torch.manual_seed(12345)  # the checkpoint's RNG state must replace this
     second.resume(tmp_path / "part")
     assert second.step == 7
     second.fit()
     assert _csv_losses(tmp_path / "part") == reference  # no duplicate or missing rows
+    if n_train == 300:
+        assert second.task.epoch >= 1
     for (n, a), b in zip(full.model.state_dict().items(), second.model.state_dict().values(),
                          strict=True):
         assert torch.equal(a, b), n

@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -468,9 +469,11 @@ def run(args: argparse.Namespace, pruner_factory: Callable[[nn.Module], Any] | N
                                   "rnn_parameters": count_parameters(model, True)}
         if summary["finished"] and dist.is_main:
             used = _load_best_weights(trainer, args.save) if args.save else "final"
+            t0 = time.perf_counter()
             test = test_report(model, trainer.task)
             result["test"] = {k: v for k, v in test.items() if k != "table"}
-            result["test"]["weights"] = used
+            result["test"].update(weights=used, batch_size=args.test_batch_size,
+                                  seconds=time.perf_counter() - t0)
             print(f"test ({used}, batch {args.test_batch_size}): loss {test['loss']:.4f} "
                   f"ppl {test['ppl']:.2f}\n{test['table']}", flush=True)
         if args.save and dist.is_main:
