@@ -40,11 +40,12 @@ NUM_GATES = {"egru": 3, "gru": 3, "lstm": 4}
 RESET_CODES = {"subtract_threshold": 0, "subtract_output": 1, "none": 2}
 
 
-#: Cost of one scattered CSC update (index load, gather, scatter) relative to one value of a
-#: contiguous 16-long SIMD axpy, as measured by ``benchmarks/bench_engine.py`` on our 2-core
-#: AMD EPYC (about 4-5x). ``block="auto"`` uses ``(16, 1)`` tiles when they store at most this
-#: many values per nonzero weight, else CSC.
-AUTO_SCATTER_COST = 4.0
+#: Cost of one scattered CSC update (index load, read-modify-write) relative to one stored
+#: value of a contiguous 16-long SIMD axpy: ``benchmarks/bench_engine.py`` measured 0.96 ns per
+#: nonzero (CSC, 10% unstructured, 4050x1350) vs 0.35-0.62 ns per stored value ((16, 1)
+#: tiles) on our AMD EPYC (docs/engine.md), i.e. 1.5-2.7x. ``block="auto"`` uses ``(16, 1)``
+#: tiles when they store at most this many values per nonzero weight, else CSC.
+AUTO_SCATTER_COST = 3.0
 
 Block = tuple[int, int] | str
 
