@@ -1,5 +1,7 @@
 """Masks: exact zeros under training, optimiser moments, hooks, checkpoints, finalize."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -275,3 +277,27 @@ def test_linear_layer_unstructured():
     keep = pruner.masks.mask("weight")
     assert int(keep.sum()) == 30
     assert w.abs()[keep].min() >= w.abs()[~keep].max()  # the smallest magnitudes went
+
+
+def test_deep_copy_gets_its_own_pruner():
+    model = _egru()
+    pruner = Pruner(model, PruningSpec(["weight_hh_l*"], sparsity=0.5), IterativeSchedule(2, 0, 4))
+    pruner.step(0)
+    twin = copy.deepcopy(model)
+    p2 = Pruner.from_config(twin, pruner.state_dict())  # adopts the copied mask buffers
+    assert p2.last_update == 0 and p2.sparsity() == pruner.sparsity()
+    opt = torch.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9)
+    p2.attach_optimizer(opt)
+    original = model.weight_hh_l0.detach().clone()
+    x = torch.randn(4, 2, 4)
+    for step in range(1, 6):
+        opt.zero_grad()
+        _loss(twin, x).backward()
+        opt.step()
+        p2.step(step)
+    assert p2.sparsity() > pruner.sparsity()  # the copy went on to its second round
+    off = ~p2.masks.mask("weight_hh_l0")
+    assert torch.count_nonzero(twin.weight_hh_l0.detach()[off]) == 0
+    assert torch.equal(model.weight_hh_l0.detach(), original)  # the original is untouched
+    model(x)
+    assert torch.equal(model.weight_hh_l0.detach(), original)

@@ -88,11 +88,16 @@ class MaskSet:
         owner_path, _, attr = name.rpartition(".")
         owner = self.model.get_submodule(owner_path) if owner_path else self.model
         buffer = attr + MASK_SUFFIX
-        if hasattr(owner, buffer):
+        existing = owner._buffers.get(buffer)
+        if existing is not None and existing.dtype == torch.bool and \
+                existing.shape == param.shape:
+            pass  # a mask already there (e.g. a deep copy of a pruned model) is adopted as is
+        elif hasattr(owner, buffer):
             raise ValueError(f"cannot add mask buffer {buffer!r}: {owner_path or 'the model'} "
                              f"already has an attribute of that name")
-        owner.register_buffer(buffer, torch.ones(param.shape, dtype=torch.bool,
-                                                 device=param.device))
+        else:
+            owner.register_buffer(buffer, torch.ones(param.shape, dtype=torch.bool,
+                                                     device=param.device))
         users = [m for m in self.model.modules()
                  if any(p is param for p in m._parameters.values())]
         entry = _Entry(name, owner, attr, users)
@@ -124,8 +129,10 @@ class MaskSet:
 
     def _pre_hook(self, module: nn.Module):
         def hook(mod: nn.Module, args: tuple) -> None:
+            # `mod` (not the module hooked here): a deep copy of the model carries this hook
+            # but holds other parameters, which it must not touch
             for e in self._entries.values():
-                if any(u is module for u in e.users) and e.param()._version != e.version:
+                if any(u is mod for u in e.users) and e.param()._version != e.version:
                     self._zero_weight(e)
         return hook
 
