@@ -98,6 +98,10 @@ def test_evaluate_matches_a_manual_computation_and_feeds_the_meter() -> None:
     assert res["activity"] == pytest.approx(act, rel=1e-6)
     assert 0.0 <= report.layers[1].activity_sparsity <= 1.0
     assert report.layers[0].effective_macs <= report.layers[0].dense_macs
+    # with the full state carried, the segment length changes only the speed
+    longer = evaluate_lm(model, data, batch_size=1, bptt=30)
+    assert longer["loss"] == pytest.approx(res["loss"], rel=1e-5)
+    assert _task(eval_bptt=30).eval_bptt == 30 and _task().eval_bptt == 5
 
 
 def test_task_state_roundtrip_and_mismatch() -> None:

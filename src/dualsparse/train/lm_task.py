@@ -112,6 +112,8 @@ class LMTask:
         random_bptt: AWD random segment lengths (LR scaled by ``T / bptt``) instead of fixed.
         seed: seeds the per-epoch segment lengths (same on every rank).
         eval_batch_size / test_batch_size: for validation / test (the papers test at 1).
+        eval_bptt: segment length for validation/test (default ``bptt``); with
+            ``carry="full"`` it changes only the speed (fewer, longer segments), not the result.
         alpha, beta: AR (on the dropped last output) and TAR (on its time differences).
         carry: ``"full"`` or ``"output"`` (see :func:`carry_state`).
         rank, world_size: this process's block of batch columns under DDP.
@@ -121,13 +123,14 @@ class LMTask:
                  batch_size: int, bptt: int, random_bptt: bool = False, seed: int = 1111,
                  eval_batch_size: int = 10, test_batch_size: int = 1, alpha: float = 0.0,
                  beta: float = 0.0, carry: str = "full", rank: int = 0, world_size: int = 1,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", eval_bptt: int | None = None) -> None:
         if carry not in CARRY_MODES:
             raise ValueError(f"carry must be one of {CARRY_MODES}, got {carry!r}")
         for name, v in (("alpha", alpha), ("beta", beta)):
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v}")
-        for name, v in (("batch_size", batch_size), ("bptt", bptt),
+        eval_bptt = bptt if eval_bptt is None else eval_bptt
+        for name, v in (("batch_size", batch_size), ("bptt", bptt), ("eval_bptt", eval_bptt),
                         ("eval_batch_size", eval_batch_size),
                         ("test_batch_size", test_batch_size)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -140,6 +143,7 @@ class LMTask:
         self.source = full[:, cols].contiguous().to(device)
         self.valid, self.test = valid, test
         self.batch_size, self.bptt, self.random_bptt = batch_size, bptt, random_bptt
+        self.eval_bptt = eval_bptt
         self.seed, self.alpha, self.beta, self.carry = seed, alpha, beta, carry
         self.eval_batch_size, self.test_batch_size = eval_batch_size, test_batch_size
         self.epoch = 0
@@ -192,7 +196,7 @@ class LMTask:
             raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
         data = self.valid if split == "valid" else self.test
         bs = self.eval_batch_size if split == "valid" else self.test_batch_size
-        return evaluate_lm(model, data, bs, self.bptt, self.carry, meter)
+        return evaluate_lm(model, data, bs, self.eval_bptt, self.carry, meter)
 
     def _settings(self) -> dict[str, Any]:
         return {"batch_size": self.batch_size, "bptt": self.bptt,
@@ -299,6 +303,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--eval-batch-size", type=int, default=10)
     o.add_argument("--test-batch-size", type=int, default=1)
     o.add_argument("--bptt", type=int, default=35, help="(mean) segment length")
+    o.add_argument("--eval-bptt", type=int, default=None,
+                   help="segment length for validation/test (default --bptt)")
     o.add_argument("--random-bptt", action=argparse.BooleanOptionalAction, default=False,
                    help="AWD random segment lengths with LR scaled by length/bptt")
     o.add_argument("--carry", choices=list(CARRY_MODES), default="full",
@@ -416,7 +422,8 @@ def build_trainer(args: argparse.Namespace, dist: DistInfo | None = None,
                   random_bptt=args.random_bptt, seed=args.seed,
                   eval_batch_size=args.eval_batch_size, test_batch_size=args.test_batch_size,
                   alpha=args.alpha, beta=args.beta, carry=args.carry, rank=dist.rank,
-                  world_size=dist.world_size, device=dist.device)
+                  world_size=dist.world_size, device=dist.device,
+                  eval_bptt=getattr(args, "eval_bptt", None))
     model = build_model(args, len(corpus.vocab)).to(dist.device)
     if dist.enabled:  # same initial weights everywhere (DDP broadcasts them), own dropout
         torch.manual_seed(args.seed + 1 + dist.rank)
@@ -428,6 +435,11 @@ def build_trainer(args: argparse.Namespace, dist: DistInfo | None = None,
         if not args.save:
             raise ValueError("--resume needs --save pointing at the run folder")
         trainer.resume(args.save)
+        if dist.enabled and dist.rank > 0:
+            # the checkpoint holds rank 0's RNG and carried state: give the other ranks
+            # their own dropout stream and a fresh state (DDP resume is not bitwise)
+            torch.manual_seed(args.seed + 1 + dist.rank + 1_000_003 * trainer.step)
+            trainer.task.state = None
     return trainer
 
 
@@ -491,6 +503,11 @@ def load_model_from_checkpoint(directory: str | os.PathLike[str], tag: str = "be
     model = RNNLanguageModel.from_config(meta["model_config"])
     part = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     aliases = {k[6:]: v[6:] for k, v in meta["aliases"].items()}
+    # a run trained with a pruner also holds its bool mask buffers ("<param>_mask"); the
+    # pruned weights are stored as zeros, so the plain model computes the same function
+    fresh = model.state_dict()
+    for key in [k for k in part if k.endswith("_mask") and k not in fresh]:
+        part.pop(key)
     ckpt.load_model_tensors(model, part, aliases)
     return model, meta
 
@@ -510,7 +527,8 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     if args.tokens is not None:
         data = _slice(data, args.tokens, "")
     meter = ActivityMeter(None, decoder=model.decoder)
-    res = evaluate_lm(model, data, args.batch_size, cfg["bptt"], cfg.get("carry", "full"), meter)
+    bptt = cfg.get("eval_bptt") or cfg["bptt"]
+    res = evaluate_lm(model, data, args.batch_size, bptt, cfg.get("carry", "full"), meter)
     report = meter.report()
     out = {"checkpoint": str(args.checkpoint), "tag": args.tag, "step": meta["step"],
            "split": args.split, "batch_size": args.batch_size, **res,
@@ -544,7 +562,7 @@ def prune_hooks(checkpoint: str, tag: str = "best", data_dir: str | None = None
                       random_bptt=args.random_bptt, seed=args.seed,
                       eval_batch_size=args.eval_batch_size,
                       test_batch_size=args.test_batch_size, alpha=args.alpha, beta=args.beta,
-                      carry=args.carry)
+                      carry=args.carry, eval_bptt=getattr(args, "eval_bptt", None))
 
     def fine_tune(model: nn.Module, pruner: Any, steps: int) -> dict[str, Any]:
         cfg = TrainConfig(max_steps=steps, lr=args.lr, optimizer=args.optimizer,
