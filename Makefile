@@ -17,6 +17,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
+	sh scripts/install-embedded-tools.sh
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/python -m pytest -q tests
 
