@@ -110,6 +110,14 @@ def test_train_then_eval(tmp_path: Path, capsys) -> None:
     assert ev["ppl"] == pytest.approx(results["test"]["ppl"], rel=1e-6)
     assert ev["batch_size"] == 1 and len(ev["accounting"]["layers"]) == 2
 
+    if cli._optional("dualsparse.sparsity.cli") is not None:  # the LM's prune hooks
+        assert cli.main(["prune", "--checkpoint", str(run), "--prune-method", "magnitude",
+                         "--prune-target", "0.5", "--prune-steps", "1", "--fine-tune-steps",
+                         "2", "--output", str(run / "prune.json")]) == 0
+        pruned = json.loads((run / "prune.json").read_text())
+        assert pruned["rounds"][0]["sparsity"] == pytest.approx(0.5, abs=0.02)
+        assert pruned["dense"] == pytest.approx(ev["ppl"], rel=0.5)  # valid vs test ppl
+
     # a run folder of a different model refuses --resume with a clear message
     assert cli.main(["train", *TINY, "--nhid", "32,16", "--max-steps", "6",
                      "--save", str(run), "--resume"]) == 1
