@@ -123,3 +123,49 @@ def test_toy_rejects_bad_config(tmp_path):
         run_toy({"prune_target": 1.0}, tmp_path)
     with pytest.raises(ValueError, match="EGRU, LSTM or GRU"):
         run_toy({**TINY_TOY, "model": "RNN"}, tmp_path)
+
+
+def test_heartbeats_keep_a_long_run_from_being_taken_over(tmp_path):
+    import threading
+    import time
+
+    spec = _setup(tmp_path, "echo", {"sleep_s": 1.5}, {"i": [0]})
+    opts = WorkerOptions(sweep="r", heartbeat_s=0.1, stale_after=0.5, verbose=False)
+    result = {}
+    t = threading.Thread(target=lambda: result.update(work(spec.store_path, spec.output, opts)))
+    t.start()
+    time.sleep(1.0)  # longer than stale_after: only the heartbeats keep the claim alive
+    with ResultStore(spec.store_path) as store:
+        assert store.records("r")[0].status == "running"
+        assert store.claim("intruder", "r", stale_after=0.5) is None
+    t.join(timeout=30)
+    assert result == {"done": 1, "failed": 0, "lost": 0}
+
+
+def test_ctrl_c_gives_the_run_back(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    gate = tmp_path / "never"
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(f"name: c\nrun: echo\noutput: {tmp_path / 'out'}\n"
+                         f"base: {{wait_for: {gate}}}\ngrid: {{i: [0]}}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "dualsparse.experiments", "sweep", "run",
+                             str(spec_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    store_path = tmp_path / "out" / "results.sqlite"
+    deadline, status = time.time() + 120, None
+    while time.time() < deadline and status != "running":
+        time.sleep(0.2)
+        if store_path.exists():
+            with ResultStore(store_path) as store:
+                recs = store.records()
+                status = recs[0].status if recs else None
+    assert status == "running"
+    os.kill(proc.pid, signal.SIGINT)
+    proc.wait(timeout=60)
+    with ResultStore(store_path) as store:
+        rec = store.records()[0]
+        assert rec.status == "pending" and rec.attempts == 0

@@ -175,20 +175,27 @@ def work(store_path: str | Path, output: str | Path, options: WorkerOptions | No
     counts = {"done": 0, "failed": 0, "lost": 0}
     with ResultStore(store_path) as store:
         while opts.max_runs is None or counts["done"] + counts["failed"] < opts.max_runs:
-            record = store.claim(worker, opts.sweep, opts.stale_after, opts.retry_failed,
-                                 opts.max_attempts)
-            if record is None:
-                break
-            beat = _Heartbeat(store_path, record.lease, opts.heartbeat_s)
-            beat.start()
-            t0 = time.perf_counter()
+            record, beat = None, None
             try:
+                record = store.claim(worker, opts.sweep, opts.stale_after, opts.retry_failed,
+                                     opts.max_attempts)
+                if record is None:
+                    break
+                beat = _Heartbeat(store_path, record.lease, opts.heartbeat_s)
+                beat.start()
+                t0 = time.perf_counter()
                 metrics = execute(record, output)
             except (KeyboardInterrupt, SystemExit):
-                beat.stopped.set()
-                store.release(record.lease)
+                # give the run back; an interrupt inside claim() itself leaves a run whose
+                # pid is gone, which is claimable at once as well
+                if beat is not None:
+                    beat.stopped.set()
+                if record is not None:
+                    store.release(record.lease)
                 raise
             except Exception as exc:  # a failed run is recorded, the sweep goes on
+                if record is None or beat is None:
+                    raise  # the store itself failed: nothing to record it in
                 beat.stopped.set()
                 store.fail(record.lease, format_error(exc))
                 counts["failed"] += 1
