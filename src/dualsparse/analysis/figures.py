@@ -52,7 +52,8 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 150) -> list[Path]:
     out = []
     for fmt in FORMATS:
         buf = io.BytesIO()
-        fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight")
+        meta = {"CreationDate": None} if fmt == "pdf" else {}  # same figure, same bytes
+        fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight", metadata=meta)
         data = buf.getvalue()
         out.append(atomic_write(Path(f"{path}.{fmt}"), lambda f, d=data: f.write(d)))
     return out
