@@ -280,14 +280,15 @@ class EGRU(RecurrentBase):
             return ys, EGRUState(ys[-1], c_last), seq
         y, c = state
         outputs, events, c_tildes = [], [], []
-        for t in range(gi.size(0)):
-            res = egru_step(gi[t], y, c, w_hh, b_hh, theta, self.surrogate, self.reset_mode,
+        keeps = keep.unbind(0) if isinstance(keep, torch.Tensor) else None
+        for t, gi_t in enumerate(gi.unbind(0)):
+            res = egru_step(gi_t, y, c, w_hh, b_hh, theta, self.surrogate, self.reset_mode,
                             self.events)
             c_new = res.c
             if isinstance(keep, float):
                 c_new = keep * c + (1.0 - keep) * c_new
-            elif keep is not None:
-                c_new = c_new + keep[t] * (c - c_new)
+            elif keeps is not None:
+                c_new = c_new + keeps[t] * (c - c_new)
             y, c = res.y, c_new
             outputs.append(y)
             if record:

@@ -358,8 +358,8 @@ class RecurrentBase(nn.Module):
         outputs = []
         extras: list[tuple] = []
         initial = state[0]
-        for t in range(gi.size(0)):
-            out, state, extra = self._step(layer, gi[t], state, w_hh, b_hh)
+        for gi_t in gi.unbind(0):  # unbind: backward does not rebuild gi at every step
+            out, state, extra = self._step(layer, gi_t, state, w_hh, b_hh)
             outputs.append(out)
             if record and extra is not None:
                 extras.append(extra)

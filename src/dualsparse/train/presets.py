@@ -9,7 +9,9 @@ Paper presets, sources: EGRU (Subramoney et al., ICLR 2023; EvNN v0.2.0 benchmar
 configuration): 3 EGRU layers (1350, 1350, 750), tied 750-d embedding, AdamW betas (0, 0.999),
 random BPTT around 70 with the LR scaled by the segment length, clip 0.1, embedding dropout
 0.1, locked dropout 0.6 (PTB) / 0.7 (WT2) on embeddings, 0.25 between layers, DropConnect 0.7,
-pseudo-derivative width 3.6, threshold mean 0.01, threshold LR x0, cosine LR from epoch 700
+pseudo-derivative width 3.6 (EvNN's flag sets both the peak and the inverse half-width: in our
+terms surrogate_gamma 3.6 and surrogate_width 1/3.6, a triangle of area 1), threshold mean
+0.01, threshold LR x0, cosine LR from epoch 700
 (PTB) / 400 (WT2). AWD-LSTM (Merity et al., 2018; awd-lstm-lm README commands without
 fine-tuning): 3 LSTM layers (1150, 1150, 400), tied 400-d embedding, SGD lr 30, clip 0.25,
 bptt 70, dropouts 0.4/0.25 (PTB) or 0.4/0.2 (WT2) output/hidden, dropouti 0.4 (PTB) or 0.65
@@ -24,7 +26,8 @@ from typing import Any
 _EGRU_PAPER: dict[str, Any] = {
     "model": "EGRU", "emsize": 750, "nhid": [1350, 1350, 750], "optimizer": "adamw",
     "beta1": 0.0, "beta2": 0.999, "bptt": 70, "random_bptt": True, "dropoute": 0.1,
-    "dropouth": 0.25, "dropout": 0.25, "wdrop": 0.7, "clip": 0.1, "surrogate_width": 3.6,
+    "dropouth": 0.25, "dropout": 0.25, "wdrop": 0.7, "clip": 0.1,
+    "surrogate_gamma": 3.6, "surrogate_width": 1.0 / 3.6,
     "thr_mean": 0.01, "lr_thr": 0.0, "schedule": "cosine", "carry": "output",
     "eval_batch_size": 10, "test_batch_size": 1,
 }
