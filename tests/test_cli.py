@@ -40,7 +40,8 @@ def _parse(argv: list[str]):
 
 def test_usage_and_unknown_command(capsys) -> None:
     assert cli.main(["--help"]) == 0
-    assert "train" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("train", "eval", "prune", "sweep", "report"))
     assert cli.main(["frobnicate"]) == 2
     assert cli.main([]) == 2
 
@@ -109,6 +110,13 @@ def test_train_then_eval(tmp_path: Path, capsys) -> None:
     ev = json.loads((run / "eval-best-test.json").read_text())
     assert ev["ppl"] == pytest.approx(results["test"]["ppl"], rel=1e-6)
     assert ev["batch_size"] == 1 and len(ev["accounting"]["layers"]) == 2
+
+    # the event-driven engine gives the same perplexity as the PyTorch path
+    assert cli.main(["eval", "--checkpoint", str(run), "--tokens", "200", "--engine", "sparse",
+                     "--out", str(run / "eval-sparse.json")]) == 0
+    ev_sparse = json.loads((run / "eval-sparse.json").read_text())
+    assert ev_sparse["engine"] == "sparse" and ev_sparse["tokens"] == ev["tokens"]
+    assert ev_sparse["ppl"] == pytest.approx(ev["ppl"], rel=1e-5)
 
     if cli._optional("dualsparse.sparsity.cli") is not None:  # the LM's prune hooks
         assert cli.main(["prune", "--checkpoint", str(run), "--prune-method", "magnitude",

@@ -3,9 +3,12 @@
 * ``dualsparse train [--task lm|kws] [--preset NAME] [flags]``: train (``lm``: see
   :mod:`dualsparse.train.lm_task`; ``kws``: :mod:`dualsparse.train.kws_task`).
   Under ``torchrun --nproc_per_node N -m dualsparse train ...`` it trains with DDP.
-* ``dualsparse eval --checkpoint RUN [--tag best] [--split test] [--batch-size 1]``.
+* ``dualsparse eval --checkpoint RUN [--tag best] [--split test] [--batch-size 1]
+  [--engine torch|sparse]``: ``sparse`` runs the event-driven CPU engine.
 * ``dualsparse prune ...``: :mod:`dualsparse.sparsity.cli` on a trained LM run (when that
   module is installed).
+* ``dualsparse sweep run SPEC | status`` and ``dualsparse report``: sweeps over sparsity and
+  seeds with a SQLite results store, and their figures (:mod:`dualsparse.experiments.cli`).
 
 Optional parts (the KWS task, pruning) are imported lazily, so the command works without them.
 """
@@ -98,11 +101,23 @@ def cmd_prune(argv: list[str]) -> Any:
     return prune_cli.run(args, model=model, fine_tune=fine_tune, evaluate=evaluate)
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "prune": cmd_prune}
+def cmd_sweep(argv: list[str]) -> Any:
+    from dualsparse.experiments.cli import cmd_sweep as run
+    return run(argv)
+
+
+def cmd_report(argv: list[str]) -> Any:
+    from dualsparse.experiments.cli import cmd_report as run
+    return run(argv)
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "prune": cmd_prune, "sweep": cmd_sweep,
+            "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: ``dualsparse {train,eval,prune} ...``; returns the exit status."""
+    """Entry point: ``dualsparse {train,eval,prune,sweep,report} ...``; returns the exit
+    status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         names = ", ".join(COMMANDS)

@@ -349,6 +349,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None,
                         help="JSON result file (default <checkpoint>/eval-<tag>-<split>.json)")
+    parser.add_argument("--engine", choices=["torch", "sparse"], default="torch",
+                        help="torch: the PyTorch model (with accounting); sparse: the "
+                             "event-driven CPU engine (dualsparse.engine), same perplexity")
 
 
 # ---------------------------------------------------------------------------------- runs
@@ -526,18 +529,44 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     data = corpus.valid if args.split == "valid" else corpus.test
     if args.tokens is not None:
         data = _slice(data, args.tokens, "")
+    path = Path(args.out) if args.out else (Path(args.checkpoint)
+                                            / f"eval-{args.tag}-{args.split}.json")
+    if getattr(args, "engine", "torch") == "sparse":
+        return _run_eval_sparse(args, model, meta, data, path)
     meter = ActivityMeter(None, decoder=model.decoder)
     bptt = cfg.get("eval_bptt") or cfg["bptt"]
     res = evaluate_lm(model, data, args.batch_size, bptt, cfg.get("carry", "full"), meter)
     report = meter.report()
     out = {"checkpoint": str(args.checkpoint), "tag": args.tag, "step": meta["step"],
            "split": args.split, "batch_size": args.batch_size, **res,
-           "accounting": report.to_dict()}
-    path = Path(args.out) if args.out else (Path(args.checkpoint)
-                                            / f"eval-{args.tag}-{args.split}.json")
+           "engine": "torch", "accounting": report.to_dict()}
     ckpt.atomic_write_json(path, out)
     print(f"{args.split} ({args.tag}, step {meta['step']}, batch {args.batch_size}): "
           f"loss {res['loss']:.4f} ppl {res['ppl']:.2f}\n{report.format_table()}\n"
+          f"written to {path}")
+    return out
+
+
+def _run_eval_sparse(args: argparse.Namespace, model: RNNLanguageModel, meta: dict[str, Any],
+                     data: torch.Tensor, path: Path) -> dict[str, Any]:
+    """``dualsparse eval --engine sparse``: perplexity through the event-driven engine.
+
+    The engine carries the full state over the whole split, so this equals the PyTorch path
+    with ``carry="full"`` (the default for every preset except the paper EGRU ones).
+    """
+    from dualsparse.engine.lm import evaluate_lm_sparse
+
+    cfg = meta["run_config"]
+    if cfg.get("carry", "full") != "full":
+        print("note: this run carries only y between segments in PyTorch evaluation; the "
+              "engine carries the full state (y and c)")
+    res = evaluate_lm_sparse(model.eval(), data, args.batch_size, threads=args.threads or 1)
+    out = {"checkpoint": str(args.checkpoint), "tag": args.tag, "step": meta["step"],
+           "split": args.split, "batch_size": args.batch_size, "engine": "sparse", **res}
+    ckpt.atomic_write_json(path, out)
+    print(f"{args.split} ({args.tag}, step {meta['step']}, batch {args.batch_size}, sparse "
+          f"engine): loss {res['loss']:.4f} ppl {res['ppl']:.2f}, activity "
+          f"{res['activity']:.3f}, {1e6 * res['seconds_per_token']:.0f} us/token\n"
           f"written to {path}")
     return out
 
