@@ -195,6 +195,29 @@ def test_best_checkpoint_tracks_validation(tmp_path: Path) -> None:
     assert best["best_val"] == pytest.approx(min(vals.values()))
 
 
+def test_best_checkpoint_waits_for_the_pruning_schedule(tmp_path: Path) -> None:
+    from dualsparse.sparsity import Pruner
+    from dualsparse.sparsity.schedules import IterativeSchedule
+
+    tr = make("gru", out_dir=tmp_path, max_steps=15, random_bptt=False)
+    spec = {"tensors": ["*weight_hh_l*", "*weight_ih_l*"], "sparsity": 0.9}
+    pruner = Pruner(tr.model, spec, schedule=IterativeSchedule(2, 3, 8))
+    tr = Trainer(tr.model, tr.task, tr.cfg, pruner=pruner)
+    eligible = []
+    for step in (5, 8, 9, 15):  # the last mask update is computed at step 8
+        tr.step = step
+        eligible.append(tr._best_eligible())
+    assert eligible == [False, False, True, True]
+    tr.step = 0
+    tr.fit()
+    best = ckpt.read_checkpoint_meta(tmp_path, "best")
+    vals = {h["step"]: h["valid_loss"] for h in tr.history}
+    assert set(vals) == {5, 10, 15}
+    assert best["step"] in (10, 15)  # step 5 (pruning still running) is never "best"
+    assert best["best_val"] == pytest.approx(min(vals[10], vals[15]))
+    assert pruner.sparsity() == pytest.approx(0.9, abs=0.02)
+
+
 def test_resume_refuses_a_different_model(tmp_path: Path) -> None:
     make(out_dir=tmp_path, max_steps=2).fit()
     other = make("lstm", out_dir=tmp_path, max_steps=2)

@@ -380,10 +380,19 @@ class Trainer:
         return {"loss": float(stats.get("loss", loss.item())), "lr": lr, "grad_norm": grad_norm,
                 **{k: v for k, v in stats.items() if k != "loss"}}
 
+    def _best_eligible(self) -> bool:
+        """Only a model whose pruning schedule has finished may become ``best``: before that
+        its masks are not final, and a less-pruned early checkpoint would win on validation.
+        The last step is always eligible."""
+        schedule = getattr(self.pruner, "schedule", None)
+        end = getattr(schedule, "end_step", None)
+        return end is None or self.step > end or self.step >= self.cfg.max_steps
+
     def evaluate(self) -> dict[str, Any]:
         """Validation metrics; saves ``best`` when the validation loss improves."""
         result = self.task.evaluate(self.model, "valid")
-        improved = self.best_val is None or result["loss"] < self.best_val
+        improved = self._best_eligible() and (self.best_val is None
+                                              or result["loss"] < self.best_val)
         improved = broadcast_flag(self.dist, improved)
         if improved:
             self.best_val = result["loss"]
