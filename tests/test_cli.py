@@ -121,10 +121,17 @@ def test_train_then_eval(tmp_path: Path, capsys) -> None:
     if cli._optional("dualsparse.sparsity.cli") is not None:  # the LM's prune hooks
         assert cli.main(["prune", "--checkpoint", str(run), "--prune-method", "magnitude",
                          "--prune-target", "0.5", "--prune-steps", "1", "--fine-tune-steps",
-                         "2", "--output", str(run / "prune.json")]) == 0
+                         "2", "--output", str(run / "prune.json"), "--save",
+                         str(tmp_path / "pruned")]) == 0
         pruned = json.loads((run / "prune.json").read_text())
         assert pruned["rounds"][0]["sparsity"] == pytest.approx(0.5, abs=0.02)
         assert pruned["dense"] == pytest.approx(ev["ppl"], rel=0.5)  # valid vs test ppl
+        # the pruned checkpoint is a run folder that eval (both engines) reads
+        assert cli.main(["eval", "--checkpoint", str(tmp_path / "pruned"), "--split", "valid",
+                         "--tokens", "300"]) == 0
+        ev_pruned = json.loads((tmp_path / "pruned" / "eval-best-valid.json").read_text())
+        dens = [entry["weight_density_hh"] for entry in ev_pruned["accounting"]["layers"]]
+        assert all(d == pytest.approx(0.5, abs=0.05) for d in dens)
 
     # a run folder of a different model refuses --resume with a clear message
     assert cli.main(["train", *TINY, "--nhid", "32,16", "--max-steps", "6",

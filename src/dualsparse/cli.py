@@ -98,7 +98,8 @@ def cmd_prune(argv: list[str]) -> Any:
     prune_cli.add_arguments(parser)
     args = parser.parse_args(argv)
     model, fine_tune, evaluate = lm_task.prune_hooks(args.checkpoint, args.tag, args.data_dir)
-    return prune_cli.run(args, model=model, fine_tune=fine_tune, evaluate=evaluate)
+    return prune_cli.run(args, model=model, fine_tune=fine_tune, evaluate=evaluate,
+                         save=lm_task.pruned_run_saver(args.checkpoint, args.tag))
 
 
 def cmd_sweep(argv: list[str]) -> Any:

@@ -610,6 +610,25 @@ def prune_hooks(checkpoint: str, tag: str = "best", data_dir: str | None = None
     return model, fine_tune, evaluate
 
 
+def pruned_run_saver(checkpoint: str, tag: str = "best"
+                     ) -> Callable[[nn.Module, Any, str], None]:
+    """``save(model, pruner_or_None, path)`` for ``dualsparse prune --save``: writes a run
+    folder (checkpoint ``best``) that ``dualsparse eval`` and ``dualsparse prune`` read like a
+    trained run; it keeps the source run's settings and records where it was pruned from."""
+    source = ckpt.read_checkpoint_meta(checkpoint, tag)
+
+    def save(model: nn.Module, pruner: Any, path: str) -> None:
+        tensors, aliases = ckpt.model_tensors(model)
+        meta = {"step": source["step"], "model_config": model.get_config(),
+                "aliases": {f"model.{k}": f"model.{v}" for k, v in aliases.items()},
+                "run_config": source["run_config"],
+                "pruner": None if pruner is None else pruner.state_dict(),
+                "pruned_from": {"checkpoint": str(checkpoint), "tag": tag}}
+        ckpt.save_checkpoint(path, "best", {f"model.{k}": v for k, v in tensors.items()}, meta)
+
+    return save
+
+
 def format_summary(result: dict[str, Any]) -> str:
     """A short JSON rendering of a run result without the long per-neuron lists."""
     def strip(obj: Any) -> Any:
