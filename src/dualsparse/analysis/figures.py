@@ -40,7 +40,7 @@ from dualsparse.analysis.records import (
     sort_key,
     varying_keys,
 )
-from dualsparse.experiments.files import atomic_write
+from dualsparse.atomic import atomic_write
 
 FORMATS = ("png", "pdf")
 DEFAULT_KEYS = Keys()

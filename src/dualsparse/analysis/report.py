@@ -16,7 +16,7 @@ from typing import Any
 
 from dualsparse.analysis import figures, tables
 from dualsparse.analysis.records import Keys, as_runs
-from dualsparse.experiments.files import atomic_write_json, atomic_write_text
+from dualsparse.atomic import atomic_write_json, atomic_write_text
 from dualsparse.experiments.metrics import jsonable
 
 DEFAULT_KEYS = Keys()
@@ -120,7 +120,8 @@ def write_report(records: Sequence[Any], out_dir: str | Path, title: str = "Swee
         for r in failed:
             first = (r.error or "").strip().splitlines()
             body += f"- `{r.run_id}` (attempts {r.attempts}): {first[-1] if first else '?'}\n"
-    atomic_write_json(out / "summary.json", jsonable(_tuples_to_lists(summary)))
+    atomic_write_json(out / "summary.json", jsonable(_tuples_to_lists(summary)),
+                      sort_keys=False, allow_nan=False)
     return atomic_write_text(out / "report.md", body)
 
 

@@ -23,12 +23,13 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import wave
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from dualsparse.atomic import atomic_write_bytes
 
 FSDD_SOURCE = (
     "https://github.com/Jakobovski/free-spoken-digit-dataset (folder recordings/, commit "
@@ -56,19 +57,6 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     """``cache_dir``, ``$DUALSPARSE_CACHE`` or ``~/.cache/dualsparse``."""
     d = cache_dir or os.environ.get("DUALSPARSE_CACHE") or Path.home() / ".cache" / "dualsparse"
     return Path(d)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 @dataclass(frozen=True)
@@ -132,7 +120,7 @@ def verify_fsdd(
         raise FileNotFoundError(f"no recordings/*.wav listed in {sums_path}")
     if changed:
         try:
-            _atomic_write_bytes(stamp_path, json.dumps(stamps).encode())
+            atomic_write_bytes(stamp_path, json.dumps(stamps).encode())
         except OSError:
             pass  # an unwritable cache only costs time
     return recs
@@ -282,7 +270,7 @@ def load_fsdd(
         buf = io.BytesIO()
         np.savez(buf, x=x, y=y)
         try:
-            _atomic_write_bytes(cpath, buf.getvalue())
+            atomic_write_bytes(cpath, buf.getvalue())
         except OSError:
             pass
     return FSDDFeatures(x, y, spk, idx, fe)

@@ -23,16 +23,16 @@ import hashlib
 import http.client
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from dualsparse.atomic import atomic_path
 
 __all__ = [
     "CORPORA",
@@ -269,24 +269,6 @@ def verify_file(path: str | os.PathLike[str], expected: str, *, hint: str = "") 
         )
 
 
-# --------------------------------------------------------------------------- atomic files
-
-
-@contextmanager
-def _atomic_target(dest: Path) -> Iterator[Path]:
-    """Yield a temp path beside ``dest``; on success it is moved onto ``dest``, else deleted."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _fetch(url: str, out: Path, timeout_s: float) -> str:
     """Stream ``url`` into ``out`` (fsynced); return the sha256 of the bytes written."""
     digest = hashlib.sha256()
@@ -314,7 +296,7 @@ def download_file(
     if scheme not in ("http", "https", "file"):
         raise DownloadError(f"unsupported URL scheme {scheme!r} in {url!r}")
     logger.info("downloading %s -> %s", url, dest)
-    with _atomic_target(dest) as tmp:
+    with atomic_path(dest, suffix=".part") as tmp:
         try:
             actual = _fetch(url, tmp, timeout_s)
         except urllib.error.HTTPError as exc:
@@ -483,7 +465,7 @@ def _save_token_cache(
         **{s: tensors[s] for s in SPLITS},
     }
     try:
-        with _atomic_target(path) as tmp:
+        with atomic_path(path, suffix=".part") as tmp:
             torch.save(blob, tmp)
     except OSError as exc:
         logger.warning("could not write token cache %s: %s", path, exc)

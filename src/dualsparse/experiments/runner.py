@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dualsparse.experiments.files import atomic_write_json
+from dualsparse.atomic import atomic_write_json
 from dualsparse.experiments.store import ResultStore, RunRecord, worker_id
 
 RunFunction = Callable[[dict[str, Any], Path], dict[str, Any]]
@@ -77,12 +77,13 @@ def execute(record: RunRecord, output: str | Path) -> dict[str, Any]:
     run_dir = run_dir_for(output, record.run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", {"run_id": record.run_id, "run": record.run_fn,
-                                                "config": record.config})
+                                                "config": record.config},
+                      sort_keys=False, allow_nan=False)
     metrics = fn(dict(record.config), run_dir)
     if not isinstance(metrics, dict):
         raise ValueError(f"run function {record.run_fn!r} returned {type(metrics).__name__}, "
                          "expected a metrics dict")
-    atomic_write_json(run_dir / "metrics.json", metrics)
+    atomic_write_json(run_dir / "metrics.json", metrics, sort_keys=False, allow_nan=False)
     return metrics
 
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dualsparse.accounting import ActivityMeter
-from dualsparse.experiments.files import atomic_write
+from dualsparse.atomic import atomic_write
 from dualsparse.experiments.metrics import summarize
 
 TOY_DEFAULTS: dict[str, Any] = {

@@ -6,37 +6,20 @@ Files are written atomically (temporary file + rename) and read with
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from dualsparse.atomic import atomic_write, atomic_write_json
 from dualsparse.sparsity.pruner import Pruner
-
-
-def _atomic(path: str | os.PathLike, write) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON, atomically."""
-    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
-    return _atomic(path, lambda f: f.write(text.encode()))
+    return atomic_write_json(path, obj)
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, pruner: Pruner | None = None,
@@ -45,7 +28,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, pruner: Pruner | 
     payload = {"model": model.state_dict(),
                "pruner": None if pruner is None else pruner.state_dict(),
                "extra": extra or {}}
-    return _atomic(path, lambda f: torch.save(payload, f))
+    return atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load_checkpoint(path: str | os.PathLike, model: nn.Module) -> Pruner | None:

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dualsparse.atomic import atomic_write_json
 from dualsparse.data.audio import FEATURE_KINDS, FSDD_SPEAKERS, FrontEnd, load_fsdd, split_fsdd
 from dualsparse.models.egru_embedded import KWSNet
 
@@ -63,13 +61,6 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int = 500)
         for i in range(0, len(y), bs):
             correct += (model(x[:, i : i + bs]).argmax(1) == y[i : i + bs]).sum().item()
     return correct / max(len(y), 1)
-
-
-def _atomic_json(path: Path, obj: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -163,8 +154,8 @@ def run(args: argparse.Namespace) -> dict:
         cfg = {k: v for k, v in vars(args).items() if isinstance(v, str | int | float | bool)
                or v is None}
         cfg["frontend"] = fe.__dict__.copy()
-        _atomic_json(out / "config.json", cfg)
-        _atomic_json(out / "metrics.json", metrics)
+        atomic_write_json(out / "config.json", cfg)
+        atomic_write_json(out / "metrics.json", metrics)
         torch.save({"state_dict": model.state_dict(), "config": cfg}, out / "model.pt")
         if deployed is not None:
             from dualsparse.embedded.codegen import emit_c
