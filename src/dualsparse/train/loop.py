@@ -412,7 +412,8 @@ class Trainer:
         bar = None
         if cfg.progress and self.dist.is_main and self.step < stop:
             from tqdm.auto import tqdm
-            bar = tqdm(total=stop, initial=self.step, unit="step", dynamic_ncols=True)
+            bar = tqdm(total=stop, initial=self.step, unit="step", dynamic_ncols=True,
+                       disable=None)  # None: no bar when stderr is not a terminal
         t0, tokens, window = time.perf_counter(), 0, []
         last = {}
         try:
