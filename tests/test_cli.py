@@ -159,3 +159,25 @@ def test_optional_task_and_prune_subcommands_are_guarded() -> None:
     if cli._optional("dualsparse.sparsity.cli") is None:
         with pytest.raises(SystemExit, match="sparsity.cli"):
             cli.cmd_prune(["--checkpoint", "x"])
+
+
+def test_explicit_run_length_replaces_the_presets_other_unit() -> None:
+    # cpu-small sets --max-steps 600: an explicit --epochs must not be ignored in its favour
+    args = _parse(["--preset", "cpu-small", "--epochs", "2"])
+    assert args.max_steps is None and lm_task.train_config(args, 100).max_steps == 200
+    args = _parse(["--preset", "ptb-egru", "--max-steps", "3"])
+    assert args.epochs is None and lm_task.train_config(args, 100).max_steps == 3
+    assert lm_task.train_config(_parse(["--preset", "cpu-small"]), 100).max_steps == 600
+
+
+@pytest.mark.parametrize("epochs", ["0", "-1", "nan"])
+def test_epochs_must_be_positive(epochs: str) -> None:
+    with pytest.raises(ValueError, match="--epochs must be a finite number > 0"):
+        lm_task.train_config(_parse(["--epochs", epochs]), 100)
+
+
+def test_token_limit_errors_name_the_flag() -> None:
+    with pytest.raises(ValueError, match=r"^--tokens must be >= 2"):
+        lm_task._slice(torch.arange(5), 1, "")
+    with pytest.raises(ValueError, match=r"^--valid-tokens must be >= 2"):
+        lm_task._slice(torch.arange(5), 1, "valid")

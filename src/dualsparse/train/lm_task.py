@@ -333,9 +333,18 @@ def apply_preset(parser: argparse.ArgumentParser, argv: list[str] | None) -> Non
     """Make ``--preset NAME`` set the parser's defaults (flags still override)."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", default=None)
+    pre.add_argument("--epochs", default=None)
+    pre.add_argument("--max-steps", default=None)
     known, _ = pre.parse_known_args(argv)
     if known.preset in PRESETS:  # an unknown name is reported by the parser's choices
-        parser.set_defaults(**get_preset(known.preset))
+        defaults = get_preset(known.preset)
+        # the run length is one setting given in two units: an explicit --epochs replaces
+        # the preset's --max-steps (which would otherwise win over it), and vice versa
+        if known.epochs is not None:
+            defaults.pop("max_steps", None)
+        if known.max_steps is not None:
+            defaults.pop("epochs", None)
+        parser.set_defaults(**defaults)
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -376,7 +385,8 @@ def _slice(data: torch.Tensor, tokens: int | None, name: str) -> torch.Tensor:
     if tokens is None:
         return data
     if tokens < 2:
-        raise ValueError(f"--{name}-tokens must be >= 2, got {tokens}")
+        flag = f"--{name}-tokens" if name else "--tokens"
+        raise ValueError(f"{flag} must be >= 2, got {tokens}")
     return data[:tokens]
 
 
@@ -395,6 +405,8 @@ def train_config(args: argparse.Namespace, steps_per_epoch: int) -> TrainConfig:
     if args.max_steps is not None:
         max_steps = args.max_steps
     elif args.epochs is not None:
+        if not (math.isfinite(args.epochs) and args.epochs > 0):
+            raise ValueError(f"--epochs must be a finite number > 0, got {args.epochs}")
         max_steps = max(1, round(args.epochs * steps_per_epoch))
     else:
         raise ValueError("give --max-steps or --epochs")
