@@ -198,6 +198,8 @@ def test_seek_bounds() -> None:
     [
         ({"p": 1.5}, "p must"),
         ({"std": -1.0}, "std"),
+        ({"std": float("nan")}, "std must be a finite number"),
+        ({"std": float("inf")}, "std must be a finite number"),
         ({"min_len": 0}, "min_len"),
         ({"min_len": 10, "max_len": 5}, "max_len"),
         ({"seed": "abc"}, "seed"),

@@ -21,6 +21,7 @@ boundaries of an epoch are fixed when the iterator is built, so the resumed epoc
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -268,8 +269,8 @@ class RandomBPTT(BPTTIterator):
 def _check_random_args(p: float, std: float, min_len: int, max_len: int) -> None:
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"p must be in [0, 1], got {p}")
-    if std < 0:
-        raise ValueError(f"std must be >= 0, got {std}")
+    if not (math.isfinite(std) and std >= 0):
+        raise ValueError(f"std must be a finite number >= 0, got {std}")
     if isinstance(min_len, bool) or not isinstance(min_len, int) or min_len < 1:
         raise ValueError(f"min_len must be a positive int, got {min_len!r}")
     if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < min_len:
