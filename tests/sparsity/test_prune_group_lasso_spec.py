@@ -119,3 +119,16 @@ def test_patterns_overrides_and_json_round_trip():
     assert resolved["weight_hh_l0"].gates == (("r", 0, 8), ("z", 8, 16), ("g", 16, 24))
     text = json.dumps(spec.to_dict())
     assert PruningSpec.from_dict(json.loads(text)) == spec
+
+
+def test_from_dict_accepts_block_strings():
+    """Block shapes written as "RxC" (as on the command line) are parsed, not split into
+    characters."""
+    spec = PruningSpec.from_dict({"tensors": ["weight_hh_l0",
+                                              {"name": "weight_ih_l0", "block": "2x1"}],
+                                  "sparsity": 0.5, "block": "4x4"})
+    assert spec.block == (4, 4)
+    assert spec.tensors[1].block == (2, 1)
+    assert PruningSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(ValueError, match="RxC"):
+        PruningSpec.from_dict({"tensors": ["weight_hh_l0"], "block": "4by4"})

@@ -107,9 +107,10 @@ class TensorSpec:
             raise ValueError(f"unknown keys {sorted(unknown)} in tensor entry {d!r}")
         if "name" not in d:
             raise ValueError(f"tensor entry {d!r} has no 'name'")
-        block = d.get("block")
-        return cls(d["name"], d.get("sparsity"), tuple(block) if block is not None else None,
-                   d.get("q"))
+        block = d.get("block")  # [r, c] from JSON, a tuple or "RxC": checked in __post_init__
+        if isinstance(block, list):
+            block = tuple(block)
+        return cls(d["name"], d.get("sparsity"), block, d.get("q"))
 
 
 @dataclass(frozen=True)
@@ -182,8 +183,9 @@ class PruningSpec:
             raise ValueError(f"unknown pruning spec keys {sorted(unknown)}")
         if "tensors" not in d:
             raise ValueError("pruning spec has no 'tensors'")
+        block = d.get("block", (1, 1))
         return cls(tuple(d["tensors"]) if isinstance(d["tensors"], list) else d["tensors"],
-                   d.get("sparsity", 0.0), tuple(d.get("block", (1, 1))))
+                   d.get("sparsity", 0.0), tuple(block) if isinstance(block, list) else block)
 
     def resolve(self, model: nn.Module) -> list[ResolvedTensor]:
         """Bind the entries to ``model``'s parameters (in model order); raises ValueError for
