@@ -181,3 +181,16 @@ def test_token_limit_errors_name_the_flag() -> None:
         lm_task._slice(torch.arange(5), 1, "")
     with pytest.raises(ValueError, match=r"^--valid-tokens must be >= 2"):
         lm_task._slice(torch.arange(5), 1, "valid")
+
+
+def test_optional_reraises_a_missing_dependency_whose_name_is_a_prefix(monkeypatch) -> None:
+    # "dual" is missing, not "dualsparse.train.kws_task": the error must not be hidden
+    def fake_import(name: str):
+        raise ModuleNotFoundError(f"No module named {name!r}", name=missing)
+
+    monkeypatch.setattr(cli.importlib, "import_module", fake_import)
+    missing = "dual"
+    with pytest.raises(ModuleNotFoundError, match="dual"):
+        cli._optional("dualsparse.train.kws_task")
+    missing = "dualsparse.train"  # a missing parent package means the module is missing
+    assert cli._optional("dualsparse.train.kws_task") is None

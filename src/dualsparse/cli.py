@@ -29,7 +29,8 @@ def _optional(module: str) -> ModuleType | None:
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as exc:
-        if exc.name is not None and module.startswith(exc.name):
+        if exc.name is not None and (module == exc.name
+                                     or module.startswith(exc.name + ".")):
             return None
         raise
 
