@@ -95,10 +95,30 @@ def test_accumulates_over_batches_and_batch_first():
             meter.update(chunk, s)
     r = meter.report().layers[0]
     assert r.tokens == 12
-    with torch.no_grad():
-        m.batch_first = False
-        _, _, s = m(x[:, :3].transpose(0, 1), return_sequences=True)
     assert len(r.per_neuron_activity) == 4
+
+
+def _same_report(a, b):
+    for ra, rb in zip(a.layers, b.layers, strict=True):
+        assert ra.tokens == rb.tokens
+        assert ra.effective_macs == pytest.approx(rb.effective_macs)
+        assert ra.dense_macs == rb.dense_macs
+        assert ra.per_neuron_activity == pytest.approx(rb.per_neuron_activity)
+        assert ra.backward_sparsity == pytest.approx(rb.backward_sparsity)
+
+
+@pytest.mark.parametrize("steps", [5, 4])  # 4 == hidden size: a transposed count fits
+def test_batch_first_and_unbatched_count_as_time_first(steps):
+    torch.manual_seed(0)
+    tf = EGRU(3, [4, 4], threshold_mean=0.1).eval()
+    bf = EGRU(3, [4, 4], batch_first=True, threshold_mean=0.1).eval()
+    bf.load_state_dict(tf.state_dict())
+    x = torch.randn(steps, 2, 3)
+    ref = measure(tf, x)
+    _same_report(measure(bf, x.transpose(0, 1)), ref)
+    # unbatched (T, I) is time-first for batch_first modules too, as in nn.GRU
+    ref1 = measure(tf, x[:, 0])
+    _same_report(measure(bf, x[:, 0]), ref1)
 
 
 def test_meter_errors():

@@ -226,7 +226,8 @@ class ActivityMeter:
         """Add one forward pass of ``self.rnn``.
 
         Args:
-            inputs: the input given to the rnn, ``(T, B, I)`` (``(B, T, I)`` if batch_first).
+            inputs: the input given to the rnn, ``(T, B, I)`` (``(B, T, I)`` if batch_first)
+                or unbatched ``(T, I)``.
             sequences: what ``rnn(inputs, state, return_sequences=True)`` returned third.
         """
         rnn = self.rnn
@@ -237,13 +238,15 @@ class ActivityMeter:
             raise ValueError(f"got sequences for {len(sequences)} layers, the rnn has "
                              f"{rnn.num_layers}")
         surrogate = getattr(rnn, "surrogate", None)
+        # unbatched input (T, I) is time-first whatever batch_first says (as in nn.GRU)
+        time_dim = 1 if rnn.batch_first and inputs.dim() == 3 else 0
         with torch.no_grad():
             layer_in = inputs
             for k, seq in enumerate(sequences):
                 w_ih, w_hh, _, _ = rnn.layer_weights(k)
                 theta = rnn.threshold(k) if seq.events is not None else None
                 self.update_layer(k, w_ih, w_hh, layer_in, seq, theta, surrogate,
-                                  time_dim=1 if rnn.batch_first else 0)
+                                  time_dim=time_dim)
                 layer_in = seq.output
 
     def update_layer(self, layer: int, weight_ih: torch.Tensor, weight_hh: torch.Tensor,
