@@ -301,3 +301,13 @@ def test_deep_copy_gets_its_own_pruner():
     assert torch.equal(model.weight_hh_l0.detach(), original)  # the original is untouched
     model(x)
     assert torch.equal(model.weight_hh_l0.detach(), original)
+
+
+def test_frozen_parameter_is_refused_with_a_clear_error():
+    from dualsparse.sparsity.masks import MaskSet
+
+    model = torch.nn.Linear(4, 4)
+    model.weight.requires_grad_(False)
+    with pytest.raises(ValueError, match="'weight'.*does not require grad"):
+        MaskSet(model).add("weight")
+    assert "weight_mask" not in model.state_dict()

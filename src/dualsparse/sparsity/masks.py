@@ -85,6 +85,9 @@ class MaskSet:
         if name not in params:
             raise ValueError(f"unknown parameter {name!r}")
         param = params[name]
+        if not param.requires_grad:
+            raise ValueError(f"cannot mask {name!r}: it does not require grad (a frozen "
+                             f"parameter gets no gradient hook); set requires_grad=True first")
         owner_path, _, attr = name.rpartition(".")
         owner = self.model.get_submodule(owner_path) if owner_path else self.model
         buffer = attr + MASK_SUFFIX
