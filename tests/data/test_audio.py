@@ -79,6 +79,14 @@ def test_verify_and_load_fake(tmp_path):
         A.verify_fsdd(tmp_path, cache)
 
 
+def test_malformed_checksum_file_is_named(tmp_path):
+    _fake_fsdd(tmp_path)
+    sums = tmp_path / "fsdd" / "SHA256SUMS"
+    sums.write_text(sums.read_text() + "recordings/9_theo_9.wav\n")  # digest missing
+    with pytest.raises(ValueError, match="SHA256SUMS line 4"):
+        A.verify_fsdd(tmp_path, tmp_path / "cache")
+
+
 def test_missing_dataset_message(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="Jakobovski"):
         A.verify_fsdd(tmp_path / "nowhere", tmp_path)

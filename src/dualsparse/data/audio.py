@@ -86,10 +86,13 @@ def verify_fsdd(
         )
     sums_bytes = sums_path.read_bytes()
     expected: dict[str, str] = {}
-    for line in sums_bytes.decode().splitlines():
+    for lineno, line in enumerate(sums_bytes.decode(errors="replace").splitlines(), 1):
         if line.strip():
-            digest, name = line.split(maxsplit=1)
-            expected[name.lstrip("*")] = digest.lower()
+            parts = line.split(maxsplit=1)
+            if len(parts) != 2 or not re.fullmatch(r"[0-9a-fA-F]{64}", parts[0]):
+                raise ValueError(f"{sums_path} line {lineno} is not '<sha256> <file>': {line!r}")
+            digest, name = parts
+            expected[name.strip().lstrip("*")] = digest.lower()
     stamp_path = cache_root(cache_dir) / "fsdd_verified.json"
     try:
         stamps = json.loads(stamp_path.read_text())
