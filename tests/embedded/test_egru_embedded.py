@@ -72,3 +72,11 @@ def test_qat_model_matches_integer_reference():
     assert np.abs(li / 32768 - lf).max() < 1e-2
     assert (li.argmax(1) == lf.argmax(1)).mean() >= 0.9
     assert d.model_bytes() < 4 * m.num_weights() / 5
+
+
+def test_unknown_zero_rule_is_refused_at_construction():
+    # a float eGRU never quantises in training, so a typo used to surface only at deploy()
+    with pytest.raises(ValueError, match="zero_rule"):
+        KWSNet("egru", zero_rule="papre")
+    with pytest.raises(ValueError, match="zero_rule"):
+        EGRUEmbeddedCell(4, 3, zero_rule="nearest")

@@ -29,6 +29,7 @@ from torch import nn
 from dualsparse.embedded.quant import (
     Q15_ONE,
     SOFTSIGN_LIMIT,
+    ZERO_RULES,
     check_bits,
     fake_q15,
     quantize_pow2_ste,
@@ -61,6 +62,8 @@ class EGRUEmbeddedCell(nn.Module):
         super().__init__()
         if input_size <= 0 or hidden_size <= 0:
             raise ValueError(f"sizes must be > 0, got input {input_size}, hidden {hidden_size}")
+        if zero_rule not in ZERO_RULES:
+            raise ValueError(f"zero_rule must be one of {ZERO_RULES}, got {zero_rule!r}")
         if quant_bits is not None:
             check_bits(quant_bits)
             if reset_gate:
@@ -256,6 +259,8 @@ class KWSNet(nn.Module):
             raise ValueError(f"hidden_sizes must be positive, got {hidden_sizes}")
         if logit_gain <= 0:
             raise ValueError(f"logit_gain must be > 0, got {logit_gain}")
+        if zero_rule not in ZERO_RULES:
+            raise ValueError(f"zero_rule must be one of {ZERO_RULES}, got {zero_rule!r}")
         self.kind, self.input_size = kind, input_size
         self.hidden_sizes = [int(h) for h in hidden_sizes]
         self.num_classes, self.logit_gain = num_classes, float(logit_gain)
