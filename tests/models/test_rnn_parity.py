@@ -118,3 +118,13 @@ def test_baseline_errors():
         m(torch.randn(5, 2, 4))
     with pytest.raises(ValueError, match=r"stacked state needs 2 tensor\(s\)"):
         LSTM(3, 4)(torch.randn(5, 2, 3), [torch.zeros(2, 4)])
+
+
+@pytest.mark.parametrize("cls", [EGRU, GRU, LSTM])
+def test_empty_sequence_is_rejected_clearly(cls):
+    for m, x in ((cls(3, 4), torch.randn(0, 2, 3)), (cls(3, 4), torch.randn(0, 3)),
+                 (cls(3, 4, batch_first=True), torch.randn(2, 0, 3))):
+        with pytest.raises(ValueError, match="no time steps"):
+            m(x)
+    # an empty batch is fine (as in nn.GRU)
+    assert cls(3, 4)(torch.randn(5, 0, 3))[0].shape == (5, 0, 4)

@@ -292,6 +292,10 @@ class RecurrentBase(nn.Module):
                 f"input has {input.size(-1)} features in its last dimension, expected "
                 f"input_size={self.input_size}"
             )
+        time_dim = 1 if self.batch_first and input.dim() == 3 else 0
+        if input.size(time_dim) == 0:
+            raise ValueError(f"input has no time steps (shape {tuple(input.shape)}); "
+                             "a sequence needs at least one step")
         w = self.weight_ih_l0
         if input.dtype != w.dtype:
             raise ValueError(f"input dtype {input.dtype} does not match parameter dtype {w.dtype}")
