@@ -2,7 +2,7 @@
 
 Every count is taken where the operation runs, from the sizes of the tensors the code really
 multiplies (a multiply or a multiply-add both count as one MAC). Each record also carries what
-the dense reference (:class:`~dualsparse.rtrl.influence.DenseRTRL`) does on a step of the same
+the dense reference (:class:`~dualsparse.rtrl.dense.DenseRTRL`) does on a step of the same
 shape, so ``reduction = dense / actual`` compares the two on identical inputs.
 
 Categories (MACs per step, summed over the batch):
