@@ -37,6 +37,13 @@ def test_bad_lm_configs(tmp_path):
         build_args({"hidden_size": 3}, tmp_path)
     with pytest.raises(ValueError, match="needs max_steps"):
         build_args({"prune_method": "magnitude", "prune_target": 0.5}, tmp_path)
+    with pytest.raises(ValueError, match="needs max_steps"):  # start from a fraction of None
+        build_args({"prune_method": "magnitude", "prune_target": 0.5, "prune_end": 40},
+                   tmp_path)
+    explicit = build_args({"prune_method": "magnitude", "prune_target": 0.5, "prune_start": 10,
+                           "prune_end": 40, "prune_steps": 3, "prune_schedule": "iterative"},
+                          tmp_path)
+    assert (explicit.prune_start, explicit.prune_end) == (10, 40)
     with pytest.raises(ValueError, match="prune_end_frac"):
         build_args({"max_steps": 10, "prune_method": "magnitude", "prune_target": 0.5,
                     "prune_end_frac": 2.0}, tmp_path)

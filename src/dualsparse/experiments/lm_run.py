@@ -84,8 +84,10 @@ def build_args(config: dict[str, Any], run_dir: Path) -> argparse.Namespace:
     args.save = str(run_dir)
     args.resume = (run_dir / "latest.json").is_file()
     if args.prune_method is not None:
-        if args.max_steps is None and (args.prune_end is None):
-            raise ValueError("pruning in a sweep needs max_steps (or explicit prune_end)")
+        if args.max_steps is None and (config.get("prune_start") is None
+                                       or config.get("prune_end") is None):
+            raise ValueError("pruning in a sweep needs max_steps (or explicit prune_start and "
+                             "prune_end)")
         for frac_key in OWN_KEYS:
             if not 0.0 <= own[frac_key] <= 1.0:
                 raise ValueError(f"{frac_key} must lie in [0, 1], got {own[frac_key]}")
