@@ -231,3 +231,28 @@ def test_nan_loss_stops_training() -> None:
         tr.model.decoder.bias.fill_(math.nan)
     with pytest.raises(RuntimeError, match="training loss is nan"):
         tr.train_step()
+
+
+def test_resume_after_a_crash_logs_the_same_mean_losses(tmp_path: Path) -> None:
+    """A run killed between two metrics rows: the losses of the steps before its checkpoint
+    still count in the next row's mean after resuming (log every 4 steps, save every 3)."""
+    settings = {"max_steps": 12, "random_bptt": False, "log_interval": 4, "save_interval": 3,
+                "eval_interval": 0}
+    make("gru", out_dir=tmp_path / "full", **settings).fit()
+    part = make("gru", out_dir=tmp_path / "part", **settings)
+    real_next = part.task.next_batch
+
+    def crash_at_step_7():
+        if part.step == 7:
+            raise KeyboardInterrupt("killed")
+        return real_next()
+
+    part.task.next_batch = crash_at_step_7
+    with pytest.raises(KeyboardInterrupt):
+        part.fit()
+    again = make("gru", out_dir=tmp_path / "part", **settings)
+    again.resume(tmp_path / "part")
+    assert again.step == 6 and len(again.log_window) == 2  # steps 5 and 6
+    again.fit()
+    assert _csv_losses(tmp_path / "part") == _csv_losses(tmp_path / "full")
+    assert len(_csv_losses(tmp_path / "full")) == 3

@@ -288,6 +288,9 @@ class Trainer:
         self.step = 0
         self.best_val: float | None = None
         self.history: list[dict[str, Any]] = []
+        # training losses since the last metrics.csv row (checkpointed, so that a resumed
+        # run logs the same mean as an uninterrupted one)
+        self.log_window: list[float] = []
         self.out_dir = Path(cfg.out_dir) if cfg.out_dir and self.dist.is_main else None
 
     # -------------------------------------------------------------- checkpoints
@@ -308,6 +311,7 @@ class Trainer:
             "pruner": None if self.pruner is None else self.pruner.state_dict(),
             "best_val": self.best_val,
             "history": self.history,
+            "log_window": self.log_window,
             "git_commit": ckpt.git_commit(),
         }
         return tensors, meta
@@ -343,6 +347,7 @@ class Trainer:
         self.step = int(meta["step"])
         self.best_val = meta.get("best_val")
         self.history = list(meta.get("history", []))
+        self.log_window = [float(v) for v in meta.get("log_window", [])]
 
     # ------------------------------------------------------------------ training
     def _set_lr(self, scale: float) -> float:
@@ -414,14 +419,14 @@ class Trainer:
             from tqdm.auto import tqdm
             bar = tqdm(total=stop, initial=self.step, unit="step", dynamic_ncols=True,
                        disable=None)  # None: no bar when stderr is not a terminal
-        t0, tokens, window = time.perf_counter(), 0, []
+        t0, tokens = time.perf_counter(), 0
         last = {}
         try:
             while self.step < stop:
                 last = self.train_step()
                 saved = False
                 tokens += int(last.get("tokens", 0))
-                window.append(last["loss"])
+                self.log_window.append(last["loss"])
                 elapsed = time.perf_counter() - t0
                 if bar is not None:
                     bar.update(1)
@@ -429,14 +434,16 @@ class Trainer:
                     if "activity" in last:
                         post["act"] = f"{last['activity']:.3f}"
                     bar.set_postfix(post, refresh=False)
-                if log and (self.step % max(cfg.log_interval, 1) == 0 or self.step == stop):
-                    mean = sum(window) / len(window)
-                    log.write({"step": self.step, "epoch": last.get("epoch"), "split": "train",
-                               "loss": mean, "ppl": _ppl(mean), "lr": last["lr"],
-                               "activity": last.get("activity"), "grad_norm": last["grad_norm"],
-                               "tokens_per_s": tokens / max(elapsed, 1e-9),
-                               "elapsed_s": elapsed})
-                    window = []
+                if self.step % max(cfg.log_interval, 1) == 0 or self.step == stop:
+                    if log:
+                        mean = sum(self.log_window) / len(self.log_window)
+                        log.write({"step": self.step, "epoch": last.get("epoch"),
+                                   "split": "train", "loss": mean, "ppl": _ppl(mean),
+                                   "lr": last["lr"], "activity": last.get("activity"),
+                                   "grad_norm": last["grad_norm"],
+                                   "tokens_per_s": tokens / max(elapsed, 1e-9),
+                                   "elapsed_s": elapsed})
+                    self.log_window = []
                 at_eval = cfg.eval_interval and self.step % cfg.eval_interval == 0
                 if at_eval or self.step == cfg.max_steps:
                     res = self.evaluate()
