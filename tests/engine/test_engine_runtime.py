@@ -181,3 +181,25 @@ def test_runtime_errors():
         rt.step([0.0] * 12)
     with pytest.raises(ValueError, match="state"):
         rt.set_state((np.zeros((1, 32), np.float32),))
+
+
+def test_set_state_rejects_misshaped_tensors_and_keeps_the_state():
+    torch.manual_seed(2)
+    m = LSTM(4, 8).eval()
+    rt = SparseRuntime.from_model(m)
+    rt.run(torch.randn(3, 2, 4))
+    before = rt.state
+    # same number of values as (2, 8) but the wrong shape
+    with pytest.raises(ValueError, match=r"state c of layer 0 has shape \(4, 4\), expected "
+                                         r"\(2, 8\)"):
+        rt.set_state(((torch.randn(2, 8), torch.randn(4, 4)),))
+    with pytest.raises(ValueError, match=r"expected \(8,\)"):
+        rt.set_state(((torch.randn(8), torch.randn(1, 8)),))
+    with pytest.raises(ValueError, match="NaN"):
+        rt.set_state(((torch.randn(2, 8), torch.full((2, 8), float("nan"))),))
+    assert rt.batch_size == 2
+    for a, b in zip(rt.state[0], before[0], strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    # unbatched state: batch 1
+    rt.set_state(((torch.randn(8), torch.randn(8)),))
+    assert rt.batch_size == 1 and rt.state[0].h.shape == (1, 8)

@@ -208,21 +208,27 @@ class SparseRuntime:
             raise ValueError(f"state must hold one per-layer state for each of the "
                              f"{self.num_layers} layers")
         first = _to_numpy(state[0][0], "state")
+        if first.ndim not in (1, 2):
+            raise ValueError(f"state tensors must be (B, H) or (H,), got shape {first.shape}")
         batch = first.shape[0] if first.ndim == 2 else 1
-        self.reset(batch)
-        for k, (lay, st, s) in enumerate(zip(self.packed.layers, self._layers, state,
-                                             strict=True)):
+        arrays = []
+        for k, (lay, s) in enumerate(zip(self.packed.layers, state, strict=True)):
             want = 2 if lay.kind in ("egru", "lstm") else 1
             if len(s) != want:
                 raise ValueError(f"state of layer {k} must have {want} tensors, got {len(s)}")
+            expected = (batch, lay.hidden_size) if first.ndim == 2 else (lay.hidden_size,)
             for name, t in zip(("y", "c"), s, strict=False):
-                a = _to_numpy(t, f"state of layer {k}").reshape(batch, -1)
-                if a.shape != (batch, lay.hidden_size):
-                    raise ValueError(f"state of layer {k} has shape {a.shape}, expected "
-                                     f"({batch}, {lay.hidden_size})")
+                a = _to_numpy(t, f"state of layer {k}")
+                if a.shape != expected:
+                    raise ValueError(f"state {name} of layer {k} has shape {a.shape}, expected "
+                                     f"{expected}")
                 if not np.isfinite(a).all():
                     raise ValueError(f"state of layer {k} contains NaN or inf")
-                getattr(st, name)[:] = a.T
+                arrays.append((k, name, a.reshape(batch, lay.hidden_size)))
+        self.reset(batch)  # only once the whole state is valid
+        for k, name, a in arrays:
+            getattr(self._layers[k], name)[:] = a.T
+        for st in self._layers:
             st.n_active = K.active_columns(st.y, st.active)
 
     # --------------------------------------------------------------- compute
