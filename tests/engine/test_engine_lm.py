@@ -68,8 +68,14 @@ def test_sparse_perplexity_equals_evaluate_lm(batch_size):
 def test_compare_with_torch_reports_both_paths():
     lm = _lm("egru", tie=False, prune=0.7)
     lm.train()
-    res = compare_with_torch(lm, torch.randint(0, 60, (120,)), bptt=20, timing_tokens=30,
-                             repeats=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        res = compare_with_torch(lm, torch.randint(0, 60, (120,)), bptt=20, timing_tokens=30,
+                                 repeats=1)
+        assert torch.get_num_threads() == threads + 1  # torch's thread count restored
+    finally:
+        torch.set_num_threads(threads)
     assert lm.training  # mode restored
     assert math.isclose(res["ppl_engine"], res["ppl_torch"], rel_tol=1e-5)
     assert 0.0 < res["activity_density"] < 1.0

@@ -272,6 +272,7 @@ def compare_with_torch(model: nn.Module, tokens: torch.Tensor, batch_size: int =
 
     Args:
         model: an :class:`RNNLanguageModel` (evaluated in eval mode; its mode is restored).
+        threads: engine threads, and PyTorch's thread count during the call (restored).
         tokens: ``(N,)`` evaluation token ids.
         batch_size, bptt: as ``dualsparse.train.lm_task.evaluate_lm`` (state fully carried).
         timing_tokens: tokens (batch 1) over which engine and dense PyTorch are timed (this
@@ -292,6 +293,7 @@ def compare_with_torch(model: nn.Module, tokens: torch.Tensor, batch_size: int =
 
     lm = _check_lm(model)
     was_training = lm.training
+    torch_threads = torch.get_num_threads()
     lm.eval()
     try:
         torch.set_num_threads(threads)
@@ -309,6 +311,7 @@ def compare_with_torch(model: nn.Module, tokens: torch.Tensor, batch_size: int =
         t_seq = float(np.median([d[1] for d in dense]))
     finally:
         lm.train(was_training)
+        torch.set_num_threads(torch_threads)
     ideal = report.total_dense_macs / max(report.total_effective_macs, 1e-12)
     return {
         "ppl_torch": ref["ppl"], "ppl_engine": eng["ppl"],
