@@ -14,7 +14,7 @@ those).
 Usage::
 
     rt = SparseRuntime.from_model(egru.eval())          # block="auto": per-matrix format
-    y = rt.step(x_t)                                     # streaming, (B, I) or (I,)
+    rt.reset(B); y = rt.step(x_t)                        # streaming, (B, I) or (I,)
     out = rt.run(x)                                      # (T, B, I) -> (T, B, H)
 """
 
