@@ -194,3 +194,9 @@ def test_optional_reraises_a_missing_dependency_whose_name_is_a_prefix(monkeypat
         cli._optional("dualsparse.train.kws_task")
     missing = "dualsparse.train"  # a missing parent package means the module is missing
     assert cli._optional("dualsparse.train.kws_task") is None
+
+
+def test_negative_threads_are_refused_clearly(tmp_path: Path, capsys) -> None:
+    # checked before the checkpoint is read: no run folder needed
+    assert cli.main(["eval", "--checkpoint", str(tmp_path), "--threads", "-1"]) == 1
+    assert "--threads must be >= 1" in capsys.readouterr().err

@@ -381,6 +381,14 @@ def build_model(args: argparse.Namespace, vocab_size: int) -> RNNLanguageModel:
                             cell_options=options)
 
 
+def _set_threads(threads: int | None) -> None:
+    """``--threads``: torch CPU threads (None or 0 leaves torch's default)."""
+    if threads is not None and threads < 0:
+        raise ValueError(f"--threads must be >= 1 (or 0 for torch's default), got {threads}")
+    if threads:
+        torch.set_num_threads(threads)
+
+
 def _slice(data: torch.Tensor, tokens: int | None, name: str) -> torch.Tensor:
     if tokens is None:
         return data
@@ -429,8 +437,7 @@ def build_trainer(args: argparse.Namespace, dist: DistInfo | None = None,
                   pruner_factory: Callable[[nn.Module], Any] | None = None) -> Trainer:
     """Corpus, task, model, optimiser and trainer for ``args`` (resumed with ``--resume``)."""
     dist = dist or DistInfo()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     set_seed(args.seed, args.deterministic)
     corpus, train, valid, test = load_splits(args)
     task = LMTask(train, valid, test, batch_size=args.batch_size, bptt=args.bptt,
@@ -529,8 +536,7 @@ def load_model_from_checkpoint(directory: str | os.PathLike[str], tag: str = "be
 
 def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     """``dualsparse eval``: perplexity and accounting of a saved model on valid or test."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     model, meta = load_model_from_checkpoint(args.checkpoint, args.tag)
     cfg = meta["run_config"]
     from dualsparse.data.corpora import load_corpus
