@@ -279,6 +279,25 @@ def test_bad_constructor_arguments():
         EGRU(0, 4)
     with pytest.raises(ValueError, match="hidden sizes"):
         EGRU(3, [4, 0])
+    for bad in ((0.0, 0.5, 1.0), 5, ("a", 1.0)):
+        with pytest.raises(ValueError, match="threshold_range must be a pair"):
+            EGRU(3, 4, threshold_range=bad)
+
+
+def test_set_threshold_checks_layer_and_shape():
+    m = EGRU(3, [4, 5], threshold_init="constant")
+    m.set_threshold(1, torch.full((5,), 0.25))
+    m.set_threshold(0, 0.5)
+    assert torch.allclose(m.threshold(1), torch.full((5,), 0.25))
+    assert torch.allclose(m.threshold(0), torch.full((4,), 0.5))
+    with pytest.raises(ValueError, match=r"layer must be an int in \[0, 2\)"):
+        m.set_threshold(2, 0.5)
+    with pytest.raises(ValueError, match=r"layer must be an int in \[0, 2\)"):
+        m.set_threshold(-1, 0.5)
+    with pytest.raises(ValueError, match=r"number or a \(4,\) tensor"):
+        m.set_threshold(0, torch.full((3,), 0.5))
+    with pytest.raises(ValueError, match=r"number or a \(4,\) tensor"):
+        m.set_threshold(0, torch.full((4, 4), 0.5))
 
 
 def test_stacked_state_and_config_roundtrip():

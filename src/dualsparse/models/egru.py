@@ -111,7 +111,11 @@ class _EGRUOptions:
         if threshold_init not in THRESHOLD_INITS:
             raise ValueError(
                 f"unknown threshold_init {threshold_init!r}; expected one of {THRESHOLD_INITS}")
-        low, high = (float(v) for v in threshold_range)
+        try:
+            low, high = (float(v) for v in threshold_range)
+        except (TypeError, ValueError):
+            raise ValueError(f"threshold_range must be a pair of numbers (low, high), got "
+                             f"{threshold_range!r}") from None
         if not (math.isfinite(low) and math.isfinite(high) and low < high):
             raise ValueError(f"threshold_range must be finite (low, high) with low < high, "
                              f"got {tuple(threshold_range)}")
@@ -246,8 +250,15 @@ class EGRU(RecurrentBase):
 
     def set_threshold(self, layer: int, value: torch.Tensor | float) -> None:
         """Set the thresholds of a layer to given values (inside ``threshold_range``)."""
+        if not isinstance(layer, int) or not 0 <= layer < self.num_layers:
+            raise ValueError(f"layer must be an int in [0, {self.num_layers}), got {layer!r}")
         low, high = self._opts.threshold_range
-        value = torch.as_tensor(value, dtype=torch.float64).expand(self.hidden_sizes[layer])
+        h = self.hidden_sizes[layer]
+        value = torch.as_tensor(value, dtype=torch.float64)
+        if value.dim() > 1 or value.numel() not in (1, h):
+            raise ValueError(f"thresholds of layer {layer} must be a number or a ({h},) tensor, "
+                             f"got shape {tuple(value.shape)}")
+        value = value.reshape(-1).expand(h)
         if not bool(((value > low) & (value < high)).all()):
             raise ValueError(f"thresholds must lie strictly inside ({low}, {high})")
         m = (value - low) / (high - low)
