@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -218,6 +219,17 @@ def test_best_checkpoint_waits_for_the_pruning_schedule(tmp_path: Path) -> None:
     assert pruner.sparsity() == pytest.approx(0.9, abs=0.02)
 
 
+def test_resume_uses_this_runs_optimiser_settings(tmp_path: Path) -> None:
+    first = make("egru", out_dir=tmp_path, max_steps=8, stop_at=3, wdecay=0.01)
+    first.fit()
+    again = make("egru", out_dir=tmp_path, max_steps=8, wdecay=0.5, beta2=0.99)
+    again.resume(tmp_path)
+    decays = sorted({g["weight_decay"] for g in again.optimizer.param_groups})
+    assert 0.5 in decays and 0.01 not in decays
+    assert all(g["betas"][1] == 0.99 for g in again.optimizer.param_groups)
+    assert again.optimizer.state  # the moments did come from the checkpoint
+
+
 def test_resume_refuses_a_different_model(tmp_path: Path) -> None:
     make(out_dir=tmp_path, max_steps=2).fit()
     other = make("lstm", out_dir=tmp_path, max_steps=2)
@@ -256,3 +268,17 @@ def test_resume_after_a_crash_logs_the_same_mean_losses(tmp_path: Path) -> None:
     again.fit()
     assert _csv_losses(tmp_path / "part") == _csv_losses(tmp_path / "full")
     assert len(_csv_losses(tmp_path / "full")) == 3
+
+
+def test_testing_falls_back_to_final_weights_only_when_best_is_missing(tmp_path: Path) -> None:
+    from dualsparse.train.lm_task import _load_best_weights
+
+    tr = make("gru", out_dir=tmp_path, max_steps=5, random_bptt=False)
+    tr.fit()
+    assert _load_best_weights(tr, str(tmp_path)) == "best (step 5)"
+    tensor_file = tmp_path / json.loads((tmp_path / "best.json").read_text())["tensors_file"]
+    tensor_file.write_bytes(b"damaged" + tensor_file.read_bytes()[7:])
+    with pytest.raises(ckpt.CheckpointError):
+        _load_best_weights(tr, str(tmp_path))
+    (tmp_path / "best.json").unlink()
+    assert _load_best_weights(tr, str(tmp_path)) == "final"

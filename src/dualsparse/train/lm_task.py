@@ -474,11 +474,12 @@ def test_report(model: RNNLanguageModel, task: LMTask) -> dict[str, Any]:
 
 
 def _load_best_weights(trainer: Trainer, out_dir: str) -> str:
-    """Load ``best`` weights into the trainer's model if present; returns the tag used."""
-    try:
-        tensors, meta = ckpt.load_checkpoint(out_dir, "best")
-    except ckpt.CheckpointError:
+    """Load ``best`` weights into the trainer's model if present; returns the tag used.
+
+    Only a missing ``best`` falls back to the final weights; a damaged one raises."""
+    if not (Path(out_dir) / "best.json").is_file():
         return "final"
+    tensors, meta = ckpt.load_checkpoint(out_dir, "best")
     part = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     aliases = {k[6:]: v[6:] for k, v in meta["aliases"].items()}
     ckpt.load_model_tensors(trainer.model, part, aliases)

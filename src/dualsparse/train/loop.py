@@ -336,7 +336,13 @@ class Trainer:
         model_part = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         aliases = {k[len("model."):]: v[len("model."):] for k, v in meta["aliases"].items()}
         ckpt.load_model_tensors(self.model, model_part, aliases)
+        # the moments come from the checkpoint; the hyperparameters (weight decay, betas,
+        # momentum, lr multipliers) stay those of this run's config, as the flags say
+        settings = [{k: v for k, v in g.items() if k != "params"}
+                    for g in self.optimizer.param_groups]
         ckpt.load_optimizer_state(self.optimizer, ckpt.join_state(meta["optimizer"], tensors))
+        for group, kept in zip(self.optimizer.param_groups, settings, strict=True):
+            group.update(kept)
         self.task.load_state_dict(ckpt.join_state(meta["task"], tensors))
         if self.pruner is not None:
             if meta.get("pruner") is None:
