@@ -129,3 +129,14 @@ def test_meter_errors():
     with pytest.raises(ValueError, match="must be in"):
         ideal_reduction(0.0, 0.5)
     assert ideal_reduction(0.2, 0.25) == pytest.approx(20.0)
+
+
+def test_empty_batches_are_skipped_and_an_empty_meter_says_so():
+    m = EGRU(3, 4).eval()
+    meter = ActivityMeter(m, decoder=torch.nn.Linear(4, 5))
+    with torch.no_grad():
+        out, _, seqs = m(torch.zeros(6, 0, 3), return_sequences=True)
+    meter.update(torch.zeros(6, 0, 3), seqs)
+    meter.update_decoder(out)
+    with pytest.raises(ValueError, match="nothing measured"):
+        meter.report()

@@ -272,6 +272,8 @@ class ActivityMeter:
         if inputs.shape[:-1] != seq.output.shape[:-1]:
             raise ValueError(f"layer {layer}: inputs {tuple(inputs.shape)} and outputs "
                              f"{tuple(seq.output.shape)} differ in time/batch dimensions")
+        if seq.output.numel() == 0:  # an empty batch or sequence: nothing to count
+            return
         acc = self._layers.get(layer)
         if acc is None:
             acc = self._layers[layer] = _LayerAccumulator(
@@ -308,6 +310,8 @@ class ActivityMeter:
             if self.decoder is None:
                 raise ValueError("no decoder given to the meter and no weight passed")
             weight = self.decoder.weight
+        if inputs.numel() == 0:
+            return
         with torch.no_grad():
             dense, effective = count_macs(weight, inputs)
         st = self._decoder_stats

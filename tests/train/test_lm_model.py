@@ -133,3 +133,11 @@ def test_bad_input_is_rejected_clearly() -> None:
         RNNLanguageModel(50, 8, [8], dropouti=1.0)
     with pytest.raises(ValueError, match="hidden_sizes"):
         RNNLanguageModel(50, 8, [])
+
+
+def test_hidden_sizes_accepts_one_int_and_rejects_junk() -> None:
+    from dualsparse.models.lm import RNNLanguageModel as LM
+
+    assert LM(20, 8, 8, cell="gru").hidden_sizes == (8,)
+    with pytest.raises(ValueError, match="hidden_sizes"):
+        LM(20, 8, "many", cell="gru")

@@ -76,7 +76,7 @@ class RNNLanguageModel(nn.Module):
         self,
         vocab_size: int,
         emb_size: int,
-        hidden_sizes: Sequence[int],
+        hidden_sizes: Sequence[int] | int,
         cell: str = "egru",
         tie_weights: bool | str = "auto",
         dropout: float = 0.0,
@@ -90,7 +90,13 @@ class RNNLanguageModel(nn.Module):
         for name, v in (("vocab_size", vocab_size), ("emb_size", emb_size)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-        sizes = tuple(int(h) for h in hidden_sizes)
+        if isinstance(hidden_sizes, int):  # one layer
+            hidden_sizes = (hidden_sizes,)
+        try:
+            sizes = tuple(int(h) for h in hidden_sizes)
+        except (TypeError, ValueError):
+            raise ValueError(f"hidden_sizes must be one or more ints >= 1, got "
+                             f"{hidden_sizes!r}") from None
         if not sizes or any(h < 1 for h in sizes):
             raise ValueError(f"hidden_sizes must be one or more ints >= 1, got {hidden_sizes!r}")
         cell = cell.lower()
