@@ -117,5 +117,12 @@ def test_task_state_roundtrip_and_mismatch() -> None:
                for x, y in zip(s, t, strict=True))
     with pytest.raises(ValueError, match="seed=3->4"):
         _task(random_bptt=True, seed=4).load_state_dict(a.state_dict())
+    # a DDP resume with another number of processes would read other data: refused
+    with pytest.raises(ValueError, match="world_size=1->2"):
+        _task(random_bptt=True, seed=3, world_size=2).load_state_dict(a.state_dict())
+    # checkpoints written before world_size was recorded count as one process
+    old = a.state_dict()
+    del old["settings"]["world_size"]
+    _task(random_bptt=True, seed=3).load_state_dict(old)
     with pytest.raises(ValueError, match="split"):
         a.evaluate(model, "train")

@@ -145,6 +145,7 @@ class LMTask:
         self.batch_size, self.bptt, self.random_bptt = batch_size, bptt, random_bptt
         self.eval_bptt = eval_bptt
         self.seed, self.alpha, self.beta, self.carry = seed, alpha, beta, carry
+        self.world_size = world_size
         self.eval_batch_size, self.test_batch_size = eval_batch_size, test_batch_size
         self.epoch = 0
         self.iterator = self._make_iterator(0)
@@ -200,7 +201,8 @@ class LMTask:
 
     def _settings(self) -> dict[str, Any]:
         return {"batch_size": self.batch_size, "bptt": self.bptt,
-                "random_bptt": self.random_bptt, "seed": self.seed, "carry": self.carry}
+                "random_bptt": self.random_bptt, "seed": self.seed, "carry": self.carry,
+                "world_size": self.world_size}
 
     def state_dict(self) -> dict[str, Any]:
         """Epoch, iterator position, carried hidden state, and the settings they depend on."""
@@ -210,7 +212,7 @@ class LMTask:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume; ``ValueError`` if the data settings differ from the saved ones."""
-        saved = state.get("settings", {})
+        saved = {"world_size": 1, **state.get("settings", {})}  # older checkpoints: 1 process
         diff = {k: (saved.get(k), v) for k, v in self._settings().items() if saved.get(k) != v}
         if diff:
             raise ValueError("cannot resume: data settings differ (saved, now): "
