@@ -51,7 +51,8 @@ CASES = [("egru", "subtract_threshold"), ("egru", "subtract_output"), ("egru", "
 @pytest.mark.parametrize("kind,reset_mode", CASES)
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("loss_at", ["every", "end"])
-def test_rtrl_matches_bptt(kind, reset_mode, masked, loss_at):
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_rtrl_matches_bptt(kind, reset_mode, masked, loss_at, backend):
     cell = make_cell(kind, reset_mode)
     masks = random_masks(0.5) if masked else None
     if masks:
@@ -63,7 +64,8 @@ def test_rtrl_matches_bptt(kind, reset_mode, masked, loss_at):
     grads = torch.randn(T, B, H, generator=g, dtype=torch.float64)
     if loss_at == "end":
         grads[:-1] = 0
-    dense, sparse = DenseRTRL(cell, masks), SparseRTRL(cell, masks)
+    dense, sparse = DenseRTRL(cell, masks), SparseRTRL(cell, masks, backend=backend)
+    assert sparse.backend == backend
     names = dense.spec.param_names
     if kind == "egru":
         assert "threshold_raw" in names
@@ -80,6 +82,42 @@ def test_rtrl_matches_bptt(kind, reset_mode, masked, loss_at):
             assert bool((g_sparse[n][~m] == 0).all()) and bool((g_dense[n][~m] == 0).all())
     # the influence matrices agree too
     assert rel_err(sparse.influence(), dense.influence()) < TOL
+
+
+@pytest.mark.parametrize("kind,reset_mode", CASES)
+def test_numba_and_torch_backends_agree(kind, reset_mode):
+    """Same influence matrix, gradients and live columns; without masks the same counts, with
+    pruned W_hh the numba kernel skips K's structural zeros (fewer Jacobian and update MACs,
+    and fewer immediate MACs for threshold columns)."""
+    xs = 2 * torch.randn(T, B, I, generator=torch.Generator().manual_seed(6),
+                         dtype=torch.float64)
+    grads = torch.randn(T, B, H, generator=torch.Generator().manual_seed(7),
+                        dtype=torch.float64)
+    for masks in (None, random_masks(0.3, seed=8)):
+        cell = make_cell(kind, reset_mode)
+        nb = SparseRTRL(cell, masks, backend="numba")
+        tc = SparseRTRL(cell, masks, backend="torch")
+        g_nb, g_tc = run_engine(nb, xs, grads), run_engine(tc, xs, grads)
+        for n in g_tc:
+            assert rel_err(g_nb[n], g_tc[n]) < TOL, n
+        assert rel_err(nb.influence(), tc.influence()) < TOL
+        assert list(nb.live) == list(tc.live)
+        assert bool((nb.row_nz == tc.row_nz).all())
+        s_nb, s_tc = nb.counter.summary(), tc.counter.summary()
+        assert s_nb["macs_gradient"] == s_tc["macs_gradient"]
+        for key in ("macs_jacobian", "macs_update", "macs_immediate"):
+            if masks is None:
+                assert s_nb[key] == s_tc[key], key
+            elif key == "macs_immediate":   # threshold columns use K's kept rows only
+                assert s_nb[key] <= s_tc[key], key
+            else:
+                assert s_nb[key] < s_tc[key], key
+        assert s_nb["active_fraction"] == s_tc["active_fraction"]
+
+
+def test_bad_backend_raises():
+    with pytest.raises(ValueError, match="backend"):
+        SparseRTRL(make_cell("gru"), backend="cuda")
 
 
 def test_events_happen_and_some_units_are_inactive():

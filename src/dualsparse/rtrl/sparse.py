@@ -23,13 +23,20 @@ tracked structurally (a row becomes nonzero when something is added to it), so t
 and units whose parameters are all pruned cost nothing. The gradient contraction uses only the
 rows with ``dL/dy_t * a_t != 0``. Counts go to :attr:`counter` as the code runs.
 
-Batch samples are processed one at a time (their active sets differ).
+On CPU (``backend="numba"``, the default there) one numba kernel updates the whole batch
+(:mod:`dualsparse.rtrl._kernels`), and ``K_t`` is formed and multiplied only on its
+structural nonzeros: entry ``(i, j)`` exists when some gate keeps ``W_hh[g, i, j]``, so the
+off-diagonal product costs ``nnz(K[:, A]) L`` instead of ``H |A| L`` MACs. The ``"torch"``
+backend (any device) processes the batch one sample at a time with the dense ``K_t[:, A]``.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from torch import nn
 
+from dualsparse.rtrl import _kernels
 from dualsparse.rtrl.base import RTRLBase
 from dualsparse.rtrl.cell import recurrent_jacobian, threshold_and_slope
 from dualsparse.rtrl.counters import (
@@ -45,7 +52,27 @@ class SparseRTRL(RTRLBase):
 
     Args: see :class:`~dualsparse.rtrl.base.RTRLBase`. ``M`` is allocated as ``(B, H, P)`` for
     the ``P`` kept columns only; per sample the first ``live[b]`` storage columns are in use.
+    ``backend``: ``"numba"`` (CPU only; batched kernel, skips pruned entries of ``K_t``),
+    ``"torch"`` (any device; per-sample loop) or ``"auto"`` (numba on CPU, torch otherwise).
     """
+
+    def __init__(self, cell: nn.Module, masks: dict[str, torch.Tensor] | None = None,
+                 train_thresholds: bool = True, measure_density: bool = False,
+                 backend: str = "auto") -> None:
+        super().__init__(cell, masks, train_thresholds, measure_density)
+        if backend not in ("auto", "numba", "torch"):
+            raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}")
+        cpu = cell.weight_hh.device.type == "cpu"
+        if backend == "numba" and not cpu:
+            raise ValueError("backend='numba' needs a CPU cell")
+        self.backend = "numba" if backend == "numba" or (backend == "auto" and cpu) else "torch"
+        h = self.spec.hidden_size
+        m = self.masks.get("weight_hh")
+        struct = (torch.ones(h, h, dtype=torch.bool) if m is None
+                  else m.cpu().reshape(3, h, h).any(0))                   # (i, j) of K kept
+        cols = struct.t().numpy()                                         # [j, i]
+        self._kptr = np.concatenate([[0], np.cumsum(cols.sum(1))]).astype(np.int64)
+        self._krows = np.nonzero(cols)[1].astype(np.int64)
 
     def _init_influence(self) -> None:
         lay, h, bsz = self.layout, self.spec.hidden_size, self.batch_size
@@ -67,7 +94,7 @@ class SparseRTRL(RTRLBase):
         self.perm = torch.arange(self._p, device=dev).repeat(bsz, 1)   # storage -> kept column
         self.where = self.perm.clone()                                 # kept column -> storage
         self.is_live = torch.zeros(bsz, self._p, dtype=torch.bool, device=dev)
-        self.live = [0] * bsz
+        self.live = np.zeros(bsz, dtype=np.int64)                      # live columns
 
     @property
     def num_kept(self) -> int:
@@ -95,6 +122,58 @@ class SparseRTRL(RTRLBase):
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         x = self._check_input(x)
+        if self.backend == "numba":
+            return self._step_numba(x)
+        return self._step_torch(x)
+
+    def _step_numba(self, x: torch.Tensor) -> torch.Tensor:
+        spec, h, bsz = self.spec, self.spec.hidden_size, self.batch_size
+        w, theta, slope, ls = self._forward(x)
+        diag = ls.z * self.e_prev
+        if spec.reset_mode == "subtract_output":
+            diag = diag - self.a_prev
+        vals = ls.deltas[:, self._plain_q] * self._src(x)[:, self._plain_src]   # (B, P_plain)
+        macs = zero_macs()
+        macs["immediate"] += vals.numel()
+        tu = self._theta_unit
+        n_theta = int(tu.numel())
+        if n_theta:
+            own = ls.z[:, tu] * self.dcth_prev[:, tu]
+            if spec.reset_mode == "subtract_output":
+                own = own - self.dyth_prev[:, tu]
+            own = own * slope[tu]
+            macs["immediate"] += 3 * n_theta * bsz
+        else:
+            own = vals.new_zeros(bsz, 0)
+        counts = np.zeros(3, dtype=np.int64)
+        dh = ls.deltas[:, 3 * h:].reshape(bsz, 3, h)
+        active_sum, j_entries = _kernels.sparse_step(
+            self.M.numpy(), self.row_nz.numpy(), self.perm.numpy(), self.where.numpy(),
+            self.live, self.a_prev.contiguous().numpy(), diag.contiguous().numpy(),
+            dh.contiguous().numpy(), w["weight_hh"].reshape(3, h, h).contiguous().numpy(),
+            self._kptr, self._krows, vals.contiguous().numpy(), self._plain_pos.numpy(),
+            self._plain_unit.numpy(), tu.numpy(), self._theta_pos.numpy(),
+            own.contiguous().numpy(), self.dyth_prev.contiguous().numpy(),
+            slope.contiguous().numpy(), counts)
+        macs["jacobian"] += int(counts[0])
+        macs["immediate"] += int(counts[1])
+        macs["update"] += int(counts[2])
+        self._finish_step(ls, macs, active_sum, j_entries)
+        return ls.y
+
+    def _finish_step(self, ls, macs: dict[str, int], active_sum: float, j_entries: int) -> None:
+        h, bsz = self.spec.hidden_size, self.batch_size
+        n_plain = int((~self.is_theta).sum())
+        dense = dense_step_macs(h, self.layout.num_columns, n_plain, self.num_theta, bsz)
+        self._advance(ls)
+        self.counter.record(StepRecord(
+            macs=macs, dense_macs=dense, active_fraction=active_sum / bsz,
+            j_density=j_entries / (bsz * h * h), m_bytes=self.m_bytes,
+            m_density=(float((self.M != 0).sum()) / (bsz * h * self.layout.num_columns)
+                       if self.measure_density else None),
+        ))
+
+    def _step_torch(self, x: torch.Tensor) -> torch.Tensor:
         spec, h = self.spec, self.spec.hidden_size
         w, theta, slope, ls = self._forward(x)
         w_hh = w["weight_hh"]
@@ -179,23 +258,13 @@ class SparseRTRL(RTRLBase):
                     macs["update"] += h * int(th_need.numel())
                     new_rows |= (colv != 0).any(1)
             self.row_nz[b] = new_rows
-        n_plain = int((~self.is_theta).sum())
-        dense = dense_step_macs(h, self.layout.num_columns, n_plain, self.num_theta,
-                                self.batch_size)
-        self._advance(ls)
-        bsz = self.batch_size
-        self.counter.record(StepRecord(
-            macs=macs, dense_macs=dense, active_fraction=active_sum / bsz,
-            j_density=j_entries / (bsz * h * h), m_bytes=self.m_bytes,
-            m_density=(float((self.M != 0).sum()) / (bsz * h * self.layout.num_columns)
-                       if self.measure_density else None),
-        ))
+        self._finish_step(ls, macs, active_sum, j_entries)
         return ls.y
 
     @property
     def live_fraction(self) -> float:
         """Mean fraction of the kept columns of ``M`` that are live (may be nonzero)."""
-        return sum(self.live) / (self.batch_size * self._p) if self._p else 0.0
+        return int(self.live.sum()) / (self.batch_size * self._p) if self._p else 0.0
 
     def accumulate(self, grad_y: torch.Tensor) -> None:
         g = self._check_grad_y(grad_y)
@@ -203,7 +272,11 @@ class SparseRTRL(RTRLBase):
         v = g * ls.a
         acc = self.M.new_zeros(self._p)
         macs = v.numel()
-        for b in range(self.batch_size):
+        if self.backend == "numba":
+            macs += int(_kernels.sparse_gradient(self.M.numpy(), self.row_nz.numpy(),
+                                                 self.perm.numpy(), self.live,
+                                                 v.contiguous().numpy(), acc.numpy()))
+        for b in range(self.batch_size if self.backend == "torch" else 0):
             n_live = self.live[b]
             rows = ((v[b] != 0) & self.row_nz[b]).nonzero().squeeze(1)
             if rows.numel() and n_live:

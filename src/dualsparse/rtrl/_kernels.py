@@ -1,0 +1,161 @@
+"""Numba kernels of :class:`~dualsparse.rtrl.sparse.SparseRTRL` (CPU, whole batch per call).
+
+One call does the influence update of all batch samples, so the per-sample bookkeeping (active
+units, nonzero rows, live columns) costs no Python overhead. The recurrent Jacobian is formed
+only on the structural nonzeros of ``K = d c~_t / d y_{t-1}``: entry ``(i, j)`` exists when at
+least one gate keeps ``W_hh[g, i, j]`` (``K`` is the same for every sample up to the deltas), so
+zeros left by pruned recurrent weights are neither formed nor multiplied. MAC counts are added
+to ``macs`` as the loops run: ``[jacobian, immediate, update]``.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True)
+def _make_live(perm, where, live, b, col):
+    """Move the all-zero kept column ``col`` of sample ``b`` into the live block (swap ids)."""
+    pos = where[b, col]
+    tgt = live[b]
+    if pos < tgt:
+        return
+    other = perm[b, tgt]
+    perm[b, tgt] = col
+    perm[b, pos] = other
+    where[b, col] = tgt
+    where[b, other] = pos
+    live[b] = tgt + 1
+
+
+@numba.njit(cache=True)
+def sparse_step(m, row_nz, perm, where, live, a_prev, diag, dh, w_hh, kptr, krows,
+                vals, plain_pos, plain_unit, th_unit, th_pos, own, dyth_prev, slope, macs):
+    """Advance ``m`` ``(B, H, P)`` by one step in place.
+
+    ``dh`` ``(B, 3, H)`` hidden-side deltas, ``w_hh`` ``(3, H, H)`` masked weights, ``kptr``/
+    ``krows``: CSC structure of ``K`` (rows of column ``j`` are ``krows[kptr[j]:kptr[j+1]]``).
+    ``vals`` ``(B, P_plain)`` immediate terms of the plain columns; ``own`` ``(B, n_theta)`` and
+    ``dyth_prev`` ``(B, H)`` for the threshold columns. Returns ``(active_sum, j_entries)``.
+    """
+    bsz, h, _ = m.shape
+    n_plain = plain_pos.shape[0]
+    n_theta = th_unit.shape[0]
+    kbuf = np.zeros((h, h), dtype=m.dtype)        # kbuf[j, i] = K[i, j] for formed columns
+    use = np.empty(h, dtype=np.int64)
+    need = np.zeros(h, dtype=np.bool_)
+    new_rows = np.empty(h, dtype=np.bool_)
+    active_sum = 0.0
+    j_entries = 0
+    for b in range(bsz):
+        nl = live[b]
+        n_use = 0
+        n_act = 0
+        for j in range(h):
+            need[j] = False
+            if a_prev[b, j] != 0.0:
+                n_act += 1
+                if row_nz[b, j]:
+                    use[n_use] = j
+                    n_use += 1
+                    need[j] = True
+        active_sum += n_act / h
+        for k in range(n_theta):
+            if dyth_prev[b, th_unit[k]] != 0.0:
+                need[th_unit[k]] = True
+        # structural nonzeros of the needed columns of K
+        for j in range(h):
+            if need[j]:
+                for idx in range(kptr[j], kptr[j + 1]):
+                    i = krows[idx]
+                    kbuf[j, i] = (dh[b, 0, i] * w_hh[0, i, j] + dh[b, 1, i] * w_hh[1, i, j]
+                                  + dh[b, 2, i] * w_hh[2, i, j])
+                macs[0] += 3 * (kptr[j + 1] - kptr[j])
+        # old rows of the used units (the diagonal scaling overwrites them)
+        mold = np.empty((n_use, nl), dtype=m.dtype)
+        for k in range(n_use):
+            j = use[k]
+            for c in range(nl):
+                mold[k, c] = m[b, j, c]
+        for i in range(h):
+            new_rows[i] = row_nz[b, i]
+            if row_nz[b, i]:
+                d = diag[b, i]
+                for c in range(nl):
+                    m[b, i, c] *= d
+                macs[2] += nl
+        # off-diagonal part: M[i, :L] += K[i, j] a[j] M_old[j, :L] over kept (i, j)
+        n_diag_formed = 0
+        for k in range(n_use):
+            j = use[k]
+            aj = a_prev[b, j]
+            lo, hi = kptr[j], kptr[j + 1]
+            macs[0] += hi - lo
+            j_entries += hi - lo
+            for idx in range(lo, hi):
+                i = krows[idx]
+                if i == j:
+                    n_diag_formed += 1
+                coef = kbuf[j, i] * aj
+                if coef != 0.0:
+                    new_rows[i] = True
+                for c in range(nl):
+                    m[b, i, c] += coef * mold[k, c]
+                macs[2] += nl
+        j_entries += h - n_diag_formed
+        # immediate terms (their columns become live first; they were all zero)
+        for k in range(n_plain):
+            v = vals[b, k]
+            if v != 0.0:
+                col = plain_pos[k]
+                _make_live(perm, where, live, b, col)
+                i = plain_unit[k]
+                m[b, i, where[b, col]] += v
+                new_rows[i] = True
+                macs[2] += 1
+        for k in range(n_theta):
+            u = th_unit[k]
+            col = th_pos[k]
+            v = own[b, k]
+            if v != 0.0:
+                _make_live(perm, where, live, b, col)
+                m[b, u, where[b, col]] += v
+                new_rows[u] = True
+                macs[2] += 1
+            dy = dyth_prev[b, u]
+            if dy != 0.0:
+                _make_live(perm, where, live, b, col)
+                scale = dy * slope[u]
+                s = where[b, col]
+                lo, hi = kptr[u], kptr[u + 1]
+                for idx in range(lo, hi):
+                    i = krows[idx]
+                    cv = kbuf[u, i] * scale
+                    m[b, i, s] += cv
+                    if cv != 0.0:
+                        new_rows[i] = True
+                macs[1] += hi - lo + 1
+                macs[2] += hi - lo
+        for i in range(h):
+            row_nz[b, i] = new_rows[i]
+    return active_sum, j_entries
+
+
+@numba.njit(cache=True)
+def sparse_gradient(m, row_nz, perm, live, v, acc):
+    """``acc[perm[b, c]] += sum_r v[b, r] M[b, r, c]`` over nonzero rows and live columns."""
+    bsz, h, _ = m.shape
+    macs = 0
+    for b in range(bsz):
+        nl = live[b]
+        tmp = np.zeros(nl, dtype=m.dtype)
+        for r in range(h):
+            vr = v[b, r]
+            if vr != 0.0 and row_nz[b, r]:
+                for c in range(nl):
+                    tmp[c] += m[b, r, c] * vr
+                macs += nl
+        for c in range(nl):
+            acc[perm[b, c]] += tmp[c]
+    return macs
