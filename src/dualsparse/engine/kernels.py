@@ -10,8 +10,9 @@ Kernels:
 * :func:`active_columns` -- indices of the columns where any batch entry is nonzero.
 * :func:`accumulate_csc`, :func:`accumulate_block` -- ``out += W[:, active] @ x[active]`` for
   one vector (CSC / tiles; :func:`accumulate_block16`, :func:`accumulate_block4x4` are the
-  SIMD-friendly specialisations); :func:`accumulate_batch` for ``(C, B)`` inputs over the *union* of
-  active columns; :func:`accumulate_parallel` splits the rows over threads (``prange``).
+  SIMD-friendly specialisations; :func:`accumulate_panels` keeps 64 outputs in registers, for
+  long outputs such as a decoder); :func:`accumulate_batch` for ``(C, B)`` inputs over the
+  *union* of active columns; :func:`accumulate_parallel` splits the rows over threads (``prange``).
 * :func:`egru_gates`, :func:`gru_gates`, :func:`lstm_gates` -- the gate nonlinearities, the
   state update, event/reset and eval-mode zoneout of one step, fused, writing the next step's
   active list. They follow ``dualsparse.models`` operation by operation in float32.
@@ -161,6 +162,54 @@ def accumulate_parallel(indptr: np.ndarray, indices: np.ndarray, data: np.ndarra
                         row[b] += w * xs[b]
 
 
+
+@njit(**_OPTS)
+def accumulate_panels(colmap: np.ndarray, data: np.ndarray, x: np.ndarray, active: np.ndarray,
+                      n_active: int, out: np.ndarray) -> None:
+    """Panels of 64 rows (:class:`dualsparse.engine.pack.PanelMatrix`), one vector: per panel,
+    its 64 outputs stay in a local accumulator while the active columns are added (in the
+    order of ``active``, as the column kernels do, so the sums round identically); ``out``
+    has ``rows_padded`` entries."""
+    acc = np.empty(64, dtype=np.float32)
+    for p in range(colmap.shape[0]):
+        r0 = p * 64
+        for r in range(64):
+            acc[r] = out[r0 + r]
+        for a in range(n_active):
+            j = active[a]
+            xj = x[j]
+            s = colmap[p, j]
+            if xj == ZERO or s < 0:
+                continue
+            d = data[np.int64(s) * 64:np.int64(s) * 64 + 64]
+            for r in range(64):
+                acc[r] += d[r] * xj
+        for r in range(64):
+            out[r0 + r] = acc[r]
+
+
+@njit(**_OPTS)
+def accumulate_panels_batch(colmap: np.ndarray, data: np.ndarray, x: np.ndarray,
+                            active: np.ndarray, n_active: int, out: np.ndarray) -> None:
+    """:func:`accumulate_panels` for ``B`` vectors: ``x`` ``(C, B)``, ``out``
+    ``(rows_padded, B)``."""
+    nb = x.shape[1]
+    for p in range(colmap.shape[0]):
+        r0 = p * 64
+        for a in range(n_active):
+            j = active[a]
+            s = colmap[p, j]
+            if s < 0:
+                continue
+            xs = x[j]
+            base = np.int64(s) * 64
+            for r in range(64):
+                w = data[base + r]
+                row = out[r0 + r]
+                for b in range(nb):
+                    row[b] += w * xs[b]
+
+
 @njit(**_OPTS)
 def _sigmoid(v: np.float32) -> np.float32:
     return ONE / (ONE + math.exp(-v))
@@ -276,6 +325,8 @@ def lstm_gates(gi: np.ndarray, gh: np.ndarray, h: np.ndarray, c: np.ndarray,
     return n
 
 
+
 __all__ = ["accumulate_batch", "accumulate_block", "accumulate_block16", "accumulate_block4x4",
-           "accumulate_csc", "accumulate_parallel",
+           "accumulate_csc", "accumulate_panels", "accumulate_panels_batch",
+           "accumulate_parallel",
            "active_columns", "egru_gates", "gru_gates", "lstm_gates"]

@@ -154,6 +154,89 @@ class PackedMatrix:
         return out[: self.rows, : self.cols]
 
 
+
+#: Rows per panel of :class:`PanelMatrix` (four 16-float SIMD registers of accumulators).
+PANEL_ROWS = 64
+
+
+@dataclass
+class PanelMatrix:
+    """A weight matrix ``(rows, cols)`` cut into row panels of ``PANEL_ROWS`` rows.
+
+    For panel ``P`` and column ``j`` the ``PANEL_ROWS`` weights ``W[64P:64P+64, j]`` are stored
+    contiguously (zeros included) when any of them is nonzero; ``colmap[P, j]`` is their strip
+    number (``-1``: all zero). The kernel (:func:`dualsparse.engine.kernels.accumulate_panels`)
+    keeps a panel's outputs in registers while it adds the active columns, so a long output
+    vector (a language-model decoder) is read and written once per step, not once per active
+    column. :meth:`dualsparse.engine.lm.SparseLM.from_model` uses it for a (nearly) dense
+    decoder at 1 thread.
+
+    Attributes:
+        shape: ``(rows, cols)``; colmap: ``(n_panels, cols)`` int32; data: ``(n_strips *
+        PANEL_ROWS,)`` float32; nnz: nonzero weights.
+    """
+
+    shape: tuple[int, int]
+    colmap: np.ndarray
+    data: np.ndarray
+    nnz: int
+
+    @property
+    def rows(self) -> int:
+        return self.shape[0]
+
+    @property
+    def cols(self) -> int:
+        return self.shape[1]
+
+    @property
+    def rows_padded(self) -> int:
+        return self.colmap.shape[0] * PANEL_ROWS
+
+    @property
+    def stored_values(self) -> int:
+        return int(self.data.size)
+
+    @property
+    def density(self) -> float:
+        return self.nnz / (self.shape[0] * self.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.colmap.nbytes + self.data.nbytes)
+
+    @property
+    def dense_nbytes(self) -> int:
+        return 4 * self.shape[0] * self.shape[1]
+
+    def to_dense(self) -> np.ndarray:
+        """Unpack into the dense float32 matrix ``(rows, cols)``."""
+        npan, cols = self.colmap.shape
+        out = np.zeros((npan * PANEL_ROWS, cols), dtype=np.float32)
+        strips = self.data.reshape(-1, PANEL_ROWS)
+        for p in range(npan):
+            for j in range(cols):
+                s = self.colmap[p, j]
+                if s >= 0:
+                    out[p * PANEL_ROWS:(p + 1) * PANEL_ROWS, j] = strips[s]
+        return out[: self.rows]
+
+
+def pack_panels(weight: torch.Tensor | np.ndarray, name: str = "weight") -> PanelMatrix:
+    """Pack a dense ``(rows, cols)`` matrix (pruned weights as exact zeros) into panels."""
+    w = _as_matrix(weight, name)
+    rows, cols = w.shape
+    npan = math.ceil(rows / PANEL_ROWS)
+    padded = np.zeros((npan * PANEL_ROWS, cols), dtype=np.float32)
+    padded[:rows] = w
+    strips = padded.reshape(npan, PANEL_ROWS, cols).transpose(0, 2, 1)  # (P, C, 64)
+    keep = (strips != 0).any(axis=2)
+    colmap = np.full((npan, cols), -1, dtype=np.int32)
+    colmap[keep] = np.arange(int(keep.sum()), dtype=np.int32)
+    data = np.ascontiguousarray(strips[keep]).reshape(-1)
+    return PanelMatrix((rows, cols), colmap, data, int(np.count_nonzero(w)))
+
+
 def _as_matrix(weight: torch.Tensor | np.ndarray, name: str) -> np.ndarray:
     if isinstance(weight, torch.Tensor):
         weight = weight.detach().to("cpu", torch.float32).numpy()
@@ -342,5 +425,6 @@ def pack_rnn(model: nn.Module, block: Block = "auto", nparts: int = 1) -> Packed
     return PackedRNN(layers)
 
 
-__all__ = ["AUTO_SCATTER_COST", "NUM_GATES", "PackedLayer", "PackedMatrix", "PackedRNN",
-           "choose_block", "model_kind", "pack_matrix", "pack_rnn"]
+__all__ = ["AUTO_SCATTER_COST", "NUM_GATES", "PANEL_ROWS", "PackedLayer", "PackedMatrix",
+           "PackedRNN", "PanelMatrix", "choose_block", "model_kind", "pack_matrix", "pack_panels",
+           "pack_rnn"]
