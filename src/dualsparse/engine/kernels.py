@@ -326,7 +326,62 @@ def lstm_gates(gi: np.ndarray, gh: np.ndarray, h: np.ndarray, c: np.ndarray,
 
 
 
+@njit(**_OPTS)
+def _accumulate_any(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, br: int,
+                    bc: int, x: np.ndarray, active: np.ndarray, n_active: int,
+                    out: np.ndarray) -> None:
+    """``out += W[:, active] @ x[active]`` for ``x`` ``(C, B)``, ``out`` ``(rows_padded, B)``
+    (C-contiguous), with the kernel that fits the tile shape and batch."""
+    if x.shape[1] != 1:
+        accumulate_batch(indptr, indices, data, br, bc, x, active, n_active, out)
+        return
+    xv = x.reshape(x.shape[0])
+    ov = out.reshape(out.shape[0])
+    if br == 1 and bc == 1:
+        accumulate_csc(indptr, indices, data, xv, active, n_active, ov)
+    elif br == 16 and bc == 1:
+        accumulate_block16(indptr, indices, data, xv, active, n_active, ov)
+    elif br == 4 and bc == 4:
+        accumulate_block4x4(indptr, indices, data, xv, active, n_active, ov)
+    else:
+        accumulate_block(indptr, indices, data, br, bc, xv, active, n_active, ov)
+
+
+@njit(**_OPTS)
+def layer_step(kind: int, ih_indptr: np.ndarray, ih_indices: np.ndarray, ih_data: np.ndarray,
+               ih_br: int, ih_bc: int, hh_indptr: np.ndarray, hh_indices: np.ndarray,
+               hh_data: np.ndarray, hh_br: int, hh_bc: int, b_ih: np.ndarray, b_hh: np.ndarray,
+               x: np.ndarray, in_active: np.ndarray, n_in: int, gi: np.ndarray, gh: np.ndarray,
+               y: np.ndarray, c: np.ndarray, theta: np.ndarray, reset_code: int, events: bool,
+               zone_p: np.float32, zone_q: np.float32, ev: np.ndarray, ct: np.ndarray,
+               active: np.ndarray, n_rec: int) -> int:
+    """One whole layer step in one call: ``gi = b_ih + W_ih[:, in_active] @ x``,
+    ``gh = b_hh + W_hh[:, active[:n_rec]] @ y``, then the gates of ``kind`` (0 EGRU, 1 GRU,
+    2 LSTM; arguments as :func:`egru_gates`), which overwrite ``active`` with the new active
+    units. The same operations in the same order as the separate kernels.
+
+    Returns:
+        the number of active units after the step.
+    """
+    g = b_ih.shape[0]
+    nb = y.shape[1]
+    for r in range(g):
+        bi = b_ih[r]
+        bh = b_hh[r]
+        for b in range(nb):
+            gi[r, b] = bi
+            gh[r, b] = bh
+    _accumulate_any(ih_indptr, ih_indices, ih_data, ih_br, ih_bc, x, in_active, n_in, gi)
+    _accumulate_any(hh_indptr, hh_indices, hh_data, hh_br, hh_bc, y, active, n_rec, gh)
+    if kind == 0:
+        return egru_gates(gi, gh, y, c, theta, reset_code, events, zone_p, zone_q, ev, ct,
+                          active)
+    if kind == 1:
+        return gru_gates(gi, gh, y, zone_p, zone_q, active)
+    return lstm_gates(gi, gh, y, c, zone_p, zone_q, active)
+
+
 __all__ = ["accumulate_batch", "accumulate_block", "accumulate_block16", "accumulate_block4x4",
            "accumulate_csc", "accumulate_panels", "accumulate_panels_batch",
            "accumulate_parallel",
-           "active_columns", "egru_gates", "gru_gates", "lstm_gates"]
+           "active_columns", "egru_gates", "gru_gates", "layer_step", "lstm_gates"]

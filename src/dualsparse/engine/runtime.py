@@ -32,6 +32,9 @@ from dualsparse.engine.pack import RESET_CODES, PackedLayer, PackedMatrix, Packe
 from dualsparse.models.egru import EGRUState
 from dualsparse.models.rnn import GRUState, LSTMState
 
+#: ``kind`` argument of :func:`dualsparse.engine.kernels.layer_step`.
+_KIND_CODES = {"egru": 0, "gru": 1, "lstm": 2}
+
 
 def _to_numpy(x: torch.Tensor | np.ndarray, what: str) -> np.ndarray:
     if isinstance(x, torch.Tensor):
@@ -144,6 +147,15 @@ class SparseRuntime:
         self._zone = [(np.float32(lay.zoneout), np.float32(1.0 - lay.zoneout))
                       for lay in packed.layers]
         self._x_active = np.zeros(packed.input_size, dtype=np.int32)
+        # per layer, the constant arguments of kernels.layer_step (one call per layer step,
+        # single-threaded); threads > 1 calls the row-split accumulate and gate kernels apart
+        self._fuse = threads == 1
+        self._fused = [
+            ((_KIND_CODES[lay.kind], lay.w_ih.indptr, lay.w_ih.indices, lay.w_ih.data,
+              *lay.w_ih.block, lay.w_hh.indptr, lay.w_hh.indices, lay.w_hh.data,
+              *lay.w_hh.block, lay.b_ih, lay.b_hh),
+             (lay.threshold, RESET_CODES[lay.reset_mode], lay.events, zp, zq))
+            for lay, (zp, zq) in zip(packed.layers, self._zone, strict=True)]
         self.stats: RuntimeStats | None = None
         self.reset(1)
         self.reset_stats()
@@ -256,6 +268,19 @@ class SparseRuntime:
             n_in, active_in: the nonzero input rows ``active_in[:n_in]`` (int32).
         """
         stats = self.stats
+        if self._fuse:
+            batched = self._batch != 1
+            for k, (args, st) in enumerate(zip(self._fused, self._layers, strict=True)):
+                n_rec = st.n_active
+                n = K.layer_step(*args[0], x, active_in, n_in, st.gi, st.gh, st.y, st.c,
+                                 *args[1], st.ev, st.ct, st.active, n_rec)
+                st.n_active = n
+                stats.active_inputs[k] += n_in
+                stats.active_recurrent[k] += n_rec
+                stats.nonzero_outputs[k] += int(np.count_nonzero(st.y)) if batched else n
+                x, n_in, active_in = st.y, n, st.active
+            stats.steps += 1
+            return
         for k, (lay, st) in enumerate(zip(self.packed.layers, self._layers, strict=True)):
             g = lay.num_gates * lay.hidden_size
             st.gi[:g] = st.b_ih
