@@ -49,14 +49,15 @@ def measure(hidden: int, sparsity: float, seed: int, args) -> dict:
     xs, _ = spiral_task(args.batch, args.seq_len, seed=seed, dtype=torch.float64)
     grad = torch.randn(args.batch, hidden, generator=g, dtype=torch.float64)
     dense = DenseRTRL(cell, mask, measure_density=True)
-    sparse = SparseRTRL(cell, mask, measure_density=True)
+    sparse = SparseRTRL(cell, mask, measure_density=True, backend=args.backend)
     run_sequence(dense, xs, grad)
     run_sequence(sparse, xs, grad)
     gd, gs = dense.gradients(), sparse.gradients()
     err = max(float((gd[n] - gs[n]).abs().max() / gd[n].abs().max().clamp_min(1e-300))
               for n in gd)
     sd, ss = dense.counter.summary(), sparse.counter.summary()
-    # timing without density measurement (it is not part of the algorithm)
+    # timing without density measurement (it is not part of the algorithm); the untimed run
+    # above also compiled the numba kernels
     dense.measure_density = sparse.measure_density = False
     td, ts = [], []
     for _ in range(args.repeats):
@@ -66,6 +67,7 @@ def measure(hidden: int, sparsity: float, seed: int, args) -> dict:
     lam_w = sparse.num_kept / sparse.layout.num_columns
     return {
         "hidden": hidden, "sparsity": sparsity, "seed": seed, "max_rel_diff": err,
+        "backend": sparse.backend,
         "active_fraction": lam_a, "kept_fraction": lam_w,
         "ideal_update_reduction": 1.0 / (lam_a * lam_w) if lam_a > 0 else float("inf"),
         "update_reduction": ss["update_reduction"], "total_reduction": ss["reduction"],
@@ -85,6 +87,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--backend", choices=("auto", "numba", "torch"), default="auto",
+                    help="SparseRTRL backend (torch = per-sample loop with dense K[:, A])")
     ap.add_argument("--out", default=None, help="write all rows as JSON here (atomically)")
     args = ap.parse_args()
     for s in args.sparsities:
@@ -97,20 +101,21 @@ def main() -> None:
             "total_reduction", "m_density", "memory_ratio", "dense_s", "sparse_s", "speedup")
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"threads={args.threads}, T={args.seq_len}, B={args.batch}, seeds={args.seeds}, "
-          f"repeats={args.repeats} (median), float64")
+          f"repeats={args.repeats} (median), float64, sparse backend={args.backend}")
     print("| H | w.sparsity | lambda_a | lambda_w | ideal upd. | MAC upd. | MAC total | "
-          "M density | mem. ratio | dense s | sparse s | speed-up | max rel diff |")
-    print("|---" * 13 + "|")
+          "M density | mem. ratio | dense s | sparse s | speed-up | max rel diff | backend |")
+    print("|---" * 14 + "|")
     for h in args.hidden:
         for s in args.sparsities:
             sel = [r for r in rows if r["hidden"] == h and r["sparsity"] == s]
             m = {k: statistics.mean(r[k] for r in sel) for k in keys}
             err = max(r["max_rel_diff"] for r in sel)
+            used = "/".join(sorted({r["backend"] for r in sel}))
             print(f"| {h} | {s:.1f} | {m['active_fraction']:.3f} | {m['kept_fraction']:.3f} | "
                   f"{m['ideal_update_reduction']:.2f} | {m['update_reduction']:.2f} | "
                   f"{m['total_reduction']:.2f} | {m['m_density']:.3f} | "
                   f"{m['memory_ratio']:.2f} | {m['dense_s']:.4f} | {m['sparse_s']:.4f} | "
-                  f"{m['speedup']:.2f} | {err:.1e} |")
+                  f"{m['speedup']:.2f} | {err:.1e} | {used} |")
     if args.out:
         d = os.path.dirname(os.path.abspath(args.out))
         with tempfile.NamedTemporaryFile("w", dir=d, delete=False, suffix=".tmp") as f:

@@ -115,9 +115,16 @@ def test_numba_and_torch_backends_agree(kind, reset_mode):
         assert s_nb["active_fraction"] == s_tc["active_fraction"]
 
 
-def test_bad_backend_raises():
+def test_bad_backend_raises_and_auto_choice():
     with pytest.raises(ValueError, match="backend"):
         SparseRTRL(make_cell("gru"), backend="cuda")
+    assert SparseRTRL(make_cell("gru")).backend == "numba"          # CPU, small H
+    big = GRUCell(I, 96, dtype=torch.float64)
+    assert SparseRTRL(big).backend == "torch"                      # dense K, H > 64
+    g = torch.Generator().manual_seed(0)
+    sparse_k = {"weight_hh": torch.rand(3 * 96, 96, generator=g) < 0.1}
+    eng = SparseRTRL(big, sparse_k)
+    assert eng.k_density < 0.4 and eng.backend == "numba"
 
 
 def test_events_happen_and_some_units_are_inactive():

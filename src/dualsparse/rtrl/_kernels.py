@@ -30,12 +30,14 @@ def _make_live(perm, where, live, b, col):
 
 
 @numba.njit(cache=True)
-def sparse_step(m, row_nz, perm, where, live, a_prev, diag, dh, w_hh, kptr, krows,
+def sparse_step(m, row_nz, perm, where, live, a_prev, diag, dh, w_hh, kptr, krows, rptr, rcols,
                 vals, plain_pos, plain_unit, th_unit, th_pos, own, dyth_prev, slope, macs):
     """Advance ``m`` ``(B, H, P)`` by one step in place.
 
     ``dh`` ``(B, 3, H)`` hidden-side deltas, ``w_hh`` ``(3, H, H)`` masked weights, ``kptr``/
-    ``krows``: CSC structure of ``K`` (rows of column ``j`` are ``krows[kptr[j]:kptr[j+1]]``).
+    ``krows``: CSC structure of ``K`` (rows of column ``j`` are ``krows[kptr[j]:kptr[j+1]]``),
+    ``rptr``/``rcols`` the same structure as CSR (the product runs row by row, so each row of
+    ``M`` is updated while it is in cache).
     ``vals`` ``(B, P_plain)`` immediate terms of the plain columns; ``own`` ``(B, n_theta)`` and
     ``dyth_prev`` ``(B, H)`` for the threshold columns. Returns ``(active_sum, j_entries)``.
     """
@@ -44,6 +46,7 @@ def sparse_step(m, row_nz, perm, where, live, a_prev, diag, dh, w_hh, kptr, krow
     n_theta = th_unit.shape[0]
     kbuf = np.zeros((h, h), dtype=m.dtype)        # kbuf[j, i] = K[i, j] for formed columns
     use = np.empty(h, dtype=np.int64)
+    use_k = np.empty(h, dtype=np.int64)          # unit -> index in use, or -1
     need = np.zeros(h, dtype=np.bool_)
     new_rows = np.empty(h, dtype=np.bool_)
     active_sum = 0.0
@@ -54,9 +57,11 @@ def sparse_step(m, row_nz, perm, where, live, a_prev, diag, dh, w_hh, kptr, krow
         n_act = 0
         for j in range(h):
             need[j] = False
+            use_k[j] = -1
             if a_prev[b, j] != 0.0:
                 n_act += 1
                 if row_nz[b, j]:
+                    use_k[j] = n_use
                     use[n_use] = j
                     n_use += 1
                     need[j] = True
@@ -87,23 +92,24 @@ def sparse_step(m, row_nz, perm, where, live, a_prev, diag, dh, w_hh, kptr, krow
                 macs[2] += nl
         # off-diagonal part: M[i, :L] += K[i, j] a[j] M_old[j, :L] over kept (i, j)
         n_diag_formed = 0
-        for k in range(n_use):
-            j = use[k]
-            aj = a_prev[b, j]
-            lo, hi = kptr[j], kptr[j + 1]
-            macs[0] += hi - lo
-            j_entries += hi - lo
-            for idx in range(lo, hi):
-                i = krows[idx]
+        n_coef = 0
+        for i in range(h):
+            for idx in range(rptr[i], rptr[i + 1]):
+                j = rcols[idx]
+                k = use_k[j]
+                if k < 0:
+                    continue
+                n_coef += 1
                 if i == j:
                     n_diag_formed += 1
-                coef = kbuf[j, i] * aj
+                coef = kbuf[j, i] * a_prev[b, j]
                 if coef != 0.0:
                     new_rows[i] = True
                 for c in range(nl):
                     m[b, i, c] += coef * mold[k, c]
                 macs[2] += nl
-        j_entries += h - n_diag_formed
+        macs[0] += n_coef
+        j_entries += n_coef + h - n_diag_formed
         # immediate terms (their columns become live first; they were all zero)
         for k in range(n_plain):
             v = vals[b, k]

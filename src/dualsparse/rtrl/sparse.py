@@ -53,7 +53,8 @@ class SparseRTRL(RTRLBase):
     Args: see :class:`~dualsparse.rtrl.base.RTRLBase`. ``M`` is allocated as ``(B, H, P)`` for
     the ``P`` kept columns only; per sample the first ``live[b]`` storage columns are in use.
     ``backend``: ``"numba"`` (CPU only; batched kernel, skips pruned entries of ``K_t``),
-    ``"torch"`` (any device; per-sample loop) or ``"auto"`` (numba on CPU, torch otherwise).
+    ``"torch"`` (any device; per-sample loop) or ``"auto"`` (numba on CPU when ``H <= 64`` or
+    fewer than 40% of ``K``'s entries are kept, torch otherwise).
     """
 
     def __init__(self, cell: nn.Module, masks: dict[str, torch.Tensor] | None = None,
@@ -65,14 +66,23 @@ class SparseRTRL(RTRLBase):
         cpu = cell.weight_hh.device.type == "cpu"
         if backend == "numba" and not cpu:
             raise ValueError("backend='numba' needs a CPU cell")
-        self.backend = "numba" if backend == "numba" or (backend == "auto" and cpu) else "torch"
         h = self.spec.hidden_size
         m = self.masks.get("weight_hh")
         struct = (torch.ones(h, h, dtype=torch.bool) if m is None
                   else m.cpu().reshape(3, h, h).any(0))                   # (i, j) of K kept
+        #: kept fraction of K's entries (some gate keeps W_hh[:, i, j])
+        self.k_density = float(struct.double().mean())
+        # auto: the kernel's plain loops beat the per-sample BLAS products up to H = 64, and
+        # above only when K is sparse (measured on 2 EPYC cores, see docs/rtrl.md)
+        fast = h <= 64 or self.k_density < 0.4
+        self.backend = ("numba" if backend == "numba" or (backend == "auto" and cpu and fast)
+                        else "torch")
         cols = struct.t().numpy()                                         # [j, i]
         self._kptr = np.concatenate([[0], np.cumsum(cols.sum(1))]).astype(np.int64)
         self._krows = np.nonzero(cols)[1].astype(np.int64)
+        rows = struct.numpy()                                             # [i, j]
+        self._rptr = np.concatenate([[0], np.cumsum(rows.sum(1))]).astype(np.int64)
+        self._rcols = np.nonzero(rows)[1].astype(np.int64)
 
     def _init_influence(self) -> None:
         lay, h, bsz = self.layout, self.spec.hidden_size, self.batch_size
@@ -151,8 +161,8 @@ class SparseRTRL(RTRLBase):
             self.M.numpy(), self.row_nz.numpy(), self.perm.numpy(), self.where.numpy(),
             self.live, self.a_prev.contiguous().numpy(), diag.contiguous().numpy(),
             dh.contiguous().numpy(), w["weight_hh"].reshape(3, h, h).contiguous().numpy(),
-            self._kptr, self._krows, vals.contiguous().numpy(), self._plain_pos.numpy(),
-            self._plain_unit.numpy(), tu.numpy(), self._theta_pos.numpy(),
+            self._kptr, self._krows, self._rptr, self._rcols, vals.contiguous().numpy(),
+            self._plain_pos.numpy(), self._plain_unit.numpy(), tu.numpy(), self._theta_pos.numpy(),
             own.contiguous().numpy(), self.dyth_prev.contiguous().numpy(),
             slope.contiguous().numpy(), counts)
         macs["jacobian"] += int(counts[0])
