@@ -23,11 +23,12 @@ tracked structurally (a row becomes nonzero when something is added to it), so t
 and units whose parameters are all pruned cost nothing. The gradient contraction uses only the
 rows with ``dL/dy_t * a_t != 0``. Counts go to :attr:`counter` as the code runs.
 
-On CPU (``backend="numba"``, the default there) one numba kernel updates the whole batch
-(:mod:`dualsparse.rtrl._kernels`), and ``K_t`` is formed and multiplied only on its
-structural nonzeros: entry ``(i, j)`` exists when some gate keeps ``W_hh[g, i, j]``, so the
-off-diagonal product costs ``nnz(K[:, A]) L`` instead of ``H |A| L`` MACs. The ``"torch"``
-backend (any device) processes the batch one sample at a time with the dense ``K_t[:, A]``.
+With ``backend="numba"`` (CPU; ``"auto"`` picks it for ``H <= 64`` or a sparse ``K``) one
+numba kernel updates the whole batch (:mod:`dualsparse.rtrl._kernels`), and ``K_t`` is
+formed and multiplied only on its structural nonzeros: entry ``(i, j)`` exists when some gate
+keeps ``W_hh[g, i, j]``, so the off-diagonal product costs ``nnz(K[:, A]) L`` instead of
+``H |A| L`` MACs. The ``"torch"`` backend (any device) processes the batch one sample at a
+time with the dense ``K_t[:, A]``.
 """
 
 from __future__ import annotations
