@@ -25,6 +25,7 @@ sequence); and an LSTM (dense activity) vs ``torch.nn.LSTM``.
 
     python benchmarks/bench_engine.py --out docs/engine_results.json      # full (minutes)
     python benchmarks/bench_engine.py --quick                             # smoke test
+    python benchmarks/bench_engine.py --skip-matrices --skip-layers --lm  # demo-sized LM
 """
 
 from __future__ import annotations
@@ -319,6 +320,39 @@ def run_layers(hidden: int, steps: int, repeats: int, seed: int) -> list[dict]:
     return results
 
 
+
+def run_lm(vocab: int, emb: int, hidden: list[int], d_w: float, tokens: int, repeats: int,
+           seed: int) -> dict:
+    """A random EGRU language model of the demo's shape (tied decoder), its recurrent and
+    input weights pruned to ``d_w`` in 16x1 blocks, through
+    :func:`dualsparse.engine.lm.compare_with_torch` on random tokens (batch 1, 1 thread)."""
+    from dualsparse.engine.lm import compare_with_torch
+    from dualsparse.models.lm import RNNLanguageModel
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    lm = RNNLanguageModel(vocab, emb, hidden, cell="egru", tie_weights=True,
+                          cell_options={"threshold_mean": 0.05}).eval()
+    with torch.no_grad():
+        for name, p in lm.named_parameters():
+            if ".weight_ih_l" in name or ".weight_hh_l" in name:
+                p.copy_(torch.from_numpy(make_weight(*p.shape, d_w, "16x1", rng)))
+    ids = torch.from_numpy(rng.integers(0, vocab, tokens))
+    r = compare_with_torch(lm, ids, timing_tokens=tokens, repeats=repeats)
+    r.update({"vocab": vocab, "emb": emb, "hidden": hidden, "d_w_rnn": d_w})
+    print(f"| EGRU LM {emb}-{'-'.join(map(str, hidden))}, V={vocab} | {d_w:.2f} | "
+          f"{r['activity_density']:.2f} | {r['ideal_speedup']:.2f} | "
+          f"{r['engine_us_per_token']:.0f} | {r['dense_stream_us_per_token']:.0f} | "
+          f"{r['dense_seq_us_per_token']:.0f} | {r['speedup_seq']:.2f} | "
+          f"{r['ppl_rel_diff']:.1e} |", flush=True)
+    return r
+
+
+LM_HEADER = ("| model | d_w (recurrent) | d_a | ideal | engine us/token | torch stream us "
+             "| torch seq us | speed-up seq | ppl rel. diff |\n"
+             "|---|---|---|---|---|---|---|---|---|")
+
+
 LAYER_HEADER = ("| layer | pattern | d_w | d_a in / rec | ideal | engine us/token "
                 "| torch stream us | torch seq us | speed-up stream | speed-up seq "
                 "| seq/ideal | packed/dense bytes |\n"
@@ -358,8 +392,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--weight-densities", type=float, nargs="+", default=None,
                    help="weight densities for every matrix (default: per matrix)")
     p.add_argument("--skip-layers", action="store_true")
+    p.add_argument("--skip-matrices", action="store_true")
     p.add_argument("--layer-size", type=int, default=1350)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lm", action="store_true",
+                   help="also time a demo-sized EGRU language model (V=10000, 128-256-128, "
+                        "80%% 16x1-pruned) with compare_with_torch")
+    p.add_argument("--lm-tokens", type=int, default=2000)
     p.add_argument("--out", default=None, help="write all results to this JSON file")
     args = p.parse_args(argv)
     matrices = {k: v for k, v in FULL_MATRICES.items() if args.matrices is None
@@ -370,17 +409,26 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         matrices, args.steps, args.repeats, args.layer_size = QUICK_MATRICES, 3, 1, 48
         activity = (1.0, 0.1)
+        lm_shape, args.lm_tokens = (500, 16, [24, 16]), min(args.lm_tokens, 100)
+    else:
+        lm_shape = (10000, 128, [256, 128])
     print(f"# {' '.join(sys.argv)}\n# {machine()}\n", flush=True)
-    print(MATRIX_HEADER, flush=True)
-    rows = run_matrices(matrices, args.batches, args.threads, args.steps, args.repeats,
-                        ["unstructured", "16x1"], args.seed, activity)
+    rows = []
+    if not args.skip_matrices:
+        print(MATRIX_HEADER, flush=True)
+        rows = run_matrices(matrices, args.batches, args.threads, args.steps, args.repeats,
+                            ["unstructured", "16x1"], args.seed, activity)
     layers = []
     if not args.skip_layers:
         print("\n" + LAYER_HEADER, flush=True)
         layers = run_layers(args.layer_size, args.steps * 4, args.repeats, args.seed)
+    lm_rows = []
+    if args.lm:
+        print("\n" + LM_HEADER, flush=True)
+        lm_rows.append(run_lm(*lm_shape, 0.2, args.lm_tokens, args.repeats, args.seed))
     payload = {"command": " ".join(["python", "benchmarks/bench_engine.py", *(argv or
                                                                               sys.argv[1:])]),
-               "machine": machine(), "matrices": rows, "layers": layers}
+               "machine": machine(), "matrices": rows, "layers": layers, "lm": lm_rows}
     if args.out:
         write_json(args.out, payload)
     return payload

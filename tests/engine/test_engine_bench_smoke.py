@@ -51,3 +51,13 @@ def test_layer_benchmark_runs_tiny():
     assert {r["layer"] for r in layers} == {"EGRU 32->32", "LSTM 32->32"}
     for r in layers:
         assert r["t_engine_us"] > 0 and 0 < r["recurrent_d_a"] <= 1
+
+
+def test_quick_lm_benchmark(tmp_path):
+    bench = _load()
+    payload = bench.main(["--quick", "--batches", "1", "--threads", "1", "--skip-layers",
+                          "--matrices", "egru1350_hh", "--lm", "--out", str(tmp_path / "r.json")])
+    (r,) = payload["lm"]
+    assert r["ppl_rel_diff"] < 1e-4
+    assert r["engine_us_per_token"] > 0 and r["dense_seq_us_per_token"] > 0
+    assert json.loads((tmp_path / "r.json").read_text())["lm"][0]["vocab"] == 500
