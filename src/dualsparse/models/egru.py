@@ -33,13 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dualsparse.models.egru_fused import egru_sequence
-from dualsparse.models.recurrent import (
-    LayerSequences,
-    RecurrentBase,
-    check_cell_input,
-    check_cell_state,
-)
-from dualsparse.models.regularizers import check_probability, zoneout
+from dualsparse.models.recurrent import CellBase, LayerSequences, RecurrentBase
+from dualsparse.models.regularizers import zoneout
 from dualsparse.models.surrogate import EventFunction, Surrogate, heaviside, make_surrogate
 
 RESET_MODES = ("subtract_threshold", "subtract_output", "none")
@@ -311,7 +306,7 @@ class EGRU(RecurrentBase):
         return ys, EGRUState(y, c), seq
 
 
-class EGRUCell(nn.Module):
+class EGRUCell(CellBase):
     """One EGRU layer, one time step (the ``nn.GRUCell`` counterpart of :class:`EGRU`).
 
     Args: as :class:`EGRU` (single layer, no ``dropout``/``batch_first``).
@@ -320,6 +315,7 @@ class EGRUCell(nn.Module):
     """
 
     gate_names = ("r", "z", "g")
+    num_gates = 3
 
     def __init__(
         self,
@@ -340,38 +336,16 @@ class EGRUCell(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        for name, v in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
         self._opts = _EGRUOptions(surrogate, surrogate_gamma, surrogate_width, reset_mode,
                                   threshold_init, threshold_mean, threshold_range,
                                   threshold_learnable, events)
-        self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bool(bias)
-        self.dropconnect = check_probability("dropconnect", dropconnect)
-        self.zoneout = check_probability("zoneout", zoneout)
-        self.check_finite = True
-        factory = {"device": device, "dtype": dtype}
-        self.weight_ih = nn.Parameter(torch.empty(3 * hidden_size, input_size, **factory))
-        self.weight_hh = nn.Parameter(torch.empty(3 * hidden_size, hidden_size, **factory))
-        if self.bias:
-            self.bias_ih = nn.Parameter(torch.empty(3 * hidden_size, **factory))
-            self.bias_hh = nn.Parameter(torch.empty(3 * hidden_size, **factory))
-        else:
-            self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
-        _register_threshold(self, "threshold_raw", hidden_size, self._opts, factory)
-        self.reset_parameters()
+        super().__init__(input_size, hidden_size, bias, dropconnect, zoneout, device, dtype)
+        _register_threshold(self, "threshold_raw", hidden_size, self._opts,
+                            {"device": device, "dtype": dtype})
 
     surrogate = property(lambda self: self._opts.surrogate)
     reset_mode = property(lambda self: self._opts.reset_mode)
     events = property(lambda self: self._opts.events)
-
-    def reset_parameters(self) -> None:
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        for p in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh):
-            if p is not None:
-                nn.init.uniform_(p, -bound, bound)
 
     @property
     def threshold(self) -> torch.Tensor:
@@ -411,18 +385,7 @@ class EGRUCell(nn.Module):
     def step(self, input: torch.Tensor, state: EGRUState | None = None,
              event_fn: EventFunction = heaviside) -> EGRUStepResult:
         """Like :meth:`forward` but returns the events and pre-reset state as well."""
-        check_cell_input(self, input)
-        unbatched = input.dim() == 1
-        x = input.unsqueeze(0) if unbatched else input
-        if state is None:
-            zeros = x.new_zeros(x.size(0), self.hidden_size)
-            y, c = zeros, zeros
-        else:
-            y, c = check_cell_state(self, state, x, unbatched, EGRUState._fields)
-        gi = F.linear(x, self.weight_ih, self.bias_ih)
-        w_hh = self.weight_hh
-        if self.training and self.dropconnect:
-            w_hh = F.dropout(w_hh, self.dropconnect, True)
+        unbatched, gi, (y, c), w_hh = self._prepare(input, state, EGRUState._fields)
         res = egru_step(gi, y, c, w_hh, self.bias_hh, self.threshold, self.surrogate,
                         self.reset_mode, self.events, event_fn)
         res = res._replace(c=zoneout(c, res.c, self.zoneout, self.training))

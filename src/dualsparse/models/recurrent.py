@@ -444,3 +444,58 @@ def check_cell_state(cell: nn.Module, state: tuple, x: torch.Tensor, unbatched: 
             raise ValueError(f"state {name} contains NaN or inf")
         out.append(t.unsqueeze(0) if unbatched else t)
     return tuple(out)
+
+
+class CellBase(nn.Module):
+    """One recurrent layer, one step: ``weight_ih`` ``(G*H, I)``, ``weight_hh`` ``(G*H, H)``,
+    ``bias_ih``/``bias_hh`` ``(G*H,)`` initialised as ``nn.GRUCell``; subclasses set
+    ``num_gates`` and implement ``forward``."""
+
+    num_gates = 3
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 dropconnect: float = 0.0, zoneout: float = 0.0,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None
+                 ) -> None:
+        super().__init__()
+        for name, v in (("input_size", input_size), ("hidden_size", hidden_size)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bool(bias)
+        self.dropconnect = check_probability("dropconnect", dropconnect)
+        self.zoneout = check_probability("zoneout", zoneout)
+        self.check_finite = True
+        g = self.num_gates
+        factory = {"device": device, "dtype": dtype}
+        self.weight_ih = nn.Parameter(torch.empty(g * hidden_size, input_size, **factory))
+        self.weight_hh = nn.Parameter(torch.empty(g * hidden_size, hidden_size, **factory))
+        if self.bias:
+            self.bias_ih = nn.Parameter(torch.empty(g * hidden_size, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(g * hidden_size, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``U(-1/sqrt(H), 1/sqrt(H))`` for the weights and biases, as ``nn.GRUCell``."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for p in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh):
+            if p is not None:
+                nn.init.uniform_(p, -bound, bound)
+
+    def _prepare(self, input: torch.Tensor, state: Sequence[torch.Tensor] | None,
+                 fields: tuple[str, ...]):
+        """Validate; returns ``(unbatched, W_ih x + b_ih, state tensors (B, H), W_hh)``
+        (``W_hh`` after DropConnect in training)."""
+        check_cell_input(self, input)
+        unbatched = input.dim() == 1
+        x = input.unsqueeze(0) if unbatched else input
+        if state is None:
+            tensors = tuple(x.new_zeros(x.size(0), self.hidden_size) for _ in fields)
+        else:
+            tensors = check_cell_state(self, state, x, unbatched, fields)
+        w_hh = self.weight_hh
+        if self.training and self.dropconnect:
+            w_hh = F.dropout(w_hh, self.dropconnect, True)
+        return unbatched, F.linear(x, self.weight_ih, self.bias_ih), tensors, w_hh

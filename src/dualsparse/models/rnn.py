@@ -12,16 +12,13 @@ Gate orders (rows of ``weight_ih_l{k}``/``weight_hh_l{k}``), as PyTorch:
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from dualsparse.models.recurrent import RecurrentBase, check_cell_input, check_cell_state
-from dualsparse.models.regularizers import check_probability, zoneout
+from dualsparse.models.recurrent import CellBase, RecurrentBase
+from dualsparse.models.regularizers import zoneout
 
 
 class GRUState(NamedTuple):
@@ -96,51 +93,7 @@ class LSTM(RecurrentBase):
         return h, LSTMState(h, c), None
 
 
-class _CellBase(nn.Module):
-    num_gates = 3
-
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
-                 dropconnect: float = 0.0, zoneout: float = 0.0,
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None
-                 ) -> None:
-        super().__init__()
-        for name, v in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-        self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bool(bias)
-        self.dropconnect = check_probability("dropconnect", dropconnect)
-        self.zoneout = check_probability("zoneout", zoneout)
-        self.check_finite = True
-        g = self.num_gates
-        factory = {"device": device, "dtype": dtype}
-        self.weight_ih = nn.Parameter(torch.empty(g * hidden_size, input_size, **factory))
-        self.weight_hh = nn.Parameter(torch.empty(g * hidden_size, hidden_size, **factory))
-        if self.bias:
-            self.bias_ih = nn.Parameter(torch.empty(g * hidden_size, **factory))
-            self.bias_hh = nn.Parameter(torch.empty(g * hidden_size, **factory))
-        else:
-            self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
-        bound = 1.0 / math.sqrt(hidden_size)
-        for p in self.parameters():
-            nn.init.uniform_(p, -bound, bound)
-
-    def _prepare(self, input: torch.Tensor, state: Sequence[torch.Tensor] | None,
-                 fields: tuple[str, ...]):
-        check_cell_input(self, input)
-        unbatched = input.dim() == 1
-        x = input.unsqueeze(0) if unbatched else input
-        if state is None:
-            tensors = tuple(x.new_zeros(x.size(0), self.hidden_size) for _ in fields)
-        else:
-            tensors = check_cell_state(self, state, x, unbatched, fields)
-        w_hh = self.weight_hh
-        if self.training and self.dropconnect:
-            w_hh = F.dropout(w_hh, self.dropconnect, True)
-        return unbatched, F.linear(x, self.weight_ih, self.bias_ih), tensors, w_hh
-
-
-class GRUCell(_CellBase):
+class GRUCell(CellBase):
     """One GRU step: ``forward(input (B, I) or (I,), state=None) -> (h, GRUState(h))``."""
 
     num_gates = 3
@@ -154,7 +107,7 @@ class GRUCell(_CellBase):
         return h_new, GRUState(h_new)
 
 
-class LSTMCell(_CellBase):
+class LSTMCell(CellBase):
     """One LSTM step: ``forward(input, state=None) -> (h, LSTMState(h, c))``."""
 
     num_gates = 4
