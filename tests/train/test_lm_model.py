@@ -141,3 +141,25 @@ def test_hidden_sizes_accepts_one_int_and_rejects_junk() -> None:
     assert LM(20, 8, 8, cell="gru").hidden_sizes == (8,)
     with pytest.raises(ValueError, match="hidden_sizes"):
         LM(20, 8, "many", cell="gru")
+
+
+def test_init_range_draws_every_recurrent_weight_uniformly_and_keeps_thresholds() -> None:
+    torch.manual_seed(0)
+    default = RNNLanguageModel(50, 8, [400, 400], cell="egru")
+    torch.manual_seed(0)
+    m = RNNLanguageModel(50, 8, [400, 400], cell="egru", init_range=0.1)
+    for name, p in m.rnns.named_parameters():
+        if name.startswith(("weight_", "bias_")):
+            # nn.GRU's init for H = 400 is U(-0.05, 0.05): a range of 0.1 must reach past it
+            assert float(p.abs().max()) <= 0.1
+            assert float(p.abs().max()) > 0.09
+            assert abs(float(p.mean())) < 0.01
+    thr = [n for n, _ in m.rnns.named_parameters() if "threshold" in n]
+    assert thr
+    for n in thr:
+        torch.testing.assert_close(dict(m.rnns.named_parameters())[n],
+                                   dict(default.rnns.named_parameters())[n])
+    assert RNNLanguageModel.from_config(m.get_config()).init_range == 0.1
+    for bad in (0.0, -1.0, float("inf"), True, "0.1"):
+        with pytest.raises(ValueError, match="init_range"):
+            RNNLanguageModel(50, 8, [4], init_range=bad)

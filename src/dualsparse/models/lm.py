@@ -70,6 +70,9 @@ class RNNLanguageModel(nn.Module):
         dropoute: embedding dropout, probability of dropping a word type (awd ``--dropoute``).
         wdrop: DropConnect probability on recurrent weights ``weight_hh`` (awd ``--wdrop``).
         cell_options: extra keyword arguments of the cell (EGRU: surrogate, thresholds, ...).
+        init_range: if given, every recurrent weight and bias is drawn from
+            ``U(-init_range, init_range)`` (Zaremba et al. 2014 use 0.1); None keeps the
+            layers' own ``nn.GRU``-style init. Thresholds keep their own initialisation.
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class RNNLanguageModel(nn.Module):
         dropoute: float = 0.0,
         wdrop: float = 0.0,
         cell_options: dict[str, Any] | None = None,
+        init_range: float | None = None,
     ) -> None:
         super().__init__()
         for name, v in (("vocab_size", vocab_size), ("emb_size", emb_size)):
@@ -121,6 +125,12 @@ class RNNLanguageModel(nn.Module):
         self.dropouti = check_probability("dropouti", dropouti)
         self.dropoute = check_probability("dropoute", dropoute)
         self.wdrop = check_probability("wdrop", wdrop)
+        if init_range is not None and (isinstance(init_range, bool)
+                                       or not isinstance(init_range, int | float)
+                                       or not 0 < init_range < float("inf")):
+            raise ValueError(f"init_range must be a finite number > 0 or None, got "
+                             f"{init_range!r}")
+        self.init_range = None if init_range is None else float(init_range)
         self.tied = tie_weights is True or (tie_weights == "auto" and sizes[-1] == emb_size)
         self._tie_setting = tie_weights
 
@@ -136,8 +146,14 @@ class RNNLanguageModel(nn.Module):
             self.decoder.weight = self.embedding.weight
 
     def reset_parameters(self) -> None:
-        """Embedding ``U(-0.1, 0.1)`` (as awd-lstm), decoder bias 0, layers as nn.GRU."""
+        """Embedding ``U(-0.1, 0.1)`` (as awd-lstm), decoder bias 0, layers as nn.GRU (or
+        ``U(-init_range, init_range)`` for every recurrent weight and bias)."""
         nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        if self.init_range is not None:
+            for rnn in self.rnns:
+                for name, p in rnn.named_parameters():
+                    if name.startswith(("weight_", "bias_")):
+                        nn.init.uniform_(p, -self.init_range, self.init_range)
         nn.init.zeros_(self.decoder.bias)
         if not self.tied:
             nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
@@ -155,14 +171,14 @@ class RNNLanguageModel(nn.Module):
             "hidden_sizes": list(self.hidden_sizes), "cell": self.cell,
             "tie_weights": self._tie_setting, "dropout": self.dropout,
             "dropouth": self.dropouth, "dropouti": self.dropouti, "dropoute": self.dropoute,
-            "wdrop": self.wdrop, "cell_options": options,
+            "wdrop": self.wdrop, "cell_options": options, "init_range": self.init_range,
         }
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> RNNLanguageModel:
         """Build a model from :meth:`get_config` output (``ValueError`` on unknown keys)."""
         allowed = {"vocab_size", "emb_size", "hidden_sizes", "cell", "tie_weights", "dropout",
-                   "dropouth", "dropouti", "dropoute", "wdrop", "cell_options"}
+                   "dropouth", "dropouti", "dropoute", "wdrop", "cell_options", "init_range"}
         unknown = set(config) - allowed
         if unknown:
             raise ValueError(f"unknown RNNLanguageModel config keys {sorted(unknown)}")

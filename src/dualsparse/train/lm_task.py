@@ -266,6 +266,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--dropouti", type=float, default=0.0, help="locked dropout on embeddings")
     m.add_argument("--dropoute", type=float, default=0.0, help="embedding (word) dropout")
     m.add_argument("--wdrop", type=float, default=0.0, help="DropConnect on recurrent weights")
+    m.add_argument("--init-range", type=float, default=None,
+                   help="draw every recurrent weight and bias from U(-r, r) (default: the "
+                        "layers' nn.GRU-style init)")
     m.add_argument("--surrogate", default="triangle", help="EGRU pseudo-derivative shape")
     m.add_argument("--surrogate-gamma", type=float, default=None,
                    help="EGRU pseudo-derivative peak (default 0.7)")
@@ -380,7 +383,8 @@ def build_model(args: argparse.Namespace, vocab_size: int) -> RNNLanguageModel:
     return RNNLanguageModel(vocab_size, args.emsize, args.nhid, cell=args.model.lower(),
                             tie_weights=tied, dropout=args.dropout, dropouth=args.dropouth,
                             dropouti=args.dropouti, dropoute=args.dropoute, wdrop=args.wdrop,
-                            cell_options=options)
+                            cell_options=options,
+                            init_range=getattr(args, "init_range", None))
 
 
 def _set_threads(threads: int | None) -> None:

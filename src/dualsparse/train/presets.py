@@ -39,7 +39,21 @@ _AWD_LSTM: dict[str, Any] = {
     "wdecay_bias": 1.2e-6, "schedule": "constant", "eval_batch_size": 10, "test_batch_size": 1,
 }
 
+#: Zaremba et al. 2014 "small" as in TensorFlow's ptb_word_lm: 2 x 200 LSTM, 200-d untied
+#: embedding, no dropout, SGD lr 1 halved every epoch from epoch 5 on (``when`` counts epochs
+#: from 0), 13 epochs, bptt 20, batch 20, clip 5, every weight U(-0.1, 0.1). Published test
+#: perplexity 114.5 (paper) / 115.91 (TF reproduction).
+_PTB_SMALL: dict[str, Any] = {
+    "data": "ptb", "emsize": 200, "tied": "no", "batch_size": 20, "bptt": 20,
+    "random_bptt": False, "dropout": 0.0, "dropouth": 0.0, "dropouti": 0.0, "dropoute": 0.0,
+    "wdrop": 0.0, "epochs": 13, "init_range": 0.1, "eval_batch_size": 20,
+    "test_batch_size": 1, "eval_bptt": 200, "seed": 1111, "threads": 1,
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
+    "ptb-small-lstm": {**_PTB_SMALL, "model": "LSTM", "nhid": [200, 200], "optimizer": "sgd",
+                       "lr": 1.0, "clip": 5.0, "schedule": "step",
+                       "when": [4, 5, 6, 7, 8, 9, 10, 11, 12], "gamma": 0.5},
     "cpu-small": {
         "data": "ptb", "model": "EGRU", "emsize": 128, "nhid": [256, 128],
         "optimizer": "adamw", "lr": 3e-3, "beta1": 0.0, "beta2": 0.999, "wdecay": 0.01,
