@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from dualsparse.apps.lm.evaluate import evaluate_lm
 from dualsparse.engine.lm import (
     SparseLM,
     compare_with_torch,
@@ -14,7 +15,6 @@ from dualsparse.engine.lm import (
     evaluate_perplexity_sparse,
 )
 from dualsparse.models.lm import RNNLanguageModel
-from dualsparse.train.lm_task import evaluate_lm
 
 
 def _lm(cell: str, tie: bool, prune: float = 0.0) -> RNNLanguageModel:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from dualsparse.apps.lm.task import LMTask
 from dualsparse.models.lm import RNNLanguageModel
 from dualsparse.train import checkpoint as ckpt
-from dualsparse.train.lm_task import LMTask
 from dualsparse.train.loop import (
     TrainConfig,
     Trainer,
@@ -271,14 +271,14 @@ def test_resume_after_a_crash_logs_the_same_mean_losses(tmp_path: Path) -> None:
 
 
 def test_testing_falls_back_to_final_weights_only_when_best_is_missing(tmp_path: Path) -> None:
-    from dualsparse.train.lm_task import _load_best_weights
+    from dualsparse.apps.lm.runs import load_best_weights
 
     tr = make("gru", out_dir=tmp_path, max_steps=5, random_bptt=False)
     tr.fit()
-    assert _load_best_weights(tr, str(tmp_path)) == "best (step 5)"
+    assert load_best_weights(tr.model, str(tmp_path)) == "best (step 5)"
     tensor_file = tmp_path / json.loads((tmp_path / "best.json").read_text())["tensors_file"]
     tensor_file.write_bytes(b"damaged" + tensor_file.read_bytes()[7:])
     with pytest.raises(ckpt.CheckpointError):
-        _load_best_weights(tr, str(tmp_path))
+        load_best_weights(tr.model, str(tmp_path))
     (tmp_path / "best.json").unlink()
-    assert _load_best_weights(tr, str(tmp_path)) == "final"
+    assert load_best_weights(tr.model, str(tmp_path)) == "final"
