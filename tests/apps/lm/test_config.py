@@ -102,3 +102,35 @@ def test_awd_spellings_are_aliases_of_the_field_flags() -> None:
     b = LMConfig.from_namespace(_parser(new).parse_args(new))
     assert a == b and a.model.hidden_sizes == [8, 4] and a.prune.prune_rounds == 2
     assert a != LMConfig()
+
+
+def test_a_run_config_stored_by_the_old_flat_flags_reads_in_full() -> None:
+    # vars(args) of `dualsparse train --task lm` before the config sections existed: every
+    # key that such a checkpoint holds, with non-default values where the type allows
+    old = {
+        "task": "lm", "preset": None, "data": "wikitext-2", "data_dir": "/d",
+        "train_tokens": 100, "valid_tokens": 50, "test_tokens": 40, "model": "LSTM",
+        "emsize": 12, "nhid": [12, 12], "tied": "yes", "dropout": 0.1, "dropouth": 0.2,
+        "dropouti": 0.3, "dropoute": 0.05, "wdrop": 0.4, "init_range": 0.1,
+        "surrogate": "triangle", "surrogate_gamma": 0.5, "surrogate_width": 0.6,
+        "thr_mean": 0.2, "thr_init": "constant", "reset_mode": "none", "optimizer": "sgd",
+        "lr": 2.0, "beta1": 0.0, "beta2": 0.99, "momentum": 0.9, "wdecay": 1e-6,
+        "wdecay_bias": 1e-7, "wdecay_thr": 0.1, "lr_bias": 0.5, "lr_thr": 0.0, "clip": 5.0,
+        "epochs": 3.0, "max_steps": 77, "schedule": "step", "cosine_start": 1.0,
+        "min_lr_ratio": 0.1, "when": [1.0, 2.0], "gamma": 0.5, "warmup_steps": 4,
+        "batch_size": 8, "eval_batch_size": 6, "test_batch_size": 2, "bptt": 9,
+        "eval_bptt": 90, "random_bptt": True, "carry": "output", "alpha": 2.0, "beta": 1.0,
+        "seed": 5, "deterministic": False, "threads": 1, "device": "cpu", "log_interval": 3,
+        "eval_interval": 11, "save_interval": 22, "save": "runs/x", "resume": True,
+        "stop_at": 33, "progress": False, "tensorboard": False,
+        "prune_method": "block", "prune_target": 0.5, "prune_schedule": "narang",
+        "prune_start": 1, "prune_end": 70, "prune_steps": 6, "prune_freq": 2,
+        "prune_ramp": 20, "prune_ramp_mult": 1.2, "prune_q_percentile": 80.0,
+        "prune_block": [4, 1], "prune_score": "rms", "prune_tensors": "*weight_hh_l*",
+        "prune_scope": "global", "group_lasso": 0.01,
+    }
+    with pytest.raises(ValueError, match=r"\['preset', 'task'\]"):
+        LMConfig.from_dict(old)
+    flat = LMConfig.from_dict(old, strict=False).flat()
+    expected = {ALIASES.get(k, k): v for k, v in old.items() if k not in ("task", "preset")}
+    assert flat == expected

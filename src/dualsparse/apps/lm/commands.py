@@ -17,6 +17,7 @@ from dualsparse.apps.lm.evaluate import evaluate_lm, test_report
 from dualsparse.apps.lm.prune import PruneRunConfig, prune_hooks, prune_trained, pruner_for_training
 from dualsparse.apps.lm.runs import load_best_weights, load_model, pruned_run_saver, run_config
 from dualsparse.apps.lm.task import LMTask
+from dualsparse.data.corpora import load_corpus
 from dualsparse.models.lm import count_parameters
 from dualsparse.train import checkpoint as ckpt
 from dualsparse.train.distributed import DistInfo, cleanup, init_distributed
@@ -119,8 +120,6 @@ def evaluate_checkpoint(ev: EvalConfig) -> dict[str, Any]:
     config = run_config(meta)
     if ev.data_dir:
         config.data.data_dir = ev.data_dir
-    from dualsparse.data.corpora import load_corpus
-
     corpus = load_corpus(config.data.corpus, config.data.data_dir)
     if len(corpus.vocab) != model.vocab_size:
         raise ValueError(f"the checkpoint's vocabulary has {model.vocab_size} words, corpus "

@@ -22,6 +22,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from dualsparse.data.corpora import load_corpus
+from dualsparse.models.lm import RNNLanguageModel
 from dualsparse.train.loop import TrainConfig
 from dualsparse.validation import check_block, check_choice, check_int
 
@@ -73,10 +75,8 @@ class ModelConfig:
             raise ValueError("hidden_sizes must name at least one layer")
         self.tie_weights = check_choice("tie_weights", self.tie_weights, TIE_MODES)
 
-    def build(self, vocab_size: int) -> Any:
+    def build(self, vocab_size: int) -> RNNLanguageModel:
         """The :class:`~dualsparse.models.lm.RNNLanguageModel` for ``vocab_size`` words."""
-        from dualsparse.models.lm import RNNLanguageModel
-
         options: dict[str, Any] = {}
         if self.cell == "EGRU":
             for key in ("surrogate", "surrogate_gamma", "surrogate_width", "threshold_mean",
@@ -104,8 +104,6 @@ class DataConfig:
 
     def load(self) -> tuple[Any, Any, Any, Any]:
         """``(corpus, train, valid, test)``: the corpus and its ``(N,)`` token streams."""
-        from dualsparse.data.corpora import load_corpus
-
         corpus = load_corpus(self.corpus, self.data_dir)
         return (corpus, limit_tokens(corpus.train, self.train_tokens, "--train-tokens"),
                 limit_tokens(corpus.valid, self.valid_tokens, "--valid-tokens"),
