@@ -67,8 +67,8 @@ def report(result: dict) -> str:
 def prune_and_run_engine(out: str, data_dir: str | None, fine_tune_steps: int,
                          test_tokens: int | None) -> str:
     """Steps 2 and 3 of the demo; returns the printed report."""
+    from dualsparse.apps.lm.compare import compare_with_torch
     from dualsparse.data.corpora import load_corpus
-    from dualsparse.engine.lm import compare_with_torch
 
     model, fine_tune, evaluate = prune_hooks(out, "best", data_dir)
     parser = argparse.ArgumentParser(prog="demo prune")
