@@ -13,8 +13,8 @@ from dualsparse.sparsity import (
     IterativeSchedule,
     NarangSchedule,
     cli,
-    load_checkpoint,
 )
+from dualsparse.train.checkpoint import load_model
 
 
 def _train_args(*argv):
@@ -130,7 +130,7 @@ def test_prune_run_iterative_with_fine_tuning(tmp_path):
     args = parser.parse_args(["--checkpoint", "unused", "--prune-target", "0.75",
                               "--prune-steps", "3", "--fine-tune-steps", "40",
                               "--output", str(tmp_path / "res.json"),
-                              "--save", str(tmp_path / "pruned.pt")])
+                              "--save", str(tmp_path / "pruned")])
     result = cli.run(args, model, fine_tune, evaluate)
     assert calls == [40, 40, 40]
     sp = [r["sparsity"] for r in result["rounds"]]
@@ -143,7 +143,7 @@ def test_prune_run_iterative_with_fine_tuning(tmp_path):
     assert on_disk["rounds"] == result["rounds"]
     # the saved pruned checkpoint loads into a fresh model and gives the same metric
     fresh = _Toy()
-    pruner = load_checkpoint(tmp_path / "pruned.pt", fresh)
+    pruner = load_model(tmp_path / "pruned", fresh)
     assert pruner.sparsity() == 0.75
     assert evaluate(fresh) == pytest.approx(result["rounds"][-1]["metric_fine_tuned"])
 

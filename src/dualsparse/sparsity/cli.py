@@ -27,7 +27,7 @@ from typing import Any
 
 from torch import nn
 
-from dualsparse.sparsity.checkpoint import save_checkpoint, write_json
+from dualsparse.atomic import atomic_write_json
 from dualsparse.sparsity.pruner import Pruner
 from dualsparse.sparsity.schedules import (
     AGPSchedule,
@@ -37,6 +37,7 @@ from dualsparse.sparsity.schedules import (
 )
 from dualsparse.sparsity.scoring import SCOPES, STATS, Scoring, parse_block
 from dualsparse.sparsity.spec import PruningSpec, TensorSpec
+from dualsparse.train.checkpoint import save_model
 
 METHODS = ("magnitude", "block", "gl", "glp")
 SCHEDULES = ("iterative", "agp", "narang")
@@ -160,7 +161,7 @@ def run(args: argparse.Namespace, model: nn.Module, fine_tune: FineTune,
     agp: cubic), evaluates, fine-tunes with masks frozen, evaluates again. Returns (and with
     ``--output`` writes) ``{"config", "dense", "rounds": [...], "report", "pruner"}``.
     With ``--save``, ``save(model, pruner_or_None, path)`` writes the checkpoint (default:
-    :func:`dualsparse.sparsity.checkpoint.save_checkpoint`).
+    :func:`dualsparse.train.checkpoint.save_model`: a checkpoint folder).
     """
     if args.prune_method == "gl":
         raise ValueError("--prune-method gl needs training with the penalty before its cut; "
@@ -206,10 +207,10 @@ def run(args: argparse.Namespace, model: nn.Module, fine_tune: FineTune,
         if save is not None:
             save(model, kept, args.save)
         else:
-            save_checkpoint(args.save, model, kept,
-                            extra={"prune_result": {"dense": dense, "rounds": rounds}})
+            save_model(args.save, model, kept,
+                       extra={"prune_result": {"dense": dense, "rounds": rounds}})
     if args.output:
-        write_json(args.output, result)
+        atomic_write_json(args.output, result)
     return result
 
 
