@@ -103,7 +103,7 @@ def test_toy_runs_produce_standard_metrics(tmp_path):
         assert m["dense_macs"] == pytest.approx(3 * 12 * (8 + 12) if model == "EGRU"
                                                 else 4 * 12 * (8 + 12))
         assert m["mac_reduction"] == pytest.approx(m["dense_macs"] / m["effective_macs"])
-        assert r.checkpoint and r.checkpoint.endswith("model.safetensors")
+        assert r.checkpoint and r.checkpoint.endswith("latest.json")
         layer = m["layers"][0]
         assert sum(layer["activity_histogram"]["counts"]) == 12  # one count per neuron
         if model == "EGRU":
