@@ -1,7 +1,7 @@
 """The ``dualsparse`` command.
 
 * ``dualsparse train [--task lm|kws] [--preset NAME] [flags]``: train (``lm``: see
-  :mod:`dualsparse.train.lm_task`; ``kws``: :mod:`dualsparse.train.kws_task`).
+  :mod:`dualsparse.train.lm_task`; ``kws``: :mod:`dualsparse.apps.kws.commands`).
   Under ``torchrun --nproc_per_node N -m dualsparse train ...`` it trains with DDP.
 * ``dualsparse eval --checkpoint RUN [--tag best] [--split test] [--batch-size 1]
   [--engine torch|sparse]``: ``sparse`` runs the event-driven CPU engine.
@@ -20,6 +20,8 @@ import importlib
 import sys
 from types import ModuleType
 from typing import Any
+
+from dualsparse.apps.kws import commands as kws_commands
 
 TASKS = ("lm", "kws")
 
@@ -50,10 +52,7 @@ def build_train_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, Any]:
     task = _task_of(argv)
     prune_cli = None
     if task == "kws":
-        kws = _optional("dualsparse.train.kws_task")
-        if kws is None:
-            parser.error("--task kws needs dualsparse.train.kws_task, which is not installed")
-        kws.add_arguments(parser)
+        kws_commands.add_arguments(parser)
         return parser, None
     from dualsparse.train import lm_task
     lm_task.add_arguments(parser)
@@ -68,7 +67,7 @@ def cmd_train(argv: list[str]) -> dict[str, Any]:
     parser, prune_cli = build_train_parser(argv)
     args = parser.parse_args(argv)
     if args.task == "kws":
-        return importlib.import_module("dualsparse.train.kws_task").run(args)
+        return kws_commands.run(args)
     from dualsparse.train import lm_task
     factory = None
     if prune_cli is not None:
