@@ -15,6 +15,7 @@ from dualsparse.apps.kws.task import KWSTask
 from dualsparse.models.egru_embedded import KWSNet
 from dualsparse.train import checkpoint as ckpt
 from dualsparse.train.loop import TrainConfig, Trainer, set_seed
+from dualsparse.train.task import Task
 
 needs_fsdd = pytest.mark.skipif(
     not os.path.isfile(os.path.join(os.environ.get("DUALSPARSE_DATA", ""), "fsdd", "SHA256SUMS")),
@@ -51,6 +52,7 @@ def test_task_batches_cover_every_clip_once_per_epoch() -> None:
     epoch = [task.next_batch() for _ in range(3)]
     assert [len(b) for b in epoch] == [16, 16, 8]
     assert sorted(np.concatenate(epoch).tolist()) == list(range(40))
+    assert isinstance(task, Task)
     assert task.next_batch().tolist() != epoch[0].tolist() and task.epoch == 1
     with pytest.raises(ValueError, match="split"):
         task.evaluate(KWSNet("gru", 10, (4,), 10), "train")
