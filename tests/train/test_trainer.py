@@ -11,8 +11,9 @@ import torch
 
 from dualsparse.models.lm import RNNLanguageModel
 from dualsparse.train import checkpoint as ckpt
+from dualsparse.train.config import TrainConfig
 from dualsparse.train.lm_task import LMTask
-from dualsparse.train.loop import TrainConfig, Trainer, set_seed
+from dualsparse.train.loop import Trainer, set_seed
 from dualsparse.train.optim import lr_factor, parameter_groups
 
 V = 24

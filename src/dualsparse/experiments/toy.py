@@ -37,7 +37,8 @@ from dualsparse.accounting import ActivityMeter
 from dualsparse.experiments.metrics import summarize
 from dualsparse.models import EGRU, GRU, LSTM
 from dualsparse.sparsity import IterativeSchedule, Pruner
-from dualsparse.train.loop import TrainConfig, Trainer, set_seed
+from dualsparse.train.config import TrainConfig
+from dualsparse.train.loop import Trainer, set_seed
 from dualsparse.validation import check_choice, check_int, check_real
 
 TOY_DEFAULTS: dict[str, Any] = {

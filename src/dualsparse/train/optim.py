@@ -8,13 +8,12 @@ weight decay and learning-rate multiplier; the EGRU recipes tune activity throug
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:  # annotations only: loop.py imports this module
-    from dualsparse.train.loop import TrainConfig
+from dualsparse.train.config import TrainConfig
 
 
 def parameter_kind(name: str) -> str:

@@ -14,7 +14,8 @@ from dualsparse.apps.kws import commands as kws
 from dualsparse.apps.kws.task import KWSTask
 from dualsparse.models.egru_embedded import KWSNet
 from dualsparse.train import checkpoint as ckpt
-from dualsparse.train.loop import TrainConfig, Trainer, set_seed
+from dualsparse.train.config import TrainConfig
+from dualsparse.train.loop import Trainer, set_seed
 from dualsparse.train.task import Task
 
 needs_fsdd = pytest.mark.skipif(

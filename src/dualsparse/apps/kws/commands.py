@@ -36,7 +36,8 @@ from dualsparse.embedded.quant import to_q15
 from dualsparse.embedded.reference import deploy
 from dualsparse.models.egru_embedded import KWSNet
 from dualsparse.train import checkpoint as ckpt
-from dualsparse.train.loop import TrainConfig, Trainer, set_seed
+from dualsparse.train.config import TrainConfig
+from dualsparse.train.loop import Trainer, set_seed
 from dualsparse.validation import check_int, check_real
 
 MODELS = ("gru", "egru", "egru-q")
