@@ -1,6 +1,7 @@
 """Deploy a trained eGRU KWS model to a Cortex-M0 image (qemu -M microbit) and measure it.
 
-Usage: python examples/kws_m0.py RUN_DIR [N_SEQ] [-Os|-O2]   (RUN_DIR from ``kws_task --out``)
+Usage: python examples/kws_m0.py RUN_DIR [N_SEQ] [-Os|-O2]
+(RUN_DIR from ``dualsparse train --task kws --out RUN_DIR``; its ``best`` checkpoint is used)
 
 Prints: bit-exactness of the M0 outputs vs the integer reference on N_SEQ test clips, flash/RAM
 (arm-none-eabi-size, with and without the model), the model's symbol sizes, and instructions
@@ -15,13 +16,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from dualsparse.data.audio import FrontEnd, load_fsdd, split_fsdd
 from dualsparse.embedded import codegen as cg
 from dualsparse.embedded.quant import to_q15
 from dualsparse.embedded.reference import deploy
 from dualsparse.models.egru_embedded import KWSNet
+from dualsparse.train.checkpoint import load_weights
 
 
 def main(run_dir: str, n_seq: int = 3, opt: str = "-Os") -> dict:
@@ -30,7 +31,7 @@ def main(run_dir: str, n_seq: int = 3, opt: str = "-Os") -> dict:
     fe = FrontEnd(**cfg["frontend"])
     net = KWSNet(cfg["model"], fe.n_features, [int(h) for h in cfg["hidden"].split(",")], 10,
                  quant_bits=cfg["bits"], zero_rule=cfg["zero_rule"])
-    net.load_state_dict(torch.load(run / "model.pt", weights_only=True)["state_dict"])
+    load_weights(run, "best", net)
     model = deploy(net, bits=cfg["bits"])
     data = load_fsdd(fe, data_dir=cfg.get("data"))
     test = split_fsdd(data, cfg["split"])["test"][:n_seq]

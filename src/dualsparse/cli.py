@@ -1,7 +1,7 @@
 """The ``dualsparse`` command: parses flags onto the apps' configs and dispatches to them.
 
 * ``dualsparse train [--task lm|kws] [--preset NAME] [flags]``: train (``lm``: see
-  :mod:`dualsparse.apps.lm`; ``kws``: :mod:`dualsparse.train.kws_task`).
+  :mod:`dualsparse.apps.lm`; ``kws``: :mod:`dualsparse.apps.kws.commands`).
   Under ``torchrun --nproc_per_node N -m dualsparse train ...`` it trains with DDP.
 * ``dualsparse eval --checkpoint RUN [--tag best] [--split test] [--batch-size 1]
   [--engine torch|sparse]``: ``sparse`` runs the event-driven CPU engine.
@@ -17,13 +17,13 @@ import argparse
 import sys
 from typing import Any
 
+from dualsparse.apps.kws import commands as kws_commands
 from dualsparse.apps.lm import commands as lm
 from dualsparse.apps.lm import flags as lm_flags
 from dualsparse.apps.lm.config import LMConfig, PruneConfig
 from dualsparse.apps.lm.prune import PruneRunConfig
 from dualsparse.data.corpora import DataError
 from dualsparse.experiments import cli as sweep_cli
-from dualsparse.train import kws_task
 
 TASKS = ("lm", "kws")
 
@@ -41,7 +41,7 @@ def build_train_parser(argv: list[str]) -> argparse.ArgumentParser:
                                      description="train a model (default: language model)")
     parser.add_argument("--task", choices=TASKS, default="lm")
     if _task_of(argv) == "kws":
-        kws_task.add_arguments(parser)
+        kws_commands.add_arguments(parser)
         return parser
     lm_flags.add_train_flags(parser, argv)
     return parser
@@ -50,7 +50,7 @@ def build_train_parser(argv: list[str]) -> argparse.ArgumentParser:
 def cmd_train(argv: list[str]) -> dict[str, Any]:
     args = build_train_parser(argv).parse_args(argv)
     if args.task == "kws":
-        return kws_task.run(args)
+        return kws_commands.run(args)
     return lm.train(LMConfig.from_namespace(args))
 
 

@@ -11,7 +11,8 @@ from dualsparse.apps.lm.config import PruneConfig
 from dualsparse.apps.lm.flags import add_prune_command_flags, add_prune_flags, config_from
 from dualsparse.apps.lm.prune import PruneRunConfig, prune_trained, pruner_for_training
 from dualsparse.models import GRU
-from dualsparse.sparsity import AGPSchedule, IterativeSchedule, NarangSchedule, load_checkpoint
+from dualsparse.sparsity import AGPSchedule, IterativeSchedule, NarangSchedule
+from dualsparse.train.checkpoint import load_model
 
 
 def _train_args(*argv):
@@ -134,7 +135,7 @@ def test_prune_run_iterative_with_fine_tuning(tmp_path):
         _fit(m, x, y, steps, pruner)
 
     result = _run(["--prune-target", "0.75", "--prune-rounds", "3", "--fine-tune-steps", "40",
-                   "--output", str(tmp_path / "res.json"), "--save", str(tmp_path / "pruned.pt")],
+                   "--output", str(tmp_path / "res.json"), "--save", str(tmp_path / "pruned")],
                   model, fine_tune, evaluate)
     assert calls == [40, 40, 40]
     sp = [r["sparsity"] for r in result["rounds"]]
@@ -147,7 +148,7 @@ def test_prune_run_iterative_with_fine_tuning(tmp_path):
     assert on_disk["rounds"] == result["rounds"]
     # the saved pruned checkpoint loads into a fresh model and gives the same metric
     fresh = _Toy()
-    pruner = load_checkpoint(tmp_path / "pruned.pt", fresh)
+    pruner = load_model(tmp_path / "pruned", fresh)
     assert pruner.sparsity() == 0.75
     assert evaluate(fresh) == pytest.approx(result["rounds"][-1]["metric_fine_tuned"])
 

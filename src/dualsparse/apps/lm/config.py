@@ -6,7 +6,7 @@
   dropouts, EGRU options);
 * :class:`DataConfig`: corpus, data folder and token limits;
 * :class:`RunConfig`: data order (batch, BPTT, carried state, AR/TAR), optimisation
-  (turned into a :class:`~dualsparse.train.loop.TrainConfig` by :meth:`RunConfig.train_config`)
+  (turned into a :class:`~dualsparse.train.config.TrainConfig` by :meth:`RunConfig.train_config`)
   and bookkeeping (seed, threads, output folder);
 * :class:`PruneConfig`: weight pruning during training (``prune_*`` fields).
 
@@ -24,7 +24,7 @@ from typing import Any
 
 from dualsparse.data.corpora import load_corpus
 from dualsparse.models.lm import RNNLanguageModel
-from dualsparse.train.loop import TrainConfig
+from dualsparse.train.config import TrainConfig
 from dualsparse.validation import check_block, check_choice, check_int
 
 CELLS = ("EGRU", "LSTM", "GRU")

@@ -25,11 +25,12 @@ from torch import nn
 from dualsparse.apps.lm.config import PruneConfig
 from dualsparse.apps.lm.runs import load_model, run_config
 from dualsparse.apps.lm.task import LMTask
-from dualsparse.sparsity.checkpoint import save_checkpoint, write_json
+from dualsparse.atomic import atomic_write_json
 from dualsparse.sparsity.pruner import Pruner
 from dualsparse.sparsity.schedules import AGPSchedule, IterativeSchedule, NarangSchedule, Schedule
 from dualsparse.sparsity.scoring import Scoring
 from dualsparse.sparsity.spec import PruningSpec, TensorSpec
+from dualsparse.train.checkpoint import save_model
 from dualsparse.train.loop import Trainer
 from dualsparse.validation import check_int, check_real
 
@@ -124,7 +125,7 @@ def prune_trained(model: nn.Module, cfg: PruneConfig, opts: PruneRunConfig,
     frozen, evaluates again. Returns (and with ``opts.output`` writes)
     ``{"config", "dense", "rounds": [...], "report", "pruner"}``. With ``opts.save``,
     ``save(model, pruner_or_None, path)`` writes the checkpoint (default:
-    :func:`dualsparse.sparsity.checkpoint.save_checkpoint`).
+    :func:`dualsparse.train.checkpoint.save_model`: a checkpoint folder).
     """
     if cfg.prune_method == "gl":
         raise ValueError("--prune-method gl needs training with the penalty before its cut; "
@@ -168,10 +169,10 @@ def prune_trained(model: nn.Module, cfg: PruneConfig, opts: PruneRunConfig,
         if save is not None:
             save(model, kept, opts.save)
         else:
-            save_checkpoint(opts.save, model, kept,
-                            extra={"prune_result": {"dense": dense, "rounds": rounds}})
+            save_model(opts.save, model, kept,
+                       extra={"prune_result": {"dense": dense, "rounds": rounds}})
     if opts.output:
-        write_json(opts.output, result)
+        atomic_write_json(opts.output, result)
     return result
 
 

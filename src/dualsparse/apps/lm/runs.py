@@ -17,7 +17,7 @@ from dualsparse.apps.lm.config import LMConfig
 from dualsparse.models.lm import RNNLanguageModel
 from dualsparse.train import checkpoint as ckpt
 
-PREFIX = "model."
+PREFIX = ckpt.MODEL_PREFIX
 
 
 def model_tensors(directory: str | os.PathLike[str], tag: str
@@ -25,10 +25,7 @@ def model_tensors(directory: str | os.PathLike[str], tag: str
     """``(tensors, aliases, meta)`` of the model in checkpoint ``tag`` of a run folder, with
     the ``"model."`` prefix removed (``CheckpointError`` if missing or damaged)."""
     tensors, meta = ckpt.load_checkpoint(directory, tag)
-    n = len(PREFIX)
-    part = {k[n:]: v for k, v in tensors.items() if k.startswith(PREFIX)}
-    aliases = {k[n:]: v[n:] for k, v in meta["aliases"].items()}
-    return part, aliases, meta
+    return (*ckpt.model_part(tensors, meta), meta)
 
 
 def load_model(directory: str | os.PathLike[str], tag: str = "best"
