@@ -33,7 +33,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from dualsparse.models.recurrent import LayerSequences, RecurrentBase
+from dualsparse.models.recurrent import RecurrentBase
+from dualsparse.models.states import LayerSequences
 from dualsparse.models.surrogate import Surrogate
 
 

@@ -32,9 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dualsparse.models.cell_base import CellBase
 from dualsparse.models.egru_fused import egru_sequence
-from dualsparse.models.recurrent import CellBase, LayerSequences, RecurrentBase
+from dualsparse.models.recurrent import RecurrentBase
 from dualsparse.models.regularizers import zoneout
+from dualsparse.models.states import LayerSequences
 from dualsparse.models.surrogate import EventFunction, Surrogate, heaviside, make_surrogate
 
 RESET_MODES = ("subtract_threshold", "subtract_output", "none")

@@ -29,9 +29,10 @@ import torch
 from torch import nn
 
 from dualsparse.models.egru import EGRU
-from dualsparse.models.recurrent import LayerSequences, RecurrentBase, detach_state
+from dualsparse.models.recurrent import RecurrentBase
 from dualsparse.models.regularizers import check_probability, embedding_dropout, locked_dropout
 from dualsparse.models.rnn import GRU, LSTM
+from dualsparse.models.states import LayerSequences, detach_state
 
 CELLS: dict[str, type[RecurrentBase]] = {"egru": EGRU, "lstm": LSTM, "gru": GRU}
 #: EGRU constructor options that the language model passes through.
