@@ -32,8 +32,9 @@ from string import Template
 
 import numpy as np
 
-from dualsparse.embedded.quant import SOFTSIGN_LIMIT, codes_per_word, pack_codes, zero_code
+from dualsparse.embedded.quant import codes_per_word, pack_codes, zero_code
 from dualsparse.embedded.reference import DeployedEGRU
+from dualsparse.models.pow2_quant import SOFTSIGN_LIMIT
 
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
 
