@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import re
@@ -268,8 +269,6 @@ def load_fsdd(
             pass  # unreadable cache: recompute
     x = np.stack([fe(read_wav(r.path)) for r in recs])
     if use_cache:
-        import io
-
         buf = io.BytesIO()
         np.savez(buf, x=x, y=y)
         try:

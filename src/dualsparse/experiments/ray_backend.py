@@ -45,7 +45,7 @@ def run_ray(store_path: str | Path, output: str | Path, address: str | None = No
     Returns:
         ``{"done": n, "failed": m, "lost": k}``.
     """
-    import ray
+    import ray  # optional heavy dependency: imported only when a sweep runs on Ray
 
     opts = options or WorkerOptions()
     if num_cpus <= 0:

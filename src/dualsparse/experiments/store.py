@@ -251,7 +251,7 @@ class ResultStore:
         """Store a run's result and mark it ``done``; False if it was already done.
 
         ``metrics`` must be JSON-able without NaN or infinities (``ValueError`` otherwise;
-        :func:`dualsparse.experiments.metrics.jsonable` replaces them by None).
+        :func:`dualsparse.serialisation.jsonable` replaces them by None).
         """
         run, worker, attempt = lease
         try:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dualsparse.models import GRU, LSTM, GRUCell, LSTMCell
 from dualsparse.sparsity.scoring import check_block_shape
 
 _WILDCARDS = "*?["
@@ -263,8 +264,6 @@ def gate_layout(model: nn.Module, name: str, p: torch.Tensor) -> tuple[tuple[str
     their cells split ``weight_ih*``/``weight_hh*`` into stacked gates; anything else is one
     gate ``"all"``.
     """
-    from dualsparse.models import GRU, LSTM, GRUCell, LSTMCell
-
     owner_path, _, attr = name.rpartition(".")
     owner = model.get_submodule(owner_path) if owner_path else model
     rows = int(p.shape[0])
