@@ -15,6 +15,7 @@ import numpy as np
 from dualsparse.embedded.codegen import emit_c
 from dualsparse.embedded.host import parse_outputs
 from dualsparse.embedded.reference import DeployedEGRU
+from dualsparse.validation import check_choice
 
 _M0_STARTUP = """\
 /* Minimal Cortex-M0 start-up for qemu -M microbit (nRF51: flash 0x0, 16 KiB RAM at 0x20000000). */
@@ -119,8 +120,7 @@ def build_m0(model: DeployedEGRU, x_q: np.ndarray, work_dir: str | os.PathLike,
     return zeros) so that the model's own flash/RAM can be measured as a difference.  ``opt`` is
     the gcc optimisation flag (``-Os`` default, ``-O2`` is faster and slightly larger).
     """
-    if opt not in ("-Os", "-O0", "-O1", "-O2", "-O3"):
-        raise ValueError(f"opt must be one of -Os -O0 -O1 -O2 -O3, got {opt!r}")
+    check_choice("opt", opt, ("-Os", "-O0", "-O1", "-O2", "-O3"))
     tools = m0_tools()
     if tools is None:
         raise FileNotFoundError("arm-none-eabi-gcc / qemu-system-arm not found "

@@ -45,6 +45,7 @@ from dualsparse.models.pow2_quant import (
     max_shift,
     quantize_pow2,
 )
+from dualsparse.validation import check_int
 
 #: Largest fan-in (inputs + hidden, or readout inputs) for which the int32 sum cannot overflow.
 MAX_FAN_IN = 32768
@@ -116,8 +117,8 @@ class DeployedEGRU:
         for i, L in enumerate(self.layers):
             if L.input_size != prev:
                 raise ValueError(f"layer {i}: input_size {L.input_size} != previous width {prev}")
-            if L.input_size < 1 or L.hidden_size < 1:
-                raise ValueError(f"layer {i}: sizes must be >= 1")
+            check_int(f"layer {i}: input_size", L.input_size, low=1)
+            check_int(f"layer {i}: hidden_size", L.hidden_size, low=1)
             L.codes = _check_codes(L.codes, self.bits, f"layer {i}")
             if L.codes.shape != (2 * L.hidden_size, L.input_size + L.hidden_size):
                 raise ValueError(

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dualsparse.models.regularizers import check_probability
+from dualsparse.validation import check_int
 
 
 def check_cell_input(cell: nn.Module, input: torch.Tensor) -> None:
@@ -59,9 +60,8 @@ class CellBase(nn.Module):
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None
                  ) -> None:
         super().__init__()
-        for name, v in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        input_size = check_int("input_size", input_size, low=1)
+        hidden_size = check_int("hidden_size", hidden_size, low=1)
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bool(bias)
         self.dropconnect = check_probability("dropconnect", dropconnect)
         self.zoneout = check_probability("zoneout", zoneout)

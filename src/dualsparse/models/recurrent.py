@@ -18,6 +18,7 @@ NamedTuple state (``EGRUState(y, c)``, ``GRUState(h)``, ``LSTMState(h, c)``) hol
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,24 +28,21 @@ from torch import nn
 
 from dualsparse.models.regularizers import check_probability, dropconnect, zoneout
 from dualsparse.models.states import LayerSequences
+from dualsparse.validation import check_choice, check_int
 
 
 def _as_sizes(hidden_size: int | Sequence[int], num_layers: int | None) -> tuple[int, ...]:
-    if isinstance(hidden_size, int):
-        layers = 1 if num_layers is None else num_layers
-        if not isinstance(layers, int) or layers < 1:
-            raise ValueError(f"num_layers must be an int >= 1, got {num_layers!r}")
-        sizes = (hidden_size,) * layers
-    else:
-        sizes = tuple(int(h) for h in hidden_size)
-        if num_layers is not None and num_layers != len(sizes):
-            raise ValueError(
-                f"num_layers={num_layers} does not match {len(sizes)} hidden sizes {sizes}"
-            )
-        if not sizes:
-            raise ValueError("hidden_size must name at least one layer")
-    if any(h < 1 for h in sizes):
-        raise ValueError(f"hidden sizes must be >= 1, got {sizes}")
+    """Per-layer hidden sizes from one size and ``num_layers`` (default 1), or a sequence."""
+    if num_layers is not None:
+        num_layers = check_int("num_layers", num_layers, low=1)
+    if isinstance(hidden_size, numbers.Integral):
+        return (check_int("hidden sizes", hidden_size, low=1),) * (num_layers or 1)
+    sizes = tuple(check_int("hidden sizes", h, low=1) for h in hidden_size)
+    if not sizes:
+        raise ValueError("hidden_size must name at least one layer")
+    if num_layers is not None and num_layers != len(sizes):
+        raise ValueError(
+            f"num_layers={num_layers} does not match {len(sizes)} hidden sizes {sizes}")
     return sizes
 
 
@@ -72,9 +70,7 @@ class RecurrentBase(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(input_size, int) or input_size < 1:
-            raise ValueError(f"input_size must be an int >= 1, got {input_size!r}")
-        self.input_size = input_size
+        self.input_size = check_int("input_size", input_size, low=1)
         self.hidden_sizes = _as_sizes(hidden_size, num_layers)
         self.hidden_size = hidden_size if isinstance(hidden_size, int) else self.hidden_sizes
         self.num_layers = len(self.hidden_sizes)
@@ -138,8 +134,7 @@ class RecurrentBase(nn.Module):
 
     def gate_weight(self, layer: int, kind: str, gate: str) -> torch.Tensor:
         """View of one gate's rows of ``weight_{kind}_l{layer}`` (``kind``: ih or hh)."""
-        if kind not in ("ih", "hh"):
-            raise ValueError(f"kind must be 'ih' or 'hh', got {kind!r}")
+        check_choice("kind", kind, ("ih", "hh"))
         return getattr(self, f"weight_{kind}_l{layer}")[self.gate_slice(layer, gate)]
 
     def get_config(self) -> dict[str, Any]:
