@@ -124,7 +124,7 @@ def parse_imports(module: str, path: Path) -> list[Import]:
     return found
 
 
-def unit_of(module: str, package: str) -> str:
+def unit_of(module: str) -> str:
     """The ``LAYERS`` key a module belongs to (its first component below the package)."""
     parts = module.split(".")[1:]
     return parts[0] if parts else ""
@@ -132,6 +132,8 @@ def unit_of(module: str, package: str) -> str:
 
 @dataclass
 class Report:
+    """Violations found, one line each (``path:line: what``)."""
+
     upward: list[str]
     cycles: list[str]
     lazy: list[str]
@@ -195,7 +197,7 @@ def check_tree(src: Path, package: str, layers: dict[str, str],
         n_lines = len(path.read_text().splitlines())
         if n_lines > max_lines:
             report.too_long.append(f"{where}: {n_lines} lines > {max_lines}")
-        unit = unit_of(module, package)
+        unit = unit_of(module)
         if unit not in rank:
             report.unmapped.append(f"{where}: unit {unit!r} has no layer")
             continue
@@ -222,7 +224,7 @@ def check_tree(src: Path, package: str, layers: dict[str, str],
                                    f"function" + (" (lazy export without a comment)"
                                                   if imp.lazy_export else ""))
             graph[module].add(target)
-            target_unit = unit_of(target, package)
+            target_unit = unit_of(target)
             if target_unit == unit or target_unit not in rank:
                 continue
             unit_graph[unit].add(target_unit)
