@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from dualsparse.data.audio import FrontEnd, load_fsdd, split_fsdd
-from dualsparse.embedded import codegen as cg
+from dualsparse.embedded import cortex_m0 as m0
 from dualsparse.embedded.quant import to_q15
 from dualsparse.embedded.reference import deploy
 from dualsparse.models.egru_embedded import KWSNet
@@ -37,15 +37,15 @@ def main(run_dir: str, n_seq: int = 3, opt: str = "-Os") -> dict:
     test = split_fsdd(data, cfg["split"])["test"][:n_seq]
     x = to_q15(data.x[test])
     with tempfile.TemporaryDirectory() as d:
-        elf = cg.build_m0(model, x, Path(d) / "m", opt=opt)
-        empty = cg.build_m0(model, x, Path(d) / "e", with_model=False, opt=opt)
-        logits, hs, cls = cg.run_m0(elf, model, timeout=300)
+        elf = m0.build_m0(model, x, Path(d) / "m", opt=opt)
+        empty = m0.build_m0(model, x, Path(d) / "e", with_model=False, opt=opt)
+        logits, hs, cls = m0.run_m0(elf, model, timeout=300)
         ref, ref_hs = model.run(x)
         exact = bool(np.array_equal(logits, ref)
                      and all(np.array_equal(a, b) for a, b in zip(hs, ref_hs, strict=True)))
-        s_full, s_empty = cg.m0_size(elf), cg.m0_size(empty)
-        syms = cg.symbol_sizes(elf)
-        counts = cg.count_instructions_m0(elf)
+        s_full, s_empty = m0.m0_size(elf), m0.m0_size(empty)
+        syms = m0.symbol_sizes(elf)
+        counts = m0.count_instructions_m0(elf)
     res = {
         "bit_exact": exact, "opt": opt, "n_seq": len(test), "T": int(x.shape[1]),
         "size_full": s_full, "size_driver_only": s_empty,

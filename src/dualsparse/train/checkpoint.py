@@ -37,9 +37,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-import dualsparse
 from dualsparse.atomic import atomic_path, atomic_write_bytes, atomic_write_json
 from dualsparse.sparsity.pruner import Pruner
+from dualsparse.version import __version__
 
 FORMAT = "dualsparse-checkpoint"
 FORMAT_VERSION = 1
@@ -229,7 +229,7 @@ def save_checkpoint(directory: str | os.PathLike[str], tag: str,
     pointer = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "tag": tag,
         "tensors_file": name, "sha256": sha256_file(directory / name),
-        "dualsparse_version": dualsparse.__version__, **meta,
+        "dualsparse_version": __version__, **meta,
     }
     json_path = directory / f"{tag}.json"
     atomic_write_json(json_path, pointer)

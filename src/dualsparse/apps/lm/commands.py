@@ -18,6 +18,7 @@ from dualsparse.apps.lm.prune import PruneRunConfig, prune_hooks, prune_trained,
 from dualsparse.apps.lm.runs import load_best_weights, load_model, pruned_run_saver, run_config
 from dualsparse.apps.lm.task import LMTask
 from dualsparse.data.corpora import load_corpus
+from dualsparse.engine.lm import evaluate_lm_sparse
 from dualsparse.models.lm import count_parameters
 from dualsparse.train import checkpoint as ckpt
 from dualsparse.train.distributed import DistInfo, cleanup, init_distributed
@@ -150,8 +151,6 @@ def _evaluate_sparse(ev: EvalConfig, model: Any, config: LMConfig, data: torch.T
     The engine carries the full state over the whole split, so this equals the PyTorch path
     with ``carry="full"`` (the default for every preset except the paper EGRU ones).
     """
-    from dualsparse.engine.lm import evaluate_lm_sparse
-
     if config.run.carry != "full":
         print("note: this run carries only y between segments in PyTorch evaluation; the "
               "engine carries the full state (y and c)")
