@@ -63,6 +63,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ptb-small-lstm": {**_PTB_SMALL, "cell": "LSTM", "hidden_sizes": [200, 200], "optimizer": "sgd",
                        "lr": 1.0, "clip": 5.0, "schedule": "step",
                        "when": [4, 5, 6, 7, 8, 9, 10, 11, 12], "gamma": 0.5},
+    # make demo: a 2 x 200 EGRU trained for 3000 steps (1.3 epochs of PTB) at 2 threads; the
+    # configuration of shared/notes/ptb-small-baseline.md (threshold mean 0.01), docs/lm.md
+    "ptb-demo": {
+        "corpus": "ptb", "cell": "EGRU", "emb_size": 200, "hidden_sizes": [200, 200],
+        "tie_weights": "no", "optimizer": "adamw", "lr": 3e-3, "beta1": 0.0, "beta2": 0.999,
+        "wdecay": 0.01, "batch_size": 20, "bptt": 20, "random_bptt": False, "clip": 0.25,
+        "threshold_mean": 0.01, "schedule": "cosine", "max_steps": 3000,
+        "eval_interval": 1500, "valid_tokens": 20000, "eval_batch_size": 10,
+        "test_batch_size": 1, "eval_bptt": 200, "seed": 1111, "threads": 2,
+    },
     "cpu-small": {
         "corpus": "ptb", "cell": "EGRU", "emb_size": 128, "hidden_sizes": [256, 128],
         "optimizer": "adamw", "lr": 3e-3, "beta1": 0.0, "beta2": 0.999, "wdecay": 0.01,
