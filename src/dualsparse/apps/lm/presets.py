@@ -63,6 +63,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ptb-small-lstm": {**_PTB_SMALL, "cell": "LSTM", "hidden_sizes": [200, 200], "optimizer": "sgd",
                        "lr": 1.0, "clip": 5.0, "schedule": "step",
                        "when": [4, 5, 6, 7, 8, 9, 10, 11, 12], "gamma": 0.5},
+    # the EGRU of the same parameter count (2 x 211: 4,650,243 vs 4,653,200) and budget;
+    # AdamW as the EGRU recipes, settings from the 1500-step tuning sweep
+    # (examples/sweeps/ptb_small_egru_tuning.yaml, docs/results.md)
+    "ptb-small-egru": {**_PTB_SMALL, "cell": "EGRU", "hidden_sizes": [211, 211],
+                       "optimizer": "adamw", "lr": 3e-3, "beta1": 0.0, "beta2": 0.999,
+                       "wdecay": 0.01, "clip": 0.25, "schedule": "cosine",
+                       "threshold_mean": 0.01},
     # make demo: a 2 x 200 EGRU trained for 3000 steps (1.3 epochs of PTB) at 2 threads; the
     # configuration of shared/notes/ptb-small-baseline.md (threshold mean 0.01), docs/lm.md
     "ptb-demo": {
