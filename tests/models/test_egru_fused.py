@@ -120,3 +120,20 @@ def test_sparse_density_zero_is_dense_and_fast_sigmoid_never_skips():
         z = torch.zeros(1, 3)
         egru_sequence(torch.zeros(2, 1, 9), z, z, torch.zeros(9, 3), None, torch.ones(3),
                       None, Surrogate(), "none", sparse_density=1.5)
+
+
+def test_autocast_runs_the_recurrence_in_the_weights_dtype():
+    """Under AMP the fused layer takes half inputs and computes as without autocast."""
+    from dualsparse.models.egru_fused import egru_sequence
+    from dualsparse.models.surrogate import Surrogate
+
+    g = torch.Generator().manual_seed(0)
+    gi = torch.randn(5, 2, 18, generator=g).bfloat16()
+    z = torch.zeros(2, 6)
+    w, b = torch.randn(18, 6, generator=g) * 0.5, torch.randn(18, generator=g)
+    th = torch.full((6,), 0.2)
+    ref = egru_sequence(gi.float(), z, z, w, b, th, None, Surrogate(), "subtract_threshold")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = egru_sequence(gi, z, z, w, b, th, None, Surrogate(), "subtract_threshold")
+    for a, r in zip(got, ref, strict=True):
+        assert a.dtype == torch.float32 and torch.equal(a, r)

@@ -185,9 +185,18 @@ def egru_sequence(gi: torch.Tensor, y0: torch.Tensor, c0: torch.Tensor, w_hh: to
 
     ``sparse_density`` in ``[0, 1]``: skip the columns of units not needed by the backward
     pass in steps where at most this fraction of units is needed; 0 runs the dense BPTT.
-    Values and gradients are the same either way. Returns ``(ys, events, c_tildes, c_last)``;
-    the final output is ``ys[-1]``.
+    Values and gradients are the same either way. Under autocast (AMP) the inputs are cast to
+    the dtype of ``w_hh`` and the recurrence runs in it, autocast off. Returns
+    ``(ys, events, c_tildes, c_last)``; the final output is ``ys[-1]``.
     """
     sparse_density = check_real("sparse_density", sparse_density, low=0.0, high=1.0)
+    device = gi.device.type
+    if torch.is_autocast_enabled(device):  # AMP: the recurrence runs in the weights' dtype
+        dt = w_hh.dtype
+        with torch.autocast(device, enabled=False):
+            return EGRUSequenceFn.apply(
+                gi.to(dt), y0.to(dt), c0.to(dt), w_hh, b_hh, theta.to(dt),
+                keep.to(dt) if isinstance(keep, torch.Tensor) else keep, surrogate,
+                reset_mode, sparse_density)
     return EGRUSequenceFn.apply(gi, y0, c0, w_hh, b_hh, theta, keep, surrogate, reset_mode,
                                 sparse_density)

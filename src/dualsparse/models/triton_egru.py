@@ -243,8 +243,12 @@ def triton_egru_sequence(gi: torch.Tensor, y0: torch.Tensor, c0: torch.Tensor,
     if gi.dim() != 3 or gi.shape[2] % 3 or tuple(w_hh.shape) != (gi.shape[2], gi.shape[2] // 3):
         raise ValueError(f"gi must be (T, B, 3H) and w_hh (3H, H), got gi {tuple(gi.shape)} "
                          f"and w_hh {tuple(w_hh.shape)}")
-    return TritonEGRUSequenceFn.apply(gi, y0, c0, w_hh, b_hh, theta, keep, surrogate,
-                                      reset_mode, sparse_backward, blocks, stats)
+    args = (gi, y0, c0, w_hh, b_hh, theta, keep, surrogate, reset_mode, sparse_backward,
+            blocks, stats)
+    if torch.is_autocast_enabled(gi.device.type):  # AMP: the kernels compute in float32
+        with torch.autocast(gi.device.type, enabled=False):
+            return TritonEGRUSequenceFn.apply(*args)
+    return TritonEGRUSequenceFn.apply(*args)
 
 
 __all__ = ["Blocks", "TritonEGRUSequenceFn", "available", "interpreting", "triton_egru_sequence",
