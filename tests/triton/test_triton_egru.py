@@ -129,8 +129,6 @@ def test_argument_errors_name_the_argument():
 def test_egru_module_backend_triton_matches_torch():
     torch.manual_seed(0)
     ref = EGRU(5, [20, 12], dtype=torch.float64, threshold_mean=0.2)
-    if not hasattr(ref, "backend"):
-        pytest.skip("EGRU has no backend argument on this branch yet")
     tri = EGRU(5, [20, 12], dtype=torch.float64, threshold_mean=0.2, backend="triton")
     tri.load_state_dict(ref.state_dict())
     x = torch.randn(6, 2, 5, dtype=torch.float64)
@@ -140,3 +138,13 @@ def test_egru_module_backend_triton_matches_torch():
         grads.append(torch.autograd.grad(out.square().sum(), list(m.parameters())))
     for a, b in zip(*grads, strict=True):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_backend_choice_is_checked_and_auto_keeps_cpu_on_torch():
+    from dualsparse.models.egru_fused import uses_triton
+
+    with pytest.raises(ValueError, match="backend"):
+        EGRU(3, 4, backend="cuda")
+    assert not uses_triton("auto", torch.device("cpu"))
+    assert uses_triton("triton", torch.device("cpu")) and not uses_triton("torch",
+                                                                          torch.device("cuda"))

@@ -17,19 +17,40 @@ units that fired or lie inside the support (the union over the batch). Likewise 
 gradient ``d_gh^T @ y_{t-1}`` needs only the columns of units that fired at least once.
 :func:`needed_units` gives that mask; the backward computes only those columns in a step when
 their fraction is at most ``sparse_density`` (a compact surrogate is required: the
-``fast_sigmoid`` shape has unbounded support and always runs dense).
+``fast_sigmoid`` shape has unbounded support and always runs dense). This skipping runs on CPU
+tensors only: choosing the columns costs a device sync per step on a GPU, where the Triton
+backend skips per tile instead.
+
+Backends of :func:`egru_sequence`: ``"torch"`` (this module), ``"triton"``
+(:mod:`dualsparse.models.triton_egru`, CUDA) and ``"auto"`` (triton for CUDA tensors when
+triton is installed, else torch).
 """
 
 from __future__ import annotations
 
 import torch
 
+from dualsparse.models import triton_egru
 from dualsparse.models.surrogate import Surrogate
-from dualsparse.validation import check_real
+from dualsparse.validation import check_choice, check_real
+
+BACKENDS = ("torch", "triton", "auto")
 
 SPARSE_DENSITY = 0.5
 """Default ``sparse_density``: a step's ``dy`` matmul skips columns when at most this fraction
 of units is needed (a gathered matmul costs extra copies, so dense wins above it)."""
+
+
+def check_backend(backend: str) -> str:
+    """``backend`` if it is one of :data:`BACKENDS`, else a ``ValueError`` naming it."""
+    return check_choice("backend", backend, BACKENDS)
+
+
+def uses_triton(backend: str, device: torch.device) -> bool:
+    """Whether ``backend`` runs the Triton kernels for tensors on ``device``."""
+    if check_backend(backend) == "auto":
+        return device.type == "cuda" and triton_egru.available()
+    return backend == "triton"
 
 
 def needed_units(events: torch.Tensor, c_tildes: torch.Tensor, theta: torch.Tensor,
@@ -114,7 +135,7 @@ class EGRUSequenceFn(torch.autograd.Function):
         dy = torch.zeros_like(y0)
         dc = d_clast.clone() if d_clast is not None else torch.zeros_like(y0)
         s_all = surrogate.derivative(c_tildes - theta)  # (T, B, H) pseudo-derivatives
-        sparse = ctx.sparse_density > 0.0
+        sparse = ctx.sparse_density > 0.0 and w_hh.device.type == "cpu"
         if sparse:  # per step, the units whose dy is needed (union over the batch)
             need = needed_units(events, c_tildes, theta, surrogate).any(1)  # (T, H)
             w_t = w_hh.t().contiguous()  # (H, 3H): a unit's column of W_hh as one row
@@ -179,17 +200,22 @@ class EGRUSequenceFn(torch.autograd.Function):
 def egru_sequence(gi: torch.Tensor, y0: torch.Tensor, c0: torch.Tensor, w_hh: torch.Tensor,
                   b_hh: torch.Tensor | None, theta: torch.Tensor,
                   keep: torch.Tensor | float | None, surrogate: Surrogate, reset_mode: str,
-                  sparse_density: float = SPARSE_DENSITY
+                  sparse_density: float = SPARSE_DENSITY, backend: str = "torch"
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run one EGRU layer over ``T`` steps; see :class:`EGRUSequenceFn` for shapes.
 
     ``sparse_density`` in ``[0, 1]``: skip the columns of units not needed by the backward
     pass in steps where at most this fraction of units is needed; 0 runs the dense BPTT.
-    Values and gradients are the same either way. Under autocast (AMP) the inputs are cast to
+    Values and gradients are the same either way (CPU only, see the module docstring).
+    ``backend``: one of :data:`BACKENDS`; the Triton path skips per tile and ignores
+    ``sparse_density``. Under autocast (AMP) the inputs are cast to
     the dtype of ``w_hh`` and the recurrence runs in it, autocast off. Returns
     ``(ys, events, c_tildes, c_last)``; the final output is ``ys[-1]``.
     """
     sparse_density = check_real("sparse_density", sparse_density, low=0.0, high=1.0)
+    if uses_triton(backend, gi.device):
+        return triton_egru.triton_egru_sequence(gi, y0, c0, w_hh, b_hh, theta, keep, surrogate,
+                                                reset_mode)
     device = gi.device.type
     if torch.is_autocast_enabled(device):  # AMP: the recurrence runs in the weights' dtype
         dt = w_hh.dtype
