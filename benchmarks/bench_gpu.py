@@ -96,7 +96,6 @@ def bench_layer(batch: int, steps: int, hidden: int, inp: int, repeats: int,
     res: dict[str, Any] = {"batch": batch, "bptt": steps, "hidden": hidden, "input": inp}
     res["cudnn_gru_tok_s"] = tokens / cuda_time(run(gru), repeats)
     res["egru_torch_tok_s"] = tokens / cuda_time(run(egru), repeats)
-    gi = torch.nn.functional.linear(x, egru.weight_ih_l0, egru.bias_ih_l0).detach()
     z = x.new_zeros(batch, hidden)
     res["triton"] = []
     for blocks in configs:
@@ -117,7 +116,6 @@ def bench_layer(batch: int, steps: int, hidden: int, inp: int, repeats: int,
     res["egru_triton_best"] = best
     res["ratio_triton_to_cudnn"] = best["tok_s"] / res["cudnn_gru_tok_s"] if best else None
     res["target_ratio"] = 0.8
-    del gi
     return res
 
 

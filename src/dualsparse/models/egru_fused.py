@@ -38,7 +38,9 @@ BACKENDS = ("torch", "triton", "auto")
 
 SPARSE_DENSITY = 0.5
 """Default ``sparse_density``: a step's ``dy`` matmul skips columns when at most this fraction
-of units is needed (a gathered matmul costs extra copies, so dense wins above it)."""
+of units is needed. The gathered matmul copies the needed rows of ``W_hh^T`` first, so it loses
+to the dense one when most units are needed; where the crossover lies has not been measured on
+an idle machine yet (``benchmarks/bench_sparse_backward.py`` measures it)."""
 
 
 def check_backend(backend: str) -> str:
