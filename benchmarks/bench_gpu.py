@@ -168,8 +168,13 @@ def bench_sparse_backward(batch: int, steps: int, hidden: int, inp: int, repeats
     return rows
 
 
+EVENT_BLOCKS = [(16, 32), (16, 128), (32, 64), (8, 128)]
+"""(block_n, block_k) configurations of the event kernels tried in ``bench_inference``."""
+
+
 def bench_inference(hidden: int, repeats: int, activities: list[float]) -> list[dict[str, Any]]:
-    """Batch-1: event matvec and fused event step vs cuBLAS GEMV (+ torch step)."""
+    """Batch-1: event matvec and fused event step (best of EVENT_BLOCKS) vs cuBLAS GEMV and
+    the PyTorch step."""
     from dualsparse.engine import triton_events
     from dualsparse.models.egru import egru_step
 
@@ -181,20 +186,28 @@ def bench_inference(hidden: int, repeats: int, activities: list[float]) -> list[
     theta = m.threshold(0).detach()
     gi = torch.randn(3 * hidden, device="cuda")
     c = torch.randn(hidden, device="cuda")
+    n = repeats * 20
     rows = []
     for act in activities:
         y = torch.randn(hidden, device="cuda").abs() * (torch.rand(hidden, device="cuda") < act)
         with torch.no_grad():
-            row = {"activity": act,
-                   "cublas_gemv_s": cuda_time(lambda y=y: torch.addmv(b, w, y), repeats * 20),
-                   "event_matvec_s": cuda_time(
-                       lambda y=y: triton_events.event_matvec(y, w_t, b), repeats * 20),
-                   "torch_step_s": cuda_time(
-                       lambda y=y: egru_step(gi[None], y[None], c[None], w, b, theta,
-                                             m.surrogate), repeats * 20),
-                   "event_step_s": cuda_time(
-                       lambda y=y: triton_events.egru_event_step(gi, y, c, w_t, b, theta),
-                       repeats * 20)}
+            row: dict[str, Any] = {
+                "activity": act,
+                "cublas_gemv_s": cuda_time(lambda y=y: torch.addmv(b, w, y), n),
+                "torch_step_s": cuda_time(lambda y=y: egru_step(gi[None], y[None], c[None], w,
+                                                                b, theta, m.surrogate), n),
+                "configs": []}
+            for bn, bk in EVENT_BLOCKS:
+                row["configs"].append({
+                    "block_n": bn, "block_k": bk,
+                    "event_matvec_s": cuda_time(
+                        lambda y=y, bn=bn, bk=bk: triton_events.event_matvec(y, w_t, b, bn, bk),
+                        n),
+                    "event_step_s": cuda_time(
+                        lambda y=y, bn=bn, bk=bk: triton_events.egru_event_step(
+                            gi, y, c, w_t, b, theta, block_n=bn, block_k=bk), n)})
+        row["event_matvec_s"] = min(r["event_matvec_s"] for r in row["configs"])
+        row["event_step_s"] = min(r["event_step_s"] for r in row["configs"])
         row["matvec_speedup"] = row["cublas_gemv_s"] / row["event_matvec_s"]
         row["step_speedup"] = row["torch_step_s"] / row["event_step_s"]
         rows.append(row)
