@@ -24,6 +24,7 @@ mkdir -p "$OUT" || exit 2
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
 # compiled Triton only: an inherited TRITON_INTERPRET=1 would run the kernels on the CPU
 unset TRITON_INTERPRET
+export CUBLAS_WORKSPACE_CONFIG=${CUBLAS_WORKSPACE_CONFIG:-:4096:8}  # deterministic cuBLAS (resume test)
 start=$(date +%s)
 timeout 240 "$PY" -m pytest -q -ra tests/gpu -p no:cacheprovider --timeout=200 \
     --junitxml="$OUT/tests.xml" >"$OUT/tests.log" 2>&1
