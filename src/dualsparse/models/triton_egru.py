@@ -95,8 +95,8 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    dt = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-    return dt
+    """float64 if any input is float64, else float32 (half inputs are computed in float32)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 class TritonEGRUSequenceFn(torch.autograd.Function):
