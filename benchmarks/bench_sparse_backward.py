@@ -56,7 +56,8 @@ def backward_seconds(m: EGRU, x: torch.Tensor, density: float, repeats: int) -> 
     return statistics.median(times)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict[str, float]]:
+    """Print the table; return its rows."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=7)
@@ -65,7 +66,7 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=1350)
     p.add_argument("--input", type=int, default=400)
     p.add_argument("--fractions", default="0,0.25,0.5,0.75,0.9,0.95")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"{load()}; torch {torch.__version__}; threads={args.threads}; "
           f"B={args.batch} T={args.bptt} H={args.hidden} I={args.input}")
@@ -73,6 +74,7 @@ def main() -> None:
             f"{'speed-up':>8} {'target':>7}")
     print(head)
     print("-" * len(head))
+    rows = []
     for frac in (float(f) for f in args.fractions.split(",")):
         torch.manual_seed(0)
         m = EGRU(args.input, args.hidden, threshold_mean=0.3)
@@ -90,7 +92,10 @@ def main() -> None:
         target = 0.5 / max(1.0 - sp, 1e-9)
         print(f"{frac:>8.2f} {sp:>8.3f} {unit_sp:>8.3f} | {dense * 1e3:>9.1f} "
               f"{sparse * 1e3:>9.1f} {dense / sparse:>8.2f} {target:>7.2f}")
+        rows.append({"silenced": frac, "backward_sparsity": sp, "unit_sparsity": unit_sp,
+                     "dense_s": dense, "sparse_s": sparse})
     print(load())
+    return rows
 
 
 if __name__ == "__main__":
