@@ -1,24 +1,29 @@
-"""Triton kernels of :mod:`dualsparse.models.triton_egru` (this module imports triton).
+"""Triton kernel bodies of :mod:`dualsparse.models.triton_egru`, plain functions until
+:func:`load` imports triton (an optional heavy dependency) and wraps them with ``triton.jit``.
 
-Only :mod:`dualsparse.models.triton_egru` imports this module, inside a function, so that
-``import dualsparse`` never needs triton. Whether the kernels are compiled (CUDA) or run by
-Triton's CPU interpreter is fixed per process by ``TRITON_INTERPRET=1`` at the time triton
-is first imported (Triton's own library functions are decorated then).
+``import dualsparse`` therefore never imports triton. Whether the kernels are compiled (CUDA)
+or run by Triton's CPU interpreter is fixed per process by ``TRITON_INTERPRET=1`` at the time
+triton is first imported (Triton's own library functions are decorated then).
 
 Encodings shared with the host code: ``RESET`` 0 = subtract_threshold, 1 = subtract_output,
 2 = none; ``KEEP`` 0 = no zoneout, 1 = keep-mask tensor, 2 = constant keep probability;
 ``SHAPE`` 0 = triangle, 1 = rectangle, 2 = fast_sigmoid. The surrogate's ``gamma``, ``width``
 and the zoneout probability are compile-time constants (exact in float64; one compilation per
-model setting). Weights: the forward reads
-``W_hh^T`` ``(H, 3H)`` row-major, the backward ``W_hh`` ``(3H, H)`` row-major (both coalesced
-along the hidden units a tile owns). A tile is ``BLOCK_B`` batch rows x ``BLOCK_H`` units.
+model setting). Weights: the forward reads ``W_hh^T`` ``(H, 3H)`` row-major, the backward
+``W_hh`` ``(3H, H)`` row-major (both coalesced along the hidden units a tile owns). A tile is
+``BLOCK_B`` batch rows x ``BLOCK_H`` units.
 """
 
-import triton
-import triton.language as tl
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+tl: Any = None
+"""``triton.language`` once :func:`load` has run; the kernel bodies refer to it."""
+_LOADED: SimpleNamespace | None = None
 
 
-@triton.jit
 def egru_fwd_step(gi_ptr, y_prev_ptr, c_prev_ptr, wt_ptr, b_ptr, theta_ptr, keep_ptr,
                   y_ptr, c_ptr, o_ptr, ct_ptr, r_ptr, z_ptr, g_ptr, ghg_ptr,
                   B, H, keep_p: tl.constexpr,
@@ -85,7 +90,6 @@ def egru_fwd_step(gi_ptr, y_prev_ptr, c_prev_ptr, wt_ptr, b_ptr, theta_ptr, keep
     tl.store(ghg_ptr + off, acc_g, mask=m2)
 
 
-@triton.jit
 def egru_bwd_step(dgi_next_ptr, dghg_next_ptr, w_ptr, dys_ptr, dct_ptr, dc_ptr,
                   o_ptr, ct_ptr, c_prev_ptr, r_ptr, z_ptr, g_ptr, ghg_ptr, theta_ptr, keep_ptr,
                   dev_ptr, dctl_ptr, dgi_ptr, dghg_ptr, dth_ptr, skip_ptr,
@@ -191,7 +195,6 @@ def egru_bwd_step(dgi_next_ptr, dghg_next_ptr, w_ptr, dys_ptr, dct_ptr, dc_ptr,
     tl.store(dth_ptr + off, d_th, mask=m2)
 
 
-@triton.jit
 def weight_grad(d_ptr, y_ptr, dw_ptr, N, M, H,
                 SPARSE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -220,5 +223,18 @@ def weight_grad(d_ptr, y_ptr, dw_ptr, N, M, H,
     tl.store(dw_ptr + rm[:, None] * H + rh[None, :], acc, mask=mm[:, None] & mh[None, :])
 
 
-INTERPRETED = not isinstance(egru_fwd_step, triton.runtime.JITFunction)
-"""True when the kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1`` at import)."""
+
+def load() -> SimpleNamespace:
+    """The jit-wrapped kernels (``egru_fwd_step``, ``egru_bwd_step``, ``weight_grad``) and
+    ``INTERPRETED`` (True when they run in Triton's CPU interpreter)."""
+    global tl, _LOADED
+    if _LOADED is None:
+        import triton  # optional heavy dependency (extra "gpu"): imported when kernels run
+        import triton.language as language  # the kernel bodies' ``tl``; same optional dependency
+
+        tl = language
+        kernels = {f.__name__: triton.jit(f) for f in (egru_fwd_step, egru_bwd_step, weight_grad)}
+        _LOADED = SimpleNamespace(
+            **kernels,
+            INTERPRETED=not isinstance(kernels["egru_fwd_step"], triton.runtime.JITFunction))
+    return _LOADED

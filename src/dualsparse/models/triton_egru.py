@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from types import ModuleType
+from types import SimpleNamespace
 
 import torch
 
+from dualsparse.models import _triton_egru_kernels
 from dualsparse.models.surrogate import Surrogate
 from dualsparse.validation import check_int
 
@@ -65,12 +66,10 @@ def available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def _kernel_module() -> ModuleType:
+def _kernel_module() -> SimpleNamespace:
     if not available():
         raise ValueError("backend 'triton' needs the triton package: pip install 'dualsparse[gpu]'")
-    # triton is an optional heavy dependency (extra "gpu"): imported only on this path
-    from dualsparse.models import _triton_egru_kernels
-    return _triton_egru_kernels
+    return _triton_egru_kernels.load()
 
 
 def interpreting() -> bool:
@@ -79,8 +78,8 @@ def interpreting() -> bool:
     return _kernel_module().INTERPRETED
 
 
-def _kernels(device: torch.device) -> ModuleType:
-    """The kernel module, after checking that kernels can run on ``device``."""
+def _kernels(device: torch.device) -> SimpleNamespace:
+    """The kernels, after checking that they can run on ``device``."""
     mod = _kernel_module()
     if device.type != "cuda" and not mod.INTERPRETED:
         raise ValueError(f"backend 'triton' needs CUDA tensors, got device {device} (CPU tensors "
