@@ -226,33 +226,50 @@ def ptb_corpus() -> tuple[torch.Tensor, int, str]:
                 f"synthetic (PTB size; {exc.__class__.__name__})")
 
 
+def _first(preset: dict[str, Any], *names: str) -> Any:
+    """The value of the first of ``names`` the preset has (flag names changed over time)."""
+    for name in names:
+        if name in preset:
+            return preset[name]
+    raise KeyError(f"preset has none of {names}")
+
+
 def bench_ptb_egru(steps: int, backends: list[str]) -> dict[str, Any]:
     """Seconds per step / epoch of the ptb-egru preset model on the GPU, per EGRU backend."""
     from dualsparse.models.lm import RNNLanguageModel
-    from dualsparse.train.lm_task import LMTask
     from dualsparse.train.loop import TrainConfig, Trainer, set_seed
-    from dualsparse.train.presets import get_preset
+
+    try:  # the LM app moved from dualsparse.train to dualsparse.apps.lm
+        from dualsparse.apps.lm.presets import get_preset
+        from dualsparse.apps.lm.task import LMTask
+    except ImportError:
+        from dualsparse.train.lm_task import LMTask
+        from dualsparse.train.presets import get_preset
 
     p = get_preset("ptb-egru")
     train, vocab, source = ptb_corpus()
+    emb, hidden = _first(p, "emb_size", "emsize"), _first(p, "hidden_sizes", "nhid")
+    options = {"surrogate_gamma": p["surrogate_gamma"], "surrogate_width": p["surrogate_width"],
+               "threshold_mean": _first(p, "threshold_mean", "thr_mean")}
+    if "threshold_parameterisation" in p:
+        options["threshold_parameterisation"] = p["threshold_parameterisation"]
     res: dict[str, Any] = {"data": source, "epochs": p["epochs"], "batch_size": p["batch_size"],
-                           "bptt": p["bptt"], "nhid": p["nhid"], "emsize": p["emsize"]}
+                           "bptt": p["bptt"], "hidden_sizes": hidden, "emb_size": emb}
     for backend in backends:
         set_seed(p["seed"], deterministic=False)
         model = RNNLanguageModel(
-            vocab, p["emsize"], p["nhid"], cell="egru", dropout=p["dropout"],
-            dropouth=p["dropouth"], dropouti=p["dropouti"], dropoute=p["dropoute"],
-            wdrop=p["wdrop"], cell_options={"surrogate_gamma": p["surrogate_gamma"],
-                                            "surrogate_width": p["surrogate_width"],
-                                            "threshold_mean": p["thr_mean"]}).cuda()
+            vocab, emb, hidden, cell="egru", dropout=p["dropout"], dropouth=p["dropouth"],
+            dropouti=p["dropouti"], dropoute=p["dropoute"],
+            wdrop=_first(p, "dropconnect", "wdrop"), cell_options=options).cuda()
         for rnn in model.rnns:
             rnn.backend = backend
         task = LMTask(train, train[:1000], train[:1000], batch_size=p["batch_size"],
                       bptt=p["bptt"], random_bptt=True, seed=p["seed"], carry=p["carry"],
                       device="cuda")
         cfg = TrainConfig(max_steps=10 ** 9, lr=p["lr"], beta1=p["beta1"], beta2=p["beta2"],
-                          wdecay=p["wdecay"], clip=p["clip"], lr_thr=p["lr_thr"],
-                          deterministic=False, tensorboard=False, progress=False)
+                          wdecay=p["wdecay"], wdecay_bias=p.get("wdecay_bias", 0.0),
+                          clip=p["clip"], lr_thr=p["lr_thr"], deterministic=False,
+                          tensorboard=False, progress=False)
         trainer = Trainer(model, task, cfg)
         try:
             for _ in range(3):

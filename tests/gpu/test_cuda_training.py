@@ -13,8 +13,12 @@ import pytest
 import torch
 
 from dualsparse.models.lm import RNNLanguageModel
-from dualsparse.train.lm_task import LMTask
 from dualsparse.train.loop import TrainConfig, Trainer, set_seed
+
+try:  # the LM task moved from dualsparse.train to dualsparse.apps.lm
+    from dualsparse.apps.lm.task import LMTask
+except ImportError:
+    from dualsparse.train.lm_task import LMTask
 
 V = 24
 WORKER = Path(__file__).with_name("ddp_worker_cuda.py")
