@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dualsparse.models.cell_base import CellBase
-from dualsparse.models.egru_fused import egru_sequence
+from dualsparse.models.egru_fused import check_backend, egru_sequence
 from dualsparse.models.recurrent import RecurrentBase
 from dualsparse.models.regularizers import zoneout
 from dualsparse.models.states import LayerSequences
@@ -166,6 +166,9 @@ class EGRU(RecurrentBase):
             backward (:mod:`dualsparse.models.egru_fused`, faster); False steps
             :func:`egru_step` under autograd (the reference). Both compute the same values
             and gradients.
+        backend: the fused layer's implementation: ``"torch"`` (default), ``"triton"``
+            (Triton kernels, CUDA; ``pip install dualsparse[gpu]``) or ``"auto"`` (triton on
+            CUDA when installed). An attribute that may be changed; not part of the config.
 
     Inputs/outputs: see :meth:`RecurrentBase.forward`. The state is one :class:`EGRUState`
     per layer; with ``return_sequences=True`` the events ``o_t`` and pre-reset ``c~_t`` of
@@ -198,8 +201,10 @@ class EGRU(RecurrentBase):
         fused: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        backend: str = "torch",
     ) -> None:
         self.fused = bool(fused)
+        self.backend = check_backend(backend)
         self._opts = _EGRUOptions(surrogate, surrogate_gamma, surrogate_width, reset_mode,
                                   threshold_init, threshold_mean, threshold_range,
                                   threshold_learnable, events, threshold_parameterisation)
@@ -258,7 +263,8 @@ class EGRU(RecurrentBase):
                     .bernoulli_(self.zoneout) if self.training else self.zoneout)
         if self.fused and self.events:
             ys, events, c_tildes, c_last = egru_sequence(
-                gi, state.y, state.c, w_hh, b_hh, theta, keep, self.surrogate, self.reset_mode)
+                gi, state.y, state.c, w_hh, b_hh, theta, keep, self.surrogate, self.reset_mode,
+                backend=self.backend)
             seq = LayerSequences(ys, state.y, events, c_tildes) if record else None
             return ys, EGRUState(ys[-1], c_last), seq
         y, c = state
