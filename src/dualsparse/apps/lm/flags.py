@@ -88,6 +88,9 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                    default=m.threshold_parameterisation,
                    help="EGRU thresholds learned as a logit (sigmoid, default) or directly and "
                         "clamped (clamp, EvNN v0.2)")
+    g.add_argument("--backend", choices=["torch", "triton", "auto"], default=m.backend,
+                   help="EGRU fused layer: torch (default), triton (CUDA, the gpu extra) or "
+                        "auto (triton on CUDA when importable)")
     g.add_argument("--reset-mode", choices=["subtract_threshold", "subtract_output", "none"],
                    default=m.reset_mode, help="EGRU reset after an event")
 
