@@ -46,6 +46,10 @@ from dualsparse.rtrl.counters import (
     dense_step_macs,
     zero_macs,
 )
+from dualsparse.rtrl.memory import format_bytes
+from dualsparse.validation import check_choice
+
+BACKENDS = ("auto", "numba", "torch")
 
 
 class SparseRTRL(RTRLBase):
@@ -60,14 +64,14 @@ class SparseRTRL(RTRLBase):
 
     def __init__(self, cell: nn.Module, masks: dict[str, torch.Tensor] | None = None,
                  train_thresholds: bool = True, measure_density: bool = False,
-                 backend: str = "auto") -> None:
-        super().__init__(cell, masks, train_thresholds, measure_density)
-        if backend not in ("auto", "numba", "torch"):
-            raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}")
+                 backend: str = "auto", max_bytes: int | None = None) -> None:
+        super().__init__(cell, masks, train_thresholds, measure_density, max_bytes)
+        check_choice("backend", backend, BACKENDS)
         cpu = cell.weight_hh.device.type == "cpu"
         if backend == "numba" and not cpu:
             raise ValueError("backend='numba' needs a CPU cell")
         h = self.spec.hidden_size
+        self._n_plain = int((~self.is_theta).sum())
         m = self.masks.get("weight_hh")
         struct = (torch.ones(h, h, dtype=torch.bool) if m is None
                   else m.cpu().reshape(3, h, h).any(0))                   # (i, j) of K kept
@@ -84,6 +88,21 @@ class SparseRTRL(RTRLBase):
         rows = struct.numpy()                                             # [i, j]
         self._rptr = np.concatenate([[0], np.cumsum(rows.sum(1))]).astype(np.int64)
         self._rcols = np.nonzero(rows)[1].astype(np.int64)
+
+    def influence_bytes(self, batch_size: int) -> int:
+        h, p = self.spec.hidden_size, int(self.layout.kept.sum())
+        item = self.cell.weight_hh.element_size()
+        # M (B, H, P) plus one sample's copy of the rows the off-diagonal product reads
+        return (batch_size + 1) * h * p * item
+
+    def _fixed_bytes(self) -> int:
+        return self.influence_bytes(0)
+
+    def _bytes_detail(self) -> str:
+        h, p = self.spec.hidden_size, int(self.layout.kept.sum())
+        item = self.cell.weight_hh.element_size()
+        return (f"B x H x P = B x {h} x {p} kept columns of {item} bytes, plus one sample's "
+                f"work copy; {format_bytes(h * p * item)} per sample")
 
     def _init_influence(self) -> None:
         lay, h, bsz = self.layout, self.spec.hidden_size, self.batch_size
@@ -174,8 +193,7 @@ class SparseRTRL(RTRLBase):
 
     def _finish_step(self, ls, macs: dict[str, int], active_sum: float, j_entries: int) -> None:
         h, bsz = self.spec.hidden_size, self.batch_size
-        n_plain = int((~self.is_theta).sum())
-        dense = dense_step_macs(h, self.layout.num_columns, n_plain, self.num_theta, bsz)
+        dense = dense_step_macs(h, self.layout.num_columns, self._n_plain, self.num_theta, bsz)
         self._advance(ls)
         self.counter.record(StepRecord(
             macs=macs, dense_macs=dense, active_fraction=active_sum / bsz,
