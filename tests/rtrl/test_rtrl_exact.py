@@ -51,7 +51,7 @@ CASES = [("egru", "subtract_threshold"), ("egru", "subtract_output"), ("egru", "
 @pytest.mark.parametrize("kind,reset_mode", CASES)
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("loss_at", ["every", "end"])
-@pytest.mark.parametrize("backend", ["numba", "torch"])
+@pytest.mark.parametrize("backend", ["gemm", "numba", "torch"])
 def test_rtrl_matches_bptt(kind, reset_mode, masked, loss_at, backend):
     cell = make_cell(kind, reset_mode)
     masks = random_masks(0.5) if masked else None
@@ -113,6 +113,16 @@ def test_numba_and_torch_backends_agree(kind, reset_mode):
             else:
                 assert s_nb[key] < s_tc[key], key
         assert s_nb["active_fraction"] == s_tc["active_fraction"]
+        gm = SparseRTRL(cell, masks, backend="gemm")
+        g_gm = run_engine(gm, xs, grads)
+        for n in g_tc:
+            assert rel_err(g_gm[n], g_tc[n]) < TOL, n
+        assert rel_err(gm.influence(), tc.influence()) < TOL
+        assert list(gm.live) == list(tc.live)           # same live-column bookkeeping
+        s_gm = gm.counter.summary()
+        assert s_gm["active_fraction"] == s_tc["active_fraction"]
+        # gemm multiplies every kept column and row of the active units: at least as many
+        assert s_gm["macs_update"] >= s_tc["macs_update"]
 
 
 def test_bad_backend_raises_and_auto_choice():
@@ -120,7 +130,8 @@ def test_bad_backend_raises_and_auto_choice():
         SparseRTRL(make_cell("gru"), backend="cuda")
     assert SparseRTRL(make_cell("gru")).backend == "numba"          # CPU, small H
     big = GRUCell(I, 96, dtype=torch.float64)
-    assert SparseRTRL(big).backend == "torch"                      # dense K, H > 64
+    assert SparseRTRL(big).backend == "gemm"                       # dense K, H >= 96
+    assert SparseRTRL(big, backend="torch").backend == "torch"
     g = torch.Generator().manual_seed(0)
     sparse_k = {"weight_hh": torch.rand(3 * 96, 96, generator=g) < 0.1}
     eng = SparseRTRL(big, sparse_k)

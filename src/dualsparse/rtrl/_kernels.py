@@ -165,3 +165,14 @@ def sparse_gradient(m, row_nz, perm, live, v, acc):
         for c in range(nl):
             acc[perm[b, c]] += tmp[c]
     return macs
+
+
+@numba.njit(cache=True)
+def make_live_batch(perm, where, live, fresh):
+    """Move the kept columns flagged in ``fresh`` ``(B, P)`` (all zero so far, or already
+    live) into each sample's live block; used by the batched-GEMM backend."""
+    bsz, p = fresh.shape
+    for b in range(bsz):
+        for col in range(p):
+            if fresh[b, col]:
+                _make_live(perm, where, live, b, col)

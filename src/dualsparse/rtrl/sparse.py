@@ -23,12 +23,18 @@ tracked structurally (a row becomes nonzero when something is added to it), so t
 and units whose parameters are all pruned cost nothing. The gradient contraction uses only the
 rows with ``dL/dy_t * a_t != 0``. Counts go to :attr:`counter` as the code runs.
 
-With ``backend="numba"`` (CPU; ``"auto"`` picks it for ``H <= 64`` or a sparse ``K``) one
-numba kernel updates the whole batch (:mod:`dualsparse.rtrl._kernels`), and ``K_t`` is
-formed and multiplied only on its structural nonzeros: entry ``(i, j)`` exists when some gate
-keeps ``W_hh[g, i, j]``, so the off-diagonal product costs ``nnz(K[:, A]) L`` instead of
-``H |A| L`` MACs. The ``"torch"`` backend (any device) processes the batch one sample at a
-time with the dense ``K_t[:, A]``.
+Backends (all exact, tested against each other and BPTT):
+
+* ``"gemm"`` (any device; ``"auto"`` picks it from ``H = 96`` on): the whole batch in one
+  batched GEMM per step over the active rows and the kept columns
+  (:mod:`dualsparse.rtrl._gemm`); no live-column or row bookkeeping, so it skips only pruned
+  columns and inactive units, at BLAS speed.
+* ``"numba"`` (CPU; ``"auto"`` picks it below ``H = 96`` or for a sparse ``K``): one numba
+  kernel updates the whole batch (:mod:`dualsparse.rtrl._kernels`) with everything above, and
+  ``K_t`` is formed and multiplied only on its structural nonzeros: entry ``(i, j)`` exists
+  when some gate keeps ``W_hh[g, i, j]``, so the off-diagonal product costs ``nnz(K[:, A]) L``
+  instead of ``H |A| L`` MACs, in plain loops.
+* ``"torch"`` (any device): the batch one sample at a time with the dense ``K_t[:, A]``.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dualsparse.rtrl import _kernels
+from dualsparse.rtrl import _gemm, _kernels
 from dualsparse.rtrl.base import RTRLBase
 from dualsparse.rtrl.cell import recurrent_jacobian, threshold_and_slope
 from dualsparse.rtrl.counters import (
@@ -49,7 +55,14 @@ from dualsparse.rtrl.counters import (
 from dualsparse.rtrl.memory import format_bytes
 from dualsparse.validation import check_choice
 
-BACKENDS = ("auto", "numba", "torch")
+BACKENDS = ("auto", "gemm", "numba", "torch")
+
+
+#: ``backend="auto"`` uses the batched GEMM from this many hidden units on (below it the
+#: numba kernel's lower per-step overhead wins) ...
+AUTO_GEMM_MIN_HIDDEN = 96
+#: ... unless fewer than this fraction of ``K``'s entries are kept (numba skips the others)
+AUTO_NUMBA_MAX_K_DENSITY = 0.4
 
 
 class SparseRTRL(RTRLBase):
@@ -57,9 +70,12 @@ class SparseRTRL(RTRLBase):
 
     Args: see :class:`~dualsparse.rtrl.base.RTRLBase`. ``M`` is allocated as ``(B, H, P)`` for
     the ``P`` kept columns only; per sample the first ``live[b]`` storage columns are in use.
-    ``backend``: ``"numba"`` (CPU only; batched kernel, skips pruned entries of ``K_t``),
-    ``"torch"`` (any device; per-sample loop) or ``"auto"`` (numba on CPU when ``H <= 64`` or
-    fewer than 40% of ``K``'s entries are kept, torch otherwise).
+    ``backend``: ``"gemm"`` (any device; one batched GEMM over the active rows and kept
+    columns per step, :mod:`dualsparse.rtrl._gemm`), ``"numba"`` (CPU only; batched kernel
+    with plain loops, also skips never-touched columns, zero rows and pruned entries of
+    ``K_t``), ``"torch"`` (any device; per-sample loop with the live-column bookkeeping) or
+    ``"auto"``: numba on CPU when ``H < AUTO_GEMM_MIN_HIDDEN`` or fewer than
+    ``AUTO_NUMBA_MAX_K_DENSITY`` of ``K``'s entries are kept, gemm otherwise.
     """
 
     def __init__(self, cell: nn.Module, masks: dict[str, torch.Tensor] | None = None,
@@ -68,6 +84,8 @@ class SparseRTRL(RTRLBase):
         super().__init__(cell, masks, train_thresholds, measure_density, max_bytes)
         check_choice("backend", backend, BACKENDS)
         cpu = cell.weight_hh.device.type == "cpu"
+        if backend in ("numba", "auto") and not cpu:
+            backend = "gemm" if backend == "auto" else backend
         if backend == "numba" and not cpu:
             raise ValueError("backend='numba' needs a CPU cell")
         h = self.spec.hidden_size
@@ -77,11 +95,10 @@ class SparseRTRL(RTRLBase):
                   else m.cpu().reshape(3, h, h).any(0))                   # (i, j) of K kept
         #: kept fraction of K's entries (some gate keeps W_hh[:, i, j])
         self.k_density = float(struct.double().mean())
-        # auto: the kernel's plain loops beat the per-sample BLAS products up to H = 64, and
-        # above only when K is sparse (measured on 2 EPYC cores, see docs/rtrl.md)
-        fast = h <= 64 or self.k_density < 0.4
-        self.backend = ("numba" if backend == "numba" or (backend == "auto" and cpu and fast)
-                        else "torch")
+        if backend == "auto":
+            small = h < AUTO_GEMM_MIN_HIDDEN or self.k_density < AUTO_NUMBA_MAX_K_DENSITY
+            backend = "numba" if small else "gemm"
+        self.backend = backend
         cols = struct.t().numpy()                                         # [j, i]
         self._kptr = np.concatenate([[0], np.cumsum(cols.sum(1))]).astype(np.int64)
         self._krows = np.nonzero(cols)[1].astype(np.int64)
@@ -125,6 +142,11 @@ class SparseRTRL(RTRLBase):
         self.where = self.perm.clone()                                 # kept column -> storage
         self.is_live = torch.zeros(bsz, self._p, dtype=torch.bool, device=dev)
         self.live = np.zeros(bsz, dtype=np.int64)                      # live columns
+        if self.backend == "gemm":             # no row bookkeeping; columns only on CPU
+            self.row_nz.fill_(True)
+            if dev.type != "cpu":
+                self.is_live.fill_(True)
+                self.live.fill(self._p)
 
     @property
     def num_kept(self) -> int:
@@ -154,7 +176,43 @@ class SparseRTRL(RTRLBase):
         x = self._check_input(x)
         if self.backend == "numba":
             return self._step_numba(x)
+        if self.backend == "gemm":
+            return self._step_gemm(x)
         return self._step_torch(x)
+
+    def _step_gemm(self, x: torch.Tensor) -> torch.Tensor:
+        spec = self.spec
+        w, theta, slope, ls = self._forward(x)
+        diag = ls.z * self.e_prev
+        if spec.reset_mode == "subtract_output":
+            diag = diag - self.a_prev
+        vals = ls.deltas[:, self._plain_q] * self._src(x)[:, self._plain_src]   # (B, P_plain)
+        macs = zero_macs()
+        macs["immediate"] += vals.numel()
+        tu = self._theta_unit
+        own = scale = None
+        if tu.numel():
+            own = ls.z[:, tu] * self.dcth_prev[:, tu]
+            if spec.reset_mode == "subtract_output":
+                own = own - self.dyth_prev[:, tu]
+            own = own * slope[tu]
+            scale = self.dyth_prev[:, tu] * slope[tu]
+            macs["immediate"] += 4 * int(tu.numel()) * self.batch_size
+        if self.M.device.type == "cpu":
+            fresh = torch.zeros(self.batch_size, self._p, dtype=torch.bool)
+            fresh[:, self._plain_pos] = vals != 0
+            if tu.numel():
+                fresh[:, self._theta_pos] = (own != 0) | (self.dyth_prev[:, tu] != 0)
+            _kernels.make_live_batch(self.perm.numpy(), self.where.numpy(), self.live,
+                                     fresh.numpy())
+        where = self.where
+        j_entries = _gemm.gemm_step(spec, self.M, int(self.live.max()), w["weight_hh"], ls,
+                                    self.a_prev, diag, vals, self._plain_unit,
+                                    where[:, self._plain_pos], tu, where[:, self._theta_pos],
+                                    own, scale, macs)
+        active_sum = float((self.a_prev != 0).double().mean(1).sum())
+        self._finish_step(ls, macs, active_sum, j_entries)
+        return ls.y
 
     def _step_numba(self, x: torch.Tensor) -> torch.Tensor:
         spec, h, bsz = self.spec, self.spec.hidden_size, self.batch_size
@@ -301,6 +359,9 @@ class SparseRTRL(RTRLBase):
         v = g * ls.a
         acc = self.M.new_zeros(self._p)
         macs = v.numel()
+        if self.backend == "gemm":
+            acc, done = _gemm.gemm_gradient(self.M, int(self.live.max()), self.perm, v)
+            macs += done
         if self.backend == "numba":
             macs += int(_kernels.sparse_gradient(self.M.numpy(), self.row_nz.numpy(),
                                                  self.perm.numpy(), self.live,
@@ -317,7 +378,7 @@ class SparseRTRL(RTRLBase):
             u = self._theta_unit
             acc[self._theta_pos] += (g[:, u] * ls.dy_dtheta[:, u]).sum(0) * slope[u]
             macs += 2 * int(u.numel()) * self.batch_size
-        self.grad_flat[self._kept_index] += acc
+        self.grad_flat.index_add_(0, self._kept_index, acc)
         dense = dense_gradient_macs(self.spec.hidden_size, self.layout.num_columns,
                                     self.num_theta, self.batch_size)
         self.counter.add_gradient(macs, dense)
