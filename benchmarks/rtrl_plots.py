@@ -35,7 +35,7 @@ def load_rows(paths: list[str], batch: int) -> list[dict]:
     groups: dict[tuple[int, float], list[dict]] = defaultdict(list)
     for p in paths:
         for r in json.loads(Path(p).read_text())["rows"]:
-            if r["batch"] == batch:
+            if r["batch"] == batch and not r.get("sparse_refused"):
                 groups[(r["hidden"], r["sparsity"])].append(r)
     rows = []
     for (h, s), sel in sorted(groups.items()):

@@ -80,7 +80,11 @@ def test_speed_benchmark_reports_a_refused_dense_engine(tmp_path):
     res = mod.main(["--quick", "--max-bytes", "50000"])
     (row,) = res["rows"]
     assert "max_bytes" in row["dense_refused"] and "speedup" not in row
+    assert row["sparse_refused"] is None
     assert res["all_exact"] and row["err_sparse_bptt"] < 1e-10
+    res = mod.main(["--quick", "--max-bytes", "1000"])
+    (row,) = res["rows"]
+    assert "max_bytes" in row["sparse_refused"] and "lambda_a" not in row
 
 
 def test_plots_written_and_never_overwritten(tmp_path):
