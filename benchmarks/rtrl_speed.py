@@ -262,10 +262,10 @@ def print_table(rows: list[dict], args) -> None:
           f"numba {numba.__version__}, threads={args.threads}, float64, warm-up "
           f"{args.warmup} + {args.steps} timed steps (median step time), trained cells "
           f"({args.train_steps} BPTT steps, surrogate width {args.surrogate_width})")
-    print("| H | w.sparsity | B | lambda_a | lambda_w | M density | counted saving | "
+    print("| H | w.sparsity | B | train acc. | lambda_a | lambda_w | M density | counted saving | "
           "dense ms/step | sparse ms/step | speed-up | measured/counted | dense GMAC/s | "
           "torch.mm GMAC/s | dense mem | sparse mem | max rel. err | backend |")
-    print("|---" * 17 + "|")
+    print("|---" * 18 + "|")
     for r in rows:
         if r["sparse_refused"]:
             continue
@@ -274,7 +274,8 @@ def print_table(rows: list[dict], args) -> None:
         dense_mem = "refused" if r["dense_refused"] else format_bytes(r["dense_bytes"])
         dense_ms = 1e3 * r["dense_step_s"] if "dense_step_s" in r else None
         cells = [str(r["hidden"]), f"{r['sparsity']:.2f}", str(r["batch"]),
-                 f"{r['lambda_a']:.3f}", f"{r['lambda_w']:.3f}", f"{r['m_density']:.3f}",
+                 fmt(r["train"], "train_acc_second_half", ".2f"), f"{r['lambda_a']:.3f}",
+                 f"{r['lambda_w']:.3f}", f"{r['m_density']:.3f}",
                  f"{r['counted_saving']:.1f}", "-" if dense_ms is None else f"{dense_ms:.2f}",
                  f"{1e3 * r['sparse_step_s']:.2f}", fmt(r, "speedup", ".1f"),
                  fmt(r, "measured_over_counted", ".2f"), fmt(r, "dense_gmacs", ".2f"),
@@ -297,13 +298,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=40, help="untimed steps first")
     ap.add_argument("--steps", type=int, default=10, help="timed steps")
-    ap.add_argument("--delay-min", type=int, default=10)
-    ap.add_argument("--delay-max", type=int, default=20)
-    ap.add_argument("--train-steps", type=int, default=150,
+    ap.add_argument("--delay-min", type=int, default=8)
+    ap.add_argument("--delay-max", type=int, default=16)
+    ap.add_argument("--train-steps", type=int, default=300,
                     help="BPTT steps training each cell (0: untrained cells)")
     ap.add_argument("--train-batch", type=int, default=16)
     ap.add_argument("--train-lr", type=float, default=3e-3)
-    ap.add_argument("--surrogate-width", type=float, default=0.2)
+    ap.add_argument("--surrogate-width", type=float, default=0.1,
+                    help="half-width of the surrogate's support (narrow: sparse activity)")
     ap.add_argument("--threshold-mean", type=float, default=0.3)
     ap.add_argument("--cells-dir", default=None,
                     help="load trained cells from / save them to this directory")
