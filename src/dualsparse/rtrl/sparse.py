@@ -144,6 +144,7 @@ class SparseRTRL(RTRLBase):
         self.live = np.zeros(bsz, dtype=np.int64)                      # live columns
         if self.backend == "gemm":             # no row bookkeeping; columns only on CPU
             self.row_nz.fill_(True)
+            self.row_scale = self.y.new_ones(bsz, h)   # M = diag(row_scale) self.M
             if dev.type != "cpu":
                 self.is_live.fill_(True)
                 self.live.fill(self._p)
@@ -158,8 +159,9 @@ class SparseRTRL(RTRLBase):
 
     def influence(self) -> torch.Tensor:
         full = self.M.new_zeros(self.batch_size, self.spec.hidden_size, self.layout.num_columns)
+        m = self.M * self.row_scale[:, :, None] if self.backend == "gemm" else self.M
         for b in range(self.batch_size):
-            full[b][:, self._kept_index[self.perm[b]]] = self.M[b]
+            full[b][:, self._kept_index[self.perm[b]]] = m[b]
         return full
 
     def _make_live(self, b: int, newly: torch.Tensor) -> None:
@@ -181,35 +183,26 @@ class SparseRTRL(RTRLBase):
         return self._step_torch(x)
 
     def _step_gemm(self, x: torch.Tensor) -> torch.Tensor:
-        spec = self.spec
+        spec, bsz = self.spec, self.batch_size
         w, theta, slope, ls = self._forward(x)
         diag = ls.z * self.e_prev
         if spec.reset_mode == "subtract_output":
             diag = diag - self.a_prev
-        vals = ls.deltas[:, self._plain_q] * self._src(x)[:, self._plain_src]   # (B, P_plain)
         macs = zero_macs()
-        macs["immediate"] += vals.numel()
         tu = self._theta_unit
-        own = scale = None
         if tu.numel():
             own = ls.z[:, tu] * self.dcth_prev[:, tu]
             if spec.reset_mode == "subtract_output":
                 own = own - self.dyth_prev[:, tu]
             own = own * slope[tu]
             scale = self.dyth_prev[:, tu] * slope[tu]
-            macs["immediate"] += 4 * int(tu.numel()) * self.batch_size
-        if self.M.device.type == "cpu":
-            fresh = torch.zeros(self.batch_size, self._p, dtype=torch.bool)
-            fresh[:, self._plain_pos] = vals != 0
-            if tu.numel():
-                fresh[:, self._theta_pos] = (own != 0) | (self.dyth_prev[:, tu] != 0)
-            _kernels.make_live_batch(self.perm.numpy(), self.where.numpy(), self.live,
-                                     fresh.numpy())
-        where = self.where
-        j_entries = _gemm.gemm_step(spec, self.M, int(self.live.max()), w["weight_hh"], ls,
-                                    self.a_prev, diag, vals, self._plain_unit,
-                                    where[:, self._plain_pos], tu, where[:, self._theta_pos],
-                                    own, scale, macs)
+            macs["immediate"] += 4 * int(tu.numel()) * bsz
+        else:
+            own = scale = x.new_zeros(bsz, 0)
+        j_entries = _gemm.gemm_step(
+            spec, self.M, self.row_scale, self.perm, self.where, self.live, w["weight_hh"], ls,
+            self.a_prev, diag, self._src(x), self._plain_q, self._plain_src, self._plain_pos,
+            self._plain_unit, tu, self._theta_pos, own, scale, macs)
         active_sum = float((self.a_prev != 0).double().mean(1).sum())
         self._finish_step(ls, macs, active_sum, j_entries)
         return ls.y
@@ -357,11 +350,15 @@ class SparseRTRL(RTRLBase):
         g = self._check_grad_y(grad_y)
         ls = self.last
         v = g * ls.a
-        acc = self.M.new_zeros(self._p)
         macs = v.numel()
-        if self.backend == "gemm":
-            acc, done = _gemm.gemm_gradient(self.M, int(self.live.max()), self.perm, v)
-            macs += done
+        acc = None
+        if self.backend == "gemm":            # straight into grad_flat: no (P,) temporaries
+            cols, part, done = _gemm.gemm_gradient(self.M, int(self.live.max()), self.perm,
+                                                   v * self.row_scale)
+            self.grad_flat.index_add_(0, self._kept_index[cols], part)
+            macs += done + v.numel()
+        else:
+            acc = self.M.new_zeros(self._p)
         if self.backend == "numba":
             macs += int(_kernels.sparse_gradient(self.M.numpy(), self.row_nz.numpy(),
                                                  self.perm.numpy(), self.live,
@@ -373,12 +370,14 @@ class SparseRTRL(RTRLBase):
                 part = self.M[b, :, :n_live].index_select(0, rows).t() @ v[b, rows]
                 acc[self.perm[b, :n_live]] += part
                 macs += int(rows.numel()) * n_live
+        if acc is not None:
+            self.grad_flat.index_add_(0, self._kept_index, acc)
         if self._theta_pos.numel():
             _, slope = threshold_and_slope(self.cell, self.spec)
             u = self._theta_unit
-            acc[self._theta_pos] += (g[:, u] * ls.dy_dtheta[:, u]).sum(0) * slope[u]
+            self.grad_flat.index_add_(0, self._kept_index[self._theta_pos],
+                                      (g[:, u] * ls.dy_dtheta[:, u]).sum(0) * slope[u])
             macs += 2 * int(u.numel()) * self.batch_size
-        self.grad_flat.index_add_(0, self._kept_index, acc)
         dense = dense_gradient_macs(self.spec.hidden_size, self.layout.num_columns,
                                     self.num_theta, self.batch_size)
         self.counter.add_gradient(macs, dense)
