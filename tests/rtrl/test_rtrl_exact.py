@@ -249,3 +249,24 @@ def test_gemm_lazy_row_scales_stay_exact(monkeypatch, kind, reset_mode, bounds):
         assert bool(((r >= 0.5) & (r <= 2.0)).all())
     else:
         assert float(r.min()) < 1e-3          # scales shrank over 40 steps, never reset
+
+
+@pytest.mark.parametrize("kind,reset_mode", CASES)
+def test_gemm_without_numba_path_is_exact(kind, reset_mode):
+    """The gemm path used off CPU (all kept columns live, index_add_ immediates), run on CPU."""
+    cell = make_cell(kind, reset_mode)
+    masks = random_masks(0.5)
+    with torch.no_grad():
+        for n, m in masks.items():
+            getattr(cell, n).mul_(m)
+    g = torch.Generator().manual_seed(12)
+    xs = 2 * torch.randn(T, B, I, generator=g, dtype=torch.float64)
+    grads = torch.randn(T, B, H, generator=g, dtype=torch.float64)
+    eng = SparseRTRL(cell, masks, backend="gemm")
+    eng._gemm_numba = False
+    ref = bptt_gradients(cell, xs, grads, eng.spec.param_names)
+    got = run_engine(eng, xs, grads)
+    assert list(eng.live) == [eng.num_kept] * B
+    for n in ref:
+        expected = ref[n] * masks[n] if n in masks else ref[n]
+        assert rel_err(got[n], expected) < TOL, n

@@ -56,7 +56,8 @@ def gemm_step(spec: CellSpec, m: torch.Tensor, row_scale: torch.Tensor, perm: to
               a_prev: torch.Tensor, diag: torch.Tensor, src: torch.Tensor,
               plain_q: torch.Tensor, plain_src: torch.Tensor, plain_pos: torch.Tensor,
               plain_unit: torch.Tensor, theta_unit: torch.Tensor, theta_pos: torch.Tensor,
-              own: torch.Tensor, theta_scale: torch.Tensor, macs: dict[str, int]) -> int:
+              own: torch.Tensor, theta_scale: torch.Tensor, macs: dict[str, int],
+              use_numba: bool = True) -> int:
     """Advance ``M = diag(row_scale) m`` by one step, ``m`` ``(B, H, P)`` and ``row_scale``
     ``(B, H)`` in place; returns the number of ``J`` entries used.
 
@@ -67,6 +68,8 @@ def gemm_step(spec: CellSpec, m: torch.Tensor, row_scale: torch.Tensor, perm: to
     ``deltas[plain_q] * src[plain_src]`` on row ``plain_unit``, kept column ``plain_pos``.
     ``own``, ``theta_scale`` ``(B, n_theta)``: the threshold columns' own-unit terms and
     ``dy_{t-1}/dtheta * slope`` (``n_theta`` may be 0). MACs are added to ``macs``.
+    ``use_numba``: immediate terms and live columns by the numba helper (CPU tensors only);
+    otherwise by ``index_add_``, which needs every kept column live (``where`` the identity).
     """
     bsz, h, _ = m.shape
     full = m
@@ -99,7 +102,7 @@ def gemm_step(spec: CellSpec, m: torch.Tensor, row_scale: torch.Tensor, perm: to
         macs["jacobian"] += bsz * h * n_act
         macs["update"] += bsz * h * n_act * p
     # immediate terms (and new live columns)
-    if full.device.type == "cpu":
+    if use_numba:
         macs["immediate"] += int(_kernels.gemm_immediate(
             full.numpy(), inv.contiguous().numpy(), perm.numpy(), where.numpy(), live,
             ls.deltas.contiguous().numpy(), src.contiguous().numpy(), plain_q.numpy(),

@@ -99,6 +99,9 @@ class SparseRTRL(RTRLBase):
             small = h < AUTO_GEMM_MIN_HIDDEN or self.k_density < AUTO_NUMBA_MAX_K_DENSITY
             backend = "numba" if small else "gemm"
         self.backend = backend
+        #: gemm backend: live-column bookkeeping and immediate terms by numba (CPU only);
+        #: off CPU every kept column is live and the terms are added by ``index_add_``
+        self._gemm_numba = cpu
         cols = struct.t().numpy()                                         # [j, i]
         self._kptr = np.concatenate([[0], np.cumsum(cols.sum(1))]).astype(np.int64)
         self._krows = np.nonzero(cols)[1].astype(np.int64)
@@ -145,7 +148,7 @@ class SparseRTRL(RTRLBase):
         if self.backend == "gemm":             # no row bookkeeping; columns only on CPU
             self.row_nz.fill_(True)
             self.row_scale = self.y.new_ones(bsz, h)   # M = diag(row_scale) self.M
-            if dev.type != "cpu":
+            if not self._gemm_numba:
                 self.is_live.fill_(True)
                 self.live.fill(self._p)
 
@@ -202,7 +205,7 @@ class SparseRTRL(RTRLBase):
         j_entries = _gemm.gemm_step(
             spec, self.M, self.row_scale, self.perm, self.where, self.live, w["weight_hh"], ls,
             self.a_prev, diag, self._src(x), self._plain_q, self._plain_src, self._plain_pos,
-            self._plain_unit, tu, self._theta_pos, own, scale, macs)
+            self._plain_unit, tu, self._theta_pos, own, scale, macs, self._gemm_numba)
         active_sum = float((self.a_prev != 0).double().mean(1).sum())
         self._finish_step(ls, macs, active_sum, j_entries)
         return ls.y
