@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from dualsparse.models import EGRUCell, GRUCell
@@ -60,7 +61,8 @@ def test_sparse_counts_one_gru_step_exactly():
     assert rec.active_fraction == 1.0
 
 
-def test_update_macs_fall_with_weight_sparsity():
+@pytest.mark.parametrize("backend", ["numba", "gemm", "torch"])
+def test_update_macs_fall_with_weight_sparsity(backend):
     torch.manual_seed(0)
     cell = EGRUCell(I, H, threshold_mean=0.5, dtype=torch.float64)
     xs = _inputs()
@@ -70,7 +72,7 @@ def test_update_macs_fall_with_weight_sparsity():
         with torch.no_grad():
             for n, m in masks.items():
                 getattr(cell, n).mul_(m)
-        s = _run(SparseRTRL(cell, masks), xs)
+        s = _run(SparseRTRL(cell, masks, backend=backend), xs)
         macs.append(s["macs_update"])
         mem.append(s["m_bytes"])
     assert macs[0] > macs[1] > macs[2]
@@ -79,7 +81,8 @@ def test_update_macs_fall_with_weight_sparsity():
     assert mem[2] == B * H * (kept + 6 * H + H) * 8   # biases and thresholds are unmasked
 
 
-def test_update_macs_fall_with_activity_sparsity():
+@pytest.mark.parametrize("backend", ["numba", "gemm", "torch"])
+def test_update_macs_fall_with_activity_sparsity(backend):
     """Same weights: higher thresholds and a narrower surrogate leave fewer active units."""
     xs = _inputs()
     active, macs = [], []
@@ -87,7 +90,7 @@ def test_update_macs_fall_with_activity_sparsity():
         torch.manual_seed(0)
         cell = EGRUCell(I, H, threshold_init="constant", threshold_mean=mean,
                         surrogate_width=width, dtype=torch.float64)
-        s = _run(SparseRTRL(cell), xs)
+        s = _run(SparseRTRL(cell, backend=backend), xs)
         active.append(s["active_fraction"])
         macs.append(s["macs_update"])
     assert active[0] > active[1]

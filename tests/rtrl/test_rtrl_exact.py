@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dualsparse.models import EGRUCell, GRUCell
-from dualsparse.rtrl import DenseRTRL, SparseRTRL, bptt_gradients
+from dualsparse.rtrl import DenseRTRL, SparseRTRL, _gemm, bptt_gradients
 
 H, I, T, B = 7, 3, 10, 2
 TOL = 1e-10
@@ -51,7 +51,7 @@ CASES = [("egru", "subtract_threshold"), ("egru", "subtract_output"), ("egru", "
 @pytest.mark.parametrize("kind,reset_mode", CASES)
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("loss_at", ["every", "end"])
-@pytest.mark.parametrize("backend", ["numba", "torch"])
+@pytest.mark.parametrize("backend", ["gemm", "numba", "torch"])
 def test_rtrl_matches_bptt(kind, reset_mode, masked, loss_at, backend):
     cell = make_cell(kind, reset_mode)
     masks = random_masks(0.5) if masked else None
@@ -113,6 +113,15 @@ def test_numba_and_torch_backends_agree(kind, reset_mode):
             else:
                 assert s_nb[key] < s_tc[key], key
         assert s_nb["active_fraction"] == s_tc["active_fraction"]
+        gm = SparseRTRL(cell, masks, backend="gemm")
+        g_gm = run_engine(gm, xs, grads)
+        for n in g_tc:
+            assert rel_err(g_gm[n], g_tc[n]) < TOL, n
+        assert rel_err(gm.influence(), tc.influence()) < TOL
+        assert list(gm.live) == list(tc.live)           # same live-column bookkeeping
+        s_gm = gm.counter.summary()
+        assert s_gm["active_fraction"] == s_tc["active_fraction"]
+        assert s_gm["macs_total"] < s_gm["dense_macs_total"]
 
 
 def test_bad_backend_raises_and_auto_choice():
@@ -120,7 +129,8 @@ def test_bad_backend_raises_and_auto_choice():
         SparseRTRL(make_cell("gru"), backend="cuda")
     assert SparseRTRL(make_cell("gru")).backend == "numba"          # CPU, small H
     big = GRUCell(I, 96, dtype=torch.float64)
-    assert SparseRTRL(big).backend == "torch"                      # dense K, H > 64
+    assert SparseRTRL(big).backend == "gemm"                       # dense K, H >= 96
+    assert SparseRTRL(big, backend="torch").backend == "torch"
     g = torch.Generator().manual_seed(0)
     sparse_k = {"weight_hh": torch.rand(3 * 96, 96, generator=g) < 0.1}
     eng = SparseRTRL(big, sparse_k)
@@ -213,3 +223,50 @@ def test_bad_inputs_raise():
         DenseRTRL(EGRUCell(I, H, zoneout=0.1))
     with pytest.raises(ValueError, match="supports"):
         DenseRTRL(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("kind,reset_mode", CASES)
+@pytest.mark.parametrize("bounds", [(0.5, 2.0), (1e-300, 1e300)])
+def test_gemm_lazy_row_scales_stay_exact(monkeypatch, kind, reset_mode, bounds):
+    """The gemm backend keeps M = diag(r) N; rows are multiplied out when r leaves the bounds
+    (tight bounds: nearly every step; loose: never). Both equal BPTT and the dense M."""
+    monkeypatch.setattr(_gemm, "SCALE_MIN", bounds[0])
+    monkeypatch.setattr(_gemm, "SCALE_MAX", bounds[1])
+    cell = make_cell(kind, reset_mode)
+    steps = 40
+    g = torch.Generator().manual_seed(11)
+    xs = 2 * torch.randn(steps, B, I, generator=g, dtype=torch.float64)
+    grads = torch.randn(steps, B, H, generator=g, dtype=torch.float64)
+    dense, gm = DenseRTRL(cell), SparseRTRL(cell, backend="gemm")
+    ref = bptt_gradients(cell, xs, grads, dense.spec.param_names)
+    g_dense, g_gm = run_engine(dense, xs, grads), run_engine(gm, xs, grads)
+    for n in ref:
+        assert rel_err(g_gm[n], ref[n]) < TOL, n
+        assert rel_err(g_dense[n], ref[n]) < TOL, n
+    assert rel_err(gm.influence(), dense.M) < TOL
+    r = gm.row_scale.abs()
+    if bounds[0] == 0.5:
+        assert bool(((r >= 0.5) & (r <= 2.0)).all())
+    else:
+        assert float(r.min()) < 1e-3          # scales shrank over 40 steps, never reset
+
+
+@pytest.mark.parametrize("kind,reset_mode", CASES)
+def test_gemm_without_numba_path_is_exact(kind, reset_mode):
+    """The gemm path used off CPU (all kept columns live, index_add_ immediates), run on CPU."""
+    cell = make_cell(kind, reset_mode)
+    masks = random_masks(0.5)
+    with torch.no_grad():
+        for n, m in masks.items():
+            getattr(cell, n).mul_(m)
+    g = torch.Generator().manual_seed(12)
+    xs = 2 * torch.randn(T, B, I, generator=g, dtype=torch.float64)
+    grads = torch.randn(T, B, H, generator=g, dtype=torch.float64)
+    eng = SparseRTRL(cell, masks, backend="gemm")
+    eng._gemm_numba = False
+    ref = bptt_gradients(cell, xs, grads, eng.spec.param_names)
+    got = run_engine(eng, xs, grads)
+    assert list(eng.live) == [eng.num_kept] * B
+    for n in ref:
+        expected = ref[n] * masks[n] if n in masks else ref[n]
+        assert rel_err(got[n], expected) < TOL, n

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from dualsparse.models import EGRUCell
 from dualsparse.rtrl import DenseRTRL, SparseRTRL, run_cell
 from dualsparse.rtrl.learner import OnlineLearner
-from dualsparse.rtrl.tasks import spiral_task, split
+from dualsparse.rtrl.tasks import delayed_recall_stream, spiral_task, split
 
 H = 6
 
@@ -77,7 +77,34 @@ def test_spiral_task_shapes_and_classes():
     assert bool(((cross.mean(0) > 0) == (labels == 0)).all())
     parts = split(xs, labels)
     assert parts["train"][0].size(1) == 70 and parts["test"][1].numel() == 15
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="num_sequences"):
         spiral_task(0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="update"):
         OnlineLearner(SparseRTRL(_setup()[0]), torch.nn.Linear(H, 2), None, update="bogus")
+    with pytest.raises(ValueError, match="clip_norm"):
+        OnlineLearner(SparseRTRL(_setup()[0]), torch.nn.Linear(H, 2), None, clip_norm=0)
+    with pytest.raises(ValueError, match="fractions"):
+        split(xs, labels, (0.7, 0.4))
+
+
+def test_delayed_recall_stream_episodes():
+    s = delayed_recall_stream(2000, 3, 7, num_symbols=3, seed=4)
+    assert s.inputs.shape == (2000, 1, 4) and s.targets.shape == (2000,)
+    x = s.inputs[:, 0]
+    cues = (x[:, :3].sum(1) == 1).nonzero().squeeze(1).tolist()
+    queries = (x[:, 3] == 1).nonzero().squeeze(1).tolist()
+    assert queries == (s.targets >= 0).nonzero().squeeze(1).tolist()
+    assert s.num_queries == len(queries) and len(cues) - len(queries) in (0, 1)
+    delays = set()
+    for c, q in zip(cues, queries, strict=False):
+        assert int(s.targets[q]) == int(x[c, :3].argmax())   # the cued symbol is asked for
+        assert float(x[c + 1:q].abs().sum()) == 0.0         # blanks in between
+        delays.add(q - c - 1)
+    assert delays == set(range(3, 8))                       # every delay in the range occurs
+    for c, q in zip(cues[1:], queries, strict=False):
+        assert c == q + 1                                   # the next cue follows at once
+    assert len({int(t) for t in s.targets[queries]}) == 3
+    with pytest.raises(ValueError, match="delay_max"):
+        delayed_recall_stream(10, 5, 4)
+    with pytest.raises(ValueError, match="num_symbols"):
+        delayed_recall_stream(10, 1, 2, num_symbols=1)

@@ -165,3 +165,62 @@ def sparse_gradient(m, row_nz, perm, live, v, acc):
         for c in range(nl):
             acc[perm[b, c]] += tmp[c]
     return macs
+
+
+@numba.njit(cache=True)
+def make_live_batch(perm, where, live, fresh):
+    """Move the kept columns flagged in ``fresh`` ``(B, P)`` (all zero so far, or already
+    live) into each sample's live block; used by the batched-GEMM backend."""
+    bsz, p = fresh.shape
+    for b in range(bsz):
+        for col in range(p):
+            if fresh[b, col]:
+                _make_live(perm, where, live, b, col)
+
+
+@numba.njit(cache=True)
+def gemm_immediate(m, inv, perm, where, live, deltas, src, plain_q, plain_src, plain_pos,
+                   plain_unit, th_unit, th_pos, own, th_scale, k):
+    """Immediate terms of the batched-GEMM backend, added to ``m`` (scaled storage) in place.
+
+    ``m`` ``(B, H, P)`` holds ``N`` with ``M = diag(1 / inv) N``; ``deltas`` ``(B, 6H)``,
+    ``src`` ``(B, I + H + 1)``: a plain column's term ``deltas[plain_q] * src[plain_src]`` is
+    formed only where its source is nonzero (silent presynaptic units cost one compare). A
+    column whose term is nonzero becomes live first (it was all zero). Threshold columns:
+    ``own`` ``(B, n_theta)`` on the own unit, ``k[:, u] * th_scale`` ``(B, n_theta)`` on the
+    whole column where ``th_scale != 0``; ``k`` ``(B, H, H)``. Returns the MACs done.
+    """
+    bsz, h, _ = m.shape
+    n_plain = plain_pos.shape[0]
+    n_theta = th_unit.shape[0]
+    macs = 0
+    for b in range(bsz):
+        for q in range(n_plain):
+            sv = src[b, plain_src[q]]
+            if sv == 0.0:
+                continue
+            v = deltas[b, plain_q[q]] * sv
+            macs += 2
+            if v == 0.0:
+                continue
+            col = plain_pos[q]
+            _make_live(perm, where, live, b, col)
+            i = plain_unit[q]
+            m[b, i, where[b, col]] += v * inv[b, i]
+        for q in range(n_theta):
+            u = th_unit[q]
+            col = th_pos[q]
+            v = own[b, q]
+            sc = th_scale[b, q]
+            if v == 0.0 and sc == 0.0:
+                continue
+            _make_live(perm, where, live, b, col)
+            s = where[b, col]
+            if v != 0.0:
+                m[b, u, s] += v * inv[b, u]
+                macs += 2
+            if sc != 0.0:
+                for i in range(h):
+                    m[b, i, s] += k[b, i, u] * sc * inv[b, i]
+                macs += 3 * h
+    return macs

@@ -10,6 +10,7 @@ while keeping the state.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 
 import torch
@@ -27,6 +28,8 @@ from dualsparse.rtrl.cell import (
 )
 from dualsparse.rtrl.counters import RTRLCounter
 from dualsparse.rtrl.layout import THRESHOLD, ParamLayout, build_layout
+from dualsparse.rtrl.memory import check_fits, default_max_bytes
+from dualsparse.validation import check_int
 
 
 class RTRLBase(ABC):
@@ -39,14 +42,24 @@ class RTRLBase(ABC):
             ``W * mask`` and pruned entries get no influence column and zero gradient.
         train_thresholds: compute gradients of the EGRU ``threshold_raw`` too.
         measure_density: count the nonzeros of ``M`` every step (costs ``H * p`` compares).
+        max_bytes: most bytes :meth:`reset` may allocate for the influence storage (estimated
+            first, see :meth:`influence_bytes`); default (None) half the device's total memory
+            (:func:`~dualsparse.rtrl.memory.default_max_bytes`). Larger requests raise
+            ``ValueError`` with the number and what to change.
+
+    Parameters and inputs must be finite: NaN or inf in any trained parameter (checked at every
+    step, as the optimiser may change them), in an input or in ``grad_y`` raises ``ValueError``.
     """
 
     def __init__(self, cell: nn.Module, masks: dict[str, torch.Tensor] | None = None,
-                 train_thresholds: bool = True, measure_density: bool = False) -> None:
+                 train_thresholds: bool = True, measure_density: bool = False,
+                 max_bytes: int | None = None) -> None:
         self.cell = cell
         self.spec: CellSpec = cell_spec(cell, train_thresholds)
         self.layout: ParamLayout = build_layout(self.spec, masks)
         dev = cell.weight_hh.device
+        self.max_bytes = (default_max_bytes(dev) if max_bytes is None
+                          else check_int("max_bytes", max_bytes, low=1))
         self.masks = {k: v.to(dev) for k, v in (masks or {}).items()}
         self.measure_density = measure_density
         self.counter = RTRLCounter()
@@ -58,8 +71,10 @@ class RTRLBase(ABC):
     # --- state -----------------------------------------------------------------------------
     def reset(self, batch_size: int, state: tuple | None = None) -> None:
         """Start a sequence: state zeros (or ``state``), ``M = 0``, gradient buffer zero."""
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        batch_size = check_int("batch_size", batch_size, low=1)
+        check_fits(type(self).__name__, batch_size, self.influence_bytes(1) - self._fixed_bytes(),
+                   self._fixed_bytes(), self.max_bytes, self._bytes_detail())
+        self._check_params()
         w = self.cell.weight_hh
         h = self.spec.hidden_size
         self.batch_size = batch_size
@@ -124,11 +139,29 @@ class RTRLBase(ABC):
             raise ValueError("input contains NaN or inf")
         return x.to(w.device)
 
+    def _check_params(self) -> None:
+        for name in self.spec.param_names:
+            p = getattr(self.cell, name)
+            if not bool(torch.isfinite(p.detach()).all()):
+                raise ValueError(f"cell parameter {name} contains NaN or inf; RTRL needs finite "
+                                 "parameters (lower the learning rate or clip gradients)")
+
     def _forward(self, x: torch.Tensor):
-        """Local step from the stored state; returns (weights, theta, slope, LocalStep)."""
+        """Local step from the stored state; returns (weights, theta, slope, LocalStep).
+
+        Every parameter enters the gate deltas, ``a`` or the threshold slope (``0 * NaN`` is
+        NaN), so one finiteness test of their sum covers all parameters; only when it fails
+        are the parameters checked one by one, to name the culprit.
+        """
         w = effective_weights(self.cell, self.masks)
         theta, slope = threshold_and_slope(self.cell, self.spec)
-        return w, theta, slope, local_step(self.spec, w, theta, x, self.y, self.c)
+        ls = local_step(self.spec, w, theta, x, self.y, self.c)
+        total = ls.deltas.sum() + ls.a.sum() + ls.s.sum() + slope.sum()
+        if not math.isfinite(float(total)):
+            self._check_params()
+            raise ValueError("the step produced NaN or inf from finite parameters, input and "
+                             "state (overflow); scale down the inputs or weights")
+        return w, theta, slope, ls
 
     def _advance(self, ls: LocalStep) -> None:
         self.y, self.c = ls.y, ls.c
@@ -176,6 +209,18 @@ class RTRLBase(ABC):
             getattr(self.cell, name).mul_(m)
 
     # --- engine-specific -------------------------------------------------------------------
+    @abstractmethod
+    def influence_bytes(self, batch_size: int) -> int:
+        """Bytes :meth:`reset` allocates for ``M`` and its work buffers at ``batch_size``."""
+
+    def _fixed_bytes(self) -> int:
+        """Part of :meth:`influence_bytes` that does not grow with the batch."""
+        return 0
+
+    @abstractmethod
+    def _bytes_detail(self) -> str:
+        """What :meth:`influence_bytes` counts, for error messages."""
+
     @abstractmethod
     def _init_influence(self) -> None:
         """Allocate ``M = 0`` for the current batch size."""

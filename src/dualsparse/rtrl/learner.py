@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dualsparse.rtrl.base import RTRLBase
+from dualsparse.validation import check_choice, check_real
 
 UPDATES = ("step", "sequence")
 
@@ -35,10 +36,9 @@ class OnlineLearner:
     def __init__(self, engine: RTRLBase, readout: nn.Module, optimizer: torch.optim.Optimizer,
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
                  update: str = "sequence", clip_norm: float | None = None) -> None:
-        if update not in UPDATES:
-            raise ValueError(f"unknown update {update!r}; expected one of {UPDATES}")
-        if clip_norm is not None and not clip_norm > 0:
-            raise ValueError(f"clip_norm must be > 0, got {clip_norm}")
+        check_choice("update", update, UPDATES)
+        if clip_norm is not None:
+            clip_norm = check_real("clip_norm", clip_norm, low=0.0, low_open=True)
         self.engine, self.readout, self.optimizer = engine, readout, optimizer
         self.loss_fn, self.update, self.clip_norm = loss_fn, update, clip_norm
         self.pending = 0  # losses accumulated since the last update

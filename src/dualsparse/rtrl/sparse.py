@@ -23,12 +23,18 @@ tracked structurally (a row becomes nonzero when something is added to it), so t
 and units whose parameters are all pruned cost nothing. The gradient contraction uses only the
 rows with ``dL/dy_t * a_t != 0``. Counts go to :attr:`counter` as the code runs.
 
-With ``backend="numba"`` (CPU; ``"auto"`` picks it for ``H <= 64`` or a sparse ``K``) one
-numba kernel updates the whole batch (:mod:`dualsparse.rtrl._kernels`), and ``K_t`` is
-formed and multiplied only on its structural nonzeros: entry ``(i, j)`` exists when some gate
-keeps ``W_hh[g, i, j]``, so the off-diagonal product costs ``nnz(K[:, A]) L`` instead of
-``H |A| L`` MACs. The ``"torch"`` backend (any device) processes the batch one sample at a
-time with the dense ``K_t[:, A]``.
+Backends (all exact, tested against each other and BPTT):
+
+* ``"gemm"`` (any device; ``"auto"`` picks it from ``H = 96`` on): the whole batch in one
+  batched GEMM per step over the active rows and the kept columns
+  (:mod:`dualsparse.rtrl._gemm`); no live-column or row bookkeeping, so it skips only pruned
+  columns and inactive units, at BLAS speed.
+* ``"numba"`` (CPU; ``"auto"`` picks it below ``H = 96`` or for a sparse ``K``): one numba
+  kernel updates the whole batch (:mod:`dualsparse.rtrl._kernels`) with everything above, and
+  ``K_t`` is formed and multiplied only on its structural nonzeros: entry ``(i, j)`` exists
+  when some gate keeps ``W_hh[g, i, j]``, so the off-diagonal product costs ``nnz(K[:, A]) L``
+  instead of ``H |A| L`` MACs, in plain loops.
+* ``"torch"`` (any device): the batch one sample at a time with the dense ``K_t[:, A]``.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dualsparse.rtrl import _kernels
+from dualsparse.rtrl import _gemm, _kernels
 from dualsparse.rtrl.base import RTRLBase
 from dualsparse.rtrl.cell import recurrent_jacobian, threshold_and_slope
 from dualsparse.rtrl.counters import (
@@ -46,6 +52,17 @@ from dualsparse.rtrl.counters import (
     dense_step_macs,
     zero_macs,
 )
+from dualsparse.rtrl.memory import format_bytes
+from dualsparse.validation import check_choice
+
+BACKENDS = ("auto", "gemm", "numba", "torch")
+
+
+#: ``backend="auto"`` uses the batched GEMM from this many hidden units on (below it the
+#: numba kernel's lower per-step overhead wins) ...
+AUTO_GEMM_MIN_HIDDEN = 96
+#: ... unless fewer than this fraction of ``K``'s entries are kept (numba skips the others)
+AUTO_NUMBA_MAX_K_DENSITY = 0.4
 
 
 class SparseRTRL(RTRLBase):
@@ -53,37 +70,59 @@ class SparseRTRL(RTRLBase):
 
     Args: see :class:`~dualsparse.rtrl.base.RTRLBase`. ``M`` is allocated as ``(B, H, P)`` for
     the ``P`` kept columns only; per sample the first ``live[b]`` storage columns are in use.
-    ``backend``: ``"numba"`` (CPU only; batched kernel, skips pruned entries of ``K_t``),
-    ``"torch"`` (any device; per-sample loop) or ``"auto"`` (numba on CPU when ``H <= 64`` or
-    fewer than 40% of ``K``'s entries are kept, torch otherwise).
+    ``backend``: ``"gemm"`` (any device; one batched GEMM over the active rows and kept
+    columns per step, :mod:`dualsparse.rtrl._gemm`), ``"numba"`` (CPU only; batched kernel
+    with plain loops, also skips never-touched columns, zero rows and pruned entries of
+    ``K_t``), ``"torch"`` (any device; per-sample loop with the live-column bookkeeping) or
+    ``"auto"``: numba on CPU when ``H < AUTO_GEMM_MIN_HIDDEN`` or fewer than
+    ``AUTO_NUMBA_MAX_K_DENSITY`` of ``K``'s entries are kept, gemm otherwise.
     """
 
     def __init__(self, cell: nn.Module, masks: dict[str, torch.Tensor] | None = None,
                  train_thresholds: bool = True, measure_density: bool = False,
-                 backend: str = "auto") -> None:
-        super().__init__(cell, masks, train_thresholds, measure_density)
-        if backend not in ("auto", "numba", "torch"):
-            raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}")
+                 backend: str = "auto", max_bytes: int | None = None) -> None:
+        super().__init__(cell, masks, train_thresholds, measure_density, max_bytes)
+        check_choice("backend", backend, BACKENDS)
         cpu = cell.weight_hh.device.type == "cpu"
+        if backend in ("numba", "auto") and not cpu:
+            backend = "gemm" if backend == "auto" else backend
         if backend == "numba" and not cpu:
             raise ValueError("backend='numba' needs a CPU cell")
         h = self.spec.hidden_size
+        self._n_plain = int((~self.is_theta).sum())
         m = self.masks.get("weight_hh")
         struct = (torch.ones(h, h, dtype=torch.bool) if m is None
                   else m.cpu().reshape(3, h, h).any(0))                   # (i, j) of K kept
         #: kept fraction of K's entries (some gate keeps W_hh[:, i, j])
         self.k_density = float(struct.double().mean())
-        # auto: the kernel's plain loops beat the per-sample BLAS products up to H = 64, and
-        # above only when K is sparse (measured on 2 EPYC cores, see docs/rtrl.md)
-        fast = h <= 64 or self.k_density < 0.4
-        self.backend = ("numba" if backend == "numba" or (backend == "auto" and cpu and fast)
-                        else "torch")
+        if backend == "auto":
+            small = h < AUTO_GEMM_MIN_HIDDEN or self.k_density < AUTO_NUMBA_MAX_K_DENSITY
+            backend = "numba" if small else "gemm"
+        self.backend = backend
+        #: gemm backend: live-column bookkeeping and immediate terms by numba (CPU only);
+        #: off CPU every kept column is live and the terms are added by ``index_add_``
+        self._gemm_numba = cpu
         cols = struct.t().numpy()                                         # [j, i]
         self._kptr = np.concatenate([[0], np.cumsum(cols.sum(1))]).astype(np.int64)
         self._krows = np.nonzero(cols)[1].astype(np.int64)
         rows = struct.numpy()                                             # [i, j]
         self._rptr = np.concatenate([[0], np.cumsum(rows.sum(1))]).astype(np.int64)
         self._rcols = np.nonzero(rows)[1].astype(np.int64)
+
+    def influence_bytes(self, batch_size: int) -> int:
+        h, p = self.spec.hidden_size, int(self.layout.kept.sum())
+        item = self.cell.weight_hh.element_size()
+        # M (B, H, P) plus one sample's copy of the rows the off-diagonal product reads
+        return (batch_size + 1) * h * p * item
+
+    def _fixed_bytes(self) -> int:
+        return self.influence_bytes(0)
+
+    def _bytes_detail(self) -> str:
+        h, p = self.spec.hidden_size, int(self.layout.kept.sum())
+        item = self.cell.weight_hh.element_size()
+        return (f"B x H x P = B x {h} x {p} kept columns of {item} bytes, plus one sample's "
+                f"work copy; {format_bytes(h * p * item)} per sample")
 
     def _init_influence(self) -> None:
         lay, h, bsz = self.layout, self.spec.hidden_size, self.batch_size
@@ -106,6 +145,12 @@ class SparseRTRL(RTRLBase):
         self.where = self.perm.clone()                                 # kept column -> storage
         self.is_live = torch.zeros(bsz, self._p, dtype=torch.bool, device=dev)
         self.live = np.zeros(bsz, dtype=np.int64)                      # live columns
+        if self.backend == "gemm":             # no row bookkeeping; columns only on CPU
+            self.row_nz.fill_(True)
+            self.row_scale = self.y.new_ones(bsz, h)   # M = diag(row_scale) self.M
+            if not self._gemm_numba:
+                self.is_live.fill_(True)
+                self.live.fill(self._p)
 
     @property
     def num_kept(self) -> int:
@@ -117,8 +162,9 @@ class SparseRTRL(RTRLBase):
 
     def influence(self) -> torch.Tensor:
         full = self.M.new_zeros(self.batch_size, self.spec.hidden_size, self.layout.num_columns)
+        m = self.M * self.row_scale[:, :, None] if self.backend == "gemm" else self.M
         for b in range(self.batch_size):
-            full[b][:, self._kept_index[self.perm[b]]] = self.M[b]
+            full[b][:, self._kept_index[self.perm[b]]] = m[b]
         return full
 
     def _make_live(self, b: int, newly: torch.Tensor) -> None:
@@ -135,7 +181,34 @@ class SparseRTRL(RTRLBase):
         x = self._check_input(x)
         if self.backend == "numba":
             return self._step_numba(x)
+        if self.backend == "gemm":
+            return self._step_gemm(x)
         return self._step_torch(x)
+
+    def _step_gemm(self, x: torch.Tensor) -> torch.Tensor:
+        spec, bsz = self.spec, self.batch_size
+        w, theta, slope, ls = self._forward(x)
+        diag = ls.z * self.e_prev
+        if spec.reset_mode == "subtract_output":
+            diag = diag - self.a_prev
+        macs = zero_macs()
+        tu = self._theta_unit
+        if tu.numel():
+            own = ls.z[:, tu] * self.dcth_prev[:, tu]
+            if spec.reset_mode == "subtract_output":
+                own = own - self.dyth_prev[:, tu]
+            own = own * slope[tu]
+            scale = self.dyth_prev[:, tu] * slope[tu]
+            macs["immediate"] += 4 * int(tu.numel()) * bsz
+        else:
+            own = scale = x.new_zeros(bsz, 0)
+        j_entries = _gemm.gemm_step(
+            spec, self.M, self.row_scale, self.perm, self.where, self.live, w["weight_hh"], ls,
+            self.a_prev, diag, self._src(x), self._plain_q, self._plain_src, self._plain_pos,
+            self._plain_unit, tu, self._theta_pos, own, scale, macs, self._gemm_numba)
+        active_sum = float((self.a_prev != 0).double().mean(1).sum())
+        self._finish_step(ls, macs, active_sum, j_entries)
+        return ls.y
 
     def _step_numba(self, x: torch.Tensor) -> torch.Tensor:
         spec, h, bsz = self.spec, self.spec.hidden_size, self.batch_size
@@ -174,8 +247,7 @@ class SparseRTRL(RTRLBase):
 
     def _finish_step(self, ls, macs: dict[str, int], active_sum: float, j_entries: int) -> None:
         h, bsz = self.spec.hidden_size, self.batch_size
-        n_plain = int((~self.is_theta).sum())
-        dense = dense_step_macs(h, self.layout.num_columns, n_plain, self.num_theta, bsz)
+        dense = dense_step_macs(h, self.layout.num_columns, self._n_plain, self.num_theta, bsz)
         self._advance(ls)
         self.counter.record(StepRecord(
             macs=macs, dense_macs=dense, active_fraction=active_sum / bsz,
@@ -281,8 +353,15 @@ class SparseRTRL(RTRLBase):
         g = self._check_grad_y(grad_y)
         ls = self.last
         v = g * ls.a
-        acc = self.M.new_zeros(self._p)
         macs = v.numel()
+        acc = None
+        if self.backend == "gemm":            # straight into grad_flat: no (P,) temporaries
+            cols, part, done = _gemm.gemm_gradient(self.M, int(self.live.max()), self.perm,
+                                                   v * self.row_scale)
+            self.grad_flat.index_add_(0, self._kept_index[cols], part)
+            macs += done + v.numel()
+        else:
+            acc = self.M.new_zeros(self._p)
         if self.backend == "numba":
             macs += int(_kernels.sparse_gradient(self.M.numpy(), self.row_nz.numpy(),
                                                  self.perm.numpy(), self.live,
@@ -294,12 +373,14 @@ class SparseRTRL(RTRLBase):
                 part = self.M[b, :, :n_live].index_select(0, rows).t() @ v[b, rows]
                 acc[self.perm[b, :n_live]] += part
                 macs += int(rows.numel()) * n_live
+        if acc is not None:
+            self.grad_flat.index_add_(0, self._kept_index, acc)
         if self._theta_pos.numel():
             _, slope = threshold_and_slope(self.cell, self.spec)
             u = self._theta_unit
-            acc[self._theta_pos] += (g[:, u] * ls.dy_dtheta[:, u]).sum(0) * slope[u]
+            self.grad_flat.index_add_(0, self._kept_index[self._theta_pos],
+                                      (g[:, u] * ls.dy_dtheta[:, u]).sum(0) * slope[u])
             macs += 2 * int(u.numel()) * self.batch_size
-        self.grad_flat[self._kept_index] += acc
         dense = dense_gradient_macs(self.spec.hidden_size, self.layout.num_columns,
                                     self.num_theta, self.batch_size)
         self.counter.add_gradient(macs, dense)
