@@ -48,7 +48,10 @@ def build_config(config: dict[str, Any], run_dir: Path) -> LMConfig:
     if values.get("prune_method") in (None, "none") or not values.get("prune_target"):
         values["prune_method"], values["prune_target"] = None, None
     run_dir = Path(run_dir)
-    values.update(_FIXED, save=str(run_dir), resume=(run_dir / "latest.json").is_file())
+    resume = (run_dir / "latest.json").is_file()
+    # the run folder belongs to this run id: a start without a checkpoint replaces what an
+    # earlier attempt left before its first checkpoint
+    values.update(_FIXED, save=str(run_dir), resume=resume, overwrite=not resume)
     cfg = LMConfig.from_dict(values)
     p, max_steps = cfg.prune, cfg.run.max_steps
     if p.prune_method is not None:

@@ -125,7 +125,8 @@ class RunConfig:
 
     Run length: ``max_steps`` optimiser steps, or ``epochs`` (converted with the task's
     steps per epoch). ``cosine_start`` and ``when`` count epochs; ``eval_interval`` None
-    validates once per epoch. ``save`` is the run folder ('' writes nothing).
+    validates once per epoch. ``save`` is the run folder ('' writes nothing); a folder that
+    already holds a run is refused unless ``resume`` (continue it) or ``overwrite`` (replace it).
     """
 
     batch_size: int = 20
@@ -165,6 +166,7 @@ class RunConfig:
     save_interval: int = 0
     save: str = "runs/lm"
     resume: bool = False
+    overwrite: bool = False
     stop_at: int | None = None
     progress: bool = True
     tensorboard: bool = True

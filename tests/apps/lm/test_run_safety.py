@@ -1,0 +1,106 @@
+"""The LM commands never replace a run or a result by accident, and check their outputs before
+the work: ``train --save`` onto a run, ``prune --save`` onto its source, ``eval`` engines."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from dualsparse import cli
+from dualsparse.train import checkpoint as ckpt
+from dualsparse.train.run_dir import LOCK_NAME
+
+DATA = os.environ.get("DUALSPARSE_DATA")
+needs_data = pytest.mark.skipif(
+    not DATA or not (Path(DATA) / "ptb" / "train.txt").is_file(),
+    reason="PTB not available under $DUALSPARSE_DATA")
+
+TINY = ["--train-tokens", "2000", "--valid-tokens", "300", "--test-tokens", "100",
+        "--emsize", "8", "--nhid", "8", "--batch_size", "4", "--bptt", "8",
+        "--threads", "1", "--no-progress", "--no-tensorboard"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    if not DATA or not (Path(DATA) / "ptb" / "train.txt").is_file():
+        pytest.skip("PTB not available under $DUALSPARSE_DATA")
+    folder = tmp_path_factory.mktemp("safety") / "run"
+    assert cli.main(["train", *TINY, "--max-steps", "4", "--eval-interval", "2",
+                     "--save", str(folder)]) == 0
+    return folder
+
+
+def _best(folder: Path) -> dict:
+    return json.loads((folder / "best.json").read_text())
+
+
+@needs_data
+def test_train_refuses_a_folder_holding_a_run(run: Path, capsys) -> None:
+    before = _best(run)
+    assert cli.main(["train", *TINY, "--max-steps", "2", "--save", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--overwrite" in err and "--resume" in err
+    assert _best(run) == before  # untouched
+
+
+@needs_data
+def test_overwrite_replaces_the_whole_run(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    assert cli.main(["train", *TINY, "--max-steps", "4", "--eval-interval", "2",
+                     "--save", str(folder)]) == 0
+    assert _best(folder)["step"] == 4
+    # a stopped overwrite must not leave the old run's best (step 4) beside the new one
+    assert cli.main(["train", *TINY, "--max-steps", "6", "--eval-interval", "6",
+                     "--stop-at", "2", "--overwrite", "--save", str(folder)]) == 0
+    assert not (folder / "best.json").exists()
+    assert ckpt.read_checkpoint_meta(folder, "latest")["step"] == 2
+    assert len(list(folder.glob("*.safetensors"))) == 1
+    assert not (folder / LOCK_NAME).exists()  # released
+
+
+@needs_data
+def test_a_locked_run_folder_is_refused(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "busy"
+    folder.mkdir()
+    (folder / LOCK_NAME).write_text(json.dumps({"pid": 1, "host": "other-host"}))
+    assert cli.main(["train", *TINY, "--max-steps", "2", "--save", str(folder)]) == 1
+    assert "in use by pid 1 on other-host" in capsys.readouterr().err
+
+
+@needs_data
+def test_prune_save_onto_its_source_is_refused(run: Path, capsys) -> None:
+    before = _best(run)
+    for target in (run, run / "." ):
+        assert cli.main(["prune", "--checkpoint", str(run), "--prune-target", "0.5",
+                         "--save", str(target)]) == 1
+        assert "is the source run" in capsys.readouterr().err
+    assert _best(run) == before
+    other = run.parent / "other-run"
+    other.mkdir()
+    (other / "best.json").write_text("{}")
+    assert cli.main(["prune", "--checkpoint", str(run), "--prune-target", "0.5",
+                     "--save", str(other)]) == 1
+    assert "already holds a run" in capsys.readouterr().err
+    (run.parent / "taken.json").write_text("{}")
+    assert cli.main(["prune", "--checkpoint", str(run), "--prune-target", "0.5",
+                     "--output", str(run.parent / "taken.json")]) == 1
+    assert "--output" in capsys.readouterr().err
+
+
+@needs_data
+def test_eval_outputs_are_named_by_engine_and_never_replaced(run: Path, capsys) -> None:
+    base = ["eval", "--checkpoint", str(run), "--tokens", "60", "--threads", "1"]
+    assert cli.main(base) == 0
+    assert cli.main([*base, "--engine", "sparse"]) == 0
+    torch_res = json.loads((run / "eval-best-test.json").read_text())
+    sparse_res = json.loads((run / "eval-best-test-sparse.json").read_text())
+    assert (torch_res["engine"], sparse_res["engine"]) == ("torch", "sparse")
+    out = run.parent / "mine.json"
+    out.write_text("keep")
+    assert cli.main([*base, "--out", str(out)]) == 1
+    assert "--out" in capsys.readouterr().err and out.read_text() == "keep"
+    assert cli.main([*base, "--out", str(out), "--overwrite"]) == 0
+    assert json.loads(out.read_text())["engine"] == "torch"
