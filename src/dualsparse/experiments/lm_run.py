@@ -79,6 +79,12 @@ def build_config(config: dict[str, Any], run_dir: Path) -> LMConfig:
     return cfg
 
 
+def check_config(config: dict[str, Any]) -> LMConfig:
+    """The checks :func:`build_config` makes, without a run folder (``sweep run`` calls it
+    on every run config when it loads the spec): unknown keys, bad values, pruning spans."""
+    return build_config(config, Path("<sweep-spec-check>"))
+
+
 def run_lm(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Train, prune and test one language model; the standard metrics dict.
 
@@ -108,4 +114,4 @@ def run_lm(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
                      test_weights=test.get("weights"), pruning=pruning, flags=cfg.flat())
 
 
-__all__ = ["OWN_KEYS", "build_config", "run_lm"]
+__all__ = ["OWN_KEYS", "build_config", "check_config", "run_lm"]

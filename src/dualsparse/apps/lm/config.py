@@ -174,6 +174,17 @@ class RunConfig:
     def __post_init__(self) -> None:
         self.carry = check_choice("carry", self.carry, CARRY_MODES)
         self.when = list(self.when)
+        for flag, value in (("--max-steps", self.max_steps), ("--stop-at", self.stop_at),
+                            ("--eval-bptt", self.eval_bptt)):
+            if value is not None:
+                check_int(flag, value, low=1)
+        for flag, value in (("--batch-size", self.batch_size), ("--bptt", self.bptt),
+                            ("--eval-batch-size", self.eval_batch_size),
+                            ("--test-batch-size", self.test_batch_size)):
+            check_int(flag, value, low=1)
+        for flag, value in (("--save-interval", self.save_interval),
+                            ("--warmup-steps", self.warmup_steps)):
+            check_int(flag, value, low=0)
 
     def max_steps_for(self, steps_per_epoch: int) -> int:
         """``max_steps``, or ``epochs`` converted to optimiser steps."""
