@@ -31,6 +31,7 @@ from dualsparse.experiments.ray_backend import run_ray
 from dualsparse.experiments.runner import WorkerOptions, check_run_configs, run_local
 from dualsparse.experiments.spec import MAX_GRID_RUNS, SweepSpec, load_spec
 from dualsparse.experiments.store import ResultStore
+from dualsparse.train.run_dir import check_writable
 from dualsparse.validation import check_int
 
 
@@ -202,6 +203,15 @@ def cmd_report(argv: list[str]) -> Path:
     """``dualsparse report ARGS``: write the report; returns the path of ``report.md``."""
     args = report_parser().parse_args(argv)
     path, sweep, spec = _source(args)
+    out = Path(args.out) if args.out else path.parent / "report"
+    check_writable(out, "--out")
+    notes = ""
+    if args.notes:
+        try:
+            notes = Path(args.notes).read_text()
+        except OSError as exc:
+            raise ValueError(f"--notes {args.notes}: cannot read it ({exc.strerror or exc})"
+                             ) from None
     with ResultStore(path) as store:
         done = store.records(sweep, "done")
         failed = store.records(sweep, "failed")
@@ -211,8 +221,6 @@ def cmd_report(argv: list[str]) -> Path:
             description = stored.get("description", "")
         else:
             description = spec.description if spec else ""
-    out = Path(args.out) if args.out else path.parent / "report"
-    notes = Path(args.notes).read_text() if args.notes else ""
     title = args.title or f"Sweep report: {sweep or path.name}"
     report = write_report(done, out, title=title, description=description, counts=counts,
                           failed=failed, hardware=args.hardware, notes=notes)
@@ -231,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
     try:
         COMMANDS[argv[0]](argv[1:])
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:  # bad input or an OS error: one line, no traceback
         print(f"{argv[0]}: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -104,3 +104,27 @@ def test_eval_outputs_are_named_by_engine_and_never_replaced(run: Path, capsys) 
     assert "--out" in capsys.readouterr().err and out.read_text() == "keep"
     assert cli.main([*base, "--out", str(out), "--overwrite"]) == 0
     assert json.loads(out.read_text())["engine"] == "torch"
+
+
+@needs_data
+def test_too_few_valid_tokens_fail_before_training(tmp_path: Path, capsys) -> None:
+    assert cli.main(["train", *TINY, "--max-steps", "2", "--valid-tokens", "3",
+                     "--save", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert "--valid-tokens" in err and "--eval-batch-size 10" in err
+    assert not (tmp_path / "r" / "latest.json").exists()  # nothing was trained
+
+
+def test_unusable_flags_give_one_line(tmp_path: Path, capsys) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for argv, message in [
+        (["--device", "tpu7", "--save", ""], "--device must be cpu, cuda or cuda:N"),
+        (["--save", str(afile)], "is a file, not a folder"),
+        (["--save", str(afile / "sub")], "is not writable"),
+        (["--max-steps", "-1", "--save", ""], "--max-steps must be an int >= 1"),
+    ]:
+        assert cli.main(["train", *TINY, "--max-steps", "1", *argv]) == 1, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, argv
+    assert afile.read_text() == "x"

@@ -19,6 +19,7 @@ Words: *steps* are optimiser steps, *rounds* are pruning rounds, a segment has *
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -182,6 +183,8 @@ class RunConfig:
                             ("--eval-batch-size", self.eval_batch_size),
                             ("--test-batch-size", self.test_batch_size)):
             check_int(flag, value, low=1)
+        if self.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", str(self.device)):
+            raise ValueError(f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
         for flag, value in (("--save-interval", self.save_interval),
                             ("--warmup-steps", self.warmup_steps)):
             check_int(flag, value, low=0)
