@@ -128,3 +128,33 @@ def test_unusable_flags_give_one_line(tmp_path: Path, capsys) -> None:
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, argv
     assert afile.read_text() == "x"
+
+
+@needs_data
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--nhid", "200000"], "lower --hidden-sizes/--emb-size"),
+    (["--bptt", "100000000", "--train-tokens", "900000", "--batch_size", "1"],
+     "lower --bptt or --batch-size"),
+])
+def test_sizes_that_cannot_fit_are_refused_before_allocating(
+        flags: list[str], message: str, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("DUALSPARSE_MAX_BYTES", str(8 * 10**9))  # an 8 GB machine
+    assert cli.main(["train", *TINY, "--max-steps", "1", "--save", "", *flags]) == 1
+    err = capsys.readouterr().err
+    assert "more than this machine's 8.0 GB" in err and message in err
+
+
+@needs_data
+def test_a_checkpoint_claiming_a_huge_model_is_refused(run: Path, tmp_path: Path,
+                                                       monkeypatch, capsys) -> None:
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in run.glob("best*"):
+        (copy / f.name).write_bytes(f.read_bytes())
+    meta = json.loads((copy / "best.json").read_text())
+    meta["model_config"]["hidden_sizes"] = [300000]
+    (copy / "best.json").write_text(json.dumps(meta))
+    monkeypatch.setenv("DUALSPARSE_MAX_BYTES", str(8 * 10**9))
+    assert cli.main(["eval", "--checkpoint", str(copy), "--tokens", "50"]) == 1
+    err = capsys.readouterr().err
+    assert "hidden_sizes [300000]" in err and "more than this machine's" in err

@@ -14,6 +14,7 @@ import torch
 from dualsparse.accounting import ActivityMeter
 from dualsparse.apps.lm.config import LMConfig, PruneConfig, limit_tokens
 from dualsparse.apps.lm.evaluate import evaluate_lm, test_report
+from dualsparse.apps.lm.memory import check_training_memory
 from dualsparse.apps.lm.prune import PruneRunConfig, prune_hooks, prune_trained, pruner_for_training
 from dualsparse.apps.lm.runs import load_best_weights, load_model, pruned_run_saver, run_config
 from dualsparse.apps.lm.task import LMTask
@@ -69,6 +70,11 @@ def build_trainer(config: LMConfig, dist: DistInfo | None = None) -> Trainer:
     set_threads(run.threads)
     set_seed(run.seed, run.deterministic)
     corpus, train, valid, test = config.data.load()
+    m, columns = config.model, run.batch_size * dist.world_size
+    check_training_memory(  # before the model or any segment is allocated
+        len(corpus.vocab), m.emb_size, m.hidden_sizes, m.cell, run.batch_size,
+        run.bptt * (2 if run.random_bptt else 1), train.numel() // columns,
+        run.eval_batch_size, run.eval_bptt or run.bptt, valid.numel() // run.eval_batch_size)
     task = LMTask.from_config(run, train, valid, test, rank=dist.rank,
                               world_size=dist.world_size, device=dist.device)
     model = config.model.build(len(corpus.vocab)).to(dist.device)
