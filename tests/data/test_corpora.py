@@ -333,6 +333,28 @@ def test_connection_refused_is_clear(tmp_path: Path) -> None:
     assert _leftovers(tmp_path / "cache" / "tiny") == []
 
 
+def test_missing_data_folder_is_named_not_downloaded(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(FileNotFoundError, match=r"data folder .*nowhere \(data_dir\) does "
+                                                 r"not exist.*tiny/\{train,valid,test\}"):
+        load_corpus(TINY, tmp_path / "nowhere")
+    monkeypatch.setenv("DUALSPARSE_DATA", str(tmp_path / "gone"))
+    with pytest.raises(FileNotFoundError, match=r"gone \(\$DUALSPARSE_DATA\)"):
+        load_corpus(TINY)
+
+
+def test_failed_download_names_the_folders_searched(tmp_path: Path) -> None:
+    data = _write_tiny(tmp_path / "data", splits=("train", "valid"))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(DownloadError) as info:
+        load_corpus(TINY, data, base_url=f"http://127.0.0.1:{port}", timeout_s=5)
+    message = str(info.value)
+    assert "test.txt is not in" in message and str(data / "tiny") in message
+    assert str(tmp_path / "cache" / "tiny") in message and "downloading it failed" in message
+
+
 def test_failed_download_keeps_existing_file(tmp_path: Path, server: tuple[str, Path]) -> None:
     url, www = server
     (www / "f.txt").write_text("new bytes")
