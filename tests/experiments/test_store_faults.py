@@ -75,6 +75,15 @@ def test_a_read_only_output_folder_is_named(tmp_path: Path, capsys) -> None:
         ro.chmod(0o700)
 
 
+def test_an_output_folder_that_cannot_be_created_is_named(tmp_path: Path, capsys) -> None:
+    (tmp_path / "afile").write_text("x")  # output below a file: unwritable, even for root
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(f"name: s\nrun: echo\noutput: {tmp_path / 'afile' / 'out'}\n")
+    assert main(["sweep", "run", str(spec_file)]) == 1
+    err = capsys.readouterr().err
+    assert "results store" in err and "cannot be opened" in err and "Traceback" not in err
+
+
 def test_report_paths_are_checked_first(tmp_path: Path, capsys) -> None:
     _, spec_file = _store(tmp_path)
     (tmp_path / "afile").write_text("x")
