@@ -39,9 +39,11 @@ def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_pat
     assert prepare_run_dir(run, resume=True, overwrite=False) == run
     assert prepare_run_dir(run, resume=False, overwrite=True) == run
     (run / "notes.txt").write_text("mine")
+    (run / "config.json").write_text("{}")  # e.g. the sweep runner's, written before the run
     removed = {p.name for p in clear_run(run)}
     assert "latest.json" in removed and "metrics.csv" in removed
-    assert [p.name for p in run.iterdir()] == ["notes.txt"]  # other files are left alone
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "notes.txt"]
+    assert [p.name for p in clear_run(run, also=("config.json",))] == ["config.json"]
     with pytest.raises(ValueError, match="--resume: --out .* no latest checkpoint"):
         prepare_run_dir(run, resume=True, overwrite=False, flag="--out")
 

@@ -21,9 +21,9 @@ from types import TracebackType
 from typing import Any
 
 LOCK_NAME = ".dualsparse.lock"
-#: files that mark a folder as holding a run (besides checkpoint tensor files)
-RUN_FILES = ("latest.json", "best.json", "model.json", "results.json", "metrics.csv",
-             "metrics.json", "config.json")
+#: files that mark a folder as holding a run (besides checkpoint tensor files); a sweep
+#: runner's ``config.json``/``metrics.json`` beside them are not the run's and stay
+RUN_FILES = ("latest.json", "best.json", "model.json", "results.json", "metrics.csv")
 #: tensor-file prefixes of the checkpoints a run writes
 RUN_TAGS = ("latest", "best", "model")
 STALE_EMPTY_S = 30.0
@@ -95,10 +95,11 @@ def prepare_run_dir(directory: str | os.PathLike[str], *, resume: bool, overwrit
     return check_writable(d, flag)
 
 
-def clear_run(directory: str | os.PathLike[str]) -> list[Path]:
-    """Delete the run files of ``directory`` (``--overwrite``, with the lock held); returns
-    what was deleted. Other files are left alone."""
-    removed = run_files(directory)
+def clear_run(directory: str | os.PathLike[str], also: tuple[str, ...] = ()) -> list[Path]:
+    """Delete the run files of ``directory`` and the files named in ``also`` (``--overwrite``,
+    with the lock held); returns what was deleted. Other files are left alone."""
+    removed = run_files(directory) + [Path(directory) / n for n in also
+                                      if (Path(directory) / n).is_file()]
     for p in removed:
         p.unlink(missing_ok=True)
     return removed

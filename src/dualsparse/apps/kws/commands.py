@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return _run(args, hidden)
     with RunLock(args.out, "--out"):
         if getattr(args, "overwrite", False):
-            clear_run(args.out)
+            clear_run(args.out, also=("config.json", "metrics.json"))
         return _run(args, hidden)
 
 
