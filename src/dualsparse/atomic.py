@@ -36,7 +36,7 @@ def _fsync_dir(directory: Path) -> None:
 @contextmanager
 def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside ``path`` for a writer that needs a file name (e.g.
-    ``safetensors.torch.save_file``); when the block ends without error the file is fsynced
+    safetensors' ``save_file``); when the block ends without error the file is fsynced
     and renamed onto ``path``, otherwise deleted."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

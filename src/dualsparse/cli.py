@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     try:
         COMMANDS[argv[0]](argv[1:])
-    except Exception as exc:  # bad input or missing data: a clear message, not a traceback
-        if not isinstance(exc, (ValueError, DataError)):
+    except Exception as exc:  # bad input, missing data, OS errors: a clear line, no traceback
+        if not isinstance(exc, (ValueError, DataError, OSError)):
             raise
         print(f"dualsparse {argv[0]}: error: {exc}", file=sys.stderr)
         return 1

@@ -63,20 +63,21 @@ def test_frontend_errors():
 def test_verify_and_load_fake(tmp_path):
     rec = _fake_fsdd(tmp_path)
     cache = tmp_path / "cache"
-    recs = A.verify_fsdd(tmp_path, cache)
+    recs = A.verify_fsdd(tmp_path, cache, None, None)
     assert [r.index for r in recs] == [0, 1, 2] and recs[0].speaker == "theo"
     assert (cache / "fsdd_verified.json").is_file()
-    d = A.load_fsdd(A.FrontEnd(), tmp_path, cache)
-    d2 = A.load_fsdd(A.FrontEnd(), tmp_path, cache)  # from the feature cache
+    fake = {"manifest_sha256": None, "expected_files": None}
+    d = A.load_fsdd(A.FrontEnd(), tmp_path, cache, **fake)
+    d2 = A.load_fsdd(A.FrontEnd(), tmp_path, cache, **fake)  # from the feature cache
     assert d.x.shape == (3, 64, 64) and np.array_equal(d.x, d2.x)
     with open(rec / "1_theo_1.wav", "r+b") as f:  # corrupt one byte
         f.seek(100)
         f.write(b"\x7f")
     with pytest.raises(ValueError, match="1_theo_1.wav"):
-        A.verify_fsdd(tmp_path, cache)
+        A.verify_fsdd(tmp_path, cache, None, None)
     (rec / "1_theo_1.wav").unlink()
     with pytest.raises(FileNotFoundError, match="missing"):
-        A.verify_fsdd(tmp_path, cache)
+        A.verify_fsdd(tmp_path, cache, None, None)
 
 
 def test_malformed_checksum_file_is_named(tmp_path):
@@ -84,7 +85,7 @@ def test_malformed_checksum_file_is_named(tmp_path):
     sums = tmp_path / "fsdd" / "SHA256SUMS"
     sums.write_text(sums.read_text() + "recordings/9_theo_9.wav\n")  # digest missing
     with pytest.raises(ValueError, match="SHA256SUMS line 4"):
-        A.verify_fsdd(tmp_path, tmp_path / "cache")
+        A.verify_fsdd(tmp_path, tmp_path / "cache", None, None)
 
 
 def test_missing_dataset_message(tmp_path, monkeypatch):
@@ -93,6 +94,22 @@ def test_missing_dataset_message(tmp_path, monkeypatch):
     monkeypatch.delenv("DUALSPARSE_DATA", raising=False)
     with pytest.raises(FileNotFoundError, match="DUALSPARSE_DATA"):
         A.data_root()
+
+
+def test_manifest_is_verified_before_it_is_trusted(tmp_path):
+    """A trimmed SHA256SUMS would silently shrink the data set: its own hash and its file
+    count are checked (by default against the real FSDD's)."""
+    _fake_fsdd(tmp_path, n=3)
+    sums = tmp_path / "fsdd" / "SHA256SUMS"
+    good = hashlib.sha256(sums.read_bytes()).hexdigest()
+    assert len(A.verify_fsdd(tmp_path, tmp_path / "c", good, 3)) == 3
+    sums.write_text("".join(sums.read_text().splitlines(keepends=True)[:2]))  # trimmed
+    with pytest.raises(ValueError, match="SHA256SUMS is not the FSDD manifest"):
+        A.verify_fsdd(tmp_path, tmp_path / "c", good, 3)
+    with pytest.raises(ValueError, match="lists 2 files, expected 3"):
+        A.verify_fsdd(tmp_path, tmp_path / "c", None, 3)
+    with pytest.raises(ValueError, match="not the FSDD manifest"):  # the defaults: real FSDD
+        A.verify_fsdd(tmp_path, tmp_path / "c")
 
 
 def test_wav_rate_check(tmp_path):

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -198,7 +199,7 @@ def test_checksum_mismatch_names_file_and_hashes(tmp_path: Path) -> None:
 
 
 def _token_caches(cache: Path) -> list[Path]:
-    return sorted((cache / "tiny").glob("tokens-*.pt"))
+    return sorted((cache / "tiny").glob("tokens-*.npz"))
 
 
 def test_token_cache_is_written_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -216,21 +217,52 @@ def test_token_cache_is_written_and_reused(tmp_path: Path, monkeypatch: pytest.M
     assert _leftovers(cache_file.parent) == []
 
 
-@pytest.mark.parametrize("garbage", [b"", b"not a torch file", None])
+def _rewrite_cache(path: Path, **changes: np.ndarray) -> None:
+    with np.load(path, allow_pickle=False) as z:
+        blob = {k: z[k] for k in z.files}
+    blob.update(changes)
+    with open(path, "wb") as f:
+        np.savez(f, **blob)
+
+
+@pytest.mark.parametrize("garbage", [b"", b"not an npz file", None])
 def test_corrupt_token_cache_is_rebuilt(tmp_path: Path, garbage: bytes | None) -> None:
     data = _write_tiny(tmp_path / "data")
     load_corpus(TINY, data, download=False)
     (cache_file,) = _token_caches(tmp_path / "cache")
     if garbage is None:  # loadable but inconsistent: ids beyond the vocabulary
-        blob = torch.load(cache_file, weights_only=True)
-        blob["train"] = blob["train"] + 100
-        torch.save(blob, cache_file)
+        with np.load(cache_file) as z:
+            _rewrite_cache(cache_file, train=z["train"] + 100)
     else:
         cache_file.write_bytes(garbage)
     corpus = load_corpus(TINY, data, download=False)
     assert corpus.vocab.words == TINY_WORDS
-    blob = torch.load(cache_file, weights_only=True)  # rewritten and valid again
-    assert torch.equal(blob["train"], corpus.train)
+    with np.load(cache_file, allow_pickle=False) as z:  # rewritten and valid again
+        assert np.array_equal(z["train"], corpus.train.numpy())
+
+
+def test_rewritten_token_ids_are_detected(tmp_path: Path, caplog: pytest.LogCaptureFixture
+                                          ) -> None:
+    """Ids rewritten within the vocabulary would change the perplexity silently: the
+    content hash catches them, the cache is rebuilt from the text with a warning."""
+    data = _write_tiny(tmp_path / "data")
+    first = load_corpus(TINY, data, download=False)
+    (cache_file,) = _token_caches(tmp_path / "cache")
+    with np.load(cache_file) as z:
+        ids = z["valid"].copy()
+    ids[0] = (ids[0] + 1) % len(TINY_WORDS)  # still a valid id
+    _rewrite_cache(cache_file, valid=ids)
+    with caplog.at_level("WARNING"):
+        again = load_corpus(TINY, data, download=False)
+    assert torch.equal(again.valid, first.valid)
+    assert "content hash" in caplog.text and str(cache_file) in caplog.text
+
+
+def test_token_cache_is_not_a_pickle(tmp_path: Path) -> None:
+    load_corpus(TINY, _write_tiny(tmp_path / "data"), download=False)
+    (cache_file,) = _token_caches(tmp_path / "cache")
+    with np.load(cache_file, allow_pickle=False) as z:  # raises if anything needs pickle
+        assert {"meta", "words", "train", "valid", "test"} <= set(z.files)
 
 
 # ----------------------------------------------------------------------------- downloads
@@ -299,6 +331,28 @@ def test_connection_refused_is_clear(tmp_path: Path) -> None:
     with pytest.raises(DownloadError, match="download of .* failed"):
         load_corpus(TINY, base_url=f"http://127.0.0.1:{port}", timeout_s=5)
     assert _leftovers(tmp_path / "cache" / "tiny") == []
+
+
+def test_missing_data_folder_is_named_not_downloaded(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(FileNotFoundError, match=r"data folder .*nowhere \(data_dir\) does "
+                                                 r"not exist.*tiny/\{train,valid,test\}"):
+        load_corpus(TINY, tmp_path / "nowhere")
+    monkeypatch.setenv("DUALSPARSE_DATA", str(tmp_path / "gone"))
+    with pytest.raises(FileNotFoundError, match=r"gone \(\$DUALSPARSE_DATA\)"):
+        load_corpus(TINY)
+
+
+def test_failed_download_names_the_folders_searched(tmp_path: Path) -> None:
+    data = _write_tiny(tmp_path / "data", splits=("train", "valid"))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(DownloadError) as info:
+        load_corpus(TINY, data, base_url=f"http://127.0.0.1:{port}", timeout_s=5)
+    message = str(info.value)
+    assert "test.txt is not in" in message and str(data / "tiny") in message
+    assert str(tmp_path / "cache" / "tiny") in message and "downloading it failed" in message
 
 
 def test_failed_download_keeps_existing_file(tmp_path: Path, server: tuple[str, Path]) -> None:

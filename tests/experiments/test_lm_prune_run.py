@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 
 from dualsparse.experiments import lm_prune_run
-from dualsparse.experiments.lm_prune_run import _take_lock, run_lm_prune, split_config
+from dualsparse.experiments.lm_prune_run import (
+    _take_lock,
+    check_config,
+    run_lm_prune,
+    split_config,
+)
 
 needs_ptb = pytest.mark.skipif(
     not (Path(os.environ.get("DUALSPARSE_DATA", "/nonexistent")) / "ptb").is_dir(),
@@ -28,6 +33,10 @@ def test_split_config_separates_dense_training_from_pruning() -> None:
     assert not any(k.startswith("prune") for k in dense) and dense["hidden_sizes"] == [16, 16]
     with pytest.raises(ValueError, match="fine_tune_budget"):
         split_config({**TINY, "fine_tune_budget": -1})
+    with pytest.raises(ValueError, match="--prune-method"):
+        check_config({**TINY, "prune_method": "random"})
+    with pytest.raises(ValueError, match="unknown LM run config keys"):
+        check_config({**TINY, "hidden_size": 3})
 
 
 def test_a_dead_workers_lock_is_taken_over_and_a_live_one_respected(tmp_path) -> None:

@@ -1,6 +1,7 @@
 """Local runner: run functions, failures, several worker processes, toy runs end to end."""
 
 import json
+import os
 
 import pytest
 
@@ -31,7 +32,20 @@ def test_resolve_run_function():
     assert resolve_run_function("dualsparse.experiments.toy:run_toy").__name__ == "run_toy"
     for bad in ("nonsense", "no.such.module:f", "dualsparse.experiments.toy:missing"):
         with pytest.raises(ValueError, match="run function"):
-            resolve_run_function(bad)
+            resolve_run_function(bad, allow_import=True)
+
+
+def test_unregistered_run_functions_need_allow_import(tmp_path):
+    """A spec's ``run: os:system`` would execute a shell command: refused by default, at
+    resolution and again when a worker executes a stored run."""
+    with pytest.raises(ValueError, match="not registered.*--allow-import"):
+        resolve_run_function("os:system")
+    assert resolve_run_function("os:getcwd", allow_import=True)() == os.getcwd()
+    spec = _setup(tmp_path, "os:getpid", {}, [{"i": [0]}])
+    counts = work(spec.store_path, spec.output, WorkerOptions(sweep="r", verbose=False))
+    assert counts == {"done": 0, "failed": 1, "lost": 0}
+    with ResultStore(spec.store_path) as store:
+        assert "--allow-import" in store.records("r", "failed")[0].error
 
 
 def test_worker_options_validation():

@@ -11,9 +11,12 @@ reads the final state).  Feature kinds, all mapped into ``[0, 1)`` so they fit Q
 * ``"logfft"``: ``log(1 + |X| / eps) / log(1 + 1 / eps)``;
 * ``"logmel"``: the same log compression of a triangular mel filter bank (``n_mels`` bands).
 
-Data location: ``$DUALSPARSE_DATA/fsdd/recordings/*.wav`` with ``fsdd/SHA256SUMS``.  Every file is
-checked against SHA256SUMS; a file's check is cached (keyed by size and mtime) under the cache
-directory (``$DUALSPARSE_CACHE`` or ``~/.cache/dualsparse``), as are the extracted features.
+Data location: ``$DUALSPARSE_DATA/fsdd/recordings/*.wav`` with ``fsdd/SHA256SUMS``.  The manifest
+itself is checked first (its sha256 is :data:`FSDD_MANIFEST_SHA256`, from the data README, and it
+must list :data:`FSDD_FILES` files), so a trimmed or edited list cannot shrink the data set
+silently; then every file is checked against it. A file's check is cached (keyed by size and
+mtime) under the cache directory (``$DUALSPARSE_CACHE`` or ``~/.cache/dualsparse``), as are
+the extracted features.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ FSDD_SOURCE = (
 FSDD_SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
 SAMPLE_RATE = 8000
 FEATURE_KINDS = ("fft", "logfft", "logmel")
+#: sha256 of ``fsdd/SHA256SUMS`` (given in the shared data README) and the files it lists
+FSDD_MANIFEST_SHA256 = "04e1baae96c6a26e39c623f2b01d0182ddae627ba0ac02a3cdc17ba2af99fd9b"
+FSDD_FILES = 3000
 _NAME_RE = re.compile(r"^(\d)_([a-z]+)_(\d+)\.wav$")
 _Q15_MAX = 1.0 - 2.0**-15
 
@@ -72,12 +78,16 @@ class Recording:
 
 
 def verify_fsdd(
-    data_dir: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None
+    data_dir: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
+    manifest_sha256: str | None = FSDD_MANIFEST_SHA256, expected_files: int | None = FSDD_FILES,
 ) -> list[Recording]:
-    """Check every file listed in ``fsdd/SHA256SUMS`` and return the recordings (sorted by name).
+    """Check ``fsdd/SHA256SUMS`` (its own sha256 ``manifest_sha256`` and its number of entries
+    ``expected_files``; None skips a check, e.g. for a test set) and every file it lists;
+    return the recordings (sorted by name).
 
     Raises ``FileNotFoundError`` for a missing folder or file and ``ValueError`` for a checksum
-    mismatch, naming the file.  Verified files are remembered (size + mtime) in the cache.
+    mismatch or a manifest that is not the expected one, naming the file.  Verified files are
+    remembered (size + mtime) in the cache.
     """
     root = data_root(data_dir) / "fsdd"
     sums_path = root / "SHA256SUMS"
@@ -87,6 +97,11 @@ def verify_fsdd(
             f"Get it from {FSDD_SOURCE} and set DUALSPARSE_DATA to the folder holding fsdd/."
         )
     sums_bytes = sums_path.read_bytes()
+    if manifest_sha256 is not None and hashlib.sha256(sums_bytes).hexdigest() != manifest_sha256:
+        raise ValueError(
+            f"{sums_path} is not the FSDD manifest (sha256 "
+            f"{hashlib.sha256(sums_bytes).hexdigest()}, expected {manifest_sha256}): it was "
+            "edited or trimmed; restore it from the data set")
     expected: dict[str, str] = {}
     for lineno, line in enumerate(sums_bytes.decode(errors="replace").splitlines(), 1):
         if line.strip():
@@ -95,6 +110,8 @@ def verify_fsdd(
                 raise ValueError(f"{sums_path} line {lineno} is not '<sha256> <file>': {line!r}")
             digest, name = parts
             expected[name.strip().lstrip("*")] = digest.lower()
+    if expected_files is not None and len(expected) != expected_files:
+        raise ValueError(f"{sums_path} lists {len(expected)} files, expected {expected_files}")
     stamp_path = cache_root(cache_dir) / "fsdd_verified.json"
     try:
         stamps = json.loads(stamp_path.read_text())
@@ -243,10 +260,13 @@ def load_fsdd(
     data_dir: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
+    manifest_sha256: str | None = FSDD_MANIFEST_SHA256,
+    expected_files: int | None = FSDD_FILES,
 ) -> FSDDFeatures:
-    """Verify FSDD, extract features for all 3,000 clips (cached) and return them."""
+    """Verify FSDD (see :func:`verify_fsdd` for the manifest checks), extract features for all
+    3,000 clips (cached) and return them."""
     fe = frontend or FrontEnd()
-    recs = verify_fsdd(data_dir, cache_dir)
+    recs = verify_fsdd(data_dir, cache_dir, manifest_sha256, expected_files)
     sums = (data_root(data_dir) / "fsdd" / "SHA256SUMS").read_bytes()
     key = hashlib.sha256(sums + fe.key().encode()).hexdigest()[:20]
     cpath = cache_root(cache_dir) / f"fsdd_features_{key}.npz"

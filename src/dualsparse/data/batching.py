@@ -150,7 +150,8 @@ class BPTTIterator:
         return {"kind": self.kind, "rows": self.source.size(0), "bptt": self.bptt}
 
     def state_dict(self) -> dict[str, Any]:
-        """Position and settings (plain Python values and tensors, ``torch.save``-able)."""
+        """Position and settings (plain Python values and tensors; checkpoints store them with
+        :func:`dualsparse.train.checkpoint.split_state`)."""
         return {**self._config(), "index": self.index}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

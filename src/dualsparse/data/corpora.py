@@ -171,6 +171,10 @@ def locate_files(
     """
     spec = _resolve_spec(name)
     root = _data_root(data_dir)
+    if root is not None and not root.is_dir():
+        origin = "data_dir" if data_dir is not None else f"${ENV_DATA}"
+        raise FileNotFoundError(f"data folder {root} ({origin}) does not exist or is not a "
+                                f"folder; it should hold {spec.name}/{{train,valid,test}}.txt")
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     cache_folder = cache / spec.name
     paths: dict[str, Path] = {}
@@ -192,7 +196,12 @@ def locate_files(
         urls = source_urls(spec, base_url)
         for split in to_fetch:
             dest = cache_folder / f"{split}.txt"
-            paths[split] = download_file(urls[split], dest, spec.sha256[split], timeout_s)
+            try:
+                paths[split] = download_file(urls[split], dest, spec.sha256[split], timeout_s)
+            except DownloadError as exc:
+                where = _searched(spec, root, cache_folder)
+                raise DownloadError(f"corpus {spec.name!r}: {split}.txt is not in {where}, and "
+                                    f"downloading it failed: {exc}") from None
     return {split: paths[split] for split in SPLITS}
 
 
@@ -205,11 +214,15 @@ def _fix_hint(path: Path, cache_folder: Path) -> str:
     )
 
 
-def _missing_message(spec: CorpusSpec, splits: list[str], root: Path | None, cache: Path) -> str:
+def _searched(spec: CorpusSpec, root: Path | None, cache: Path) -> str:
     where = [str(cache)] if root is None else [str(root / spec.name), str(cache)]
+    return " or ".join(where)
+
+
+def _missing_message(spec: CorpusSpec, splits: list[str], root: Path | None, cache: Path) -> str:
     return (
         f"corpus {spec.name!r}: {', '.join(s + '.txt' for s in splits)} not found in "
-        f"{' or '.join(where)} and download=False. Set ${ENV_DATA} to a folder holding "
+        f"{_searched(spec, root, cache)} and download=False. Set ${ENV_DATA} to a folder holding "
         f"{spec.name}/{{train,valid,test}}.txt, or call with download=True."
     )
 

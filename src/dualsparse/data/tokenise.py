@@ -1,5 +1,6 @@
 """Tokenising word-level corpora (pytorch/examples ``word_language_model`` rules) and the cache
-of the resulting token-id tensors.
+of the resulting token-id tensors (a numpy ``.npz`` read without pickle, checked against the
+source files' hashes and its own content hash).
 
 Each line is ``line.split()`` followed by one ``<eos>``; ids follow first appearance over train,
 then valid, then test.
@@ -8,21 +9,24 @@ then valid, then test.
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from dualsparse.atomic import atomic_path
+from dualsparse.atomic import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
 EOS = "<eos>"
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
-TOKEN_CACHE_VERSION = 1
+TOKEN_CACHE_VERSION = 2
 
 
 class Vocabulary:
@@ -114,59 +118,77 @@ def tokenize_files(paths: Mapping[str, str | os.PathLike[str]]) -> Tokenised:
 
 
 def token_cache_path(cache_folder: Path, sha256: Mapping[str, str]) -> Path:
+    """The token cache file of the corpus files with hashes ``sha256`` (``.npz``)."""
     key = hashlib.sha256(
         "|".join([f"v{TOKEN_CACHE_VERSION}"] + [sha256[s].lower() for s in SPLITS]).encode()
     ).hexdigest()[:20]
-    return cache_folder / f"tokens-{key}.pt"
+    return cache_folder / f"tokens-{key}.npz"
+
+
+def _content_hash(words: bytes, ids: Mapping[str, np.ndarray]) -> str:
+    """sha256 of the word list (UTF-8, newline-separated) and the little-endian int64 ids."""
+    h = hashlib.sha256(words)
+    for split in SPLITS:
+        h.update(split.encode())
+        h.update(np.ascontiguousarray(ids[split], dtype="<i8").tobytes())
+    return h.hexdigest()
 
 
 def load_token_cache(path: Path, sha256: Mapping[str, str]) -> Tokenised | None:
-    """Load and validate a token cache; ``None`` if absent, unreadable or inconsistent."""
+    """Load and validate a token cache (numpy ``.npz``, no pickle); ``None`` if absent,
+    unreadable, or not matching its source hashes or its content hash (a warning says why)."""
     if not path.is_file():
         return None
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        with np.load(path, allow_pickle=False) as z:
+            blob = {k: z[k] for k in z.files}
         return _check_token_blob(blob, sha256)
     except Exception as exc:  # any failure means: rebuild
-        logger.warning("ignoring corrupt token cache %s (%s); rebuilding", path, exc)
+        logger.warning("ignoring token cache %s (%s); rebuilding", path, exc)
         return None
 
 
-def _check_token_blob(blob: object, sha256: Mapping[str, str]) -> Tokenised:
-    if not isinstance(blob, dict) or blob.get("version") != TOKEN_CACHE_VERSION:
+def _check_token_blob(blob: Mapping[str, np.ndarray], sha256: Mapping[str, str]) -> Tokenised:
+    meta = json.loads(str(blob["meta"]))
+    if not isinstance(meta, dict) or meta.get("version") != TOKEN_CACHE_VERSION:
         raise ValueError("unexpected layout or version")
-    if blob.get("sha256") != {s: sha256[s].lower() for s in SPLITS}:
+    if meta.get("sha256") != {s: sha256[s].lower() for s in SPLITS}:
         raise ValueError("hashes do not match the source files")
-    words = blob["words"]
-    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+    raw = blob["words"]
+    if raw.dtype != np.uint8 or raw.ndim != 1:
         raise ValueError("bad word list")
+    ids = {split: blob[split] for split in SPLITS}
+    for split, arr in ids.items():
+        if arr.dtype != np.int64 or arr.ndim != 1:
+            raise ValueError(f"bad id array for {split}")
+    if _content_hash(raw.tobytes(), ids) != meta.get("content_sha256"):
+        raise ValueError("its content does not match its content hash (modified or damaged)")
+    words = raw.tobytes().decode("utf-8").split("\n") if raw.size else []
     vocab = Vocabulary(words)
     if len(vocab) != len(words):
         raise ValueError("duplicate words")
     tensors = {}
-    for split in SPLITS:
-        ids = blob[split]
-        if not isinstance(ids, torch.Tensor) or ids.dtype != torch.long or ids.dim() != 1:
-            raise ValueError(f"bad tensor for {split}")
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= len(vocab)):
+    for split, arr in ids.items():
+        if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= len(vocab)):
             raise ValueError(f"ids out of range in {split}")
-        tensors[split] = ids
+        tensors[split] = torch.from_numpy(arr.copy())
     return vocab, tensors
 
 
 def save_token_cache(
     path: Path, sha256: Mapping[str, str], vocab: Vocabulary, tensors: Mapping[str, torch.Tensor]
 ) -> None:
-    """Write the token cache atomically; failures (e.g. read-only cache) only log a warning."""
-    blob = {
-        "version": TOKEN_CACHE_VERSION,
-        "sha256": {s: sha256[s].lower() for s in SPLITS},
-        "words": list(vocab.words),
-        **{s: tensors[s] for s in SPLITS},
-    }
+    """Write the token cache atomically as ``.npz`` with the source files' hashes and a
+    content hash; failures (e.g. read-only cache) only log a warning."""
+    words = "\n".join(vocab.words).encode("utf-8")
+    ids = {s: tensors[s].cpu().numpy().astype("<i8") for s in SPLITS}
+    meta = {"version": TOKEN_CACHE_VERSION, "sha256": {s: sha256[s].lower() for s in SPLITS},
+            "content_sha256": _content_hash(words, ids)}
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.array(json.dumps(meta)),
+             words=np.frombuffer(words, dtype=np.uint8), **ids)
     try:
-        with atomic_path(path, suffix=".part") as tmp:
-            torch.save(blob, tmp)
+        atomic_write_bytes(path, buf.getvalue())
     except OSError as exc:
         logger.warning("could not write token cache %s: %s", path, exc)
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from dualsparse.embedded.codegen import emit_c
 from dualsparse.embedded.host import parse_outputs
-from dualsparse.embedded.reference import DeployedEGRU
+from dualsparse.embedded.reference import DeployedEGRU, check_q15_input
 from dualsparse.validation import check_choice
 
 _M0_STARTUP = """\
@@ -121,13 +121,11 @@ def build_m0(model: DeployedEGRU, x_q: np.ndarray, work_dir: str | os.PathLike,
     the gcc optimisation flag (``-Os`` default, ``-O2`` is faster and slightly larger).
     """
     check_choice("opt", opt, ("-Os", "-O0", "-O1", "-O2", "-O3"))
+    x = check_q15_input(x_q, model.input_size)
     tools = m0_tools()
     if tools is None:
         raise FileNotFoundError("arm-none-eabi-gcc / qemu-system-arm not found "
                                 "(run scripts/install-embedded-tools.sh)")
-    x = np.asarray(x_q)
-    if x.ndim != 3 or x.shape[2] != model.input_size:
-        raise ValueError(f"x_q must be (B, T, {model.input_size}), got {x.shape}")
     d = Path(work_dir)
     emit_c(model, d, prefix)
     B, T, I = x.shape

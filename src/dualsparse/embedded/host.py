@@ -11,7 +11,7 @@ from string import Template
 import numpy as np
 
 from dualsparse.embedded.codegen import emit_c
-from dualsparse.embedded.reference import DeployedEGRU
+from dualsparse.embedded.reference import DeployedEGRU, check_q15_input
 
 _HOST_MAIN = Template("""\
 /* Host test driver: stdin = int32 B, int32 T, then B*T*${P}_INPUT int16 (little endian);
@@ -76,10 +76,9 @@ def parse_outputs(
 
 def run_host(exe: str | os.PathLike, model: DeployedEGRU, x_q: np.ndarray, timeout: float = 60
              ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
-    """Run a host driver on Q15 inputs ``(B, T, I)``."""
-    x = np.asarray(x_q)
-    if x.ndim != 3 or x.shape[2] != model.input_size:
-        raise ValueError(f"x_q must be (B, T, {model.input_size}), got {x.shape}")
+    """Run a host driver on Q15 inputs ``(B, T, I)`` (integers that fit int16, checked like
+    :meth:`DeployedEGRU.run`: nothing is wrapped or truncated on the way to the C)."""
+    x = check_q15_input(x_q, model.input_size)
     payload = np.array(x.shape[:2], "<i4").tobytes() + x.astype("<i2").tobytes()
     r = subprocess.run([str(exe)], input=payload, capture_output=True, timeout=timeout, check=True)
     return parse_outputs(r.stdout.decode(), model)

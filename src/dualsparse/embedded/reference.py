@@ -153,17 +153,8 @@ class DeployedEGRU:
 
     def run(self, x_q: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         """Q15 inputs ``(B, T, I)`` or ``(T, I)`` -> ``(logits (B, C) int64, [h_n per layer])``."""
-        x = np.asarray(x_q)
-        single = x.ndim == 2
-        if single:
-            x = x[None]
-        if x.ndim != 3 or x.shape[2] != self.input_size:
-            raise ValueError(f"x_q must be (B, T, {self.input_size}), got shape {np.shape(x_q)}")
-        if not np.issubdtype(x.dtype, np.integer):
-            raise ValueError(f"x_q must be integer Q15, got {x.dtype}")
-        if (x < INT16_MIN).any() or (x > INT16_MAX).any():
-            raise ValueError("x_q values must fit int16")
-        x = x.astype(np.int64)
+        single = np.ndim(x_q) == 2
+        x = check_q15_input(np.asarray(x_q)[None] if single else x_q, self.input_size)
         B, T, _ = x.shape
         hs = [np.zeros((B, L.hidden_size), np.int64) for L in self.layers]
         for t in range(T):
@@ -194,6 +185,23 @@ class DeployedEGRU:
         mats = [L.codes for L in self.layers] + [self.readout_codes]
         words = sum(m.shape[0] * -(-m.shape[1] // cpw) for m in mats)
         return 4 * words + 4 * self.num_biases()
+
+
+def check_q15_input(x_q: np.ndarray, input_size: int, name: str = "x_q") -> np.ndarray:
+    """The one entry check of every path into a deployed model (reference, host C, M0):
+    ``x_q`` must be an integer array ``(B, T, input_size)`` whose values fit int16 (floats
+    such as 0.9 and values such as 40000 are refused, not truncated or wrapped). Returns it
+    as int64."""
+    x = np.asarray(x_q)
+    if x.ndim != 3 or x.shape[2] != input_size:
+        raise ValueError(f"{name} must be (B, T, {input_size}), got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.integer):
+        raise ValueError(f"{name} must be integer Q15 (use to_q15 on float features), got "
+                         f"{x.dtype}")
+    if x.size and (int(x.min()) < INT16_MIN or int(x.max()) > INT16_MAX):
+        raise ValueError(f"{name} values must fit int16 [{INT16_MIN}, {INT16_MAX}], got "
+                         f"[{int(x.min())}, {int(x.max())}]")
+    return x.astype(np.int64)
 
 
 def random_deployed(

@@ -5,9 +5,14 @@ Used by ``dualsparse sweep ...`` / ``dualsparse report ...`` (through :func:`cmd
 ``python -m dualsparse.experiments {sweep,report} ...``::
 
     sweep run SPEC [--workers N] [--backend local|ray] [--address ADDR] [--max-runs N]
-                   [--retry-failed] [--dry-run]
+                   [--retry-failed] [--dry-run] [--allow-import] [--max-grid N]
     sweep status (SPEC | --store FILE) [--sweep NAME] [--runs]
     report (SPEC | --store FILE) [--sweep NAME] [--out DIR] [--title T] [--hardware TEXT]
+
+``sweep run`` checks every run config before it starts (and in ``--dry-run``) and exits
+with status 1, listing the failures, when a run of this invocation failed. A spec whose
+``run`` is not a registered name (``lm``, ``toy``, ``echo``) is refused unless
+``--allow-import``: that imports and calls the named function, i.e. executes arbitrary code.
 
 Interrupt ``sweep run`` at any time and run it again: finished runs are kept and never
 repeated; runs that were in flight start again (the LM run function resumes from its
@@ -23,9 +28,11 @@ from typing import Any
 
 from dualsparse.analysis.report import write_report
 from dualsparse.experiments.ray_backend import run_ray
-from dualsparse.experiments.runner import WorkerOptions, run_local
-from dualsparse.experiments.spec import SweepSpec, load_spec
+from dualsparse.experiments.runner import WorkerOptions, check_run_configs, run_local
+from dualsparse.experiments.spec import MAX_GRID_RUNS, SweepSpec, load_spec
 from dualsparse.experiments.store import ResultStore
+from dualsparse.train.run_dir import check_writable
+from dualsparse.validation import check_int
 
 
 def _add_worker_flags(p: argparse.ArgumentParser) -> None:
@@ -49,6 +56,11 @@ def _add_worker_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="list the runs and what the store knows of them; run nothing")
     p.add_argument("--quiet", action="store_true", help="no line per finished run")
+    p.add_argument("--allow-import", action="store_true",
+                   help="let the spec's 'run' name any 'package.module:function' (this "
+                        "imports and EXECUTES that code; default: registered names only)")
+    p.add_argument("--max-grid", type=int, default=MAX_GRID_RUNS,
+                   help="refuse a spec of more runs than this (default %(default)s)")
 
 
 def _add_source_flags(p: argparse.ArgumentParser) -> None:
@@ -108,7 +120,8 @@ def _source(args: argparse.Namespace) -> tuple[Path, str | None, SweepSpec | Non
 def sweep_run(args: argparse.Namespace) -> dict[str, Any]:
     """Register the spec's runs in its store and execute the claimable ones."""
     spec = _spec_with_output(args.spec, args.output)
-    runs = spec.expand()
+    runs = spec.expand(limit=check_int("--max-grid", args.max_grid, low=1))
+    check_run_configs(spec.run, [r.config for r in runs], args.allow_import)
     if args.dry_run:
         known = {}
         if spec.store_path.is_file():
@@ -127,7 +140,7 @@ def sweep_run(args: argparse.Namespace) -> dict[str, Any]:
     opts = WorkerOptions(sweep=spec.name, max_runs=args.max_runs, stale_after=args.stale_after,
                          heartbeat_s=args.heartbeat, retry_failed=args.retry_failed,
                          max_attempts=args.max_attempts, threads=args.threads,
-                         verbose=not args.quiet)
+                         verbose=not args.quiet, allow_import=args.allow_import)
     if args.backend == "ray":
         result = run_ray(spec.store_path, spec.output, args.address, opts, args.num_cpus)
     else:
@@ -136,9 +149,26 @@ def sweep_run(args: argparse.Namespace) -> dict[str, Any]:
         result = run_local(spec.store_path, spec.output, args.workers, opts)
     with ResultStore(spec.store_path) as store:
         after = store.counts(spec.name)
+        failed = store.records(spec.name, "failed")
     print("this invocation: " + ", ".join(f"{k} {v}" for k, v in result.items())
           + "\nsweep now: " + ", ".join(f"{k} {v}" for k, v in after.items()), flush=True)
+    bad = result.get("failed", 0) + result.get("crashed", 0)
+    if bad:
+        lines = [f"{r.run_id}: {_last_line(r.error)}" for r in failed[:5]]
+        more = f" (and {len(failed) - 5} more)" if len(failed) > 5 else ""
+        raise RunsFailedError(
+            f"{bad} of {sum(result.values())} runs of this invocation failed or crashed; "
+            + "; ".join(lines) + more + f" (details: dualsparse sweep status {args.spec})")
     return {"new": new, "result": result, "counts": after}
+
+
+class RunsFailedError(ValueError):
+    """``sweep run`` finished, but runs of this invocation failed (exit status 1)."""
+
+
+def _last_line(text: str | None) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[-1] if lines else "no error text"
 
 
 def sweep_status(args: argparse.Namespace) -> dict[str, Any]:
@@ -158,8 +188,7 @@ def sweep_status(args: argparse.Namespace) -> dict[str, Any]:
             elif r.status == "running":
                 extra = f"on {r.host} pid {r.pid}"
             elif r.status == "failed":
-                lines = (r.error or "").strip().splitlines()
-                extra = lines[-1] if lines else ""
+                extra = _last_line(r.error)
             print(f"  {r.run_id} {r.status:8s} attempts {r.attempts} {extra}")
     return counts
 
@@ -174,6 +203,15 @@ def cmd_report(argv: list[str]) -> Path:
     """``dualsparse report ARGS``: write the report; returns the path of ``report.md``."""
     args = report_parser().parse_args(argv)
     path, sweep, spec = _source(args)
+    out = Path(args.out) if args.out else path.parent / "report"
+    check_writable(out, "--out")
+    notes = ""
+    if args.notes:
+        try:
+            notes = Path(args.notes).read_text()
+        except OSError as exc:
+            raise ValueError(f"--notes {args.notes}: cannot read it ({exc.strerror or exc})"
+                             ) from None
     with ResultStore(path) as store:
         done = store.records(sweep, "done")
         failed = store.records(sweep, "failed")
@@ -183,8 +221,6 @@ def cmd_report(argv: list[str]) -> Path:
             description = stored.get("description", "")
         else:
             description = spec.description if spec else ""
-    out = Path(args.out) if args.out else path.parent / "report"
-    notes = Path(args.notes).read_text() if args.notes else ""
     title = args.title or f"Sweep report: {sweep or path.name}"
     report = write_report(done, out, title=title, description=description, counts=counts,
                           failed=failed, hardware=args.hardware, notes=notes)
@@ -203,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
     try:
         COMMANDS[argv[0]](argv[1:])
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:  # bad input or an OS error: one line, no traceback
         print(f"{argv[0]}: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -37,6 +37,7 @@ from dualsparse.apps.lm.runs import run_config
 from dualsparse.apps.lm.task import LMTask
 from dualsparse.atomic import atomic_write_json
 from dualsparse.experiments.lm_run import build_config
+from dualsparse.experiments.lm_run import check_config as check_dense_config
 from dualsparse.experiments.metrics import summarize
 from dualsparse.experiments.spec import run_id
 from dualsparse.train.checkpoint import read_checkpoint_meta
@@ -57,6 +58,18 @@ def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
     prune = {k: given.pop(k) for k in list(given) if k in PRUNE_KEYS}
     dense = {**({"preset": preset} if preset is not None else {}), **given}
     return dense, prune, budget
+
+
+def check_config(config: dict[str, Any]) -> tuple[dict[str, Any], PruneConfig, int]:
+    """The checks made before any run (``sweep run`` calls it when it loads the spec): the
+    dense part is a valid training config, the pruning keys a valid :class:`PruneConfig`."""
+    dense, prune, budget = split_config(config)
+    check_dense_config(dense)
+    return dense, _prune_config(prune), budget
+
+
+def _prune_config(prune: dict[str, Any]) -> PruneConfig:
+    return PruneConfig(**{**prune, "prune_schedule": prune.get("prune_schedule", "iterative")})
 
 
 def _pid_alive(pid: int) -> bool:
@@ -125,7 +138,7 @@ def run_lm_prune(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     dense_dir = ensure_dense(dense, run_dir.parent.parent)
     dense_result = json.loads((dense_dir / "results.json").read_text())
     model, fine_tune, evaluate = prune_hooks(dense_dir, "best")
-    cfg = PruneConfig(**{**prune, "prune_schedule": prune.get("prune_schedule", "iterative")})
+    cfg = _prune_config(prune)
     pruning = None
     val_ppl = dense_result["train"].get("best_valid_ppl")
     if cfg.prune_method not in (None, "none") and cfg.prune_target:
@@ -147,4 +160,5 @@ def run_lm_prune(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
                      test_tokens=test_res["tokens"], pruning=pruning, flags=lm.flat())
 
 
-__all__ = ["OWN_KEYS", "PRUNE_KEYS", "ensure_dense", "run_lm_prune", "split_config"]
+__all__ = ["OWN_KEYS", "PRUNE_KEYS", "check_config", "ensure_dense", "run_lm_prune",
+           "split_config"]

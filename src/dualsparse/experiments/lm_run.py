@@ -48,7 +48,10 @@ def build_config(config: dict[str, Any], run_dir: Path) -> LMConfig:
     if values.get("prune_method") in (None, "none") or not values.get("prune_target"):
         values["prune_method"], values["prune_target"] = None, None
     run_dir = Path(run_dir)
-    values.update(_FIXED, save=str(run_dir), resume=(run_dir / "latest.json").is_file())
+    resume = (run_dir / "latest.json").is_file()
+    # the run folder belongs to this run id: a start without a checkpoint replaces what an
+    # earlier attempt left before its first checkpoint
+    values.update(_FIXED, save=str(run_dir), resume=resume, overwrite=not resume)
     cfg = LMConfig.from_dict(values)
     p, max_steps = cfg.prune, cfg.run.max_steps
     if p.prune_method is not None:
@@ -74,6 +77,12 @@ def build_config(config: dict[str, Any], run_dir: Path) -> LMConfig:
             raise ValueError(f"pruning span is empty: prune_start {p.prune_start}, "
                              f"prune_end {p.prune_end}")
     return cfg
+
+
+def check_config(config: dict[str, Any]) -> LMConfig:
+    """The checks :func:`build_config` makes, without a run folder (``sweep run`` calls it
+    on every run config when it loads the spec): unknown keys, bad values, pruning spans."""
+    return build_config(config, Path("<sweep-spec-check>"))
 
 
 def run_lm(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
@@ -105,4 +114,4 @@ def run_lm(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
                      test_weights=test.get("weights"), pruning=pruning, flags=cfg.flat())
 
 
-__all__ = ["OWN_KEYS", "build_config", "run_lm"]
+__all__ = ["OWN_KEYS", "build_config", "check_config", "run_lm"]

@@ -23,10 +23,11 @@ from dualsparse.experiments.store import ResultStore, RunRecord, worker_id
 from dualsparse.validation import check_int, check_real
 
 
-def _task(record: RunRecord, output: str, threads: int | None) -> dict[str, Any]:
+def _task(record: RunRecord, output: str, threads: int | None, allow_import: bool = False
+          ) -> dict[str, Any]:
     if threads is not None:
         set_threads(threads)
-    return execute(record, output)
+    return execute(record, output, allow_import)
 
 
 def run_ray(store_path: str | Path, output: str | Path, address: str | None = None,
@@ -74,7 +75,8 @@ def run_ray(store_path: str | Path, output: str | Path, address: str | None = No
                                          opts.retry_failed, opts.max_attempts, pid=os.getpid())
                     if record is None:
                         break
-                    in_flight[remote.remote(record, str(output), opts.threads)] = record
+                    in_flight[remote.remote(record, str(output), opts.threads,
+                                               opts.allow_import)] = record
                     submitted += 1
                 if not in_flight:
                     break

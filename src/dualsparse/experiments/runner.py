@@ -9,8 +9,11 @@ if present, is stored as the run's checkpoint path)::
 
 Registered names: ``lm`` (:func:`dualsparse.experiments.lm_run.run_lm`), ``lm_prune``
 (:func:`dualsparse.experiments.lm_prune_run.run_lm_prune`), ``toy``
-(:mod:`dualsparse.experiments.toy`) and ``echo`` (:mod:`dualsparse.experiments.echo`); any
-other ``"package.module:function"`` is imported.
+(:mod:`dualsparse.experiments.toy`) and ``echo`` (:mod:`dualsparse.experiments.echo`). Any
+other ``"package.module:function"`` is imported and called only with ``allow_import=True``
+(``sweep run --allow-import``): a spec naming one executes arbitrary code. The configs of
+registered run functions are checked when the spec is loaded (:func:`check_run_configs`), so a
+misspelled key or a negative step count fails before any run starts.
 
 **Local backend** (the default): :func:`work` is one worker, a loop claim -> run -> finish/fail
 with a heartbeat thread; :func:`run_local` starts ``workers`` such processes (``spawn``) on
@@ -46,16 +49,31 @@ RUN_FUNCTIONS: dict[str, str] = {
     "toy": "dualsparse.experiments.toy:run_toy",
     "echo": "dualsparse.experiments.echo:run_echo",
 }
+#: config checks of the registered run functions (no work, no files): ``check(config)``
+CONFIG_CHECKS: dict[str, str] = {
+    "lm": "dualsparse.experiments.lm_run:check_config",
+    "lm_prune": "dualsparse.experiments.lm_prune_run:check_config",
+    "toy": "dualsparse.experiments.toy:check_config",
+}
 ERROR_CHARS = 8000
 
 
-def resolve_run_function(name: str) -> RunFunction:
-    """The run function registered as ``name`` or importable as ``"package.module:function"``."""
+def _import(target: str) -> Callable[..., Any]:
+    module_name, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def resolve_run_function(name: str, allow_import: bool = False) -> RunFunction:
+    """The run function registered as ``name`` (or its ``module:function`` target); any other
+    ``"package.module:function"`` only with ``allow_import`` (it executes that code)."""
     target = RUN_FUNCTIONS.get(name, name)
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"unknown run function {name!r}: use one of {sorted(RUN_FUNCTIONS)} "
-                         "or 'package.module:function'")
+                         "or 'package.module:function' with --allow-import")
+    if target not in RUN_FUNCTIONS.values() and not allow_import:
+        raise ValueError(f"run function {name!r} is not registered ({sorted(RUN_FUNCTIONS)}); "
+                         "importing and calling other code needs --allow-import")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -66,17 +84,35 @@ def resolve_run_function(name: str) -> RunFunction:
     return fn
 
 
+def check_run_configs(run_fn: str, configs: list[dict[str, Any]],
+                      allow_import: bool = False) -> None:
+    """Before any run: the run function must resolve (see :func:`resolve_run_function`) and,
+    for a registered one, every config must pass its check; ``ValueError`` naming the first
+    bad config otherwise."""
+    resolve_run_function(run_fn, allow_import)
+    if run_fn not in CONFIG_CHECKS:
+        return
+    check = _import(CONFIG_CHECKS[run_fn])
+    for i, config in enumerate(configs):
+        try:
+            check(dict(config))
+        except ValueError as exc:
+            raise ValueError(f"run {i} of the sweep ({config}): {exc}") from None
+
+
 def run_dir_for(output: str | Path, run_id: str) -> Path:
     """Folder of one run: ``<output>/runs/<run_id>``."""
     return Path(output) / "runs" / run_id
 
 
-def execute(record: RunRecord, output: str | Path) -> dict[str, Any]:
+def execute(record: RunRecord, output: str | Path, allow_import: bool = False
+            ) -> dict[str, Any]:
     """Run one claimed record's function in this process; returns its metrics.
 
-    Writes ``config.json`` before and ``metrics.json`` after the run into its folder.
+    Writes ``config.json`` before and ``metrics.json`` after the run into its folder; an
+    unregistered run function is refused unless ``allow_import``.
     """
-    fn = resolve_run_function(record.run_fn)
+    fn = resolve_run_function(record.run_fn, allow_import)
     run_dir = run_dir_for(output, record.run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", {"run_id": record.run_id, "run": record.run_fn,
@@ -125,6 +161,7 @@ class WorkerOptions:
         retry_failed, max_attempts: also take failed runs with fewer attempts.
         threads: ``torch.set_num_threads`` in the worker (None: leave as is).
         verbose: print one line per run.
+        allow_import: run functions that are not registered may be imported and called.
     """
 
     sweep: str | None = None
@@ -135,6 +172,7 @@ class WorkerOptions:
     max_attempts: int = 3
     threads: int | None = 1
     verbose: bool = True
+    allow_import: bool = False
 
     def __post_init__(self) -> None:
         check_real("heartbeat_s", self.heartbeat_s, low=0.0, low_open=True)
@@ -189,7 +227,7 @@ def work(store_path: str | Path, output: str | Path, options: WorkerOptions | No
                 beat = _Heartbeat(store_path, record.lease, opts.heartbeat_s)
                 beat.start()
                 t0 = time.perf_counter()
-                metrics = execute(record, output)
+                metrics = execute(record, output, opts.allow_import)
             except (KeyboardInterrupt, SystemExit):
                 # give the run back; an interrupt inside claim() itself leaves a run whose
                 # pid is gone, which is claimable at once as well
@@ -264,5 +302,6 @@ def run_local(store_path: str | Path, output: str | Path, workers: int = 1,
     return total
 
 
-__all__ = ["RUN_FUNCTIONS", "RunFunction", "WorkerOptions", "execute", "format_error",
+__all__ = ["CONFIG_CHECKS", "RUN_FUNCTIONS", "RunFunction", "WorkerOptions",
+           "check_run_configs", "execute", "format_error",
            "resolve_run_function", "run_dir_for", "run_local", "set_threads", "work"]

@@ -34,6 +34,8 @@ import yaml
 from dualsparse.validation import check_int
 
 ID_LENGTH = 16
+#: most runs a spec may expand to (``sweep run --max-grid`` changes it)
+MAX_GRID_RUNS = 100_000
 _SPEC_KEYS = {"name", "run", "output", "base", "grid", "seeds", "seed_key", "description"}
 
 
@@ -137,8 +139,18 @@ class SweepSpec:
         """The SQLite results store of this sweep: ``<output>/results.sqlite``."""
         return self.output / "results.sqlite"
 
-    def expand(self) -> list[RunSpec]:
-        """All runs, in grid order then seed order, duplicates (same id) removed."""
+    def size(self) -> int:
+        """Runs the spec describes (grid points times seeds, before duplicates are removed),
+        computed without expanding the grid."""
+        points = sum(math.prod(len(v) for v in g.values()) for g in self.grid or [{}])
+        return points * max(1, len(self.seeds))
+
+    def expand(self, limit: int | None = MAX_GRID_RUNS) -> list[RunSpec]:
+        """All runs, in grid order then seed order, duplicates (same id) removed; a spec of
+        more than ``limit`` runs is refused before anything is built."""
+        if limit is not None and self.size() > limit:
+            raise ValueError(f"sweep {self.name!r} describes {self.size():,} runs, more than "
+                             f"--max-grid {limit:,}; shrink the grid or raise --max-grid")
         points: list[dict[str, Any]] = []
         for g in self.grid or [{}]:
             keys = list(g)
@@ -200,4 +212,4 @@ def load_spec(path: str | Path) -> SweepSpec:
     return SweepSpec.from_dict(data)
 
 
-__all__ = ["RunSpec", "SweepSpec", "canonical_json", "load_spec", "run_id"]
+__all__ = ["MAX_GRID_RUNS", "RunSpec", "SweepSpec", "canonical_json", "load_spec", "run_id"]

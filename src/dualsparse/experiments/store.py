@@ -37,6 +37,7 @@ from dualsparse.validation import check_choice, check_int, check_real
 
 SCHEMA_VERSION = 1
 STATUSES = ("pending", "running", "done", "failed")
+TABLES = ("meta", "runs", "sweeps", "sweep_runs")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -122,18 +123,44 @@ class ResultStore:
 
     def __init__(self, path: str | Path, timeout: float = 60.0) -> None:
         self.path = Path(path)
+        self.timeout = timeout
         if self.path.exists() and not self.path.is_file():
             raise ValueError(f"results store {str(self.path)!r} is not a file")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
+        existing = self.path.is_file() and self.path.stat().st_size > 0
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise ValueError(f"results store {str(self.path)!r} cannot be opened: {exc}"
+                             ) from None
         self._conn.row_factory = sqlite3.Row
         try:
             self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+            if existing:
+                self._check_tables()
+            self._create()
         except sqlite3.DatabaseError as exc:
             self._conn.close()
-            raise ValueError(f"{str(self.path)!r} is not a SQLite results store: {exc}") from None
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+            raise ValueError(f"{str(self.path)!r} is not a SQLite results store: {exc}"
+                             ) from None
+        except ValueError:
+            self._conn.close()
+            raise
+
+    def _check_tables(self) -> None:
+        """An existing store must hold every table: a dropped one is damage, not a new
+        sweep (recreating it empty would hide the loss)."""
+        have = {r[0] for r in self._conn.execute(
+            "SELECT name FROM sqlite_master WHERE type='table'")}
+        missing = [t for t in TABLES if t not in have]
+        if missing:
+            raise ValueError(f"results store {str(self.path)!r} is missing table(s) {missing}: "
+                             "it is damaged or not a results store; restore it from a backup "
+                             "or choose a new output folder")
+
+    def _create(self) -> None:
         with self.transaction() as cur:
             for statement in _SCHEMA.strip().split(";"):
                 if statement.strip():
@@ -158,7 +185,14 @@ class ResultStore:
     def transaction(self) -> Iterator[sqlite3.Cursor]:
         """A ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on error."""
         cur = self._conn.cursor()
-        cur.execute("BEGIN IMMEDIATE")
+        try:
+            cur.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise ValueError(f"results store {str(self.path)!r} is locked by another "
+                                 f"process (waited {self.timeout:g} s); try again later"
+                                 ) from None
+            raise ValueError(f"results store {str(self.path)!r}: {exc}") from None
         try:
             yield cur
         except BaseException:
@@ -303,7 +337,7 @@ class ResultStore:
         row = cur.execute("SELECT * FROM runs WHERE run_id=?", (run,)).fetchone()
         if row is None:
             raise ValueError(f"unknown run id {run!r}")
-        return _record(row)
+        return _record(row, self.path)
 
     def get(self, run: str) -> RunRecord:
         """The record of run ``run`` (``ValueError`` if unknown)."""
@@ -324,7 +358,7 @@ class ResultStore:
             sql += "WHERE r.status = ? "
             params.append(status)
         sql += "ORDER BY " + ("s.position" if sweep is not None else "r.created")
-        return [_record(r) for r in self._conn.execute(sql, params).fetchall()]
+        return [_record(r, self.path) for r in self._conn.execute(sql, params).fetchall()]
 
     def counts(self, sweep: str | None = None) -> dict[str, int]:
         """Number of runs per status (every status present, 0 when none)."""
@@ -343,10 +377,22 @@ class ResultStore:
         return json.loads(row[0])
 
 
-def _record(row: sqlite3.Row) -> RunRecord:
+def _record(row: sqlite3.Row, path: Path) -> RunRecord:
+    """A row as a record; ``ValueError`` naming the run, column and store for a damaged
+    row (JSON that does not parse or is not an object)."""
     d = dict(row)
-    d["config"] = json.loads(d["config"])
-    d["metrics"] = json.loads(d["metrics"]) if d["metrics"] is not None else None
+    for key in ("config", "metrics"):
+        if d[key] is None and key == "metrics":
+            continue
+        try:
+            value = json.loads(d[key])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"results store {str(path)!r}: run {d['run_id']} has a damaged "
+                             f"{key!r} column ({exc}); delete or repair that row") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"results store {str(path)!r}: run {d['run_id']} {key!r} is not "
+                             "a JSON object; delete or repair that row")
+        d[key] = value
     return RunRecord(**d)
 
 

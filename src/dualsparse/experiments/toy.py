@@ -168,7 +168,9 @@ class ToyTask:
         self.pos, self.epoch = int(state["pos"]), int(state["epoch"])
 
 
-def _config(config: dict[str, Any]) -> dict[str, Any]:
+def check_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The toy run's settings: ``config`` over :data:`TOY_DEFAULTS`; ``ValueError`` for unknown
+    keys or bad values (``sweep run`` calls it on every run config when it loads the spec)."""
     unknown = set(config) - set(TOY_DEFAULTS)
     if unknown:
         raise ValueError(f"unknown toy config keys {sorted(unknown)}; known: "
@@ -198,7 +200,7 @@ def make_pruner(model: ToyLM, target: float, rounds: int, steps: int) -> Pruner:
 
 def run_toy(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Train (or resume) and measure the toy model ``config`` describes (module docstring)."""
-    c = _config(config)
+    c = check_config(config)
     nhid = [c["nhid"]] if isinstance(c["nhid"], int) else list(c["nhid"])
     target, steps = float(c["prune_target"]), int(c["steps"])
     set_seed(int(c["seed"]), deterministic=False)
@@ -233,5 +235,5 @@ def run_toy(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
                      train_loss=summary["last_train_loss"])
 
 
-__all__ = ["TOY_DEFAULTS", "ToyLM", "ToyTask", "make_pruner", "markov_stream", "run_toy",
-           "stream_nll"]
+__all__ = ["TOY_DEFAULTS", "ToyLM", "ToyTask", "check_config", "make_pruner", "markov_stream",
+           "run_toy", "stream_nll"]

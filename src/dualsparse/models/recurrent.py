@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dualsparse.models.finite import check_parameters_finite
 from dualsparse.models.regularizers import check_probability, dropconnect, zoneout
 from dualsparse.models.states import LayerSequences
 from dualsparse.validation import check_choice, check_int
@@ -79,7 +80,8 @@ class RecurrentBase(nn.Module):
         self.dropout = check_probability("dropout", dropout)
         self.dropconnect = check_probability("dropconnect", dropconnect)
         self.zoneout = check_probability("zoneout", zoneout)
-        #: Check inputs for NaN/inf on every forward (costs one reduction; a sync on GPU).
+        #: Check inputs, states and weights for NaN/inf on every forward (a few reductions;
+        #: a sync on GPU).
         self.check_finite = True
         factory = {"device": device, "dtype": dtype}
         g = len(self.gate_names)
@@ -298,6 +300,8 @@ class RecurrentBase(nn.Module):
             ``batch_first``).
         """
         self._check_input(input)
+        if self.check_finite:  # once per forward, skipped while compiling or tracing
+            check_parameters_finite(self, type(self).__name__)
         unbatched = input.dim() == 2
         x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first
                                                   else input)

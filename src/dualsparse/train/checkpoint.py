@@ -8,9 +8,11 @@ A checkpoint named ``tag`` (``"latest"``, ``"best"``) in ``directory`` is two fi
   part (config, step, metrics, iterator position, code version, git commit).
 
 Write order: (1) the tensor file under a fresh name (temp file, fsync, ``os.replace``);
-(2) the JSON pointer (temp file, fsync, ``os.replace``); (3) delete tensor files no pointer
-names. A kill at any moment therefore leaves ``{tag}.json`` pointing at a complete tensor file:
-before step 2 completes it still names the previous one, which is deleted only after.
+(2) the JSON pointer (temp file, fsync, ``os.replace``); (3) delete the older tensor files of
+``tag`` that *this process* wrote (or adopted with :func:`adopt_checkpoint_files` when it
+resumed the run); files of another process are never deleted. A kill at any moment therefore
+leaves ``{tag}.json`` pointing at a complete tensor file: before step 2 completes it still
+names the previous one, which is deleted only after.
 
 A model alone (e.g. a pruned model with its masks and the pruner's state) is the same format
 under tag ``"model"``: :func:`save_model` / :func:`load_model`.
@@ -42,6 +44,8 @@ from dualsparse.sparsity.pruner import Pruner
 from dualsparse.version import __version__
 
 FORMAT = "dualsparse-checkpoint"
+#: tensor files this process wrote or adopted (resolved paths): the only ones it deletes
+_OWNED: set[Path] = set()
 FORMAT_VERSION = 1
 _TENSOR = "__tensor__"
 _TUPLE = "__tuple__"
@@ -232,13 +236,29 @@ def save_checkpoint(directory: str | os.PathLike[str], tag: str,
         "dualsparse_version": __version__, **meta,
     }
     json_path = directory / f"{tag}.json"
+    new = (directory / name).resolve()
+    _OWNED.add(new)
     atomic_write_json(json_path, pointer)
     for old in directory.glob(f"{tag}-*.safetensors"):
-        if old.name != name:
+        path = old.resolve()
+        if path != new and path in _OWNED:
             old.unlink(missing_ok=True)
-    for tmp in directory.glob(f".{tag}-*.tmp"):
-        tmp.unlink(missing_ok=True)
+            _OWNED.discard(path)
     return json_path
+
+
+def adopt_checkpoint_files(directory: str | os.PathLike[str],
+                           tags: tuple[str, ...] = ("latest", "best")) -> None:
+    """Treat the tensor files the pointers ``tags`` in ``directory`` name as this process's
+    (a resumed run replaces them); files no pointer names stay untouched."""
+    for tag in tags:
+        try:
+            meta = read_checkpoint_meta(directory, tag)
+        except CheckpointError:
+            continue
+        name = meta.get("tensors_file")
+        if isinstance(name, str) and Path(name).name == name:
+            _OWNED.add((Path(directory) / name).resolve())
 
 
 def read_checkpoint_meta(directory: str | os.PathLike[str], tag: str = "latest"
@@ -251,11 +271,18 @@ def read_checkpoint_meta(directory: str | os.PathLike[str], tag: str = "latest"
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
-    if meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a dualsparse checkpoint")
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path} has format version {meta.get('format_version')}, "
                               f"this code reads {FORMAT_VERSION}")
+    step = meta.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{path}: 'step' must be an int >= 0, got {step!r}")
+    for key in ("model_config", "run_config", "aliases", "pruner", "extra"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise CheckpointError(f"{path}: {key!r} must be a JSON object, got "
+                                  f"{type(meta[key]).__name__}")
     return meta
 
 
@@ -263,10 +290,17 @@ def load_checkpoint(directory: str | os.PathLike[str], tag: str = "latest",
                     verify: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """``(tensors, meta)`` of checkpoint ``tag``; verifies the tensor file's sha256."""
     meta = read_checkpoint_meta(directory, tag)
-    path = Path(directory) / meta["tensors_file"]
+    name, digest = meta.get("tensors_file"), meta.get("sha256")
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        raise CheckpointError(f"checkpoint {tag!r} in {directory}: tensors_file must be a file "
+                              f"name inside the run folder, got {name!r}")
+    if not isinstance(digest, str):
+        raise CheckpointError(f"checkpoint {tag!r} in {directory}: sha256 missing or not a "
+                              "string")
+    path = Path(directory) / name
     if not path.is_file():
         raise CheckpointError(f"checkpoint {tag!r}: tensor file {path.name} is missing")
-    if verify and sha256_file(path) != meta["sha256"]:
+    if verify and sha256_file(path) != digest:
         raise CheckpointError(f"checkpoint {tag!r}: {path.name} does not match its sha256 "
                               "(corrupt or replaced)")
     return load_file(str(path)), meta
@@ -336,7 +370,8 @@ def load_model(directory: str | os.PathLike[str], model: nn.Module, tag: str = "
 
 
 __all__ = [
-    "MODEL_PREFIX", "CheckpointError", "atomic_write_bytes", "atomic_write_json", "git_commit",
+    "MODEL_PREFIX", "CheckpointError", "adopt_checkpoint_files", "atomic_write_bytes",
+    "atomic_write_json", "git_commit",
     "join_state", "load_checkpoint", "load_model", "load_model_part", "load_model_tensors",
     "load_optimizer_state", "load_weights", "model_tensors", "optimizer_state",
     "read_checkpoint_meta", "rng_state", "save_checkpoint", "save_model", "set_rng_state",

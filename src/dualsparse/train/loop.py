@@ -146,6 +146,8 @@ class Trainer:
         self.best_val = meta.get("best_val")
         self.history = list(meta.get("history", []))
         self.log_window = [float(v) for v in meta.get("log_window", [])]
+        if self.out_dir is not None and Path(directory).resolve() == self.out_dir.resolve():
+            ckpt.adopt_checkpoint_files(directory)  # this run's files: replaced as it goes on
 
     # ------------------------------------------------------------------ training
     def _set_lr(self, scale: float) -> float:

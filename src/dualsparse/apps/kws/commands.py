@@ -12,7 +12,8 @@ bit-exact integer model (:func:`~dualsparse.embedded.reference.deploy`) and eval
 features ("deployed"; for the float ``egru`` this is post-training quantisation,
 ``deployed_kind: ptq``).
 
-With ``--out DIR`` (a new folder, or one to ``--resume``): ``config.json``, the Trainer's
+With ``--out DIR`` (a new folder, one to ``--resume``, or one whose run ``--overwrite``
+replaces; the folder is locked while the run trains): ``config.json``, the Trainer's
 checkpoints ``latest``/``best`` (safetensors + JSON, :mod:`dualsparse.train.checkpoint`),
 ``metrics.csv`` (one train and one valid row per epoch, with ``accuracy``),
 ``metrics.json`` and, for eGRU models, the generated C in ``DIR/c/``.
@@ -38,6 +39,7 @@ from dualsparse.models.egru_embedded import KWSNet
 from dualsparse.train import checkpoint as ckpt
 from dualsparse.train.config import TrainConfig
 from dualsparse.train.loop import Trainer, set_seed
+from dualsparse.train.run_dir import RunLock, clear_run, prepare_run_dir
 from dualsparse.validation import check_int, check_real
 
 MODELS = ("gru", "egru", "egru-q")
@@ -72,6 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "--resume)")
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest checkpoint")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (default: refuse such a folder)")
     g.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar (there is none anyway when stderr is not a terminal)")
 
@@ -89,14 +93,11 @@ def _check_args(args: argparse.Namespace) -> tuple[int, ...]:
         raise ValueError(f"--hidden must be comma-separated ints, got {args.hidden!r}") from None
     if not hidden or min(hidden) < 1:
         raise ValueError(f"--hidden must name at least one size >= 1, got {args.hidden!r}")
-    out = Path(args.out) if args.out else None
-    if args.resume and out is None:
+    if args.resume and not args.out:
         raise ValueError("--resume needs --out pointing at the run folder")
-    if out is not None and args.resume and not (out / "latest.json").is_file():
-        raise ValueError(f"--resume: {out} has no latest checkpoint")
-    if out is not None and not args.resume and (out / "latest.json").exists():
-        raise ValueError(f"--out {out} already holds a run; pass --resume to continue it or "
-                         "choose a new folder")
+    if args.out:
+        prepare_run_dir(args.out, resume=args.resume, overwrite=getattr(args, "overwrite", False),
+                        flag="--out")
     return hidden
 
 
@@ -160,6 +161,15 @@ def _deployed_metrics(args: argparse.Namespace, model: KWSNet, x_test: np.ndarra
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train (or resume), test and deploy one model; print a short report; return metrics."""
     hidden = _check_args(args)
+    if not args.out:
+        return _run(args, hidden)
+    with RunLock(args.out, "--out"):
+        if getattr(args, "overwrite", False):
+            clear_run(args.out, also=("config.json", "metrics.json"))
+        return _run(args, hidden)
+
+
+def _run(args: argparse.Namespace, hidden: tuple[int, ...]) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     t0 = time.time()
     fe = FrontEnd(features=args.features)

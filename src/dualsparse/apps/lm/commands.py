@@ -14,6 +14,7 @@ import torch
 from dualsparse.accounting import ActivityMeter
 from dualsparse.apps.lm.config import LMConfig, PruneConfig, limit_tokens
 from dualsparse.apps.lm.evaluate import evaluate_lm, test_report
+from dualsparse.apps.lm.memory import check_training_memory
 from dualsparse.apps.lm.prune import PruneRunConfig, prune_hooks, prune_trained, pruner_for_training
 from dualsparse.apps.lm.runs import load_best_weights, load_model, pruned_run_saver, run_config
 from dualsparse.apps.lm.task import LMTask
@@ -23,14 +24,16 @@ from dualsparse.models.lm import count_parameters
 from dualsparse.train import checkpoint as ckpt
 from dualsparse.train.distributed import DistInfo, cleanup, init_distributed
 from dualsparse.train.loop import Trainer, set_seed
+from dualsparse.train.run_dir import RunLock, check_output_file, clear_run, prepare_run_dir
 
 
 @dataclass
 class EvalConfig:
     """``dualsparse eval``: checkpoint ``tag`` of run folder ``checkpoint`` on ``split`` at
     ``batch_size`` (first ``tokens`` tokens; ``data_dir`` overrides the run's), written to
-    ``out`` (default ``<checkpoint>/eval-<tag>-<split>.json``); ``engine`` ``"torch"`` (with
-    accounting) or ``"sparse"`` (the event-driven CPU engine)."""
+    ``out`` (default ``<checkpoint>/eval-<tag>-<split>.json``, ``...-sparse.json`` for the
+    sparse engine; an existing ``out`` is refused unless ``overwrite``); ``engine``
+    ``"torch"`` (with accounting) or ``"sparse"`` (the event-driven CPU engine)."""
 
     checkpoint: str
     tag: str = "best"
@@ -41,6 +44,14 @@ class EvalConfig:
     threads: int | None = None
     out: str | None = None
     engine: str = "torch"
+    overwrite: bool = False
+
+    def out_path(self) -> Path:
+        """Where the result goes: ``out``, or a name of tag, split and engine in the run."""
+        if self.out:
+            return Path(self.out)
+        engine = "" if self.engine == "torch" else f"-{self.engine}"
+        return Path(self.checkpoint) / f"eval-{self.tag}-{self.split}{engine}.json"
 
 
 def set_threads(threads: int | None) -> None:
@@ -59,6 +70,11 @@ def build_trainer(config: LMConfig, dist: DistInfo | None = None) -> Trainer:
     set_threads(run.threads)
     set_seed(run.seed, run.deterministic)
     corpus, train, valid, test = config.data.load()
+    m, columns = config.model, run.batch_size * dist.world_size
+    check_training_memory(  # before the model or any segment is allocated
+        len(corpus.vocab), m.emb_size, m.hidden_sizes, m.cell, run.batch_size,
+        run.bptt * (2 if run.random_bptt else 1), train.numel() // columns,
+        run.eval_batch_size, run.eval_bptt or run.bptt, valid.numel() // run.eval_batch_size)
     task = LMTask.from_config(run, train, valid, test, rank=dist.rank,
                               world_size=dist.world_size, device=dist.device)
     model = config.model.build(len(corpus.vocab)).to(dist.device)
@@ -84,7 +100,13 @@ def train(config: LMConfig) -> dict[str, Any]:
     ``test_batch_size``; with ``run.save`` also writes ``results.json`` there."""
     run = config.run
     dist = init_distributed(run.device)
+    lock = None
     try:
+        if run.save and dist.is_main:  # checked before any work, held until the end
+            prepare_run_dir(run.save, resume=run.resume, overwrite=run.overwrite)
+            lock = RunLock(run.save).acquire()
+            if run.overwrite:
+                clear_run(run.save)
         trainer = build_trainer(config, dist)
         model = trainer.model
         if dist.is_main:
@@ -111,12 +133,16 @@ def train(config: LMConfig) -> dict[str, Any]:
                                    {"config": trainer.run_config, **result})
         return result
     finally:
+        if lock is not None:
+            lock.release()
         cleanup(dist)
 
 
 def evaluate_checkpoint(ev: EvalConfig) -> dict[str, Any]:
     """``dualsparse eval``: perplexity and accounting of a saved model on valid or test."""
     set_threads(ev.threads)
+    path = ev.out_path()
+    check_output_file(path, "--out", overwrite=ev.overwrite or not ev.out)
     model, meta = load_model(ev.checkpoint, ev.tag)
     config = run_config(meta)
     if ev.data_dir:
@@ -127,7 +153,6 @@ def evaluate_checkpoint(ev: EvalConfig) -> dict[str, Any]:
                          f"{config.data.corpus!r} has {len(corpus.vocab)}")
     data = limit_tokens(corpus.valid if ev.split == "valid" else corpus.test, ev.tokens,
                         "--tokens")
-    path = Path(ev.out) if ev.out else Path(ev.checkpoint) / f"eval-{ev.tag}-{ev.split}.json"
     head = {"checkpoint": str(ev.checkpoint), "tag": ev.tag, "step": meta["step"],
             "split": ev.split, "batch_size": ev.batch_size}
     if ev.engine == "sparse":
@@ -164,15 +189,29 @@ def _evaluate_sparse(ev: EvalConfig, model: Any, config: LMConfig, data: torch.T
     return out
 
 
+def check_prune_outputs(opts: PruneRunConfig) -> None:
+    """Before any work: ``--save`` must be a new folder (never the source run, never a folder
+    holding a run) that can be written, ``--output`` a new file that can be written."""
+    if opts.save:
+        save = Path(opts.save)
+        if save.resolve() == Path(str(opts.checkpoint)).resolve():
+            raise ValueError(f"--save {save} is the source run (--checkpoint): it would replace "
+                             "the trained model; choose a new folder")
+        prepare_run_dir(save, resume=False, overwrite=False)
+    if opts.output:
+        check_output_file(opts.output, "--output")
+
+
 def prune_checkpoint(cfg: PruneConfig, opts: PruneRunConfig) -> dict[str, Any]:
     """``dualsparse prune``: prune the trained run ``opts.checkpoint`` in rounds with
     fine-tuning; ``opts.save`` writes a run folder that ``eval`` and ``prune`` read."""
     if opts.checkpoint is None:
         raise ValueError("--checkpoint is required")
+    check_prune_outputs(opts)
     model, fine_tune, evaluate = prune_hooks(opts.checkpoint, opts.tag, opts.data_dir)
     return prune_trained(model, cfg, opts, fine_tune, evaluate,
                          save=pruned_run_saver(opts.checkpoint, opts.tag))
 
 
-__all__ = ["EvalConfig", "build_trainer", "evaluate_checkpoint",
+__all__ = ["EvalConfig", "build_trainer", "check_prune_outputs", "evaluate_checkpoint",
            "prune_checkpoint", "set_threads", "train"]

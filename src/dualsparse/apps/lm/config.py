@@ -19,6 +19,7 @@ Words: *steps* are optimiser steps, *rounds* are pruning rounds, a segment has *
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -128,7 +129,8 @@ class RunConfig:
 
     Run length: ``max_steps`` optimiser steps, or ``epochs`` (converted with the task's
     steps per epoch). ``cosine_start`` and ``when`` count epochs; ``eval_interval`` None
-    validates once per epoch. ``save`` is the run folder ('' writes nothing).
+    validates once per epoch. ``save`` is the run folder ('' writes nothing); a folder that
+    already holds a run is refused unless ``resume`` (continue it) or ``overwrite`` (replace it).
     """
 
     batch_size: int = 20
@@ -168,6 +170,7 @@ class RunConfig:
     save_interval: int = 0
     save: str = "runs/lm"
     resume: bool = False
+    overwrite: bool = False
     stop_at: int | None = None
     progress: bool = True
     tensorboard: bool = True
@@ -175,6 +178,19 @@ class RunConfig:
     def __post_init__(self) -> None:
         self.carry = check_choice("carry", self.carry, CARRY_MODES)
         self.when = list(self.when)
+        for flag, value in (("--max-steps", self.max_steps), ("--stop-at", self.stop_at),
+                            ("--eval-bptt", self.eval_bptt)):
+            if value is not None:
+                check_int(flag, value, low=1)
+        for flag, value in (("--batch-size", self.batch_size), ("--bptt", self.bptt),
+                            ("--eval-batch-size", self.eval_batch_size),
+                            ("--test-batch-size", self.test_batch_size)):
+            check_int(flag, value, low=1)
+        if self.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", str(self.device)):
+            raise ValueError(f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
+        for flag, value in (("--save-interval", self.save_interval),
+                            ("--warmup-steps", self.warmup_steps)):
+            check_int(flag, value, low=0)
 
     def max_steps_for(self, steps_per_epoch: int) -> int:
         """``max_steps``, or ``epochs`` converted to optimiser steps."""

@@ -150,6 +150,8 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
                    help="optimiser steps between 'latest' checkpoints besides each validation")
     g.add_argument("--save", default=r.save, help="output folder ('' writes nothing)")
     g.add_argument("--resume", action="store_true", help="continue from <save>/latest")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --save (default: refuse such a folder)")
     g.add_argument("--stop-at", type=int, default=r.stop_at,
                    help="stop at this step with a checkpoint (the schedule is unchanged)")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=r.progress)
@@ -237,7 +239,11 @@ def add_eval_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokens", type=int, default=None, help="first N tokens of the split")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None,
-                        help="JSON result file (default <checkpoint>/eval-<tag>-<split>.json)")
+                        help="JSON result file (default <checkpoint>/eval-<tag>-<split>.json, "
+                             "eval-<tag>-<split>-sparse.json with --engine sparse); an "
+                             "existing --out is refused unless --overwrite")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out file")
     parser.add_argument("--engine", choices=["torch", "sparse"], default="torch",
                         help="torch: the PyTorch model (with accounting); sparse: the "
                              "event-driven CPU engine (dualsparse.engine), same perplexity")

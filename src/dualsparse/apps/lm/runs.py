@@ -14,6 +14,7 @@ from typing import Any
 from torch import nn
 
 from dualsparse.apps.lm.config import LMConfig
+from dualsparse.apps.lm.memory import check_model_config
 from dualsparse.models.lm import RNNLanguageModel
 from dualsparse.train import checkpoint as ckpt
 
@@ -32,6 +33,9 @@ def load_model(directory: str | os.PathLike[str], tag: str = "best"
                ) -> tuple[RNNLanguageModel, dict[str, Any]]:
     """The model stored in checkpoint ``tag`` of a run folder, and the checkpoint's JSON."""
     part, aliases, meta = model_tensors(directory, tag)
+    if not isinstance(meta.get("model_config"), dict):
+        raise ckpt.CheckpointError(f"checkpoint {tag!r} in {directory} has no model_config")
+    check_model_config(meta["model_config"], f"checkpoint {tag!r} in {directory}")
     model = RNNLanguageModel.from_config(meta["model_config"])
     # a run trained with a pruner also holds its bool mask buffers ("<param>_mask"); the
     # pruned weights are stored as zeros, so the plain model computes the same function

@@ -59,6 +59,12 @@ class LMTask:
         if full.size(0) < 2:
             raise ValueError(f"{train.numel()} training tokens are too few for "
                              f"{batch_size * world_size} columns")
+        for split, data, flag, size, size_flag in (
+                ("validation", valid, "--valid-tokens", eval_batch_size, "--eval-batch-size"),
+                ("test", test, "--test-tokens", test_batch_size, "--test-batch-size")):
+            if data.numel() < 2 * size:  # checked now, not after the training
+                raise ValueError(f"the {split} split has {data.numel()} tokens, too few for "
+                                 f"{size_flag} {size} (need >= {2 * size}; see {flag})")
         cols = slice(rank * batch_size, (rank + 1) * batch_size)
         self.source = full[:, cols].contiguous().to(device)
         self.valid, self.test = valid, test

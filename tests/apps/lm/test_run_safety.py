@@ -1,0 +1,160 @@
+"""The LM commands never replace a run or a result by accident, and check their outputs before
+the work: ``train --save`` onto a run, ``prune --save`` onto its source, ``eval`` engines."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from dualsparse import cli
+from dualsparse.train import checkpoint as ckpt
+from dualsparse.train.run_dir import LOCK_NAME
+
+DATA = os.environ.get("DUALSPARSE_DATA")
+needs_data = pytest.mark.skipif(
+    not DATA or not (Path(DATA) / "ptb" / "train.txt").is_file(),
+    reason="PTB not available under $DUALSPARSE_DATA")
+
+TINY = ["--train-tokens", "2000", "--valid-tokens", "300", "--test-tokens", "100",
+        "--emsize", "8", "--nhid", "8", "--batch_size", "4", "--bptt", "8",
+        "--threads", "1", "--no-progress", "--no-tensorboard"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    if not DATA or not (Path(DATA) / "ptb" / "train.txt").is_file():
+        pytest.skip("PTB not available under $DUALSPARSE_DATA")
+    folder = tmp_path_factory.mktemp("safety") / "run"
+    assert cli.main(["train", *TINY, "--max-steps", "4", "--eval-interval", "2",
+                     "--save", str(folder)]) == 0
+    return folder
+
+
+def _best(folder: Path) -> dict:
+    return json.loads((folder / "best.json").read_text())
+
+
+@needs_data
+def test_train_refuses_a_folder_holding_a_run(run: Path, capsys) -> None:
+    before = _best(run)
+    assert cli.main(["train", *TINY, "--max-steps", "2", "--save", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--overwrite" in err and "--resume" in err
+    assert _best(run) == before  # untouched
+
+
+@needs_data
+def test_overwrite_replaces_the_whole_run(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    assert cli.main(["train", *TINY, "--max-steps", "4", "--eval-interval", "2",
+                     "--save", str(folder)]) == 0
+    assert _best(folder)["step"] == 4
+    # a stopped overwrite must not leave the old run's best (step 4) beside the new one
+    assert cli.main(["train", *TINY, "--max-steps", "6", "--eval-interval", "6",
+                     "--stop-at", "2", "--overwrite", "--save", str(folder)]) == 0
+    assert not (folder / "best.json").exists()
+    assert ckpt.read_checkpoint_meta(folder, "latest")["step"] == 2
+    assert len(list(folder.glob("*.safetensors"))) == 1
+    assert not (folder / LOCK_NAME).exists()  # released
+
+
+@needs_data
+def test_a_locked_run_folder_is_refused(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "busy"
+    folder.mkdir()
+    (folder / LOCK_NAME).write_text(json.dumps({"pid": 1, "host": "other-host"}))
+    assert cli.main(["train", *TINY, "--max-steps", "2", "--save", str(folder)]) == 1
+    assert "in use by pid 1 on other-host" in capsys.readouterr().err
+
+
+@needs_data
+def test_prune_save_onto_its_source_is_refused(run: Path, capsys) -> None:
+    before = _best(run)
+    for target in (run, run / "." ):
+        assert cli.main(["prune", "--checkpoint", str(run), "--prune-target", "0.5",
+                         "--save", str(target)]) == 1
+        assert "is the source run" in capsys.readouterr().err
+    assert _best(run) == before
+    other = run.parent / "other-run"
+    other.mkdir()
+    (other / "best.json").write_text("{}")
+    assert cli.main(["prune", "--checkpoint", str(run), "--prune-target", "0.5",
+                     "--save", str(other)]) == 1
+    assert "already holds a run" in capsys.readouterr().err
+    (run.parent / "taken.json").write_text("{}")
+    assert cli.main(["prune", "--checkpoint", str(run), "--prune-target", "0.5",
+                     "--output", str(run.parent / "taken.json")]) == 1
+    assert "--output" in capsys.readouterr().err
+
+
+@needs_data
+def test_eval_outputs_are_named_by_engine_and_never_replaced(run: Path, capsys) -> None:
+    base = ["eval", "--checkpoint", str(run), "--tokens", "60", "--threads", "1"]
+    assert cli.main(base) == 0
+    assert cli.main([*base, "--engine", "sparse"]) == 0
+    torch_res = json.loads((run / "eval-best-test.json").read_text())
+    sparse_res = json.loads((run / "eval-best-test-sparse.json").read_text())
+    assert (torch_res["engine"], sparse_res["engine"]) == ("torch", "sparse")
+    out = run.parent / "mine.json"
+    out.write_text("keep")
+    assert cli.main([*base, "--out", str(out)]) == 1
+    assert "--out" in capsys.readouterr().err and out.read_text() == "keep"
+    assert cli.main([*base, "--out", str(out), "--overwrite"]) == 0
+    assert json.loads(out.read_text())["engine"] == "torch"
+
+
+@needs_data
+def test_too_few_valid_tokens_fail_before_training(tmp_path: Path, capsys) -> None:
+    assert cli.main(["train", *TINY, "--max-steps", "2", "--valid-tokens", "3",
+                     "--save", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert "--valid-tokens" in err and "--eval-batch-size 10" in err
+    assert not (tmp_path / "r" / "latest.json").exists()  # nothing was trained
+
+
+def test_unusable_flags_give_one_line(tmp_path: Path, capsys) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for argv, message in [
+        (["--device", "tpu7", "--save", ""], "--device must be cpu, cuda or cuda:N"),
+        (["--save", str(afile)], "is a file, not a folder"),
+        (["--save", str(afile / "sub")], "is not writable"),
+        (["--max-steps", "-1", "--save", ""], "--max-steps must be an int >= 1"),
+    ]:
+        assert cli.main(["train", *TINY, "--max-steps", "1", *argv]) == 1, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, argv
+    assert afile.read_text() == "x"
+
+
+@needs_data
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--nhid", "200000"], "lower --hidden-sizes/--emb-size"),
+    (["--bptt", "100000000", "--train-tokens", "900000", "--batch_size", "1"],
+     "lower --bptt or --batch-size"),
+])
+def test_sizes_that_cannot_fit_are_refused_before_allocating(
+        flags: list[str], message: str, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("DUALSPARSE_MAX_BYTES", str(8 * 10**9))  # an 8 GB machine
+    assert cli.main(["train", *TINY, "--max-steps", "1", "--save", "", *flags]) == 1
+    err = capsys.readouterr().err
+    assert "more than this machine's 8.0 GB" in err and message in err
+
+
+@needs_data
+def test_a_checkpoint_claiming_a_huge_model_is_refused(run: Path, tmp_path: Path,
+                                                       monkeypatch, capsys) -> None:
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in run.glob("best*"):
+        (copy / f.name).write_bytes(f.read_bytes())
+    meta = json.loads((copy / "best.json").read_text())
+    meta["model_config"]["hidden_sizes"] = [300000]
+    (copy / "best.json").write_text(json.dumps(meta))
+    monkeypatch.setenv("DUALSPARSE_MAX_BYTES", str(8 * 10**9))
+    assert cli.main(["eval", "--checkpoint", str(copy), "--tokens", "50"]) == 1
+    err = capsys.readouterr().err
+    assert "hidden_sizes [300000]" in err and "more than this machine's" in err

@@ -1,0 +1,94 @@
+"""Faults of the results store and the report command give one line naming the store, run or
+flag: a damaged row, a dropped table, a locked store, an unwritable folder, bad report paths."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from dualsparse.experiments.cli import main
+from dualsparse.experiments.spec import SweepSpec
+from dualsparse.experiments.store import ResultStore
+
+
+def _store(tmp_path: Path) -> tuple[Path, Path]:
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(f"name: s\nrun: echo\noutput: {tmp_path / 'out'}\n"
+                         "grid:\n  i: [0, 1]\n")
+    spec = SweepSpec.from_dict({"name": "s", "run": "echo", "output": str(tmp_path / "out"),
+                                "grid": {"i": [0, 1]}})
+    with ResultStore(spec.store_path) as store:
+        store.add_sweep("s", spec.to_dict(), spec.expand())
+    return spec.store_path, spec_file
+
+
+def test_a_damaged_row_is_named(tmp_path: Path, capsys) -> None:
+    path, spec_file = _store(tmp_path)
+    with sqlite3.connect(path) as db:
+        (run_id,) = db.execute("SELECT run_id FROM runs LIMIT 1").fetchone()
+        db.execute("UPDATE runs SET config='{broken' WHERE run_id=?", (run_id,))
+    for argv in (["sweep", "status", str(spec_file)], ["sweep", "run", str(spec_file)],
+                 ["report", str(spec_file)]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert run_id in err and str(path) in err and "'config'" in err, argv
+
+
+def test_a_dropped_table_is_not_recreated_empty(tmp_path: Path, capsys) -> None:
+    path, spec_file = _store(tmp_path)
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE sweep_runs")
+    assert main(["sweep", "status", str(spec_file)]) == 1
+    assert "missing table(s) ['sweep_runs']" in capsys.readouterr().err
+    with sqlite3.connect(path) as db:  # and nothing was created behind the user's back
+        names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "sweep_runs" not in names
+
+
+def test_a_locked_store_gives_a_clear_error(tmp_path: Path) -> None:
+    path, _ = _store(tmp_path)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(ValueError, match=r"is locked by another process \(waited 0.2 s\)"):
+            ResultStore(path, timeout=0.2).reset_failed()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_output_folder_is_named(tmp_path: Path, capsys) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(f"name: s\nrun: echo\noutput: {ro / 'out'}\n")
+    ro.chmod(0o500)
+    try:
+        assert main(["sweep", "run", str(spec_file)]) == 1
+        err = capsys.readouterr().err
+        assert "results store" in err and str(ro) in err
+    finally:
+        ro.chmod(0o700)
+
+
+def test_an_output_folder_that_cannot_be_created_is_named(tmp_path: Path, capsys) -> None:
+    (tmp_path / "afile").write_text("x")  # output below a file: unwritable, even for root
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(f"name: s\nrun: echo\noutput: {tmp_path / 'afile' / 'out'}\n")
+    assert main(["sweep", "run", str(spec_file)]) == 1
+    err = capsys.readouterr().err
+    assert "results store" in err and "cannot be opened" in err and "Traceback" not in err
+
+
+def test_report_paths_are_checked_first(tmp_path: Path, capsys) -> None:
+    _, spec_file = _store(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    assert main(["report", str(spec_file), "--out", str(tmp_path / "afile")]) == 1
+    assert "--out" in capsys.readouterr().err
+    assert main(["report", str(spec_file), "--notes", str(tmp_path / "missing.md")]) == 1
+    err = capsys.readouterr().err
+    assert "--notes" in err and "missing.md" in err

@@ -1,0 +1,32 @@
+"""NaN/inf weights are refused by the PyTorch forward (as by the engine and checkpoint
+loading), and the check stays out of compiled graphs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dualsparse import EGRU, GRU, LSTM
+from dualsparse.models.finite import check_parameters_finite
+
+
+@pytest.mark.parametrize("cls", [EGRU, GRU, LSTM])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused(cls, value: float) -> None:
+    rnn = cls(3, 4, num_layers=2)
+    x = torch.randn(5, 2, 3)
+    rnn(x)  # finite: fine
+    with torch.no_grad():
+        rnn.weight_hh_l1[0, 0] = value
+    with pytest.raises(ValueError, match=r"\['weight_hh_l1'\] contain NaN or inf"):
+        rnn(x)
+    rnn.check_finite = False  # the documented switch turns every finite check off
+    rnn(x)
+
+
+def test_the_check_is_skipped_while_compiling(monkeypatch) -> None:
+    rnn = GRU(3, 4)
+    with torch.no_grad():
+        rnn.weight_ih_l0[0, 0] = float("nan")
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    check_parameters_finite(rnn, "GRU")  # no data-dependent branch inside a graph
