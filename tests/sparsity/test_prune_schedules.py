@@ -119,9 +119,8 @@ def test_narang_schedule_warns_and_prunes_below_threshold():
     gru = GRU(4, 8)
     w0 = gru.weight_hh_l0.detach().clone()
     pruner = Pruner(gru, PruningSpec(["weight_hh_l0"]), sched)
-    assert pruner.q == {}  # q is taken when pruning starts (step >= start), not at build
+    q = pruner.q["weight_hh_l0"]  # start 0: the weights at build enter step 0
     changes = [pruner.step(s) for s in range(0, 100)]  # no training: weights do not move
-    q = pruner.q["weight_hh_l0"]
     assert q == pytest.approx(narang_q(w0, 90))
     assert sum(changes) >= 2
     # the last update is at 80 (Alg. 1 updates strictly before end): (31 theta + 51 phi) / 10

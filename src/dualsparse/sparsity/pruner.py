@@ -75,8 +75,8 @@ class Pruner:
             (0 = none).
         q_percentile: percentile of ``|w|`` (or of the block scores, ``q_from="blocks"``)
             used as Narang's ``q`` for tensors whose spec entry gives none, taken from the
-            weights when pruning starts (the first :meth:`step` at or after the schedule's
-            ``start``).
+            weights when pruning starts: the weights that enter optimiser step ``start``
+            (at construction for ``start = 0``, else at ``step(start - 1)``).
         log: called with a one-line summary when a threshold schedule (Narang, GL cut)
             has made its last update, whose sparsity is an outcome (e.g. ``print``).
 
@@ -118,6 +118,12 @@ class Pruner:
         self.last_update: int | None = None
         self._frozen = False
         self._finalized = False
+        if isinstance(schedule, NarangSchedule) and schedule.start == 0:
+            try:
+                self._take_q()
+            except ValueError:
+                self.masks.remove()
+                raise
 
     # ------------------------------------------------------------------ trainer contract
     def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
@@ -137,7 +143,7 @@ class Pruner:
         self.masks.apply()
         if self.schedule is None or self._frozen:
             return False
-        if isinstance(self.schedule, NarangSchedule) and global_step >= self.schedule.start:
+        if isinstance(self.schedule, NarangSchedule) and global_step + 1 >= self.schedule.start:
             self._take_q()
         point = self.schedule.last_update_step(global_step)
         if point is None or (self.last_update is not None and point <= self.last_update):

@@ -236,7 +236,7 @@ class NarangSchedule(Schedule):
     With ``ramp_multiplier = 1.5`` the last threshold is about ``q`` (times the block factor).
 
     ``q_from`` says where each tensor's ``q`` comes from; the :class:`Pruner` takes it from the
-    weights at ``start`` (when pruning starts), not when it is built:
+    weights that enter step ``start`` (when pruning starts), not from the initial weights:
 
     * ``"weights"`` (the papers): ``q`` is a percentile of the element magnitudes ``|w|``,
       and for blocks of ``N_b`` weights the slopes are scaled by ``N_b^(1/4)``
