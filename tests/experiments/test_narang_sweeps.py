@@ -39,7 +39,7 @@ def test_the_four_specs_exist():
 def test_every_run_builds_its_config_and_pruner(name, tmp_path):
     seen = {}
     budgets, seeds, cells = set(), set(), set()
-    for run, cfg in _configs(name, tmp_path):
+    for _, cfg in _configs(name, tmp_path):
         budgets.add((cfg.run.max_steps, cfg.run.batch_size, cfg.run.bptt, cfg.run.lr))
         seeds.add(cfg.run.seed)
         cells.add(cfg.model.cell)

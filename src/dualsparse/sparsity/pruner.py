@@ -18,9 +18,10 @@ Trainer contract (all a trainer needs)::
 schedule update point ``u`` are computed by the first call with ``global_step >= u``.
 
 ``state_dict()`` is JSON-able (spec, schedule, scoring, schedule position, Narang's q, the
-history of mask updates); the masks themselves are buffers in ``model.state_dict()``. To resume or load a pruned
-checkpoint: build the fresh model, ``Pruner.from_config(model, checkpoint["pruner"])`` (this
-adds the mask buffers), then ``model.load_state_dict(checkpoint["model"])``.
+history of mask updates); the masks themselves are buffers in ``model.state_dict()``. To
+resume or load a pruned checkpoint: build the fresh model,
+``Pruner.from_config(model, checkpoint["pruner"])`` (this adds the mask buffers), then
+``model.load_state_dict(checkpoint["model"])``.
 
 Masks only ever shrink: a pruned weight or block stays pruned.
 """

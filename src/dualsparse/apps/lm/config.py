@@ -348,5 +348,5 @@ class LMConfig:
 
 
 __all__ = ["ALIASES", "CARRY_MODES", "CELLS", "DEFAULT_PRUNE_TENSORS", "DataConfig", "LMConfig",
-           "METHOD_SCHEDULES", "ModelConfig", "PRUNE_METHODS", "Q_SOURCES", "PRUNE_SCHEDULES", "PruneConfig", "RunConfig",
-           "canonical", "field_names", "limit_tokens"]
+           "METHOD_SCHEDULES", "ModelConfig", "PRUNE_METHODS", "PRUNE_SCHEDULES", "PruneConfig",
+           "Q_SOURCES", "RunConfig", "canonical", "field_names", "limit_tokens"]
