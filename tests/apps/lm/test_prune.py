@@ -109,6 +109,7 @@ def test_method_defaults_follow_the_papers():
     (["--prune-method", "block", "--prune-target", "0.5", "--prune-end", "10",
       "--prune-tensors", "encoder.weight"], "unknown tensor name"),
 ])
+@pytest.mark.filterwarnings("ignore:Narang's gradual threshold:UserWarning")
 def test_bad_flags_raise(argv, message):
     with pytest.raises(ValueError, match=message):
         pruner_for_training(GRU(4, 8), _train_args(*argv))
