@@ -7,6 +7,7 @@ from dualsparse.sparsity.schedules import (
     AGPSchedule,
     IterativeSchedule,
     NarangSchedule,
+    NormCut,
     block_theta,
     narang_q,
     narang_theta,
@@ -18,7 +19,8 @@ from dualsparse.sparsity.spec import PruningSpec, TensorSpec
 
 __all__ = [
     "Pruner", "PruningSpec", "TensorSpec", "Scoring", "MaskSet", "strip_masks",
-    "IterativeSchedule", "AGPSchedule", "NarangSchedule", "schedule_from_dict",
+    "IterativeSchedule", "AGPSchedule", "NarangSchedule", "NormCut",
+    "schedule_from_dict",
     "narang_theta", "narang_threshold", "narang_q", "block_theta",
     "block_scores", "parse_block", "STATS", "block_norms", "group_lasso",
 ]

@@ -17,10 +17,11 @@ Trainer contract (all a trainer needs)::
 ``Trainer`` passes its 0-based index; a count from 1 works the same way): the masks of a
 schedule update point ``u`` are computed by the first call with ``global_step >= u``.
 
-``state_dict()`` is JSON-able (spec, schedule, scoring, schedule position, Narang's q); the
-masks themselves are buffers in ``model.state_dict()``. To resume or load a pruned
-checkpoint: build the fresh model, ``Pruner.from_config(model, checkpoint["pruner"])`` (this
-adds the mask buffers), then ``model.load_state_dict(checkpoint["model"])``.
+``state_dict()`` is JSON-able (spec, schedule, scoring, schedule position, Narang's q, the
+history of mask updates); the masks themselves are buffers in ``model.state_dict()``. To
+resume or load a pruned checkpoint: build the fresh model,
+``Pruner.from_config(model, checkpoint["pruner"])`` (this adds the mask buffers), then
+``model.load_state_dict(checkpoint["model"])``.
 
 Masks only ever shrink: a pruned weight or block stays pruned.
 """
@@ -28,7 +29,7 @@ Masks only ever shrink: a pruned weight or block stays pruned.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -40,6 +41,7 @@ from dualsparse.sparsity.masks import MaskSet
 from dualsparse.sparsity.report import format_report, tensor_report
 from dualsparse.sparsity.schedules import (
     NarangSchedule,
+    NormCut,
     Schedule,
     SparsitySchedule,
     narang_q,
@@ -72,13 +74,21 @@ class Pruner:
         scoring: block statistic and scope (default: max, layer-wise).
         group_lasso: strength ``lambda`` of the group lasso penalty over the same blocks
             (0 = none).
-        q_percentile: percentile of block scores used as Narang's ``q`` for tensors whose
-            spec entry gives none (taken from the weights at construction).
+        q_percentile: percentile of ``|w|`` (or of the block scores, ``q_from="blocks"``)
+            used as Narang's ``q`` for tensors whose spec entry gives none, taken from the
+            weights when pruning starts: the weights that enter optimiser step ``start``
+            (at construction for ``start = 0``, else at ``step(start - 1)``).
+        log: called with a one-line summary when a threshold schedule (Narang, GL cut)
+            has made its last update, whose sparsity is an outcome (e.g. ``print``).
+
+    ``history`` lists every mask update: ``{"step", "sparsity", "tensors": {name: sparsity}}``
+    plus ``"thresholds"`` for threshold schedules and ``"cut"`` for a GL cut.
     """
 
     def __init__(self, model: nn.Module, spec: PruningSpec | dict,
                  schedule: Schedule | None = None, scoring: Scoring | None = None,
-                 group_lasso: float = 0.0, q_percentile: float = 90.0) -> None:
+                 group_lasso: float = 0.0, q_percentile: float = 90.0,
+                 log: Callable[[str], object] | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
         self.spec = spec if isinstance(spec, PruningSpec) else PruningSpec.from_dict(spec)
@@ -103,20 +113,18 @@ class Pruner:
         except Exception:
             self.masks.remove()
             raise
-        self.q: dict[str, float] = {}
-        if isinstance(schedule, NarangSchedule):
-            for t in self.tensors:
-                q = t.q if t.q is not None else narang_q(self.masks.weight(t.name),
-                                                          self.q_percentile, t.block,
-                                                          self.scoring.stat)
-                if not q > 0:
-                    self.masks.remove()
-                    raise ValueError(f"Narang's q of {t.name!r} is {q}; give a positive q in the "
-                                     f"spec (are its weights all zero?)")
-                self.q[t.name] = float(q)
+        self.q: dict[str, float] = {t.name: float(t.q) for t in self.tensors if t.q is not None}
+        self.log = log
+        self.history: list[dict[str, Any]] = []
         self.last_update: int | None = None
         self._frozen = False
         self._finalized = False
+        if isinstance(schedule, NarangSchedule) and schedule.start == 0:
+            try:
+                self._take_q()
+            except ValueError:
+                self.masks.remove()
+                raise
 
     # ------------------------------------------------------------------ trainer contract
     def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
@@ -136,6 +144,8 @@ class Pruner:
         self.masks.apply()
         if self.schedule is None or self._frozen:
             return False
+        if isinstance(self.schedule, NarangSchedule) and global_step + 1 >= self.schedule.start:
+            self._take_q()
         point = self.schedule.last_update_step(global_step)
         if point is None or (self.last_update is not None and point <= self.last_update):
             return False
@@ -151,7 +161,8 @@ class Pruner:
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-able config and position (the masks live in the model's state_dict)."""
-        return {**self.config(), "last_update": self.last_update, "q": dict(self.q)}
+        return {**self.config(), "last_update": self.last_update, "q": dict(self.q),
+                "history": [dict(h) for h in self.history]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the schedule position (and Narang's q) from :meth:`state_dict`; the config
@@ -172,19 +183,24 @@ class Pruner:
         if set(q) - {t.name for t in self.tensors}:
             raise ValueError(f"pruner checkpoint has q for unknown tensors "
                              f"{sorted(set(q) - {t.name for t in self.tensors})}")
+        history = state.get("history") or []
+        if not isinstance(history, list):
+            raise ValueError("history in the pruner checkpoint must be a list")
         self.last_update = last
         self.q.update({k: float(v) for k, v in q.items()})
+        self.history = [dict(h) for h in history]
 
     @classmethod
-    def from_config(cls, model: nn.Module, config: dict[str, Any]) -> Pruner:
+    def from_config(cls, model: nn.Module, config: dict[str, Any],
+                    log: Callable[[str], object] | None = None) -> Pruner:
         """Build a pruner from :meth:`config` or :meth:`state_dict` output (then the schedule
-        position is restored too)."""
+        position, q and history are restored too)."""
         if not isinstance(config, dict) or "spec" not in config:
             raise ValueError("a pruner config needs at least a 'spec'")
         pruner = cls(model, PruningSpec.from_dict(config["spec"]),
                      schedule_from_dict(config.get("schedule")),
                      Scoring.from_dict(config.get("scoring", {})),
-                     config.get("group_lasso", 0.0), config.get("q_percentile", 90.0))
+                     config.get("group_lasso", 0.0), config.get("q_percentile", 90.0), log)
         if "last_update" in config:
             pruner.load_state_dict({"format": FORMAT, **config})
         return pruner
@@ -232,13 +248,25 @@ class Pruner:
         self._check_live()
         if self.schedule is None:
             raise ValueError("this pruner has no schedule; use prune_to(sparsity)")
+        extra: dict[str, Any] = {}
         if isinstance(self.schedule, SparsitySchedule):
             changed = self._prune_units(lambda final: self.schedule.sparsity(step, final))
+        elif isinstance(self.schedule, NormCut):
+            extra["cut"] = self._cut_summary(self.schedule.threshold)
+            changed = self._prune_threshold(
+                {t.name: self.schedule.threshold for t in self.tensors}, "rms")
         else:
+            self._take_q()
             frac = self.schedule.threshold_fraction(step)
-            changed = self._prune_threshold({n: q * frac for n, q in self.q.items()})
+            extra["thresholds"] = {t.name: self.q[t.name] * frac
+                                   * self.schedule.block_factor(t.block) for t in self.tensors}
+            changed = self._prune_threshold(extra["thresholds"], self.scoring.stat)
         self.last_update = step
         self.masks.zero_optimizer_state()
+        self._record(step, extra)
+        if self.log is not None and step == self.schedule.end_step \
+                and not isinstance(self.schedule, SparsitySchedule):
+            self.log(self._outcome_line(step, extra))
         return changed
 
     def prune_to(self, fraction: float = 1.0) -> bool:
@@ -249,6 +277,7 @@ class Pruner:
             raise ValueError(f"fraction must lie in [0, 1], got {fraction!r}")
         changed = self._prune_units(lambda final: final * fraction)
         self.masks.zero_optimizer_state()
+        self._record(self.last_update, {"prune_to": fraction})
         return changed
 
     def finalize(self) -> dict[str, torch.Tensor]:
@@ -301,10 +330,56 @@ class Pruner:
         return changed
 
     @torch.no_grad()
-    def _prune_threshold(self, thresholds: dict[str, float]) -> bool:
+    def _prune_threshold(self, thresholds: dict[str, float], stat: str) -> bool:
         changed = False
         for t in self.tensors:
-            sc = block_scores(self.masks.weight(t.name), t.block, self.scoring.stat)
+            sc = block_scores(self.masks.weight(t.name), t.block, stat)
             alive = blocks_alive(self.masks.mask(t.name), t.block) & (sc >= thresholds[t.name])
             changed |= self.masks.set_mask(t.name, expand_blocks(alive, t.block))
         return changed
+
+    @torch.no_grad()
+    def _take_q(self) -> None:
+        """Narang's ``q`` of every tensor that has none yet, from its current weights."""
+        by_blocks = getattr(self.schedule, "q_from", "weights") == "blocks"
+        for t in self.tensors:
+            if t.name in self.q:
+                continue
+            block = t.block if by_blocks else (1, 1)
+            q = narang_q(self.masks.weight(t.name), self.q_percentile, block, self.scoring.stat)
+            if not q > 0:
+                raise ValueError(f"Narang's q of {t.name!r} is {q}; give a positive q in the "
+                                 f"spec (are its weights all zero?)")
+            self.q[t.name] = q
+
+    @torch.no_grad()
+    def _cut_summary(self, threshold: float) -> dict[str, Any]:
+        """The GL cut's threshold and the sparsity it and 10x smaller/larger ones give (so a
+        report shows whether lambda or the threshold decided the sparsity)."""
+        total = sum(t.numel for t in self.tensors)
+        at = {}
+        for factor in (0.1, 1.0, 10.0):
+            pruned = 0
+            for t in self.tensors:
+                sc = block_scores(self.masks.weight(t.name), t.block, "rms")
+                dead = ~blocks_alive(self.masks.mask(t.name), t.block) | (sc < threshold * factor)
+                pruned += int(dead.sum()) * t.block[0] * t.block[1]
+            at[f"{factor:g}x"] = pruned / total
+        return {"threshold": threshold, "stat": "rms", "sparsity_at": at}
+
+    def _record(self, step: int | None, extra: dict[str, Any]) -> None:
+        tensors = {t.name: 1.0 - float(self.masks.mask(t.name).float().mean())
+                   for t in self.tensors}
+        self.history.append({"step": step, "sparsity": self.sparsity(), "tensors": tensors,
+                             **extra})
+
+    def _outcome_line(self, step: int, extra: dict[str, Any]) -> str:
+        head = (f"pruning finished at step {step}: reached sparsity {self.sparsity():.4f} "
+                f"(an outcome of the {self.schedule.to_dict()['type']} schedule, not a target)")
+        if "cut" in extra:
+            at = extra["cut"]["sparsity_at"]
+            return (f"{head}; group-lasso cut at block RMS < {extra['cut']['threshold']:g} "
+                    f"(0.1x: {at['0.1x']:.4f}, 10x: {at['10x']:.4f})")
+        q = ", ".join(f"{n} {v:.4g}" for n, v in self.q.items())
+        return f"{head}; q ({self.q_percentile:g}th percentile at step " \
+               f"{self.schedule.start}): {q}"

@@ -11,7 +11,10 @@ change. Two kinds:
   point;
 * threshold schedules give a magnitude threshold as a fraction of a tensor's ``q``:
   :class:`NarangSchedule` (Narang et al. 2017, gradual threshold). Its final sparsity is *not*
-  controlled directly: it depends on how the weights move during training.
+  controlled directly: it depends on how the weights move during training;
+* :class:`NormCut`: one cut at one step of every block whose RMS (L2 norm / sqrt(block
+  size)) is below a fixed threshold, the end of group lasso (GL): there the penalty strength,
+  not a target, decides the sparsity.
 """
 
 from __future__ import annotations
@@ -134,6 +137,11 @@ class AGPSchedule(SparsitySchedule):
     ``t = start, start + frequency, ..., end``; ``end - start`` must be a multiple of
     ``frequency`` so that the last point is ``end`` and ``s_end = s_f`` exactly.
     ``initial`` (``s_i``) is capped at each tensor's ``s_f``.
+
+    At its update points this equals ``torch.ao.pruning.scheduler.CubicSL`` with
+    ``init_sl=initial``, ``init_t=start``, ``delta_t=frequency``,
+    ``total_t=(end - start) / frequency`` and ``initially_zero=True`` (tested). CubicSL
+    evaluates the cubic at every step; here the sparsity holds between update points.
     """
 
     def __init__(self, start: int, end: int, frequency: int, initial: float = 0.0) -> None:
@@ -161,7 +169,8 @@ class AGPSchedule(SparsitySchedule):
             return final
         j = (step - self.start) // self.frequency
         s_i = min(self.initial, final)
-        return final + (s_i - final) * (1.0 - j / self._n) ** 3
+        # clamped to [s_i, s_f] as torch.ao.pruning's CubicSL does (so s_start == s_i exactly)
+        return min(max(final + (s_i - final) * (1.0 - j / self._n) ** 3, s_i), final)
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "agp", "start": self.start, "end": self.end,
@@ -222,22 +231,33 @@ class NarangSchedule(Schedule):
     """Gradual threshold pruning (Narang et al. 2017, Alg. 1), in units of each tensor's ``q``.
 
     Updates every ``frequency`` steps strictly between ``start`` and ``end``. The threshold of
-    a tensor is ``q * threshold_fraction(step)``: the slope ``theta = narang_theta(1, ...)``
-    until ``ramp``, then ``phi = ramp_multiplier * theta``. With ``ramp_multiplier = 1.5`` the
-    last threshold is about ``q``.
+    a tensor is ``q * threshold_fraction(step) * block_factor(N_b)``: the slope
+    ``theta = narang_theta(1, ...)`` until ``ramp``, then ``phi = ramp_multiplier * theta``.
+    With ``ramp_multiplier = 1.5`` the last threshold is about ``q`` (times the block factor).
+
+    ``q_from`` says where each tensor's ``q`` comes from; the :class:`Pruner` takes it from the
+    weights that enter step ``start`` (when pruning starts), not from the initial weights:
+
+    * ``"weights"`` (the papers): ``q`` is a percentile of the element magnitudes ``|w|``,
+      and for blocks of ``N_b`` weights the slopes are scaled by ``N_b^(1/4)``
+      (``theta_b = theta * N_b^(1/4)``, Narang et al., Block-Sparse RNNs, 2017);
+    * ``"blocks"``: ``q`` is the same percentile of the block scores, with no scaling.
 
     Warning: the final sparsity is not controlled directly (weights move during training);
     measure it with :meth:`Pruner.report`.
     """
 
     kind = "threshold"
+    Q_FROM = ("weights", "blocks")
 
     def __init__(self, start: int, ramp: int, end: int, frequency: int = 100,
-                 ramp_multiplier: float = 1.5, warn: bool = True) -> None:
+                 ramp_multiplier: float = 1.5, q_from: str = "weights",
+                 warn: bool = True) -> None:
         _check_narang(start, ramp, end, frequency)
         check_real("ramp_multiplier", ramp_multiplier, low=0.0, low_open=True)
         self.start, self.ramp, self.end, self.frequency = start, ramp, end, frequency
         self.ramp_multiplier = float(ramp_multiplier)
+        self.q_from = check_choice("q_from", q_from, self.Q_FROM)
         self.theta = narang_theta(1.0, start, ramp, end, frequency)
         self.phi = self.ramp_multiplier * self.theta
         if warn:
@@ -256,9 +276,35 @@ class NarangSchedule(Schedule):
         return narang_threshold(point, self.theta, self.phi, self.start, self.ramp,
                                 self.frequency)
 
+    def block_factor(self, block: tuple[int, int]) -> float:
+        """Scale of the slopes for ``block``: ``N_b^(1/4)`` with ``q_from="weights"``, else 1."""
+        r, c = check_block("block shape", block)
+        return block_theta(1.0, r * c) if self.q_from == "weights" else 1.0
+
     def to_dict(self) -> dict[str, Any]:
         return {"type": "narang", "start": self.start, "ramp": self.ramp, "end": self.end,
-                "frequency": self.frequency, "ramp_multiplier": self.ramp_multiplier}
+                "frequency": self.frequency, "ramp_multiplier": self.ramp_multiplier,
+                "q_from": self.q_from}
+
+
+class NormCut(Schedule):
+    """One cut at ``step``: every block whose RMS ``||w_block||_2 / sqrt(N_b)`` is below
+    ``threshold`` (in weight units) is pruned. This ends group lasso (GL): the penalty drives
+    blocks towards 0 but, with a stochastic optimiser, not exactly to 0; the sparsity is
+    set by the penalty strength, the small threshold only rounds the near-zero blocks."""
+
+    kind = "cut"
+
+    def __init__(self, step: int, threshold: float = 1e-3) -> None:
+        self.step = _check_step(step, "step")
+        self.threshold = check_real("threshold (block RMS)", threshold, low=0.0,
+                                    low_open=True)
+
+    def update_steps(self) -> list[int]:
+        return [self.step]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "cut", "step": self.step, "threshold": self.threshold}
 
 
 def schedule_from_dict(d: dict[str, Any] | None) -> Schedule | None:
@@ -268,7 +314,8 @@ def schedule_from_dict(d: dict[str, Any] | None) -> Schedule | None:
     if not isinstance(d, dict) or "type" not in d:
         raise ValueError(f"a schedule dict needs a 'type', got {d!r}")
     kwargs = {k: v for k, v in d.items() if k != "type"}
-    classes = {"iterative": IterativeSchedule, "agp": AGPSchedule, "narang": NarangSchedule}
+    classes = {"iterative": IterativeSchedule, "agp": AGPSchedule, "narang": NarangSchedule,
+               "cut": NormCut}
     if d["type"] not in classes:
         raise ValueError(f"unknown schedule type {d['type']!r}; expected one of {list(classes)}")
     if d["type"] == "narang":

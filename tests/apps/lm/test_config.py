@@ -27,7 +27,9 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
 
 def test_json_round_trip_of_a_changed_config() -> None:
     cfg = preset_config("ptb-egru")
+    # (a method's default schedule is resolved at construction, so set both here)
     cfg.prune.prune_method, cfg.prune.prune_block = "block", (16, 1)
+    cfg.prune.prune_schedule = "narang"
     cfg.run.when = [3.0, 5.0]
     text = json.dumps(cfg.to_dict())
     back = LMConfig.from_dict(json.loads(text))
@@ -135,4 +137,4 @@ def test_a_run_config_stored_by_the_old_flat_flags_reads_in_full() -> None:
     expected = {ALIASES.get(k, k): v for k, v in old.items() if k not in ("task", "preset")}
     # fields added after that run was stored read as their defaults
     assert flat == {**expected, "threshold_parameterisation": None, "backend": None,
-                    "overwrite": False}
+                    "overwrite": False, "prune_q_from": "weights", "gl_threshold": 1e-3}

@@ -11,7 +11,7 @@ from dualsparse.apps.lm.config import PruneConfig
 from dualsparse.apps.lm.flags import add_prune_command_flags, add_prune_flags, config_from
 from dualsparse.apps.lm.prune import PruneRunConfig, prune_trained, pruner_for_training
 from dualsparse.models import GRU
-from dualsparse.sparsity import AGPSchedule, IterativeSchedule, NarangSchedule
+from dualsparse.sparsity import AGPSchedule, IterativeSchedule, NarangSchedule, NormCut
 from dualsparse.train.checkpoint import load_model
 
 
@@ -34,7 +34,8 @@ def _run(argv, model, fine_tune, evaluate, save=None):
 
 
 def test_train_flags_build_the_described_pruner():
-    args = _train_args("--prune-method", "block", "--prune-target", "0.8", "--prune-end", "100",
+    args = _train_args("--prune-method", "block", "--prune-schedule", "agp",
+                       "--prune-target", "0.8", "--prune-end", "100",
                        "--prune-block", "4x2", "--prune-score", "rms", "--prune-scope", "global",
                        "--prune-tensors", "weight_hh_l*")
     pruner = pruner_for_training(GRU(4, 8, num_layers=2), args)
@@ -52,9 +53,11 @@ def test_train_flags_build_the_described_pruner():
     assert it.schedule.update_steps() == [10, 20, 30, 40]
     assert it.tensors[0].block == (1, 1)
 
-    gl = pruner_for_training(GRU(4, 8), _train_args(
-        "--prune-method", "gl", "--prune-target", "0.5", "--prune-end", "30",
-        "--group-lasso", "1e-4"))
+    with pytest.warns(UserWarning, match="--prune-target 0.5 is not used"):
+        gl = pruner_for_training(GRU(4, 8), _train_args(
+            "--prune-method", "gl", "--prune-target", "0.5", "--prune-end", "30",
+            "--group-lasso", "1e-4", "--gl-threshold", "2e-3"))
+    assert isinstance(gl.schedule, NormCut) and gl.schedule.threshold == 2e-3
     assert gl.schedule.update_steps() == [30] and gl.group_lasso == 1e-4
     assert gl.penalty() is not None and gl.tensors[0].block == (4, 4)
 
@@ -64,6 +67,31 @@ def test_train_flags_build_the_described_pruner():
             "--prune-start", "0", "--prune-end", "90", "--prune-freq", "10",
             "--group-lasso", "1e-4"))
     assert isinstance(nar.schedule, NarangSchedule) and nar.schedule.ramp == 30
+    assert nar.q_percentile == 50.0 and nar.schedule.q_from == "weights"
+
+
+def test_method_defaults_follow_the_papers():
+    """block and glp default to Narang's schedule, magnitude to AGP; the q percentile
+    defaults to 100 x target; gl needs no target."""
+    with pytest.warns(UserWarning, match="final sparsity"):
+        block = pruner_for_training(GRU(4, 8), _train_args(
+            "--prune-method", "block", "--prune-target", "0.9", "--prune-start", "10",
+            "--prune-end", "100", "--prune-q-from", "blocks"))
+    assert isinstance(block.schedule, NarangSchedule) and block.q_percentile == 90.0
+    assert block.schedule.q_from == "blocks" and block.schedule.ramp == 40
+    assert block.schedule.frequency == 90 // 11 and block.q == {}  # q: when pruning starts
+    mag = pruner_for_training(GRU(4, 8), _train_args(
+        "--prune-method", "magnitude", "--prune-target", "0.5", "--prune-end", "100"))
+    assert isinstance(mag.schedule, AGPSchedule)
+    gl = pruner_for_training(GRU(4, 8), _train_args(
+        "--prune-method", "gl", "--prune-end", "30", "--group-lasso", "1e-4"))
+    assert gl.tensors[0].sparsity == 0.0 and isinstance(gl.schedule, NormCut)
+    with pytest.raises(SystemExit):  # argparse refuses an unknown q source
+        _train_args("--prune-q-from", "rows")
+    with pytest.raises(ValueError, match="--gl-threshold"):
+        PruneConfig(prune_method="gl", gl_threshold=0.0)
+    with pytest.raises(ValueError, match="--prune-q-percentile"):
+        PruneConfig(prune_method="block", prune_q_percentile=0.0).q_percentile()
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -73,14 +101,15 @@ def test_train_flags_build_the_described_pruner():
       "--prune-block", "4x4"], "unstructured"),
     (["--prune-method", "glp", "--prune-target", "0.5", "--prune-end", "10"], "--group-lasso"),
     (["--group-lasso", "0.1"], "needs --prune-method"),
-    (["--prune-method", "block", "--prune-target", "0.5", "--prune-end", "15",
-      "--prune-steps", "4"], "multiple of --prune-rounds"),
+    (["--prune-method", "block", "--prune-schedule", "agp", "--prune-target", "0.5",
+      "--prune-end", "15", "--prune-steps", "4"], "multiple of --prune-rounds"),
     (["--prune-method", "block", "--prune-target", "1.5", "--prune-end", "10"], "\\[0, 1\\)"),
     (["--prune-method", "block", "--prune-target", "0.5", "--prune-end", "10",
       "--prune-block", "3x4"], "gate"),
     (["--prune-method", "block", "--prune-target", "0.5", "--prune-end", "10",
       "--prune-tensors", "encoder.weight"], "unknown tensor name"),
 ])
+@pytest.mark.filterwarnings("ignore:Narang's gradual threshold:UserWarning")
 def test_bad_flags_raise(argv, message):
     with pytest.raises(ValueError, match=message):
         pruner_for_training(GRU(4, 8), _train_args(*argv))
@@ -166,8 +195,55 @@ def test_prune_run_one_shot_block_finalized(tmp_path):
     assert [r["sparsity"] for r in result["rounds"]] == [0.4375, 0.5]  # 21, 24 of 48
     assert "metric_fine_tuned" not in result["rounds"][0]
     assert saved["pruner"] is None and saved["keys"] == set(_Toy().state_dict())
-    with pytest.raises(ValueError, match="Narang"):
+    with pytest.raises(ValueError, match="--fine-tune-steps > 0"):
         _run(["--prune-target", "0.5", "--prune-schedule", "narang"], _Toy(),
              lambda m, p, s: None, lambda m: 1.0)
     with pytest.raises(ValueError, match="must return a number"):
         _run(["--prune-target", "0.5"], _Toy(), lambda m, p, s: None, lambda m: float("nan"))
+
+
+def _trained_toy(seed=0):
+    torch.manual_seed(seed)
+    x, y = _toy_task()
+    model = _Toy()
+    _fit(model, x, y, 150)
+
+    def evaluate(m):
+        with torch.no_grad():
+            return float((m(x) - y).pow(2).mean())
+
+    def fine_tune(m, pruner, steps):
+        _fit(m, x, y, steps, pruner)
+
+    return model, fine_tune, evaluate
+
+
+def test_prune_run_narang_prunes_during_fine_tuning_with_q_from_the_trained_weights(
+        tmp_path, capsys):
+    model, fine_tune, evaluate = _trained_toy()
+    trained = model.rnn.weight_hh_l0.detach().clone()
+    with pytest.warns(UserWarning, match="final sparsity"):
+        result = _run(["--prune-method", "magnitude", "--prune-schedule", "narang",
+                       "--prune-target", "0.8", "--fine-tune-steps", "60",
+                       "--prune-tensors", "rnn.weight_hh_l0",
+                       "--output", str(tmp_path / "res.json")], model, fine_tune, evaluate)
+    from dualsparse.sparsity import narang_q
+    assert result["pruner"]["q"]["rnn.weight_hh_l0"] == pytest.approx(narang_q(trained, 80))
+    steps = [h["step"] for h in result["history"]]
+    assert steps == list(range(2, 30, 2))  # end 60 // 2, 10 updates -> freq 30 // 11 = 2
+    assert len(result["rounds"]) == 1 and 0.3 < result["rounds"][0]["sparsity"] < 1.0
+    assert "reached sparsity" in capsys.readouterr().out
+    assert json.loads((tmp_path / "res.json").read_text())["history"] == result["history"]
+
+
+def test_prune_run_gl_lambda_sets_the_sparsity():
+    reached = []
+    for lam in (0.0003, 0.003):
+        model, fine_tune, evaluate = _trained_toy()
+        result = _run(["--prune-method", "gl", "--group-lasso", str(lam), "--prune-block", "2x2",
+                       "--fine-tune-steps", "150", "--gl-threshold", "1e-2",
+                       "--prune-tensors", "rnn.weight_hh_l0"], model, fine_tune, evaluate)
+        cut = result["history"][-1]
+        assert cut["step"] == 149 and cut["cut"]["threshold"] == 1e-2
+        reached.append(result["rounds"][0]["sparsity"])
+    assert reached[0] < reached[1]  # a stronger penalty, more zero blocks

@@ -26,13 +26,17 @@ from typing import Any
 from dualsparse.data.corpora import load_corpus
 from dualsparse.models.lm import RNNLanguageModel
 from dualsparse.train.config import TrainConfig
-from dualsparse.validation import check_block, check_choice, check_int
+from dualsparse.validation import check_block, check_choice, check_int, check_real
 
 CELLS = ("EGRU", "LSTM", "GRU")
 TIE_MODES = ("auto", "yes", "no")
 CARRY_MODES = ("full", "output")
 PRUNE_METHODS = ("magnitude", "block", "gl", "glp")
 PRUNE_SCHEDULES = ("iterative", "agp", "narang")
+#: the schedule each method uses when ``prune_schedule`` is not given (gl: its cut, no schedule)
+METHOD_SCHEDULES: dict[str, str | None] = {"magnitude": "agp", "block": "narang",
+                                            "glp": "narang", "gl": None}
+Q_SOURCES = ("weights", "blocks")
 DEFAULT_PRUNE_TENSORS = "*weight_ih_l*,*weight_hh_l*"
 
 #: older names (flat dicts, stored runs, awd-lstm flags) -> field names
@@ -240,31 +244,53 @@ class PruneConfig:
     ``prune_start`` / ``prune_end`` / ``prune_freq`` / ``prune_ramp`` are optimiser steps;
     ``prune_rounds`` counts pruning rounds (iterative), mask updates (agp) or, without
     ``prune_freq``, threshold updates (narang). ``prune_block`` None means 4x4 for
-    block/gl/glp and 1x1 for magnitude.
+    block/gl/glp and 1x1 for magnitude. ``prune_schedule`` None takes the method's default
+    (:data:`METHOD_SCHEDULES`: agp for magnitude, Narang's gradual threshold for block and
+    glp as in the papers, none for gl, whose cut at ``prune_end`` zeroes the blocks with RMS
+    below ``gl_threshold``). Narang's ``q`` is the ``prune_q_percentile``-th percentile of
+    ``|w|`` (``prune_q_from="weights"``, slopes scaled by ``N_b^(1/4)`` for blocks) or of the
+    block scores (``"blocks"``) when pruning starts; None takes ``100 * prune_target``.
     """
 
     prune_method: str | None = None
     prune_target: float | None = None
-    prune_schedule: str = "agp"
+    prune_schedule: str | None = None
     prune_start: int = 0
     prune_end: int | None = None
     prune_rounds: int = 10
     prune_freq: int | None = None
     prune_ramp: int | None = None
     prune_ramp_mult: float = 1.5
-    prune_q_percentile: float = 90.0
+    prune_q_percentile: float | None = None
+    prune_q_from: str = "weights"
     prune_block: tuple[int, int] | None = None
     prune_score: str = "max"
     prune_tensors: str = DEFAULT_PRUNE_TENSORS
     prune_scope: str = "layer"
     group_lasso: float = 0.0
+    gl_threshold: float = 1e-3
 
     def __post_init__(self) -> None:
         if self.prune_method is not None:
             check_choice("--prune-method", self.prune_method, PRUNE_METHODS)
-        check_choice("--prune-schedule", self.prune_schedule, PRUNE_SCHEDULES)
+            if self.prune_schedule is None:
+                self.prune_schedule = METHOD_SCHEDULES[self.prune_method]
+        if self.prune_schedule is not None:
+            check_choice("--prune-schedule", self.prune_schedule, PRUNE_SCHEDULES)
+        check_choice("--prune-q-from", self.prune_q_from, Q_SOURCES)
         if self.prune_block is not None:
             self.prune_block = check_block("--prune-block", self.prune_block)
+        check_real("--gl-threshold", self.gl_threshold, low=0.0, low_open=True)
+
+    def q_percentile(self) -> float:
+        """Narang's q percentile: ``prune_q_percentile``, else ``100 * prune_target``
+        (else 90, the papers' choice)."""
+        if self.prune_q_percentile is not None:
+            return check_real("--prune-q-percentile", self.prune_q_percentile, low=0.0,
+                              high=100.0, low_open=True)
+        if self.prune_target:
+            return round(100.0 * self.prune_target, 9)
+        return 90.0
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "run": RunConfig,
@@ -340,5 +366,5 @@ class LMConfig:
 
 
 __all__ = ["ALIASES", "CARRY_MODES", "CELLS", "DEFAULT_PRUNE_TENSORS", "DataConfig", "LMConfig",
-           "ModelConfig", "PRUNE_METHODS", "PRUNE_SCHEDULES", "PruneConfig", "RunConfig",
-           "canonical", "field_names", "limit_tokens"]
+           "METHOD_SCHEDULES", "ModelConfig", "PRUNE_METHODS", "PRUNE_SCHEDULES", "PruneConfig",
+           "Q_SOURCES", "RunConfig", "canonical", "field_names", "limit_tokens"]

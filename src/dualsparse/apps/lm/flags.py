@@ -19,6 +19,7 @@ from dualsparse.apps.lm.config import (
     CELLS,
     PRUNE_METHODS,
     PRUNE_SCHEDULES,
+    Q_SOURCES,
     TIE_MODES,
     DataConfig,
     ModelConfig,
@@ -161,7 +162,8 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
 
 def add_prune_flags(parser: argparse.ArgumentParser, command: str = "train") -> None:
     """:class:`PruneConfig` flags; ``command="prune"`` changes the defaults for one-shot or
-    iterative pruning of a trained model."""
+    iterative pruning of a trained model (Narang's schedule and gl there run during the
+    fine-tuning, see :func:`~dualsparse.apps.lm.prune.prune_trained`)."""
     prune, p = command == "prune", PruneConfig()
     g = parser.add_argument_group("weight pruning")
     g.add_argument("--prune-method", choices=PRUNE_METHODS,
@@ -171,7 +173,9 @@ def add_prune_flags(parser: argparse.ArgumentParser, command: str = "train") -> 
                    help="final fraction of pruned weights in [0, 1)")
     g.add_argument("--prune-schedule", choices=PRUNE_SCHEDULES,
                    default="iterative" if prune else p.prune_schedule,
-                   help="schedule in optimiser steps (default: %(default)s)")
+                   help="schedule in optimiser steps (default: " + (
+                       "%(default)s" if prune else "agp for magnitude, narang for block and "
+                       "glp; gl has none") + ")")
     g.add_argument("--prune-start", type=int, default=p.prune_start,
                    help="optimiser step of the first pruning")
     g.add_argument("--prune-end", type=int, default=p.prune_end,
@@ -186,7 +190,11 @@ def add_prune_flags(parser: argparse.ArgumentParser, command: str = "train") -> 
     g.add_argument("--prune-ramp-mult", type=float, default=p.prune_ramp_mult,
                    help="narang: phi / theta (default %(default)s; ends near q)")
     g.add_argument("--prune-q-percentile", type=float, default=p.prune_q_percentile,
-                   help="narang: q = this percentile of each tensor's block scores")
+                   help="narang: q = this percentile of |w| (or of the block scores) when "
+                        "pruning starts (default 100 x --prune-target)")
+    g.add_argument("--prune-q-from", choices=Q_SOURCES, default=p.prune_q_from,
+                   help="narang: q from the weights |w| with slopes scaled by N_b^(1/4) for "
+                        "blocks (the paper, default), or from the block scores")
     g.add_argument("--prune-block", type=parse_block, default=p.prune_block,
                    help="block shape RxC (rows within a gate x columns; default 4x4 for "
                         "block/gl/glp, 1x1 for magnitude)")
@@ -198,6 +206,9 @@ def add_prune_flags(parser: argparse.ArgumentParser, command: str = "train") -> 
                    help="rank per tensor (layer) or all tensors together (global)")
     g.add_argument("--group-lasso", type=float, default=p.group_lasso,
                    help="group lasso strength lambda over the pruning blocks (gl, glp)")
+    g.add_argument("--gl-threshold", type=float, default=p.gl_threshold,
+                   help="gl: at --prune-end, zero the blocks whose RMS is below this "
+                        "(default %(default)s); lambda, not --prune-target, sets the sparsity")
 
 
 def add_train_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> None:

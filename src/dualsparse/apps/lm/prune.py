@@ -1,9 +1,11 @@
 """Weight pruning in the LM app: the Pruner a :class:`PruneConfig` describes, and
 ``dualsparse prune`` (prune a trained run in rounds, fine-tuning in between).
 
-Methods: ``magnitude`` (unstructured 1x1), ``block`` (``prune_block``, default 4x4, scored
-by ``prune_score``), ``gl`` (group lasso during training, then one cut to the target at
-``prune_end``), ``glp`` (group lasso together with gradual block pruning).
+Methods (Narang et al., "Block-Sparse RNNs", 2017): ``magnitude`` (unstructured 1x1, AGP by
+default), ``block`` (``prune_block``, default 4x4, scored by ``prune_score``; Narang's
+gradual threshold by default), ``gl`` (group lasso during training, then, at ``prune_end``,
+the blocks whose RMS is below ``gl_threshold`` are zeroed: lambda sets the sparsity),
+``glp`` (a smaller group lasso together with gradual block pruning).
 
 :func:`prune_trained` is written against two callables the task supplies:
 ``fine_tune(model, pruner, steps)`` (a training loop that calls ``pruner.step(global_step)``
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -27,7 +30,13 @@ from dualsparse.apps.lm.runs import load_model, run_config
 from dualsparse.apps.lm.task import LMTask
 from dualsparse.atomic import atomic_write_json
 from dualsparse.sparsity.pruner import Pruner
-from dualsparse.sparsity.schedules import AGPSchedule, IterativeSchedule, NarangSchedule, Schedule
+from dualsparse.sparsity.schedules import (
+    AGPSchedule,
+    IterativeSchedule,
+    NarangSchedule,
+    NormCut,
+    Schedule,
+)
 from dualsparse.sparsity.scoring import Scoring
 from dualsparse.sparsity.spec import PruningSpec, TensorSpec
 from dualsparse.train.checkpoint import save_model
@@ -37,6 +46,11 @@ from dualsparse.validation import check_int, check_real
 FineTune = Callable[[nn.Module, Pruner, int], Any]
 Evaluate = Callable[[nn.Module], float]
 Save = Callable[[nn.Module, "Pruner | None", str], Any]
+Log = Callable[[str], object]
+
+#: threshold updates of Narang's schedule in ``dualsparse prune`` without ``--prune-freq``
+#: (and ``--prune-rounds`` 1, the command's one-shot default)
+NARANG_UPDATES = 10
 
 
 @dataclass
@@ -61,11 +75,20 @@ def _need(value: Any, flag: str, why: str) -> Any:
     return value
 
 
+def narang_schedule(cfg: PruneConfig, start: int, end: int, updates: int) -> NarangSchedule:
+    """Narang's schedule from ``start`` to ``end``: ramp ``cfg.prune_ramp`` (default a third
+    of the way), ``cfg.prune_freq`` (default ``(end - start) // (updates + 1)``)."""
+    ramp = cfg.prune_ramp if cfg.prune_ramp is not None else start + (end - start) // 3
+    freq = cfg.prune_freq if cfg.prune_freq is not None else max(1, (end - start) // (
+        updates + 1))
+    return NarangSchedule(start, ramp, end, freq, cfg.prune_ramp_mult, cfg.prune_q_from)
+
+
 def training_schedule(cfg: PruneConfig) -> Schedule:
     """The schedule (in optimiser steps) of pruning during training."""
     if cfg.prune_method == "gl":
         end = _need(cfg.prune_end, "--prune-end", "for --prune-method gl (the cut step)")
-        return IterativeSchedule(1, end, end)
+        return NormCut(end, cfg.gl_threshold)
     start = cfg.prune_start
     end = _need(cfg.prune_end, "--prune-end", "with --prune-method")
     rounds = cfg.prune_rounds
@@ -76,17 +99,26 @@ def training_schedule(cfg: PruneConfig) -> Schedule:
             raise ValueError(f"agp: --prune-end - --prune-start = {end - start} must be a "
                              f"multiple of --prune-rounds = {rounds}")
         return AGPSchedule(start, end, (end - start) // rounds)
-    ramp = cfg.prune_ramp if cfg.prune_ramp is not None else start + (end - start) // 3
-    freq = cfg.prune_freq if cfg.prune_freq is not None else max(1, (end - start) // (
-        rounds + 1))
-    return NarangSchedule(start, ramp, end, freq, cfg.prune_ramp_mult)
+    return narang_schedule(cfg, start, end, rounds)
 
 
-def build_pruner(model: nn.Module, cfg: PruneConfig, schedule: Schedule) -> Pruner:
+def build_pruner(model: nn.Module, cfg: PruneConfig, schedule: Schedule,
+                 log: Log | None = None) -> Pruner:
     """A :class:`Pruner` of ``model`` by ``cfg``'s method, target and scoring on
-    ``schedule``."""
+    ``schedule`` (``log``: see :class:`Pruner`).
+
+    With gl the sparsity is an outcome of lambda: ``--prune-target`` is not used (a warning
+    says so). With Narang's schedule the target only sets the default q percentile."""
     method = cfg.prune_method
-    target = _need(cfg.prune_target, "--prune-target", "with --prune-method")
+    if method == "gl" or isinstance(schedule, NarangSchedule):
+        target = cfg.prune_target if cfg.prune_target is not None else 0.0
+        if method == "gl" and cfg.prune_target:
+            warnings.warn(f"--prune-method gl: --prune-target {cfg.prune_target} is not used; "
+                          f"the group lasso strength (--group-lasso) and the cut at block RMS "
+                          f"< --gl-threshold {cfg.gl_threshold:g} decide the sparsity",
+                          UserWarning, stacklevel=2)
+    else:
+        target = _need(cfg.prune_target, "--prune-target", "with --prune-method")
     block = cfg.prune_block
     if method == "magnitude":
         if block not in (None, (1, 1)):
@@ -103,16 +135,40 @@ def build_pruner(model: nn.Module, cfg: PruneConfig, schedule: Schedule) -> Prun
         raise ValueError("--prune-tensors names no tensor")
     spec = PruningSpec(tuple(TensorSpec(p) for p in patterns), sparsity=target, block=block)
     return Pruner(model, spec, schedule, Scoring(cfg.prune_score, cfg.prune_scope), lam,
-                  cfg.prune_q_percentile)
+                  cfg.q_percentile(), log)
 
 
-def pruner_for_training(model: nn.Module, cfg: PruneConfig) -> Pruner | None:
-    """The pruner ``cfg`` describes for a training run, or None without ``prune_method``."""
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def pruner_for_training(model: nn.Module, cfg: PruneConfig, log: Log | None = _print
+                        ) -> Pruner | None:
+    """The pruner ``cfg`` describes for a training run, or None without ``prune_method``.
+    ``log`` gets the reached sparsity when a threshold schedule (Narang, gl) ends."""
     if cfg.prune_method is None:
         if cfg.group_lasso:
             raise ValueError("--group-lasso needs --prune-method gl or glp")
         return None
-    return build_pruner(model, cfg, training_schedule(cfg))
+    return build_pruner(model, cfg, training_schedule(cfg), log)
+
+
+def fine_tune_schedule(cfg: PruneConfig, steps: int) -> Schedule:
+    """The schedule of Narang's pruning or of gl *during* ``steps`` fine-tuning steps of a
+    trained model: narang from ``prune_start`` (default 0) to ``prune_end`` (default
+    ``steps // 2``, the papers stop pruning near half of training), gl's cut at
+    ``prune_end`` (default the last step, ``steps - 1``)."""
+    if cfg.prune_method == "gl":
+        end = cfg.prune_end if cfg.prune_end is not None else steps - 1
+        if not 0 <= end < steps:
+            raise ValueError(f"--prune-end {end} must lie in [0, --fine-tune-steps = {steps})")
+        return NormCut(end, cfg.gl_threshold)
+    start = cfg.prune_start
+    end = cfg.prune_end if cfg.prune_end is not None else steps // 2
+    if end > steps:
+        raise ValueError(f"--prune-end {end} is after the last fine-tuning step ({steps})")
+    updates = cfg.prune_rounds if cfg.prune_rounds > 1 else NARANG_UPDATES
+    return narang_schedule(cfg, start, end, updates)
 
 
 def prune_trained(model: nn.Module, cfg: PruneConfig, opts: PruneRunConfig,
@@ -122,31 +178,38 @@ def prune_trained(model: nn.Module, cfg: PruneConfig, opts: PruneRunConfig,
 
     Round ``i`` prunes to the schedule's ``i``-th sparsity (iterative: geometric rounds;
     agp: cubic), evaluates, fine-tunes ``opts.fine_tune_steps`` optimiser steps with masks
-    frozen, evaluates again. Returns (and with ``opts.output`` writes)
-    ``{"config", "dense", "rounds": [...], "report", "pruner"}``. With ``opts.save``,
+    frozen, evaluates again. Narang's schedule and gl instead prune *during* one fine-tuning
+    of ``opts.fine_tune_steps`` steps (:func:`fine_tune_schedule`; q is taken from the
+    trained weights when pruning starts), reported as one round; their sparsity is an
+    outcome. Returns (and with ``opts.output`` writes)
+    ``{"config", "dense", "rounds": [...], "report", "pruner", "history"}``. With ``opts.save``,
     ``save(model, pruner_or_None, path)`` writes the checkpoint (default:
     :func:`dualsparse.train.checkpoint.save_model`: a checkpoint folder).
     """
-    if cfg.prune_method == "gl":
-        raise ValueError("--prune-method gl needs training with the penalty before its cut; "
-                         "use dualsparse train --prune-method gl (or glp here)")
-    if cfg.prune_schedule == "narang":
-        raise ValueError("dualsparse prune supports the iterative and agp schedules; Narang's "
-                         "threshold schedule runs during training (dualsparse train)")
     k = check_int("--prune-rounds", cfg.prune_rounds, low=1)
     ft = check_int("--fine-tune-steps", opts.fine_tune_steps, low=0)
-    if cfg.prune_method == "glp" and ft == 0:
-        raise ValueError("--prune-method glp needs --fine-tune-steps > 0 (the penalty acts "
-                         "during fine-tuning)")
-    if cfg.prune_schedule == "iterative":
-        schedule: Schedule = IterativeSchedule(k, 1, k)
+    during = cfg.prune_method == "gl" or cfg.prune_schedule == "narang"
+    if (cfg.prune_method == "glp" or during) and ft == 0:
+        raise ValueError(f"--prune-method {cfg.prune_method} with --prune-schedule "
+                         f"{cfg.prune_schedule} needs --fine-tune-steps > 0 (it acts during "
+                         f"fine-tuning)")
+    if during:
+        schedule: Schedule = fine_tune_schedule(cfg, ft)
+        points: list[int] = []
+    elif cfg.prune_schedule == "iterative":
+        schedule = IterativeSchedule(k, 1, k)
         points = schedule.update_steps()
     else:
         schedule = AGPSchedule(0, k, 1)
         points = schedule.update_steps()[1:]
-    pruner = build_pruner(model, cfg, schedule)
+    pruner = build_pruner(model, cfg, schedule, _print if during else None)
     dense = _metric(evaluate(model))
     rounds = []
+    if during:
+        fine_tune(model, pruner, ft)
+        pruner.masks.apply()
+        rounds.append({"round": 1, "sparsity": pruner.sparsity(),
+                       "metric_fine_tuned": _metric(evaluate(model))})
     for i, point in enumerate(points, 1):
         pruner.update_masks(point)
         row: dict[str, Any] = {"round": i, "sparsity": pruner.sparsity(),
@@ -161,7 +224,7 @@ def prune_trained(model: nn.Module, cfg: PruneConfig, opts: PruneRunConfig,
     if config["prune_block"] is not None:
         config["prune_block"] = list(config["prune_block"])
     result = {"config": config, "dense": dense, "rounds": rounds, "report": pruner.report(),
-              "pruner": pruner.state_dict()}
+              "pruner": pruner.state_dict(), "history": pruner.history}
     if opts.finalize:
         pruner.finalize()
     if opts.save:
@@ -211,5 +274,6 @@ def prune_hooks(checkpoint: str | os.PathLike[str], tag: str = "best",
     return model, fine_tune, evaluate
 
 
-__all__ = ["PruneRunConfig", "build_pruner", "prune_hooks", "prune_trained",
-           "pruner_for_training", "training_schedule"]
+__all__ = ["NARANG_UPDATES", "PruneRunConfig", "build_pruner", "fine_tune_schedule",
+           "narang_schedule", "prune_hooks", "prune_trained", "pruner_for_training",
+           "training_schedule"]
