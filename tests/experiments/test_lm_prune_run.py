@@ -1,18 +1,17 @@
 """The ``lm_prune`` run function: train dense once, prune in rounds, share the dense model."""
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 
 from dualsparse.experiments import lm_prune_run
 from dualsparse.experiments.lm_prune_run import (
-    _take_lock,
     check_config,
     run_lm_prune,
     split_config,
 )
+from dualsparse.train.run_dir import RunLockedError
 
 needs_ptb = pytest.mark.skipif(
     not (Path(os.environ.get("DUALSPARSE_DATA", "/nonexistent")) / "ptb").is_dir(),
@@ -39,14 +38,23 @@ def test_split_config_separates_dense_training_from_pruning() -> None:
         check_config({**TINY, "hidden_size": 3})
 
 
-def test_a_dead_workers_lock_is_taken_over_and_a_live_one_respected(tmp_path) -> None:
-    lock = tmp_path / "x.lock"
-    lock.write_text(f"{os.getpid()} {socket.gethostname()}")  # alive: this process
-    assert not _take_lock(lock)
-    lock.write_text(f"{2 ** 22 + 12345} {socket.gethostname()}")  # no such pid
-    assert _take_lock(lock) and lock.read_text().split()[0] == str(os.getpid())
-    lock.write_text("1 some-other-host")  # another host: cannot tell, so respected
-    assert not _take_lock(lock)
+def test_a_live_lock_makes_a_worker_wait_for_the_dense_model(tmp_path, monkeypatch) -> None:
+    calls = []
+
+    def train(cfg):
+        calls.append(cfg.run.save)
+        if len(calls) < 3:  # another live worker holds the lock twice, then it is done
+            raise RunLockedError("locked")
+        Path(cfg.run.save).mkdir(parents=True, exist_ok=True)
+        Path(cfg.run.save, "results.json").write_text("{}")
+        return {"train": {"finished": True}}
+
+    monkeypatch.setattr(lm_prune_run.commands, "train", train)
+    monkeypatch.setattr(lm_prune_run, "POLL_S", 0.01)
+    dense, _, _ = split_config({**TINY, "prune_target": 0.5})
+    folder = lm_prune_run.ensure_dense(dense, tmp_path)
+    assert len(calls) == 3 and folder.parent == tmp_path / "dense"
+    assert lm_prune_run.ensure_dense(dense, tmp_path) == folder and len(calls) == 3  # done
 
 
 @needs_ptb
@@ -70,7 +78,7 @@ def test_runs_share_one_dense_model_and_split_the_fine_tuning_budget(tmp_path, m
     assert b["pruning"]["fine_tune_steps_per_round"] == 2
     assert [r["round"] for r in b["pruning"]["history"]] == [1, 2]
     assert (runs / "b" / "prune.json").is_file()
-    assert not list((tmp_path / "dense").glob("*.lock"))  # the lock is released
+    assert not list((tmp_path / "dense").glob("*/.dualsparse.lock"))  # the lock is released
 
 
 def test_the_dual_sparsity_sweep_shares_one_dense_model_per_model_and_seed(tmp_path) -> None:

@@ -13,8 +13,8 @@ module:
 
 The dense model is trained once per distinct dense config (seed included) into
 ``<sweep output>/dense/<id>/`` and shared by every run that prunes it: all sparsities and all
-round counts start from the same point. A lock file (pid and host) lets one worker train it
-while others wait; a dense run whose worker died is resumed from its ``latest`` checkpoint.
+round counts start from the same point. The run folder's lock lets one worker train it while
+others wait; a dense run whose worker died is resumed from its ``latest`` checkpoint.
 ``prune_target`` 0 (or no ``prune_method``) tests the dense model itself. Fine-tuning uses the
 dense run's optimiser settings at a constant learning rate (``dualsparse prune``'s rule); every
 round's fine-tuning starts from the beginning of the training data.
@@ -23,8 +23,6 @@ round's fine-tuning starts from the beginning of the training data.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +39,7 @@ from dualsparse.experiments.lm_run import check_config as check_dense_config
 from dualsparse.experiments.metrics import summarize
 from dualsparse.experiments.spec import run_id
 from dualsparse.train.checkpoint import read_checkpoint_meta
+from dualsparse.train.run_dir import RunLockedError
 from dualsparse.validation import check_int
 
 OWN_KEYS = {"fine_tune_budget": 0}
@@ -72,59 +71,23 @@ def _prune_config(prune: dict[str, Any]) -> PruneConfig:
     return PruneConfig(**{**prune, "prune_schedule": prune.get("prune_schedule", "iterative")})
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _take_lock(lock: Path) -> bool:
-    """Create ``lock`` (pid, host); False if a live process on this host holds it. A lock of
-    a dead process on this host is taken over; one from another host is respected."""
-    me = f"{os.getpid()} {socket.gethostname()}"
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        try:
-            pid_text, host = lock.read_text().split(maxsplit=1)
-            pid = int(pid_text)
-        except (OSError, ValueError):
-            return False  # being written right now, or unreadable: look again later
-        if host.strip() != socket.gethostname() or _pid_alive(pid):
-            return False
-        lock.unlink(missing_ok=True)  # stale: its process is gone
-        return _take_lock(lock)
-    with os.fdopen(fd, "w") as f:
-        f.write(me)
-    return True
-
-
 def ensure_dense(dense: dict[str, Any], root: Path, timeout_s: float = 7 * 24 * 3600) -> Path:
     """The folder of the trained dense model for ``dense`` under ``root/dense/``; trains it
-    (resuming a dead worker's run) unless another live worker is training it, then waits."""
+    (resuming a dead worker's run, whose lock is stale) unless a live worker holds its run
+    lock (:class:`~dualsparse.train.run_dir.RunLock`): then waits for it to finish."""
     folder = root / "dense" / run_id("lm", dense)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    done = folder / "results.json"
-    lock = folder.parent / f"{folder.name}.lock"
     deadline = time.monotonic() + timeout_s
-    while not done.is_file():
-        if _take_lock(lock):
-            try:
-                if not done.is_file():
-                    result = commands.train(build_config(dense, folder))
-                    if not result["train"].get("finished"):
-                        raise RuntimeError(f"dense training did not finish: {result['train']}")
-            finally:
-                lock.unlink(missing_ok=True)
-        elif time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout_s:.0f} s for the dense model in {folder} "
-                               f"(lock {lock} held)")
-        else:
+    while not (folder / "results.json").is_file():
+        try:
+            result = commands.train(build_config(dense, folder))
+        except RunLockedError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"waited {timeout_s:.0f} s for the dense model in "
+                                   f"{folder}") from None
             time.sleep(POLL_S)
+            continue
+        if not result["train"].get("finished"):
+            raise RuntimeError(f"dense training did not finish: {result['train']}")
     return folder
 
 
