@@ -1,0 +1,97 @@
+"""Training speed of the PTB presets: tokens/s of the whole training step (forward, backward,
+clipping, optimiser step) at 1 and 2 threads.
+
+The presets (default ``ptb-small-lstm`` and ``ptb-small-egru``) alternate within one process,
+``--repeats`` times per thread count, and the median is reported. Prints the machine and the
+load average before and after; refuses to report when the 1-minute load exceeds 1.5 (unless
+``--allow-load``, and then marks the figures as taken on a loaded machine).
+
+    python benchmarks/bench_train_speed.py [--steps 60] [--repeats 3] [--threads 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+from dualsparse.apps.lm.config import LMConfig
+from dualsparse.apps.lm.presets import with_preset
+from dualsparse.apps.lm.task import LMTask
+from dualsparse.train.loop import Trainer, set_seed
+
+MAX_LOAD = 1.5
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def one_fit(config: LMConfig, data: tuple, steps: int) -> float:
+    """Tokens per second of ``steps`` training steps (after one warm-up step)."""
+    set_seed(config.run.seed, True)
+    corpus, train, valid, test = data
+    model = config.model.build(len(corpus.vocab))
+    task = LMTask.from_config(config.run, train, valid, test)
+    trainer = Trainer(model, task, config.run.train_config(task.steps_per_epoch,
+                                                           fine_tune_steps=steps + 1))
+    trainer.train_step()  # warm-up (allocations, first-call overheads)
+    tokens = 0
+    t0 = time.perf_counter()
+    for _ in range(steps):  # the training step alone: no validation, no checkpoint
+        tokens += int(trainer.train_step()["tokens"])
+    return tokens / (time.perf_counter() - t0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--presets", nargs="+", default=["ptb-small-lstm", "ptb-small-egru"])
+    p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--allow-load", action="store_true")
+    p.add_argument("--out", default=None, help="JSON file for the results (must not exist)")
+    args = p.parse_args(argv)
+    if args.out and os.path.exists(args.out):
+        p.error(f"--out {args.out} exists; choose another file")
+    before = load_average()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"torch {torch.__version__}; load average before: {before:.2f}", flush=True)
+    if before > MAX_LOAD and not args.allow_load:
+        print(f"load average {before:.2f} > {MAX_LOAD}: not measuring (rerun on an idle "
+              "machine, or --allow-load to mark the figures)", file=sys.stderr)
+        return 2
+    configs = {name: LMConfig.from_dict(with_preset(name, {})) for name in args.presets}
+    data = next(iter(configs.values())).data.load()
+    results: dict[str, dict[int, float]] = {name: {} for name in configs}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        samples: dict[str, list[float]] = {name: [] for name in configs}
+        for _ in range(args.repeats):
+            for name, config in configs.items():  # alternate the presets
+                samples[name].append(one_fit(config, data, args.steps))
+        for name in configs:
+            results[name][threads] = statistics.median(samples[name])
+            print(f"{name:>16}  {threads} thread(s): {results[name][threads]:8.0f} tokens/s "
+                  f"(median of {args.repeats}: {', '.join(f'{s:.0f}' for s in samples[name])})",
+                  flush=True)
+    after = load_average()
+    loaded = max(before, after) > MAX_LOAD
+    print(f"load average after: {after:.2f}" + ("  (LOADED: not for the record)" if loaded
+                                                 else ""))
+    if args.out:
+        with open(args.out, "x") as f:
+            json.dump({"tokens_per_s": results, "load_before": before, "load_after": after,
+                       "loaded": loaded, "steps": args.steps, "repeats": args.repeats}, f,
+                      indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
