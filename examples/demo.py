@@ -11,7 +11,7 @@
 
 Usage::
 
-    python examples/demo.py [--preset ptb-demo] [--out runs/demo] [--quick] [train flags...]
+    python examples/demo.py [--preset ptb-demo] [--out DIR] [--quick] [train flags...]
 
 ``--quick`` trains 40 steps and tests on the first 5,000 test tokens (a smoke run of about
 a minute); without it the full preset runs (training, then the whole test set; the timings
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from dualsparse.apps.lm import commands
 from dualsparse.apps.lm.config import LMConfig, PruneConfig
@@ -110,13 +111,26 @@ def prune_and_run_engine(out: str, data_dir: str | None, fine_tune_steps: int,
     return "\n".join(lines)
 
 
+def free_folder(base: Path) -> str:
+    """``base`` if it does not exist yet, else the first free ``base-2``, ``base-3``, ...:
+    running the demo again never touches an earlier run."""
+    path, k = base, 1
+    while path.exists():
+        k += 1
+        path = base.with_name(f"{base.name}-{k}")
+    return str(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--out", default="runs/demo")
+    pre.add_argument("--out", default=None,
+                     help="run folder (default: runs/demo, or runs/demo-2, -3, ... if taken)")
     pre.add_argument("--preset", default="ptb-demo")
     pre.add_argument("--quick", action="store_true")
     known, extra = pre.parse_known_args(argv)
+    if known.out is None:
+        known.out = free_folder(Path("runs") / "demo")
     train_argv = ["--preset", known.preset, "--save", known.out,
                   *(QUICK if known.quick else []), *extra]
     config = LMConfig.from_namespace(build_train_parser(train_argv).parse_args(train_argv))
