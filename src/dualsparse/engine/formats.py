@@ -12,9 +12,10 @@ weights of that column. Two formats share :class:`PackedFormat`:
   ``panel_ptr`` cuts every block column at the row panels (``panel_rows`` rows), so that a
   kernel can process a group of panels for many vectors while their weights stay in cache,
   and threads can own disjoint row groups.
-* :class:`DenseMatrix` -- all weights, column-major (``W^T``, rows padded to 16): event columns
-  with 16-long axpys when the inputs are sparse, one GEMM (PyTorch/oneDNN) when most inputs
-  of many vectors are active (dense inputs such as an embedding).
+* :class:`DenseMatrix` -- all weights, column-major (``W^T``, rows padded to 64): 64-row
+  panels whose outputs stay in SIMD registers while the active columns of a vector are added,
+  when the inputs are sparse; one GEMM (PyTorch/oneDNN) when most inputs of many vectors are
+  active (dense inputs such as an embedding).
 
 :func:`dualsparse.engine.pack.choose_format` picks one per matrix (``block="auto"``); the
 kernels are in :mod:`dualsparse.engine.kernels`.
@@ -43,8 +44,9 @@ DENSE_MIN_DENSITY = 0.9
 #: Row panel height (rounded up to a multiple of the tile height).
 PANEL_ROWS = 64
 #: Target bytes of packed weights per work item when several vectors share them (they are
-#: re-read from L2 for every vector; the L2 of our AMD EPYC is 1 MB per core).
-GROUP_BYTES = 256 * 1024
+#: re-read from cache for every vector; the L2 of our AMD EPYC is 1 MB per core; 1-4 MB
+#: groups measured fastest with 64 vectors).
+GROUP_BYTES = 1024 * 1024
 #: Most rows per work item (their accumulator slice, 16 KB of float32, stays in L1).
 GROUP_MAX_ROWS = 4096
 #: :class:`DenseMatrix` uses one GEMM instead of event columns when the active fraction of
@@ -91,18 +93,6 @@ class PackedFormat:
     @property
     def rows_padded(self) -> int:  # pragma: no cover - every format overrides it
         raise NotImplementedError
-
-    def _group_rows(self, n_vectors: int, threads: int) -> int:
-        """Rows per work item: weights within :data:`GROUP_BYTES` when several vectors share
-        them, accumulator slices within :data:`GROUP_MAX_ROWS`, at least one item per
-        thread."""
-        rows = min(self.rows_padded, GROUP_MAX_ROWS)
-        if n_vectors > 1:
-            per_row = max(1.0, 4.0 * self.stored_values / self.rows_padded)
-            rows = min(rows, int(GROUP_BYTES / per_row))
-        if threads > 1:
-            rows = min(rows, math.ceil(self.rows_padded / threads))
-        return max(rows, 1)
 
     def _check_accumulate_args(self, x: np.ndarray, idx: np.ndarray, cnt: np.ndarray,
                                out: np.ndarray) -> None:
@@ -157,6 +147,18 @@ class PackedMatrix(PackedFormat):
         """Stored values per input column ``(cols,)`` (what one active column costs)."""
         per_block_col = np.diff(self.indptr).astype(np.int64) * self.block[0]
         return np.repeat(per_block_col, self.block[1])[: self.cols]
+
+    def _group_rows(self, n_vectors: int, threads: int) -> int:
+        """Rows per work item: weights within :data:`GROUP_BYTES` when several vectors share
+        them, accumulator slices within :data:`GROUP_MAX_ROWS`, at least one item per
+        thread."""
+        rows = min(self.rows_padded, GROUP_MAX_ROWS)
+        if n_vectors > 1:
+            per_row = max(1.0, 4.0 * self.stored_values / self.rows_padded)
+            rows = min(rows, int(GROUP_BYTES / per_row))
+        if threads > 1:
+            rows = min(rows, math.ceil(self.rows_padded / threads))
+        return max(rows, 1)
 
     def group(self, n_vectors: int, threads: int = 1) -> int:
         """Panels per work item of :meth:`accumulate` for ``n_vectors`` vectors."""
@@ -239,13 +241,13 @@ class PackedMatrix(PackedFormat):
 class DenseMatrix(PackedFormat):
     """All weights of ``(rows, cols)``, column-major: ``data`` ``(cols * rows_padded,)``
     float32 holds ``W^T`` with each column padded with zeros to ``rows_padded`` (a multiple
-    of 16)."""
+    of 64: the kernel's row panels)."""
 
     data: np.ndarray | None = None
 
     @property
     def rows_padded(self) -> int:
-        return math.ceil(self.shape[0] / 16) * 16
+        return math.ceil(self.shape[0] / 64) * 64
 
     @property
     def nbytes(self) -> int:
@@ -253,10 +255,6 @@ class DenseMatrix(PackedFormat):
 
     def column_nnz(self) -> np.ndarray:
         return np.full(self.cols, self.rows_padded, dtype=np.int64)
-
-    def group(self, n_vectors: int, threads: int = 1) -> int:
-        """Rows per work item (a multiple of 16) of the event-column kernel."""
-        return max(16, self._group_rows(n_vectors, threads) // 16 * 16)
 
     def uses_gemm(self, n_vectors: int, n_active: int) -> bool:
         """Whether :meth:`accumulate` multiplies by GEMM (see :data:`GEMM_MIN_ACTIVITY`)."""
@@ -281,7 +279,7 @@ class DenseMatrix(PackedFormat):
                 torch.set_num_threads(before)
             return
         fn = K.accumulate_dense_parallel if threads > 1 else K.accumulate_dense
-        fn(self.data, self.rows_padded, self.group(n, threads), x, idx, cnt, out)
+        fn(self.data, self.rows_padded, x, idx, cnt, out)
 
     def to_dense(self) -> np.ndarray:
         return np.ascontiguousarray(

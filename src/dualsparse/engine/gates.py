@@ -162,8 +162,8 @@ def recurrent_segment(kind: int, fmt: int, parallel: bool, panel_ptr: np.ndarray
 
     Per step: ``gh = b_hh + W_hh[:, active] y`` (event columns of each sequence, ``fmt`` 0:
     tiles with ``panel_ptr``/``indices``/``data``/``(br, bc)``, ``group`` panels per work item;
-    1: dense column-major ``data``, ``group`` rows per work item; ``parallel``: the
-    ``prange`` build), then the gates of ``kind`` (0 EGRU, 1 GRU, 2 LSTM; arguments as
+    1: dense column-major ``data`` with ``rows_padded`` rows; ``parallel``: the ``prange``
+    build), then the gates of ``kind`` (0 EGRU, 1 GRU, 2 LSTM; arguments as
     :func:`egru_gates`). ``y``, ``c``, ``idx``, ``cnt`` carry the state in and out.
 
     Writes ``y_seq`` ``(T, B, H)``, the active lists ``idx_seq`` ``(T, B, H)`` /
@@ -188,9 +188,9 @@ def recurrent_segment(kind: int, fmt: int, parallel: bool, panel_ptr: np.ndarray
                 accumulate_tiles(panel_ptr, indices, data, br, bc, group, y, idx, cnt, gh)
         else:
             if parallel:
-                accumulate_dense_parallel(data, rows_padded, group, y, idx, cnt, gh)
+                accumulate_dense_parallel(data, rows_padded, y, idx, cnt, gh)
             else:
-                accumulate_dense(data, rows_padded, group, y, idx, cnt, gh)
+                accumulate_dense(data, rows_padded, y, idx, cnt, gh)
         gi = gi_seq[t]
         if kind == 0:
             nonzero += egru_gates(gi, gh, y, c, theta, reset_code, events, zone_p, zone_q, ev,

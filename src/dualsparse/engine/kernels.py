@@ -24,6 +24,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from dualsparse.engine.simd import axpy16, vload, vmadd, vstore
+
 ZERO = np.float32(0.0)
 _OPTS = {"cache": True, "fastmath": False, "nogil": True}
 
@@ -49,7 +51,11 @@ def active_lists(x: np.ndarray, idx: np.ndarray, cnt: np.ndarray) -> int:
 def _group_tiles(panel_ptr: np.ndarray, indices: np.ndarray, data: np.ndarray, br: int,
                  bc: int, p0: int, p1: int, x: np.ndarray, idx: np.ndarray, cnt: np.ndarray,
                  out: np.ndarray) -> None:
-    """Panels ``[p0, p1)`` of a tiled matrix (any tile shape) for every vector."""
+    """Panels ``[p0, p1)`` of a tiled matrix (any tile shape) for every vector.
+
+    ``(16, 1)`` tiles use :func:`dualsparse.engine.simd.axpy16`; other shapes an axpy over
+    array *slices* with a run-time length ``br``, which LLVM vectorises behind a run-time
+    alias check (plain indexing adds negative-index checks that block vectorisation)."""
     for v in range(x.shape[0]):
         o = out[v]
         xv = x[v]
@@ -58,49 +64,54 @@ def _group_tiles(panel_ptr: np.ndarray, indices: np.ndarray, data: np.ndarray, b
             xj = xv[j]
             bj = j // bc
             c = j - bj * bc
+            t0 = panel_ptr[p0, bj]
+            t1 = panel_ptr[p1, bj]
             if br == 16 and bc == 1:
-                for t in range(panel_ptr[p0, bj], panel_ptr[p1, bj]):
-                    r0 = np.int64(indices[t]) * 16
-                    ov = o[r0:r0 + 16]
-                    d = data[t * 16:t * 16 + 16]
-                    for r in range(16):
-                        ov[r] += d[r] * xj
-            elif br == 1 and bc == 1:
-                for t in range(panel_ptr[p0, bj], panel_ptr[p1, bj]):
-                    o[indices[t]] += data[t] * xj
-            elif br == 4 and bc == 4:
-                for t in range(panel_ptr[p0, bj], panel_ptr[p1, bj]):
-                    r0 = np.int64(indices[t]) * 4
-                    base = (t * 4 + c) * 4
-                    ov = o[r0:r0 + 4]
-                    d = data[base:base + 4]
-                    for r in range(4):
-                        ov[r] += d[r] * xj
-            else:
-                for t in range(panel_ptr[p0, bj], panel_ptr[p1, bj]):
-                    r0 = np.int64(indices[t]) * br
-                    base = (t * bc + c) * br
-                    for r in range(br):
-                        o[r0 + r] += data[base + r] * xj
+                for t in range(t0, t1):
+                    axpy16(o, np.int64(indices[t]) * 16, data, np.int64(t) * 16, xj)
+                continue
+            if br == 1:
+                d1 = data[t0:t1]
+                i1 = indices[t0:t1]
+                for k in range(t1 - t0):
+                    o[i1[k]] += d1[k] * xj
+                continue
+            for t in range(t0, t1):
+                r0 = np.int64(indices[t]) * br
+                base = (np.int64(t) * bc + c) * br
+                ov = o[r0:r0 + br]
+                d = data[base:base + br]
+                for r in range(br):
+                    ov[r] += d[r] * xj
 
 
 @njit(**_OPTS)
-def _group_dense(data: np.ndarray, rows_padded: int, r0: int, r1: int, x: np.ndarray,
-                 idx: np.ndarray, cnt: np.ndarray, out: np.ndarray) -> None:
-    """Rows ``[r0, r1)`` (multiples of 16) of a dense column-major matrix ``data``
-    ``(C * rows_padded,)`` for every vector: 16-long SIMD axpys."""
+def _panel_dense(data: np.ndarray, rows_padded: int, p: int, x: np.ndarray, idx: np.ndarray,
+                 cnt: np.ndarray, out: np.ndarray) -> None:
+    """Row panel ``p`` (64 rows) of a dense column-major matrix ``data`` ``(C * rows_padded,)``
+    for every vector: its 64 outputs stay in four SIMD registers while the active columns
+    are added, so the outputs are read and written once per vector, and the panel's weights
+    (``64 * C`` floats) stay in cache from one vector to the next."""
+    s = np.int64(p) * 64
     for v in range(x.shape[0]):
         o = out[v]
         xv = x[v]
+        a0 = vload(o, s)
+        a1 = vload(o, s + 16)
+        a2 = vload(o, s + 32)
+        a3 = vload(o, s + 48)
         for a in range(cnt[v]):
             j = idx[v, a]
             xj = xv[j]
-            col = np.int64(j) * rows_padded
-            for s in range(r0, r1, 16):
-                ov = o[s:s + 16]
-                d = data[col + s:col + s + 16]
-                for r in range(16):
-                    ov[r] += d[r] * xj
+            col = np.int64(j) * rows_padded + s
+            a0 = vmadd(a0, data, col, xj)
+            a1 = vmadd(a1, data, col + 16, xj)
+            a2 = vmadd(a2, data, col + 32, xj)
+            a3 = vmadd(a3, data, col + 48, xj)
+        vstore(o, s, a0)
+        vstore(o, s + 16, a1)
+        vstore(o, s + 32, a2)
+        vstore(o, s + 48, a3)
 
 
 def _accumulate_tiles(panel_ptr: np.ndarray, indices: np.ndarray, data: np.ndarray, br: int,
@@ -116,15 +127,12 @@ def _accumulate_tiles(panel_ptr: np.ndarray, indices: np.ndarray, data: np.ndarr
         _group_tiles(panel_ptr, indices, data, br, bc, p0, p1, x, idx, cnt, out)
 
 
-def _accumulate_dense(data: np.ndarray, rows_padded: int, group_rows: int, x: np.ndarray,
-                      idx: np.ndarray, cnt: np.ndarray, out: np.ndarray) -> None:
-    """Dense column-major matrix: as :func:`accumulate_tiles` with ``group_rows`` rows (a
-    multiple of 16) per work item."""
-    ngroups = (rows_padded + group_rows - 1) // group_rows
-    for g in prange(ngroups):
-        r0 = g * group_rows
-        r1 = min(r0 + group_rows, rows_padded)
-        _group_dense(data, rows_padded, r0, r1, x, idx, cnt, out)
+def _accumulate_dense(data: np.ndarray, rows_padded: int, x: np.ndarray, idx: np.ndarray,
+                      cnt: np.ndarray, out: np.ndarray) -> None:
+    """Dense column-major matrix (``rows_padded`` a multiple of 64): as
+    :func:`accumulate_tiles`, one 64-row panel per work item (:func:`_panel_dense`)."""
+    for p in prange(rows_padded // 64):
+        _panel_dense(data, rows_padded, p, x, idx, cnt, out)
 
 
 #: Serial and ``prange``-parallel builds of the same kernels (identical results).

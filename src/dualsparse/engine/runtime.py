@@ -63,8 +63,8 @@ def _hh_args(mat: PackedFormat, batch: int, threads: int) -> tuple:
     t = threads if par else 1
     empty_i = np.zeros((1, 1), np.int32)
     if isinstance(mat, DenseMatrix):
-        return (FORMAT_CODES["dense"], par, empty_i, empty_i[0], mat.data, 16, 1,
-                mat.rows_padded, mat.group(batch, t))
+        return (FORMAT_CODES["dense"], par, empty_i, empty_i[0], mat.data, 64, 1,
+                mat.rows_padded, 1)
     return (FORMAT_CODES["tiles"], par, mat.panel_ptr, mat.indices, mat.data, *mat.block,
             mat.rows_padded, mat.group(batch, t))
 
