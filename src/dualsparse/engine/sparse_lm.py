@@ -188,7 +188,9 @@ class SparseLM:
             top_k: sample among the ``top_k`` most likely tokens only (None: all).
             seed: seed of the sampler (``numpy.random.default_rng``).
         """
-        ids = self._check_tokens(prompt if not isinstance(prompt, list) else np.array(prompt))
+        if isinstance(prompt, list):
+            prompt = np.array(prompt, dtype=np.int64)
+        ids = self._check_tokens(prompt)
         if ids.ndim != 1 or ids.size == 0:
             raise ValueError(f"prompt must be a non-empty 1-D sequence of ids, got shape "
                              f"{ids.shape}")
