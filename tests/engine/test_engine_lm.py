@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from dualsparse.engine import runtime as R
-
 from dualsparse.engine.lm import (
     SparseLM,
     compare_with_torch,
