@@ -118,16 +118,25 @@ def make_lm(shape: tuple, cell: str, d_w: float, pattern: str, seed: int) -> RNN
 
 
 def calibrate_activity(lm: RNNLanguageModel, tokens: torch.Tensor, target: float,
-                       rounds: int = 3) -> float:
+                       rounds: int = 4) -> float:
     """Set per-unit EGRU thresholds, layer by layer, so that about ``target`` of the units
-    fire on ``tokens`` ``(T, 1)``; returns the measured activity (all layers)."""
+    fire on ``tokens`` ``(T, 1)``; returns the measured activity (mean over layers).
+
+    Each round sets the thresholds to the ``1 - q`` quantile of ``c~`` per unit and corrects
+    ``q`` by the ratio of target to measured activity (the reset lowers ``c~`` after events,
+    so a plain quantile undershoots)."""
     for k, rnn in enumerate(lm.rnns):
+        q = target
         for _ in range(rounds):
             with torch.no_grad():
                 _, _, seqs = lm(tokens, return_sequences=True)
             internal = seqs.layers[k].internal.reshape(-1, rnn.hidden_sizes[0])
-            q = torch.quantile(internal, 1.0 - target, dim=0).clamp(0.01, 5.0)
-            rnn.set_threshold(0, q)
+            theta = torch.quantile(internal, 1.0 - min(q, 0.95), dim=0).clamp(0.01, 5.0)
+            rnn.set_threshold(0, theta)
+            with torch.no_grad():
+                _, _, seqs = lm(tokens, return_sequences=True)
+            got = float((seqs.layers[k].output != 0).float().mean())
+            q = q * target / max(got, 1e-3)
     with torch.no_grad():
         _, _, seqs = lm(tokens, return_sequences=True)
     return float(np.mean([float((s.output != 0).float().mean()) for s in seqs.layers]))
