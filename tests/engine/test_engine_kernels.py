@@ -12,6 +12,7 @@ from dualsparse.engine import formats as FM
 from dualsparse.engine import gates as K
 from dualsparse.engine import kernels as KA
 from dualsparse.engine.pack import pack_dense, pack_matrix
+from dualsparse.engine.rows import pack_rows
 from dualsparse.models.egru import egru_step
 from dualsparse.models.rnn import gru_step, lstm_step
 from dualsparse.models.surrogate import Surrogate
@@ -46,10 +47,12 @@ def test_active_lists_are_each_rows_nonzeros():
     assert KA.active_lists(x, idx, cnt) == np.count_nonzero(x)
 
 
-FORMATS = [(1, 1), (16, 1), (4, 4), (3, 2), (64, 1), "dense"]
+FORMATS = [(1, 1), (16, 1), (4, 4), (3, 2), (64, 1), "dense", "rows"]
 
 
 def _pack(w: np.ndarray, fmt):
+    if fmt == "rows":
+        return pack_rows(w)
     return pack_dense(w) if fmt == "dense" else pack_matrix(w, block=fmt, panel_rows=32)
 
 
@@ -71,7 +74,11 @@ def test_accumulate_matches_numpy_per_vector(fmt, n):
         out2 = np.tile(bias, (n, 1))
         p.accumulate(x, idx, cnt, out2, threads=threads)
         np.testing.assert_array_equal(out2, out)
-    if fmt != "dense":
+    if fmt == "rows":  # row-major tiles add the same terms in the same order as 16x1 columns
+        out16 = np.tile(bias, (n, 1))
+        pack_matrix(w, block=(16, 1)).accumulate(x, idx, cnt, out16)
+        np.testing.assert_array_equal(out16, out)
+    if fmt not in ("dense", "rows"):
         for group in (1, 2, p.n_panels):
             out3 = np.tile(bias, (n, 1))
             KA.accumulate_tiles(p.panel_ptr, p.indices, p.data, *p.block, group, x, idx, cnt,
@@ -79,7 +86,7 @@ def test_accumulate_matches_numpy_per_vector(fmt, n):
             np.testing.assert_array_equal(out3, out)
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if f != "rows"])
 def test_inactive_columns_are_never_read(fmt):
     """Work follows each vector's own active list: poisoning the weights of columns that no
     vector uses, or that a vector does not list, changes nothing."""
@@ -114,6 +121,12 @@ def test_dense_gemm_path_equals_event_path():
     ref = np.zeros_like(out)
     KA.accumulate_dense(p.data, p.rows_padded, x, idx, cnt, ref)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    # one vector: column by column, same floats as the register panels
+    one, col = np.zeros((1, p.rows_padded), np.float32), np.zeros((1, p.rows_padded), np.float32)
+    p.accumulate(x[:1] * (x[:1] > 0), *_lists(x[:1] * (x[:1] > 0)), one)
+    KA.accumulate_dense(p.data, p.rows_padded, x[:1] * (x[:1] > 0), *_lists(x[:1] * (x[:1] > 0)),
+                        col)
+    np.testing.assert_array_equal(one, col)
 
 
 def test_accumulate_rejects_wrong_buffers():

@@ -21,20 +21,28 @@ from dualsparse.models.lm import RNNLanguageModel
 from dualsparse.train.lm_task import evaluate_lm
 
 
-def _lm(cell: str, tie: bool, prune: float = 0.0) -> RNNLanguageModel:
+def _lm(cell: str, tie: bool, prune: float = 0.0, block16: bool = False) -> RNNLanguageModel:
+    """A small LM; ``prune``: fraction of recurrent (and untied decoder) weights zeroed,
+    unstructured or, with ``block16``, in 16x1 blocks (whole 16-row runs of a column)."""
     torch.manual_seed(0)
     opts = {"threshold_mean": 0.1} if cell == "egru" else None
-    sizes = [24, 16] if tie else [24, 20]
+    sizes = [24, 16] if tie else [32, 20]
     lm = RNNLanguageModel(60, 16, sizes, cell=cell, tie_weights=tie, cell_options=opts)
     if prune:
         g = torch.Generator().manual_seed(1)
+
+        def mask(shape: torch.Size) -> torch.Tensor:
+            if not block16:
+                return (torch.rand(shape, generator=g) >= prune).float()
+            blocks = torch.rand((-(-shape[0] // 16), shape[1]), generator=g) >= prune
+            return blocks.float().repeat_interleave(16, 0)[: shape[0]]
+
         with torch.no_grad():
             for name, p in lm.named_parameters():
                 if p.dim() == 2 and not name.startswith("embedding"):
-                    p.mul_((torch.rand(p.shape, generator=g) >= prune).to(p.dtype))
+                    p.mul_(mask(p.shape))
             if not tie:
-                lm.decoder.weight.mul_((torch.rand(lm.decoder.weight.shape, generator=g)
-                                        >= prune).float())
+                lm.decoder.weight.mul_(mask(lm.decoder.weight.shape))
     return lm.eval()
 
 
@@ -112,11 +120,14 @@ def test_sparse_lm_errors():
 @pytest.mark.parametrize("threads", [1, 2])
 def test_modes_formats_threads_equal_torch(block, threads, monkeypatch):
     monkeypatch.setattr(R, "PARALLEL_MIN_BYTES", 0)
-    lm = _lm("egru", tie=False, prune=0.6)
+    lm = _lm("egru", tie=False, prune=0.6, block16=True)
     tokens = torch.randint(0, 60, (12, 3))
     with torch.no_grad():
         ref, _ = lm(tokens)
     slm = SparseLM.from_model(lm, block=block, threads=threads)
+    first = type(slm.runtime.packed.layers[0].w_ih).__name__
+    assert first == ("RowMatrix" if block == "auto" else
+                     "DenseMatrix" if block == "dense" else "PackedMatrix")
     seg = slm.run(tokens)                                  # segment mode, batch 3
     torch.testing.assert_close(seg, ref, atol=2e-5, rtol=1e-4)
     slm.reset(3)                                           # streaming, batch 3

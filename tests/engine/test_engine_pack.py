@@ -15,6 +15,7 @@ from dualsparse.engine.pack import (
     pack_matrix,
     pack_rnn,
 )
+from dualsparse.engine.rows import pack_rows
 from dualsparse.models import EGRU, LSTM
 
 
@@ -42,6 +43,10 @@ def test_round_trip_equals_dense(block, density):
     d = pack_dense(w)
     np.testing.assert_array_equal(d.to_dense(), w)
     assert d.rows_padded % 64 == 0 and d.nnz == p.nnz
+    r = pack_rows(w)
+    np.testing.assert_array_equal(r.to_dense(), w)
+    assert r.nnz == p.nnz and r.stored_values == pack_matrix(w, (16, 1)).stored_values
+    np.testing.assert_array_equal(r.column_nnz(), pack_matrix(w, (16, 1)).column_nnz())
 
 
 def test_panel_pointers_partition_each_block_column_by_rows():
@@ -103,6 +108,18 @@ def test_check_catches_each_broken_invariant():
         d2.check()
     with pytest.raises(ValueError, match="nnz"):
         DenseMatrix(d2.shape, 0, pack_dense(w[:50]).data).check()
+    r = pack_rows(w[:50])
+    r.col_index[[0, 1]] = r.col_index[[1, 0]]
+    with pytest.raises(ValueError, match="increase strictly"):
+        r.check()
+    r = pack_rows(w[:50])
+    r.data[-1] = 1.0  # row 63 of the last block row is padding
+    with pytest.raises(ValueError, match="padding"):
+        r.check()
+    r = pack_rows(w[:50])
+    r.rowptr[-1] += 1
+    with pytest.raises(ValueError, match="rowptr"):
+        r.check()
 
 
 def test_packed_bytes_smaller_than_dense_when_sparse():

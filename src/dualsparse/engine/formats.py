@@ -266,7 +266,7 @@ class DenseMatrix(PackedFormat):
     def accumulate(self, x: np.ndarray, idx: np.ndarray, cnt: np.ndarray, out: np.ndarray,
                    threads: int = 1) -> None:
         """As :meth:`PackedMatrix.accumulate`; one GEMM on PyTorch's ``threads`` threads when
-        :meth:`uses_gemm`."""
+        :meth:`uses_gemm`; register panels for several vectors; column by column for one."""
         self._check_accumulate_args(x, idx, cnt, out)
         n = x.shape[0]
         if self.uses_gemm(n, int(cnt.sum())):
@@ -278,8 +278,18 @@ class DenseMatrix(PackedFormat):
             finally:
                 torch.set_num_threads(before)
             return
+        if n == 1:  # no reuse of weights: stream each active column's rows contiguously
+            fn = K.accumulate_dense_columns_parallel if threads > 1 else K.accumulate_dense_columns
+            fn(self.data, self.rows_padded, self.column_group(threads), x, idx, cnt, out)
+            return
         fn = K.accumulate_dense_parallel if threads > 1 else K.accumulate_dense
         fn(self.data, self.rows_padded, x, idx, cnt, out)
+
+    def column_group(self, threads: int = 1) -> int:
+        """Rows per work item (multiple of 64) of the single-vector column kernel: an output
+        slice within :data:`GROUP_MAX_ROWS`, at least one item per thread."""
+        rows = min(self.rows_padded, GROUP_MAX_ROWS, math.ceil(self.rows_padded / threads))
+        return max(64, rows // 64 * 64)
 
     def to_dense(self) -> np.ndarray:
         return np.ascontiguousarray(

@@ -16,6 +16,8 @@ from numba import njit
 
 from dualsparse.engine.kernels import (
     accumulate_dense,
+    accumulate_dense_columns,
+    accumulate_dense_columns_parallel,
     accumulate_dense_parallel,
     accumulate_tiles,
     accumulate_tiles_parallel,
@@ -32,8 +34,9 @@ _GATE_OPTS = {**_OPTS, "error_model": "numpy"}
 
 #: ``kind`` codes of :func:`recurrent_segment`.
 KIND_CODES = {"egru": 0, "gru": 1, "lstm": 2}
-#: ``fmt`` codes of :func:`recurrent_segment`: tiles/CSC, dense column-major.
-FORMAT_CODES = {"tiles": 0, "dense": 1}
+#: ``fmt`` codes of :func:`recurrent_segment`: tiles/CSC, dense column-major (register
+#: panels; column by column for a single vector).
+FORMAT_CODES = {"tiles": 0, "dense": 1, "dense_columns": 2}
 
 # Rational approximation of tanh on [-7.905, 7.905] (Eigen's ``ptanh_float``; beyond that
 # float32 tanh is +-1): max abs error 3.4e-7 against float64 tanh (PyTorch's: 3e-8), and
@@ -184,9 +187,10 @@ def recurrent_segment(kind: int, fmt: int, parallel: bool, panel_ptr: np.ndarray
 
     Per step: ``gh = b_hh + W_hh[:, active] y`` (event columns of each sequence, ``fmt`` 0:
     tiles with ``panel_ptr``/``indices``/``data``/``(br, bc)``, ``group`` panels per work item;
-    1: dense column-major ``data`` with ``rows_padded`` rows; ``parallel``: the ``prange``
-    build), then the gates of ``kind`` (0 EGRU, 1 GRU, 2 LSTM; arguments as
-    :func:`egru_gates`). ``y``, ``c``, ``idx``, ``cnt`` carry the state in and out.
+    1: dense column-major ``data`` with ``rows_padded`` rows; 2: the same column by column,
+    ``group`` rows per work item; ``parallel``: the ``prange`` build), then the gates of
+    ``kind`` (0 EGRU, 1 GRU, 2 LSTM; arguments as :func:`egru_gates`). ``y``, ``c``,
+    ``idx``, ``cnt`` carry the state in and out.
 
     Writes ``y_seq`` ``(T, B, H)``, the active lists ``idx_seq`` ``(T, B, H)`` /
     ``cnt_seq`` ``(T, B)`` and, if ``record``, events and ``c~`` into ``ev_seq``/``ct_seq``.
@@ -208,11 +212,15 @@ def recurrent_segment(kind: int, fmt: int, parallel: bool, panel_ptr: np.ndarray
                                           gh)
             else:
                 accumulate_tiles(panel_ptr, indices, data, br, bc, group, y, idx, cnt, gh)
-        else:
+        elif fmt == 1:
             if parallel:
                 accumulate_dense_parallel(data, rows_padded, y, idx, cnt, gh)
             else:
                 accumulate_dense(data, rows_padded, y, idx, cnt, gh)
+        elif parallel:
+            accumulate_dense_columns_parallel(data, rows_padded, group, y, idx, cnt, gh)
+        else:
+            accumulate_dense_columns(data, rows_padded, group, y, idx, cnt, gh)
         gi = gi_seq[t]
         if kind == 0:
             nonzero += egru_gates(gi, gh, y, c, theta, reset_code, events, zone_p, zone_q, ev,

@@ -135,11 +135,88 @@ def _accumulate_dense(data: np.ndarray, rows_padded: int, x: np.ndarray, idx: np
         _panel_dense(data, rows_padded, p, x, idx, cnt, out)
 
 
+@njit(**_OPTS)
+def _block_row(rowptr: np.ndarray, cols: np.ndarray, data: np.ndarray, i: int, x: np.ndarray,
+               out: np.ndarray) -> None:
+    """Block row ``i`` (16 rows) of a row-major 16x1-tile matrix for every vector, four
+    vectors at a time: each weight tile is loaded once into a SIMD register and multiplied
+    into four accumulators (registers) by the four vectors' inputs. All tiles of the row are
+    added (an input that is zero adds zero), in column order."""
+    s = np.int64(i) * 16
+    n = x.shape[0]
+    t0, t1 = rowptr[i], rowptr[i + 1]
+    v = 0
+    while v + 4 <= n:
+        o0, o1, o2, o3 = out[v], out[v + 1], out[v + 2], out[v + 3]
+        x0, x1, x2, x3 = x[v], x[v + 1], x[v + 2], x[v + 3]
+        a0, a1, a2, a3 = vload(o0, s), vload(o1, s), vload(o2, s), vload(o3, s)
+        for t in range(t0, t1):
+            j = cols[t]
+            d = np.int64(t) * 16
+            a0 = vmadd(a0, data, d, x0[j])
+            a1 = vmadd(a1, data, d, x1[j])
+            a2 = vmadd(a2, data, d, x2[j])
+            a3 = vmadd(a3, data, d, x3[j])
+        vstore(o0, s, a0)
+        vstore(o1, s, a1)
+        vstore(o2, s, a2)
+        vstore(o3, s, a3)
+        v += 4
+    while v < n:
+        o = out[v]
+        xv = x[v]
+        a = vload(o, s)
+        for t in range(t0, t1):
+            a = vmadd(a, data, np.int64(t) * 16, xv[cols[t]])
+        vstore(o, s, a)
+        v += 1
+
+
+def _accumulate_rows(rowptr: np.ndarray, cols: np.ndarray, data: np.ndarray, x: np.ndarray,
+                     out: np.ndarray) -> None:
+    """Row-major 16x1 tiles (:class:`dualsparse.engine.rows.RowMatrix`): ``out += x W^T``
+    over all stored tiles, one block row per work item (:func:`_block_row`)."""
+    for i in prange(rowptr.shape[0] - 1):
+        _block_row(rowptr, cols, data, i, x, out)
+
+
+@njit(**_OPTS)
+def _columns_dense(data: np.ndarray, rows_padded: int, r0: int, r1: int, x: np.ndarray,
+                   idx: np.ndarray, cnt: np.ndarray, out: np.ndarray) -> None:
+    """Rows ``[r0, r1)`` of a dense column-major matrix for every vector, column by column:
+    each active column's rows are one contiguous run (streams from memory well; for single
+    vectors, whose weights are not reused)."""
+    for v in range(x.shape[0]):
+        o = out[v]
+        xv = x[v]
+        for a in range(cnt[v]):
+            j = idx[v, a]
+            xj = xv[j]
+            col = np.int64(j) * rows_padded
+            for s in range(r0, r1, 16):
+                axpy16(o, np.int64(s), data, col + s, xj)
+
+
+def _accumulate_dense_columns(data: np.ndarray, rows_padded: int, group_rows: int,
+                              x: np.ndarray, idx: np.ndarray, cnt: np.ndarray,
+                              out: np.ndarray) -> None:
+    """As :func:`accumulate_dense`, column by column over row groups of ``group_rows`` (a
+    multiple of 64) per work item (:func:`_columns_dense`)."""
+    for g in prange((rows_padded + group_rows - 1) // group_rows):
+        r0 = g * group_rows
+        _columns_dense(data, rows_padded, r0, min(r0 + group_rows, rows_padded), x, idx, cnt,
+                       out)
+
+
 #: Serial and ``prange``-parallel builds of the same kernels (identical results).
 accumulate_tiles = njit(**_OPTS)(_accumulate_tiles)
 accumulate_tiles_parallel = njit(parallel=True, **_OPTS)(_accumulate_tiles)
 accumulate_dense = njit(**_OPTS)(_accumulate_dense)
 accumulate_dense_parallel = njit(parallel=True, **_OPTS)(_accumulate_dense)
+accumulate_dense_columns = njit(**_OPTS)(_accumulate_dense_columns)
+accumulate_dense_columns_parallel = njit(parallel=True, **_OPTS)(_accumulate_dense_columns)
+accumulate_rows = njit(**_OPTS)(_accumulate_rows)
+accumulate_rows_parallel = njit(parallel=True, **_OPTS)(_accumulate_rows)
 
 
 @njit(**_OPTS)
@@ -152,5 +229,7 @@ def add_bias(out: np.ndarray, bias: np.ndarray) -> None:
             o[r] = bias[r]
 
 
-__all__ = ["accumulate_dense", "accumulate_dense_parallel", "accumulate_tiles",
+__all__ = ["accumulate_dense", "accumulate_dense_columns", "accumulate_dense_columns_parallel",
+           "accumulate_dense_parallel", "accumulate_rows", "accumulate_rows_parallel",
+           "accumulate_tiles",
            "accumulate_tiles_parallel", "active_lists", "add_bias"]

@@ -34,7 +34,7 @@ from torch import nn
 
 from dualsparse.engine import kernels as K
 from dualsparse.engine.events import EventComparison, compare_events
-from dualsparse.engine.formats import Block, DenseMatrix, PackedFormat
+from dualsparse.engine.formats import Block, DenseMatrix, PackedFormat, PackedMatrix
 from dualsparse.engine.gates import FORMAT_CODES, KIND_CODES, recurrent_segment
 from dualsparse.engine.pack import RESET_CODES, PackedLayer, PackedRNN, pack_rnn
 from dualsparse.models.egru import EGRUState
@@ -63,8 +63,14 @@ def _hh_args(mat: PackedFormat, batch: int, threads: int) -> tuple:
     t = threads if par else 1
     empty_i = np.zeros((1, 1), np.int32)
     if isinstance(mat, DenseMatrix):
+        if batch == 1:
+            return (FORMAT_CODES["dense_columns"], par, empty_i, empty_i[0], mat.data, 64, 1,
+                    mat.rows_padded, mat.column_group(t))
         return (FORMAT_CODES["dense"], par, empty_i, empty_i[0], mat.data, 64, 1,
                 mat.rows_padded, 1)
+    if not isinstance(mat, PackedMatrix):
+        raise ValueError(f"recurrent weights must be PackedMatrix or DenseMatrix, got "
+                         f"{type(mat).__name__}")
     return (FORMAT_CODES["tiles"], par, mat.panel_ptr, mat.indices, mat.data, *mat.block,
             mat.rows_padded, mat.group(batch, t))
 

@@ -24,11 +24,16 @@ import torch
 from torch import nn
 
 from dualsparse.engine import kernels as K
-from dualsparse.engine.formats import Block, PackedFormat
+from dualsparse.engine.formats import Block, PackedFormat, PackedMatrix
 from dualsparse.engine.pack import PackedRNN, choose_format, pack_rnn
+from dualsparse.engine.rows import pack_rows
 from dualsparse.engine.runtime import SparseRuntime
 from dualsparse.models.lm import RNNLanguageModel
 from dualsparse.validation import check_int, check_real
+
+#: The first layer's input product uses row-major tiles when at least this fraction of the
+#: embedding is nonzero (every stored tile is then used anyway).
+ROWS_MIN_INPUT_DENSITY = 0.5
 
 
 def check_lm(model: nn.Module) -> RNNLanguageModel:
@@ -81,17 +86,24 @@ class SparseLM:
         """Pack an :class:`RNNLanguageModel` (eval mode; pruned weights as exact zeros).
 
         ``block``: the format of every matrix, decoder included (``"auto"``: per matrix, see
-        :func:`dualsparse.engine.formats.choose_format`)."""
+        :func:`dualsparse.engine.pack.choose_format`; the first layer's input matrix, when
+        packed in 16x1 tiles, goes to row-major tiles
+        (:class:`dualsparse.engine.rows.RowMatrix`) if at least
+        :data:`ROWS_MIN_INPUT_DENSITY` of the embedding is nonzero)."""
         lm = check_lm(model)
         if lm.training:
             raise ValueError("put the model in eval mode (model.eval()) before packing")
-        layers = []
-        for rnn in lm.rnns:
-            layers.extend(pack_rnn(rnn, block=block).layers)
-        runtime = SparseRuntime(PackedRNN(layers), threads=threads)
         emb = lm.embedding.weight.detach().to("cpu", torch.float32).numpy()
         if not np.isfinite(emb).all():
             raise ValueError("embedding contains NaN or inf")
+        layers = []
+        for rnn in lm.rnns:
+            layers.extend(pack_rnn(rnn, block=block).layers)
+        first = layers[0].w_ih
+        if (block == "auto" and isinstance(first, PackedMatrix) and first.block == (16, 1)
+                and np.count_nonzero(emb) >= ROWS_MIN_INPUT_DENSITY * emb.size):
+            layers[0].w_ih = pack_rows(first)  # its inputs, embedding rows, are dense
+        runtime = SparseRuntime(PackedRNN(layers), threads=threads)
         dec = choose_format(lm.decoder.weight, block, "decoder.weight")
         bias = lm.decoder.bias
         b = (np.zeros(lm.vocab_size, np.float32) if bias is None
@@ -231,4 +243,4 @@ def sample_token(logits: np.ndarray, temperature: float, top_k: int | None,
     return int(rng.choice(z.size, p=p))
 
 
-__all__ = ["Generation", "SparseLM", "check_lm", "sample_token"]
+__all__ = ["ROWS_MIN_INPUT_DENSITY", "Generation", "SparseLM", "check_lm", "sample_token"]
