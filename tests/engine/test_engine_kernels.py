@@ -58,7 +58,8 @@ def _pack(w: np.ndarray, fmt):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("n", [1, 7])
-def test_accumulate_matches_numpy_per_vector(fmt, n):
+def test_accumulate_matches_numpy_per_vector(fmt, n, monkeypatch):
+    monkeypatch.setattr(FM, "PARALLEL_MIN_BYTES", 0)  # threads even for this small matrix
     rng = np.random.default_rng(2)
     w = _matrix(150, 45, 0.3, rng)
     p = _pack(w, fmt)

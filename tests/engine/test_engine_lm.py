@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from dualsparse.engine import runtime as R
+from dualsparse.engine import formats as FM
 from dualsparse.engine.lm import (
     SparseLM,
     compare_with_torch,
@@ -119,7 +119,7 @@ def test_sparse_lm_errors():
 @pytest.mark.parametrize("block", ["auto", (16, 1), (1, 1), "dense"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_modes_formats_threads_equal_torch(block, threads, monkeypatch):
-    monkeypatch.setattr(R, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(FM, "PARALLEL_MIN_BYTES", 0)
     lm = _lm("egru", tie=False, prune=0.6, block16=True)
     tokens = torch.randint(0, 60, (12, 3))
     with torch.no_grad():

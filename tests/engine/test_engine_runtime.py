@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dualsparse.engine import runtime as R
+from dualsparse.engine import formats as FM
 from dualsparse.engine.runtime import SparseRuntime, compare_events
 from dualsparse.models import EGRU, GRU, LSTM
 
@@ -75,7 +75,7 @@ def test_egru_runtime_equals_torch(reset_mode, density, batch):
 @pytest.fixture
 def parallel_everywhere(monkeypatch):
     """Run even the tiny test matrices' recurrent products on parallel threads."""
-    monkeypatch.setattr(R, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(FM, "PARALLEL_MIN_BYTES", 0)
 
 
 @pytest.mark.parametrize("block", [(1, 1), (16, 1), (4, 4), "auto", (3, 2), "dense"])

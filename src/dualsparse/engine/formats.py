@@ -24,6 +24,7 @@ kernels are in :mod:`dualsparse.engine.kernels`.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +50,9 @@ PANEL_ROWS = 64
 GROUP_BYTES = 1024 * 1024
 #: Most rows per work item (their accumulator slice, 16 KB of float32, stays in L1).
 GROUP_MAX_ROWS = 4096
+#: Products of matrices with fewer packed bytes run on one thread even when ``threads > 1``
+#: (a parallel region costs a few microseconds).
+PARALLEL_MIN_BYTES = 512 * 1024
 #: :class:`DenseMatrix` uses one GEMM instead of event columns when the active fraction of
 #: the inputs is at least this (for ``n >= GEMM_MIN_VECTORS`` vectors; a single vector:
 #: ``GEMV_MIN_ACTIVITY``): a blocked GEMM does about 3x the MACs per cycle of the column
@@ -61,8 +65,10 @@ Block = tuple[int, int] | str
 
 
 @dataclass
-class PackedFormat:
-    """Shared part of the packed formats: the dense shape and its nonzero count."""
+class PackedFormat(ABC):
+    """Shared part of the packed formats: the dense shape, its nonzero count, the derived
+    sizes, and the interface every format implements (``rows_padded``, ``nbytes``,
+    ``accumulate``, ``kernel_args``, ``check``, ``to_dense``; ``data`` holds the values)."""
 
     shape: tuple[int, int]
     nnz: int
@@ -91,8 +97,32 @@ class PackedFormat:
         return int(self.data.size)
 
     @property
-    def rows_padded(self) -> int:  # pragma: no cover - every format overrides it
-        raise NotImplementedError
+    @abstractmethod
+    def rows_padded(self) -> int:
+        """Length of an accumulator row (rows rounded up to the format's granularity)."""
+
+    @property
+    @abstractmethod
+    def nbytes(self) -> int:
+        """Bytes of the packed arrays."""
+
+    @abstractmethod
+    def accumulate(self, x: np.ndarray, idx: np.ndarray, cnt: np.ndarray, out: np.ndarray,
+                   threads: int = 1) -> None:
+        """``out[v] += W @ x[v]`` over the active columns ``idx[v, :cnt[v]]`` of each
+        vector."""
+
+    @abstractmethod
+    def kernel_args(self, n_vectors: int, threads: int = 1) -> tuple:
+        """Arguments of :func:`dualsparse.engine.kernels.accumulate_event`."""
+
+    @abstractmethod
+    def check(self) -> None:
+        """Validate every invariant of the format (``ValueError`` naming the field)."""
+
+    @abstractmethod
+    def to_dense(self) -> np.ndarray:
+        """The dense float32 matrix ``(rows, cols)``."""
 
     def _check_accumulate_args(self, x: np.ndarray, idx: np.ndarray, cnt: np.ndarray,
                                out: np.ndarray) -> None:
@@ -164,6 +194,13 @@ class PackedMatrix(PackedFormat):
         """Panels per work item of :meth:`accumulate` for ``n_vectors`` vectors."""
         return max(1, self._group_rows(n_vectors, threads) // self.panel_rows)
 
+    def kernel_args(self, n_vectors: int, threads: int = 1) -> tuple:
+        """Arguments of :func:`dualsparse.engine.kernels.accumulate_event` for ``n_vectors``
+        vectors per call (the one place where the kernel is chosen)."""
+        par = use_threads(self, threads)
+        return (K.FORMAT_CODES["tiles"], par, self.panel_ptr, self.indices, self.data,
+                *self.block, self.rows_padded, self.group(n_vectors, threads if par else 1))
+
     def accumulate(self, x: np.ndarray, idx: np.ndarray, cnt: np.ndarray, out: np.ndarray,
                    threads: int = 1) -> None:
         """``out[v] += W[:, idx[v, :cnt[v]]] @ x[v, idx[v, :cnt[v]]]`` for every vector ``v``.
@@ -171,13 +208,11 @@ class PackedMatrix(PackedFormat):
         Args:
             x: ``(n, cols)`` float32; idx: ``(n, >= max cnt)`` int32 active columns; cnt:
                 ``(n,)`` int32; out: ``(n, rows_padded)`` float32 accumulators (C-contiguous).
-            threads: > 1 runs row groups on parallel threads (identical results).
+            threads: > 1 runs row groups on parallel threads (identical results) for
+                matrices of at least :data:`PARALLEL_MIN_BYTES`.
         """
         self._check_accumulate_args(x, idx, cnt, out)
-        br, bc = self.block
-        fn = K.accumulate_tiles_parallel if threads > 1 else K.accumulate_tiles
-        fn(self.panel_ptr, self.indices, self.data, br, bc, self.group(x.shape[0], threads),
-           x, idx, cnt, out)
+        K.accumulate_event(*self.kernel_args(x.shape[0], threads), x, idx, cnt, out)
 
     def to_dense(self) -> np.ndarray:
         """Unpack into the dense float32 matrix ``(rows, cols)`` (zeros included)."""
@@ -278,12 +313,19 @@ class DenseMatrix(PackedFormat):
             finally:
                 torch.set_num_threads(before)
             return
-        if n == 1:  # no reuse of weights: stream each active column's rows contiguously
-            fn = K.accumulate_dense_columns_parallel if threads > 1 else K.accumulate_dense_columns
-            fn(self.data, self.rows_padded, self.column_group(threads), x, idx, cnt, out)
-            return
-        fn = K.accumulate_dense_parallel if threads > 1 else K.accumulate_dense
-        fn(self.data, self.rows_padded, x, idx, cnt, out)
+        K.accumulate_event(*self.kernel_args(n, threads), x, idx, cnt, out)
+
+    def kernel_args(self, n_vectors: int, threads: int = 1) -> tuple:
+        """Arguments of :func:`dualsparse.engine.kernels.accumulate_event` (event columns):
+        register panels for several vectors, column by column for one (no reuse: each
+        active column's rows stream contiguously)."""
+        par = use_threads(self, threads)
+        none = np.zeros((1, 1), np.int32)
+        if n_vectors == 1:
+            return (K.FORMAT_CODES["dense_columns"], par, none, none[0], self.data, 64, 1,
+                    self.rows_padded, self.column_group(threads if par else 1))
+        return (K.FORMAT_CODES["dense"], par, none, none[0], self.data, 64, 1,
+                self.rows_padded, 1)
 
     def column_group(self, threads: int = 1) -> int:
         """Rows per work item (multiple of 64) of the single-vector column kernel: an output
@@ -306,6 +348,11 @@ class DenseMatrix(PackedFormat):
             raise ValueError("data contains NaN or inf")
         if int(np.count_nonzero(mat)) != self.nnz:
             raise ValueError(f"nnz={self.nnz} does not match the stored nonzeros")
+
+
+def use_threads(mat: PackedFormat, threads: int) -> bool:
+    """Whether products of ``mat`` run on ``threads > 1`` threads."""
+    return threads > 1 and mat.nbytes >= PARALLEL_MIN_BYTES
 
 
 def _check_array(name: str, a: np.ndarray, shape: tuple | None, dtypes: tuple) -> None:
@@ -332,4 +379,5 @@ def as_matrix(weight: torch.Tensor | np.ndarray, name: str) -> np.ndarray:
 
 
 __all__ = ["AUTO_SCATTER_COST", "DENSE_MIN_DENSITY", "GEMM_MIN_ACTIVITY", "PANEL_ROWS",
+           "PARALLEL_MIN_BYTES", "use_threads",
            "Block", "DenseMatrix", "PackedFormat", "PackedMatrix", "as_matrix"]

@@ -14,15 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from dualsparse.engine.kernels import (
-    accumulate_dense,
-    accumulate_dense_columns,
-    accumulate_dense_columns_parallel,
-    accumulate_dense_parallel,
-    accumulate_tiles,
-    accumulate_tiles_parallel,
-    add_bias,
-)
+from dualsparse.engine.kernels import accumulate_event, add_bias
 
 ONE = np.float32(1.0)
 ZERO = np.float32(0.0)
@@ -34,9 +26,6 @@ _GATE_OPTS = {**_OPTS, "error_model": "numpy"}
 
 #: ``kind`` codes of :func:`recurrent_segment`.
 KIND_CODES = {"egru": 0, "gru": 1, "lstm": 2}
-#: ``fmt`` codes of :func:`recurrent_segment`: tiles/CSC, dense column-major (register
-#: panels; column by column for a single vector).
-FORMAT_CODES = {"tiles": 0, "dense": 1, "dense_columns": 2}
 
 # Rational approximation of tanh on [-7.905, 7.905] (Eigen's ``ptanh_float``; beyond that
 # float32 tanh is +-1): max abs error 3.4e-7 against float64 tanh (PyTorch's: 3e-8), and
@@ -185,11 +174,10 @@ def recurrent_segment(kind: int, fmt: int, parallel: bool, panel_ptr: np.ndarray
     """The recurrent loop of one layer over ``T`` steps whose input pre-activations
     ``gi_seq`` ``(T, B, >= G*H)`` (biases included) are already computed.
 
-    Per step: ``gh = b_hh + W_hh[:, active] y`` (event columns of each sequence, ``fmt`` 0:
-    tiles with ``panel_ptr``/``indices``/``data``/``(br, bc)``, ``group`` panels per work item;
-    1: dense column-major ``data`` with ``rows_padded`` rows; 2: the same column by column,
-    ``group`` rows per work item; ``parallel``: the ``prange`` build), then the gates of
-    ``kind`` (0 EGRU, 1 GRU, 2 LSTM; arguments as :func:`egru_gates`). ``y``, ``c``,
+    Per step: ``gh = b_hh + W_hh[:, active] y`` (event columns of each sequence;
+    ``fmt ... group`` are the matrix's ``kernel_args``, see
+    :func:`dualsparse.engine.kernels.accumulate_event`), then the gates of ``kind`` (0 EGRU,
+    1 GRU, 2 LSTM; arguments as :func:`egru_gates`). ``y``, ``c``,
     ``idx``, ``cnt`` carry the state in and out.
 
     Writes ``y_seq`` ``(T, B, H)``, the active lists ``idx_seq`` ``(T, B, H)`` /
@@ -206,21 +194,8 @@ def recurrent_segment(kind: int, fmt: int, parallel: bool, panel_ptr: np.ndarray
         add_bias(gh, b_hh)
         for b in range(nb):
             columns += cnt[b]
-        if fmt == 0:
-            if parallel:
-                accumulate_tiles_parallel(panel_ptr, indices, data, br, bc, group, y, idx, cnt,
-                                          gh)
-            else:
-                accumulate_tiles(panel_ptr, indices, data, br, bc, group, y, idx, cnt, gh)
-        elif fmt == 1:
-            if parallel:
-                accumulate_dense_parallel(data, rows_padded, y, idx, cnt, gh)
-            else:
-                accumulate_dense(data, rows_padded, y, idx, cnt, gh)
-        elif parallel:
-            accumulate_dense_columns_parallel(data, rows_padded, group, y, idx, cnt, gh)
-        else:
-            accumulate_dense_columns(data, rows_padded, group, y, idx, cnt, gh)
+        accumulate_event(fmt, parallel, panel_ptr, indices, data, br, bc, rows_padded, group,
+                         y, idx, cnt, gh)
         gi = gi_seq[t]
         if kind == 0:
             nonzero += egru_gates(gi, gh, y, c, theta, reset_code, events, zone_p, zone_q, ev,
@@ -240,5 +215,5 @@ def recurrent_segment(kind: int, fmt: int, parallel: bool, panel_ptr: np.ndarray
     return nonzero, columns
 
 
-__all__ = ["FORMAT_CODES", "KIND_CODES", "egru_gates", "gru_gates", "lstm_gates",
+__all__ = ["KIND_CODES", "egru_gates", "gru_gates", "lstm_gates",
            "recurrent_segment"]

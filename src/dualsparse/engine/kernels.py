@@ -219,6 +219,35 @@ accumulate_rows = njit(**_OPTS)(_accumulate_rows)
 accumulate_rows_parallel = njit(parallel=True, **_OPTS)(_accumulate_rows)
 
 
+#: ``fmt`` codes of :func:`accumulate_event`, chosen by each format's ``kernel_args``:
+#: tiles/CSC (:class:`~dualsparse.engine.formats.PackedMatrix`), dense column-major in
+#: register panels, dense column by column (:class:`~dualsparse.engine.formats.DenseMatrix`).
+FORMAT_CODES = {"tiles": 0, "dense": 1, "dense_columns": 2}
+
+
+@njit(**_OPTS)
+def accumulate_event(fmt: int, parallel: bool, panel_ptr: np.ndarray, indices: np.ndarray,
+                     data: np.ndarray, br: int, bc: int, rows_padded: int, group: int,
+                     x: np.ndarray, idx: np.ndarray, cnt: np.ndarray, out: np.ndarray) -> None:
+    """The one dispatch of the event-accumulate kernels: ``(fmt, parallel, panel_ptr, indices,
+    data, br, bc, rows_padded, group)`` are a format's ``kernel_args(n, threads)``; ``x``,
+    ``idx``, ``cnt``, ``out`` as in the module docstring."""
+    if fmt == 0:
+        if parallel:
+            accumulate_tiles_parallel(panel_ptr, indices, data, br, bc, group, x, idx, cnt, out)
+        else:
+            accumulate_tiles(panel_ptr, indices, data, br, bc, group, x, idx, cnt, out)
+    elif fmt == 1:
+        if parallel:
+            accumulate_dense_parallel(data, rows_padded, x, idx, cnt, out)
+        else:
+            accumulate_dense(data, rows_padded, x, idx, cnt, out)
+    elif parallel:
+        accumulate_dense_columns_parallel(data, rows_padded, group, x, idx, cnt, out)
+    else:
+        accumulate_dense_columns(data, rows_padded, group, x, idx, cnt, out)
+
+
 @njit(**_OPTS)
 def add_bias(out: np.ndarray, bias: np.ndarray) -> None:
     """``out[v, :len(bias)] = bias`` for every row ``v`` (accumulator reset)."""
@@ -229,7 +258,7 @@ def add_bias(out: np.ndarray, bias: np.ndarray) -> None:
             o[r] = bias[r]
 
 
-__all__ = ["accumulate_dense", "accumulate_dense_columns", "accumulate_dense_columns_parallel",
-           "accumulate_dense_parallel", "accumulate_rows", "accumulate_rows_parallel",
-           "accumulate_tiles",
+__all__ = ["FORMAT_CODES", "accumulate_dense", "accumulate_dense_columns",
+           "accumulate_dense_columns_parallel", "accumulate_dense_parallel", "accumulate_event",
+           "accumulate_rows", "accumulate_rows_parallel", "accumulate_tiles",
            "accumulate_tiles_parallel", "active_lists", "add_bias"]

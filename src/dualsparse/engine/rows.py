@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from dualsparse.engine import kernels as K
-from dualsparse.engine.formats import PackedFormat, PackedMatrix, as_matrix
+from dualsparse.engine.formats import PackedFormat, PackedMatrix, as_matrix, use_threads
 
 
 @dataclass
@@ -53,8 +53,13 @@ class RowMatrix(PackedFormat):
         """``out[v] += W @ x[v]`` for every vector (all stored tiles; ``idx``/``cnt`` are
         checked but not needed). Same arguments as :meth:`PackedMatrix.accumulate`."""
         self._check_accumulate_args(x, idx, cnt, out)
-        fn = K.accumulate_rows_parallel if threads > 1 else K.accumulate_rows
+        fn = K.accumulate_rows_parallel if use_threads(self, threads) else K.accumulate_rows
         fn(self.rowptr, self.col_index, self.data, x, out)
+
+    def kernel_args(self, n_vectors: int, threads: int = 1) -> tuple:
+        """Not an event format: a recurrent product (sparse inputs) cannot use it."""
+        raise ValueError("RowMatrix serves input products with dense inputs only; pack "
+                         "recurrent weights as PackedMatrix or DenseMatrix")
 
     def to_dense(self) -> np.ndarray:
         out = np.zeros((self.rows_padded, self.shape[1]), dtype=np.float32)

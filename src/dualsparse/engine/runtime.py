@@ -34,16 +34,12 @@ from torch import nn
 
 from dualsparse.engine import kernels as K
 from dualsparse.engine.events import EventComparison, compare_events
-from dualsparse.engine.formats import Block, DenseMatrix, PackedFormat, PackedMatrix
-from dualsparse.engine.gates import FORMAT_CODES, KIND_CODES, recurrent_segment
+from dualsparse.engine.formats import Block
+from dualsparse.engine.gates import KIND_CODES, recurrent_segment
 from dualsparse.engine.pack import RESET_CODES, PackedLayer, PackedRNN, pack_rnn
 from dualsparse.models.egru import EGRUState
 from dualsparse.models.rnn import GRUState, LSTMState
 from dualsparse.validation import check_int
-
-#: Recurrent products of matrices with fewer packed bytes run on one thread even when
-#: ``threads > 1`` (a parallel region costs a few microseconds per step).
-PARALLEL_MIN_BYTES = 512 * 1024
 
 
 def to_numpy(x: torch.Tensor | np.ndarray, what: str) -> np.ndarray:
@@ -55,24 +51,6 @@ def to_numpy(x: torch.Tensor | np.ndarray, what: str) -> np.ndarray:
     if not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"{what} must be floating point, got {x.dtype}")
     return x
-
-
-def _hh_args(mat: PackedFormat, batch: int, threads: int) -> tuple:
-    """The matrix arguments of :func:`recurrent_segment` for ``batch`` vectors per step."""
-    par = threads > 1 and mat.nbytes >= PARALLEL_MIN_BYTES
-    t = threads if par else 1
-    empty_i = np.zeros((1, 1), np.int32)
-    if isinstance(mat, DenseMatrix):
-        if batch == 1:
-            return (FORMAT_CODES["dense_columns"], par, empty_i, empty_i[0], mat.data, 64, 1,
-                    mat.rows_padded, mat.column_group(t))
-        return (FORMAT_CODES["dense"], par, empty_i, empty_i[0], mat.data, 64, 1,
-                mat.rows_padded, 1)
-    if not isinstance(mat, PackedMatrix):
-        raise ValueError(f"recurrent weights must be PackedMatrix or DenseMatrix, got "
-                         f"{type(mat).__name__}")
-    return (FORMAT_CODES["tiles"], par, mat.panel_ptr, mat.indices, mat.data, *mat.block,
-            mat.rows_padded, mat.group(batch, t))
 
 
 class _LayerState:
@@ -88,7 +66,7 @@ class _LayerState:
         self.idx = np.zeros((batch, h), dtype=np.int32)  # per sequence: units with y != 0
         self.cnt = np.zeros(batch, dtype=np.int32)
         zp = np.float32(layer.zoneout)
-        self.const = (KIND_CODES[layer.kind], *_hh_args(layer.w_hh, batch, threads),
+        self.const = (KIND_CODES[layer.kind], *layer.w_hh.kernel_args(batch, threads),
                       layer.b_hh)
         self.gate_const = (layer.threshold, RESET_CODES[layer.reset_mode], layer.events, zp,
                            np.float32(1.0) - zp)
@@ -353,5 +331,5 @@ class SparseRuntime:
         return seqs[-1]["output"], seqs
 
 
-__all__ = ["EventComparison", "PARALLEL_MIN_BYTES", "RuntimeStats", "SparseRuntime",
+__all__ = ["EventComparison", "RuntimeStats", "SparseRuntime",
            "compare_events", "to_numpy"]
