@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dualsparse.accounting import ActivityMeter
+from dualsparse.data.corpora import load_corpus
 from dualsparse.models.lm import RNNLanguageModel
 
 #: Load average (1 min) above which timings are refused unless ``--allow-load``.
@@ -210,7 +211,6 @@ def ptb_tokens(n: int, vocab: int, seed: int) -> tuple[torch.Tensor, str]:
     """``n`` PTB test tokens (ids folded into ``vocab``) when ``$DUALSPARSE_DATA`` has PTB,
     else random ids; and the source's name."""
     try:
-        from dualsparse.data.corpora import load_corpus  # optional: the data may be absent
         test = load_corpus("ptb", download=False).test[:n]
         return test % vocab, "ptb-test"
     except (OSError, ValueError, KeyError):
