@@ -227,7 +227,7 @@ class SparseRuntime:
             H)`` and ``cnt`` ``(steps, B)``, and per layer ``(y, events, c~)`` if ``record``.
         """
         stats, batch, threads = self.stats, self._batch, self.threads
-        before = numba.get_num_threads()
+        before = numba.get_num_threads() if threads > 1 else 0
         if threads > 1:
             numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
         recs = []
@@ -259,7 +259,8 @@ class SparseRuntime:
                 idx = idx_seq.reshape(steps * batch, h)
                 cnt = cnt_seq.reshape(-1)
         finally:
-            numba.set_num_threads(before)
+            if before:
+                numba.set_num_threads(before)
         stats.steps += steps
         return y_seq, idx_seq, cnt_seq, recs
 
