@@ -1,434 +1,299 @@
-"""Event-driven sparse engine vs dense PyTorch, scipy CSR and torch.sparse_csr, in one run.
+"""The event-driven engine vs dense PyTorch on whole language models, in segment, streaming and
+batch mode, and its 2-thread scaling; ours and the baseline alternate within one run.
 
-Part 1 (matrix-vector products ``y = W x``, the recurrent/input projection of a step): for
-each activity density ``d_a`` (fraction of nonzero inputs, a *fresh random* active set at every
-one of ``--steps`` time steps) and weight density ``d_w`` (unstructured magnitude-style mask, and
-row blocks of 16 (``16x1``) as block pruning leaves them), the median time per vector of
+Scenarios (random weights with controlled density, EGRU thresholds calibrated to a target
+activity on PTB test tokens when ``$DUALSPARSE_DATA`` has PTB, else random ids):
 
-* dense PyTorch (``torch.mv`` / ``W @ X``, oneDNN/MKL),
-* scipy CSR (``W_csr @ x``, single-threaded),
-* ``torch.sparse_csr`` (``W_csr @ x``),
-* the engine (``pack_matrix(block="auto")`` + active-column kernels; union of active columns at
-  batch > 1; row-split threads at 2 threads), bias/accumulator reset included;
+* ``paper-16x1-a25`` / ``-a08``: the paper-sized EGRU LM (V=10000, E=750, 1350/1350/750,
+  tied dense decoder), input and recurrent weights at 10% density in 16x1 blocks, ~25% / ~8%
+  activity; ``paper-unstr-a25`` / ``-a08``: the same with unstructured 10% weights;
+  ``paper-dense-a25``: dense weights, ~25% activity;
+* ``demo-16x1``: the demo-sized LM (E=128, 256/128), 80% pruned in 16x1 blocks.
 
-timed with this thread's CPU time at 1 thread (the development machine is shared, and wall time
-there mostly measures how often the process was descheduled) and wall time at 2 threads;
+Modes (``--modes``): ``segment`` (64 tokens per call; baseline ``torch.nn.GRU`` over the same
+segments, decoder as one GEMM), ``streaming`` (one token per call; baseline
+``nn.GRUCell``/``nn.LSTMCell`` stepping), ``batch`` (segment mode with 8 streams; the ideal
+follows per-stream activity). ``ideal`` = dense MACs / effective MACs (accounting module,
+decoder included). Timings: medians of ``--repeats`` interleaved runs, this thread's CPU time
+at 1 thread, wall time otherwise. Every row reports where the engine's time goes (input
+products, recurrent products, gates, decoder: us/token) and the cost per stored weight value
+it touched (ns/value, GB/s of weights), against the dense baseline's MAC rate.
 
-and the ideal speed-up ``1/(d_a d_w)``, the measured speed-up over dense PyTorch and their
-ratio. Matrices: the recurrent matrix of an EGRU-1350 layer (PTB recipe, ``3*1350 x 1350``),
-Narang et al.'s ``1760x1760`` (at 90% sparsity) and ``7680x2560`` (at 95%).
+``threads`` section: one product (64 vectors, and 1 vector) through 1 and 2 threads for
+matrices of 4 MB and more (wall time).
 
-Part 2 (whole layer steps, batch 1, 1 thread): ``SparseRuntime`` on an EGRU 1350->1350 layer
-whose thresholds are calibrated to a target activity, with sparse inputs of the same density,
-vs ``torch.nn.GRU`` of the same size (per token, streaming one step per call and over a whole
-sequence); and an LSTM (dense activity) vs ``torch.nn.LSTM``.
-
-    python benchmarks/bench_engine.py --out docs/engine_results.json      # full (minutes)
-    python benchmarks/bench_engine.py --quick                             # smoke test
-    python benchmarks/bench_engine.py --skip-matrices --skip-layers --lm  # demo-sized LM
+    python benchmarks/bench_engine.py --out results.json          # all scenarios (~3 min idle)
+    python benchmarks/bench_engine.py --scenarios demo-16x1 --modes segment streaming
+    python benchmarks/bench_engine.py --quick                     # smoke test (tiny, any load)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import warnings
-from collections.abc import Callable
+from functools import partial
 
 import numba
 import numpy as np
-import scipy
-import scipy.sparse as sp
 import torch
+from engine_bench_lib import (
+    DEMO_LM,
+    PAPER_LM,
+    QUICK_LM,
+    DenseTwin,
+    calibrate_activity,
+    check_load,
+    ideal_speedup,
+    interleaved,
+    load_average,
+    machine,
+    make_lm,
+    make_weight,
+    ptb_tokens,
+    write_json,
+)
 
 from dualsparse.engine import kernels as K
-from dualsparse.engine.pack import pack_matrix
-from dualsparse.engine.runtime import SparseRuntime, accumulate
-from dualsparse.models import EGRU, LSTM
+from dualsparse.engine.gates import egru_gates
+from dualsparse.engine.lm import SparseLM
+from dualsparse.engine.pack import pack_dense, pack_matrix
 
-FULL_MATRICES = {  # name: (rows, cols, weight densities)
-    "egru1350_hh": (3 * 1350, 1350, (1.0, 0.5, 0.25, 0.1, 0.05)),
-    "narang1760": (1760, 1760, (0.1,)),
-    "narang7680x2560": (7680, 2560, (0.05,)),
+#: name: (model shape, weight density, pattern, target activity)
+SCENARIOS = {
+    "paper-16x1-a25": (PAPER_LM, 0.1, "16x1", 0.25),
+    "paper-16x1-a08": (PAPER_LM, 0.1, "16x1", 0.08),
+    "paper-unstr-a25": (PAPER_LM, 0.1, "unstructured", 0.25),
+    "paper-unstr-a08": (PAPER_LM, 0.1, "unstructured", 0.08),
+    "paper-dense-a25": (PAPER_LM, 1.0, "dense", 0.25),
+    "demo-16x1": (DEMO_LM, 0.2, "16x1", 0.25),
 }
-QUICK_MATRICES = {"quick96x64": (96, 64, (1.0, 0.25, 0.05))}
-ACTIVITY = (1.0, 0.5, 0.2, 0.1)
+QUICK = {"quick-16x1": (QUICK_LM, 0.25, "16x1", 0.3)}
+SEGMENT = 64
 
 
-def machine() -> str:
-    """CPU model, cores, load and library versions."""
-    try:
-        cpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = next((ln.split(":", 1)[1].strip() for ln in cpu.splitlines()
-                      if ln.startswith("Model name")), platform.processor())
-    except OSError:
-        model = platform.processor()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{model}; {os.cpu_count()} logical CPUs; load average {load:.1f} (shared machine); "
-            f"torch {torch.__version__}, numba {numba.__version__}, scipy {scipy.__version__}, "
-            f"numpy {np.__version__}")
+def target(name: str, mode: str, ideal: float) -> tuple[str, float, str]:
+    """The issue's target for a row: ``(what, threshold, quantity)``; quantity is
+    ``"ratio"`` (measured / ideal) or ``"speedup"``."""
+    if mode == "streaming":
+        return "streaming >= 0.7 x ideal", 0.7, "ratio"
+    if mode == "batch":
+        return "batch 8 >= 0.5 x ideal", 0.5, "ratio"
+    if "dense" in name:
+        return "dense weights >= 1.5x", 1.5, "speedup"
+    if name.startswith("demo"):
+        return "demo >= 2x", 2.0, "speedup"
+    if "unstr" in name:
+        return ("unstructured >= 0.3 x ideal", 0.3, "ratio") if ideal <= 20 else ("-", 0, "")
+    return "16x1 >= 0.5 x ideal", 0.5, "ratio"
 
 
-#: Clock of single-threaded timings: "cpu" = this thread's CPU time (``time.thread_time``),
-#: immune to being descheduled on a shared machine; multi-threaded timings use wall time.
-CLOCK = {"cpu": time.thread_time, "wall": time.perf_counter}
+def values_touched(slm: SparseLM) -> dict[str, float]:
+    """Stored weight values the engine read per part, from the runtime's column counts."""
+    st = slm.runtime.stats
+    inp = rec = 0.0
+    for k, lay in enumerate(slm.runtime.packed.layers):
+        inp += st.active_inputs[k] * lay.w_ih.stored_values / lay.w_ih.cols
+        rec += st.active_recurrent[k] * lay.w_hh.stored_values / lay.w_hh.cols
+    dec = st.nonzero_outputs[-1] * slm.decoder.stored_values / slm.decoder.cols
+    return {"input": inp, "recurrent": rec, "decoder": dec}
 
 
-def median_time(fn: Callable[[], None], repeats: int, warmup: int = 1,
-                clock: str = "wall") -> float:
-    """Median seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
-    now = CLOCK[clock]
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = now()
-        fn()
-        times.append(now() - t0)
-    return statistics.median(times)
+def gates_seconds(slm: SparseLM, batch: int, steps: int = 200) -> float:
+    """Seconds per step of the gate kernels of all layers (random pre-activations)."""
+    total = 0.0
+    rng = np.random.default_rng(0)
+    for lay in slm.runtime.packed.layers:
+        h = lay.hidden_size
+        gi = rng.standard_normal((batch, lay.w_ih.rows_padded)).astype(np.float32)
+        gh = rng.standard_normal((batch, lay.w_hh.rows_padded)).astype(np.float32)
+        y, c, ev, ct = (np.zeros((batch, h), np.float32) for _ in range(4))
+        idx, cnt = np.zeros((batch, h), np.int32), np.zeros(batch, np.int32)
+        args = (gi, gh, y, c, lay.threshold, 0, True, np.float32(0), np.float32(1), ev, ct,
+                idx, cnt)
+        egru_gates(*args)
+        t0 = time.thread_time()
+        for _ in range(steps):
+            egru_gates(*args)
+        total += (time.thread_time() - t0) / steps
+    return total
 
 
-def make_weight(rows: int, cols: int, density: float, pattern: str,
-                rng: np.random.Generator) -> np.ndarray:
-    """Random float32 matrix with ``density`` nonzeros: ``"unstructured"`` (smallest
-    magnitudes zeroed) or ``"16x1"`` (whole 16-row blocks of a column zeroed)."""
-    w = (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
-    if density >= 1.0:
-        return w
-    if pattern == "unstructured":
-        cut = np.quantile(np.abs(w), 1.0 - density)
-        w[np.abs(w) < cut] = 0.0
-        return w
-    nbr = -(-rows // 16)
-    keep = rng.random((nbr, cols)) < density
-    return w * np.repeat(keep, 16, axis=0)[:rows]
+def mode_functions(slm: SparseLM, twin: DenseTwin, ids: torch.Tensor, mode: str) -> dict:
+    """``{"engine": fn, "dense": fn}`` running ``ids`` ``(T, B)`` in ``mode``."""
+    batch = ids.shape[1]
+    if mode == "streaming":
+        def eng() -> None:
+            slm.reset(batch)
+            for t in range(ids.shape[0]):
+                slm.step(ids[t])
+
+        return {"engine": eng, "dense": lambda: twin.stream(ids)}
+
+    def eng_segments() -> None:
+        slm.reset(batch)
+        for s in range(0, ids.shape[0], SEGMENT):
+            slm.run(ids[s:s + SEGMENT], reset=False)
+
+    def dense_segments() -> None:
+        states = None
+        for s in range(0, ids.shape[0], SEGMENT):
+            states = twin.segment(ids[s:s + SEGMENT], states)
+
+    return {"engine": eng_segments, "dense": dense_segments}
 
 
-def make_inputs(cols: int, batch: int, steps: int, density: float,
-                rng: np.random.Generator) -> np.ndarray:
-    """``(steps, cols, batch)`` inputs; each step and sequence has a fresh random active set
-    of ``round(density * cols)`` columns (never the same set repeated)."""
-    x = np.zeros((steps, cols, batch), dtype=np.float32)
-    k = max(1, round(density * cols))
-    for t in range(steps):
-        for b in range(batch):
-            idx = rng.choice(cols, size=k, replace=False)
-            x[t, idx, b] = rng.standard_normal(k).astype(np.float32)
-    return x
+def run_scenario(name: str, spec: tuple, modes: list[str], tokens: int, repeats: int,
+                 seed: int) -> list[dict]:
+    shape, d_w, pattern, activity = spec
+    lm = make_lm(shape, "egru", d_w, pattern, seed)
+    ids_all, source = ptb_tokens(tokens * 8 + 256, shape[0], seed)
+    measured = calibrate_activity(lm, ids_all[:256].view(-1, 1), activity)
+    slm = SparseLM.from_model(lm)
+    slm.runtime.clock = time.thread_time  # parts on the same clock as the totals
+    twin = DenseTwin(lm)
+    rows = []
+    for mode in modes:
+        batch = 8 if mode == "batch" else 1
+        ids = ids_all[256:256 + tokens * batch].view(batch, tokens).t().contiguous()
+        ideal, act = ideal_speedup(lm, ids)
+        fns = mode_functions(slm, twin, ids, mode)
+        fns["engine"]()
+        slm.runtime.reset_stats()
+        t = interleaved(fns, repeats, "cpu", warmup=0)
+        n_tok = ids.numel()
+        st = slm.runtime.stats
+        per_tok = st.steps * batch
+        parts = {k: v / per_tok * 1e6 for k, v in st.seconds.items()}
+        # the gates run inside the recurrent loop: timed apart on the same sizes, reported
+        # beside "recurrent" (which includes them)
+        parts["gates"] = gates_seconds(slm, batch) / batch * 1e6
+        touched = {k: v / per_tok for k, v in values_touched(slm).items()}
+        speed = t["dense"] / t["engine"]
+        what, thr, qty = target(name, mode, ideal)
+        value = speed / ideal if qty == "ratio" else speed
+        dense_macs = _dense_macs(shape)
+        rows.append({
+            "scenario": name, "mode": mode, "batch": batch, "source": source,
+            "d_w": d_w, "pattern": pattern, "target_activity": activity,
+            "activity": act, "activity_calibration": measured, "ideal": ideal,
+            "engine_us_per_token": t["engine"] / n_tok * 1e6,
+            "dense_us_per_token": t["dense"] / n_tok * 1e6, "speedup": speed,
+            "ratio": speed / ideal, "target": what,
+            "met": (value >= thr) if qty else None,
+            "parts_us_per_token": parts, "values_per_token": touched,
+            "ns_per_value": {k: parts[k] * 1e3 / max(touched[k], 1.0) for k in touched},
+            "weight_gb_per_s": {k: 4 * touched[k] / max(parts[k], 1e-9) / 1e3 for k in touched},
+            "dense_gmac_per_s": dense_macs / (t["dense"] / n_tok) / 1e9,
+            "formats": [[_fmt(lay.w_ih), _fmt(lay.w_hh)] for lay in slm.runtime.packed.layers]
+            + [_fmt(slm.decoder)]})
+        print(_line(rows[-1]), flush=True)
+    return rows
 
 
-def time_matvecs(w: np.ndarray, xs: np.ndarray, threads: int, repeats: int
-                 ) -> dict[str, float]:
-    """Median seconds per step (all ``B`` vectors) of each method over the steps ``xs``."""
-    steps, cols, batch = xs.shape
-    torch.set_num_threads(threads)
-    numba.set_num_threads(threads)
-    wt = torch.from_numpy(w)
-    xt = torch.from_numpy(np.ascontiguousarray(xs.transpose(0, 2, 1)))  # (T, B, C)
-    xcols = [torch.from_numpy(xs[t]) for t in range(steps)]  # (C, B)
-    csr = sp.csr_matrix(w)
-    with warnings.catch_warnings():  # "sparse CSR support is in beta"
-        warnings.simplefilter("ignore", UserWarning)
-        tcsr = wt.to_sparse_csr()
-    packed = pack_matrix(w, block="auto", nparts=threads)
-    out = np.zeros((packed.rows_padded, batch), dtype=np.float32)
-    active = np.zeros(cols, dtype=np.int32)
-    xs_np = [np.ascontiguousarray(xs[t]) for t in range(steps)]
-
-    def dense() -> None:
-        for t in range(steps):
-            if batch == 1:
-                torch.mv(wt, xt[t, 0])
-            else:
-                torch.mm(wt, xcols[t])
-
-    def scipy_csr() -> None:
-        for t in range(steps):
-            csr @ (xs_np[t][:, 0] if batch == 1 else xs_np[t])
-
-    def torch_csr() -> None:
-        for t in range(steps):
-            if batch == 1:
-                tcsr @ xt[t, 0]
-            else:
-                tcsr @ xcols[t]
-
-    def engine() -> None:
-        for t in range(steps):
-            out.fill(0.0)
-            n = K.active_columns(xs_np[t], active)
-            accumulate(packed, xs_np[t], active, n, out, threads)
-
-    # correctness check of the engine on the first step
-    engine()
-    ref = w.astype(np.float64) @ xs[-1].astype(np.float64)
-    if not np.allclose(out[: w.shape[0]], ref, rtol=1e-4, atol=1e-4):
-        raise RuntimeError("engine result differs from the dense product")
-    res = {}
-    clock = "cpu" if threads == 1 else "wall"
-    for name, fn in (("dense", dense), ("scipy_csr", scipy_csr), ("torch_csr", torch_csr),
-                     ("engine", engine)):
-        res[name] = median_time(fn, repeats, clock=clock) / steps
-    res["clock"] = clock
-    res["block"] = "x".join(map(str, packed.block))
-    res["packed_bytes"] = packed.nbytes
-    res["dense_bytes"] = packed.dense_nbytes
-    return res
+def _dense_macs(shape: tuple) -> float:
+    vocab, emb, hidden = shape
+    sizes = (emb, *hidden)
+    return sum(3 * h * (i + h) for i, h in zip(sizes[:-1], sizes[1:], strict=True)) + \
+        vocab * hidden[-1]
 
 
-def run_matrices(matrices: dict, batches: list[int], threads_list: list[int], steps: int,
-                 repeats: int, patterns: list[str], seed: int,
-                 activity: tuple[float, ...] = ACTIVITY) -> list[dict]:
-    rows_out = []
-    for name, (rows, cols, wdens) in matrices.items():
-        for d_w in wdens:
-            for pattern in patterns if d_w < 1.0 else ["dense"]:
-                rng = np.random.default_rng(seed)
-                w = make_weight(rows, cols, d_w, pattern, rng)
-                real_dw = np.count_nonzero(w) / w.size
-                for batch in batches:
-                    for d_a in activity:
-                        xs = make_inputs(cols, batch, steps, d_a, rng)
-                        union = float((xs != 0).any(axis=2).mean())
-                        for threads in threads_list:
-                            r = time_matvecs(w, xs, threads, repeats)
-                            ideal = 1.0 / (d_a * real_dw)
-                            speed = r["dense"] / r["engine"]
-                            rows_out.append({
-                                "matrix": name, "shape": [rows, cols], "pattern": pattern,
-                                "d_w": real_dw, "d_a": d_a, "union_d_a": union, "batch": batch,
-                                "threads": threads, "ideal": ideal, "speedup": speed,
-                                "ratio": speed / ideal,
-                                "vs_scipy": r["scipy_csr"] / r["engine"],
-                                "vs_torch_csr": r["torch_csr"] / r["engine"],
-                                **{f"t_{k}_us": r[k] * 1e6 for k in
-                                   ("dense", "scipy_csr", "torch_csr", "engine")},
-                                "format": r["block"], "clock": r["clock"],
-                                "packed_bytes": r["packed_bytes"],
-                                "dense_bytes": r["dense_bytes"],
-                            })
-                            print(_row_line(rows_out[-1]), flush=True)
-    return rows_out
+def _fmt(mat) -> str:
+    return "dense" if not hasattr(mat, "block") else "x".join(map(str, mat.block))
 
 
-def _row_line(r: dict) -> str:
-    return (f"| {r['matrix']} | {r['pattern']} | {r['d_w']:.2f} | {r['d_a']:.2f} | {r['batch']} "
-            f"| {r['threads']} | {r['format']} | {r['ideal']:.1f} | {r['speedup']:.2f} "
-            f"| {r['ratio']:.2f} | {r['vs_scipy']:.2f} | {r['vs_torch_csr']:.2f} "
-            f"| {r['t_dense_us']:.0f} | {r['t_engine_us']:.0f} |")
+def _line(r: dict) -> str:
+    p = r["parts_us_per_token"]
+    ns = r["ns_per_value"]
+    met = {True: "met", False: "MISSED", None: ""}[r["met"]]
+    return (f"| {r['scenario']} | {r['mode']} | {r['activity']:.3f} | {r['ideal']:.1f} "
+            f"| {r['dense_us_per_token']:.0f} | {r['engine_us_per_token']:.0f} "
+            f"| {r['speedup']:.2f} | {r['ratio']:.2f} | {r['target']} {met} "
+            f"| {p['input']:.0f}/{p['recurrent']:.0f}({p['gates']:.0f})/{p['decoder']:.0f} "
+            f"| {ns['input']:.3f}/{ns['recurrent']:.3f}/{ns['decoder']:.3f} "
+            f"| {r['dense_gmac_per_s']:.1f} |")
 
 
-MATRIX_HEADER = ("| matrix | pattern | d_w | d_a | B | threads | format | ideal | measured "
-                 "| meas/ideal | vs scipy CSR | vs torch CSR | dense us | engine us |\n"
-                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| scenario | mode | activity | ideal | dense us/tok | engine us/tok | speed-up "
+          "| meas/ideal | target | us/tok input/recurrent(gates)/decoder | ns/value in/rec/dec "
+          "| dense GMAC/s |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
-def calibrate_thresholds(model: EGRU, xs: torch.Tensor, target: float, rounds: int = 3) -> float:
-    """Set per-unit thresholds so that about ``target`` of the units fire; returns the
-    measured activity of the last round."""
-    for _ in range(rounds):
-        with torch.no_grad():
-            _, _, seqs = model(xs, return_sequences=True)
-        internal = seqs[0].internal.reshape(-1, model.hidden_sizes[0])
-        q = torch.quantile(internal, 1.0 - target, dim=0).clamp(0.02, 0.98)
-        model.set_threshold(0, q)
-    with torch.no_grad():
-        _, _, seqs = model(xs, return_sequences=True)
-    return float(seqs[0].events.mean())
-
-
-def run_layers(hidden: int, steps: int, repeats: int, seed: int) -> list[dict]:
-    """Whole-layer steps at batch 1, 1 thread (see the module docstring)."""
-    torch.set_num_threads(1)
-    numba.set_num_threads(1)
+def run_threads(quick: bool, repeats: int, seed: int) -> list[dict]:
+    """1 vs 2 threads (wall time) on one product, 64 vectors and 1 vector, ~25% activity."""
     rng = np.random.default_rng(seed)
-    results = []
-    gru = torch.nn.GRU(hidden, hidden).eval()
-    lstm_ref = torch.nn.LSTM(hidden, hidden).eval()
-
-    def torch_times(module: torch.nn.Module, x: torch.Tensor) -> tuple[float, float]:
-        def streaming() -> None:
-            state = None
-            with torch.no_grad():
-                for t in range(x.shape[0]):
-                    _, state = module(x[t:t + 1], state)
-
-        def sequence() -> None:
-            with torch.no_grad():
-                module(x)
-        return (median_time(streaming, repeats, clock="cpu") / x.shape[0],
-                median_time(sequence, repeats, clock="cpu") / x.shape[0])
-
-    for d_a in (0.5, 0.2, 0.1):
-        xs = torch.from_numpy(make_inputs(hidden, 1, steps, d_a, rng)[:, :, 0][:, None, :]
-                              .copy())
-        t_stream, t_seq = torch_times(gru, xs)
-        for d_w, pattern in ((1.0, "dense"), (0.25, "16x1"), (0.1, "unstructured")):
-            torch.manual_seed(seed)
-            m = EGRU(hidden, hidden).eval()
-            with torch.no_grad():
-                for k in ("weight_ih_l0", "weight_hh_l0"):
-                    p = getattr(m, k)
-                    p.copy_(torch.from_numpy(make_weight(*p.shape, d_w, pattern, rng)))
-            act = calibrate_thresholds(m, xs, d_a)
-            rt = SparseRuntime.from_model(m)
-            rt.run(xs)
-            rt.reset_stats()
-            t_rt = median_time(lambda rt=rt, xs=xs: rt.run(xs), repeats, clock="cpu") / steps
-            dens = (rt.stats.input_density(0), rt.stats.recurrent_density(0))
-            real_dw = float((m.weight_hh_l0 != 0).float().mean())
-            mean_a = (dens[0] + dens[1]) / 2
-            ideal = 1.0 / (mean_a * real_dw)
-            results.append({
-                "layer": f"EGRU {hidden}->{hidden}", "pattern": pattern, "d_w": real_dw,
-                "input_d_a": dens[0], "recurrent_d_a": dens[1], "torch_activity": act,
-                "ideal": ideal, "t_engine_us": t_rt * 1e6,
-                "t_torch_stream_us": t_stream * 1e6, "t_torch_seq_us": t_seq * 1e6,
-                "speedup_stream": t_stream / t_rt, "speedup_seq": t_seq / t_rt,
-                "ratio_seq": t_seq / t_rt / ideal,
-                "packed_bytes": rt.packed.nbytes, "dense_bytes": rt.packed.dense_nbytes})
-            print(_layer_line(results[-1]), flush=True)
-    # LSTM: dense activity, weight sparsity only
-    x = torch.randn(steps, 1, hidden)
-    t_stream, t_seq = torch_times(lstm_ref, x)
-    for d_w, pattern in ((1.0, "dense"), (0.1, "16x1"), (0.1, "unstructured")):
-        m = LSTM(hidden, hidden).eval()
-        with torch.no_grad():
-            for k in ("weight_ih_l0", "weight_hh_l0"):
-                p = getattr(m, k)
-                p.copy_(torch.from_numpy(make_weight(*p.shape, d_w, pattern, rng)))
-        rt = SparseRuntime.from_model(m)
-        rt.run(x)
-        t_rt = median_time(lambda rt=rt: rt.run(x), repeats, clock="cpu") / steps
-        real_dw = float((m.weight_hh_l0 != 0).float().mean())
-        results.append({
-            "layer": f"LSTM {hidden}->{hidden}", "pattern": pattern, "d_w": real_dw,
-            "input_d_a": 1.0, "recurrent_d_a": 1.0, "torch_activity": 1.0,
-            "ideal": 1.0 / real_dw, "t_engine_us": t_rt * 1e6,
-            "t_torch_stream_us": t_stream * 1e6, "t_torch_seq_us": t_seq * 1e6,
-            "speedup_stream": t_stream / t_rt, "speedup_seq": t_seq / t_rt,
-            "ratio_seq": t_seq / t_rt * real_dw,
-            "packed_bytes": rt.packed.nbytes, "dense_bytes": rt.packed.dense_nbytes})
-        print(_layer_line(results[-1]), flush=True)
-    return results
-
-
-
-def run_lm(vocab: int, emb: int, hidden: list[int], d_w: float, tokens: int, repeats: int,
-           seed: int) -> dict:
-    """A random EGRU language model of the demo's shape (tied decoder), its recurrent and
-    input weights pruned to ``d_w`` in 16x1 blocks, through
-    :func:`dualsparse.engine.lm.compare_with_torch` on random tokens (batch 1, 1 thread)."""
-    from dualsparse.apps.lm.compare import compare_with_torch
-    from dualsparse.models.lm import RNNLanguageModel
-
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    lm = RNNLanguageModel(vocab, emb, hidden, cell="egru", tie_weights=True,
-                          cell_options={"threshold_mean": 0.05}).eval()
-    with torch.no_grad():
-        for name, p in lm.named_parameters():
-            if ".weight_ih_l" in name or ".weight_hh_l" in name:
-                p.copy_(torch.from_numpy(make_weight(*p.shape, d_w, "16x1", rng)))
-    ids = torch.from_numpy(rng.integers(0, vocab, tokens))
-    r = compare_with_torch(lm, ids, timing_tokens=tokens, repeats=repeats)
-    r.update({"vocab": vocab, "emb": emb, "hidden": hidden, "d_w_rnn": d_w})
-    print(f"| EGRU LM {emb}-{'-'.join(map(str, hidden))}, V={vocab} | {d_w:.2f} | "
-          f"{r['activity_density']:.2f} | {r['ideal_speedup']:.2f} | "
-          f"{r['engine_us_per_token']:.0f} | {r['dense_stream_us_per_token']:.0f} | "
-          f"{r['dense_seq_us_per_token']:.0f} | {r['speedup_seq']:.2f} | "
-          f"{r['ppl_rel_diff']:.1e} |", flush=True)
-    return r
-
-
-LM_HEADER = ("| model | d_w (recurrent) | d_a | ideal | engine us/token | torch stream us "
-             "| torch seq us | speed-up seq | ppl rel. diff |\n"
-             "|---|---|---|---|---|---|---|---|---|")
-
-
-LAYER_HEADER = ("| layer | pattern | d_w | d_a in / rec | ideal | engine us/token "
-                "| torch stream us | torch seq us | speed-up stream | speed-up seq "
-                "| seq/ideal | packed/dense bytes |\n"
-                "|---|---|---|---|---|---|---|---|---|---|---|---|")
-
-
-def _layer_line(r: dict) -> str:
-    return (f"| {r['layer']} | {r['pattern']} | {r['d_w']:.2f} | {r['input_d_a']:.2f} / "
-            f"{r['recurrent_d_a']:.2f} | {r['ideal']:.1f} | {r['t_engine_us']:.0f} "
-            f"| {r['t_torch_stream_us']:.0f} | {r['t_torch_seq_us']:.0f} "
-            f"| {r['speedup_stream']:.2f} | {r['speedup_seq']:.2f} | {r['ratio_seq']:.2f} "
-            f"| {r['packed_bytes'] / r['dense_bytes']:.2f} |")
-
-
-def write_json(path: str, payload: dict) -> None:
-    """Write ``payload`` atomically (temporary file + rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=1)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    mats = ({"quick-64x48": (pack_matrix(make_weight(64, 48, 0.5, "16x1", rng), (16, 1)))}
+            if quick else {
+                "egru1350_hh dense (22 MB)": pack_dense(make_weight(4050, 1350, 1.0, "", rng)),
+                "decoder 10000x750 dense (30 MB)": pack_dense(make_weight(10000, 750, 1.0, "",
+                                                                          rng)),
+                "7680x2560 16x1 25% (20 MB)": pack_matrix(make_weight(7680, 2560, 0.25, "16x1",
+                                                                      rng), (16, 1))})
+    rows = []
+    for name, mat in mats.items():
+        for n in (64, 1):
+            x = (rng.standard_normal((n, mat.cols)) * (rng.random((n, mat.cols)) < 0.25)
+                 ).astype(np.float32)
+            idx, cnt = np.zeros(x.shape, np.int32), np.zeros(n, np.int32)
+            K.active_lists(x, idx, cnt)
+            out = np.zeros((n, mat.rows_padded), np.float32)
+            fns = {f"t{t}": partial(mat.accumulate, x, idx, cnt, out, threads=t) for t in (1, 2)}
+            numba.set_num_threads(2)
+            t = interleaved(fns, repeats, "wall")
+            speed = t["t1"] / t["t2"]
+            rows.append({"matrix": name, "vectors": n, "mbytes": mat.nbytes / 1e6,
+                         "t1_us": t["t1"] * 1e6, "t2_us": t["t2"] * 1e6, "speedup": speed,
+                         "met": speed >= 1.6 if mat.nbytes >= 4e6 else None})
+            met = {True: "2 threads >= 1.6x met", False: "2 threads >= 1.6x MISSED",
+                   None: "- (< 4 MB)"}[rows[-1]["met"]]
+            print(f"| {name} | {n} | {t['t1'] * 1e6:.0f} | {t['t2'] * 1e6:.0f} | {speed:.2f} "
+                  f"| {met} |", flush=True)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="tiny sizes, one repeat (smoke test)")
-    p.add_argument("--steps", type=int, default=16, help="distinct input vectors per timing")
+    p.add_argument("--quick", action="store_true", help="tiny model, 1 repeat (smoke test)")
+    p.add_argument("--scenarios", nargs="+", choices=sorted(SCENARIOS), default=None)
+    p.add_argument("--modes", nargs="+", choices=["segment", "streaming", "batch"],
+                   default=["segment", "streaming", "batch"])
+    p.add_argument("--tokens", type=int, default=256, help="tokens per stream per timing")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--matrices", nargs="+", default=None, choices=sorted(FULL_MATRICES),
-                   help="subset of the matrices (default: all)")
-    p.add_argument("--activity", type=float, nargs="+", default=None,
-                   help=f"activity densities (default {ACTIVITY})")
-    p.add_argument("--weight-densities", type=float, nargs="+", default=None,
-                   help="weight densities for every matrix (default: per matrix)")
-    p.add_argument("--skip-layers", action="store_true")
-    p.add_argument("--skip-matrices", action="store_true")
-    p.add_argument("--layer-size", type=int, default=1350)
+    p.add_argument("--skip-threads", action="store_true")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lm", action="store_true",
-                   help="also time a demo-sized EGRU language model (V=10000, 128-256-128, "
-                        "80%% 16x1-pruned) with compare_with_torch")
-    p.add_argument("--lm-tokens", type=int, default=2000)
-    p.add_argument("--out", default=None, help="write all results to this JSON file")
+    p.add_argument("--allow-load", action="store_true",
+                   help="run even when the load average exceeds 1.5 (results marked LOADED)")
+    p.add_argument("--out", default=None, help="write the results to this new JSON file")
     args = p.parse_args(argv)
-    matrices = {k: v for k, v in FULL_MATRICES.items() if args.matrices is None
-                or k in args.matrices}
-    if args.weight_densities:
-        matrices = {k: (r, c, tuple(args.weight_densities)) for k, (r, c, _) in matrices.items()}
-    activity = tuple(args.activity) if args.activity else ACTIVITY
+    scenarios = {k: SCENARIOS[k] for k in (args.scenarios or SCENARIOS)}
     if args.quick:
-        matrices, args.steps, args.repeats, args.layer_size = QUICK_MATRICES, 3, 1, 48
-        activity = (1.0, 0.1)
-        lm_shape, args.lm_tokens = (500, 16, [24, 16]), min(args.lm_tokens, 100)
-    else:
-        lm_shape = (10000, 128, [256, 128])
-    print(f"# {' '.join(sys.argv)}\n# {machine()}\n", flush=True)
-    rows = []
-    if not args.skip_matrices:
-        print(MATRIX_HEADER, flush=True)
-        rows = run_matrices(matrices, args.batches, args.threads, args.steps, args.repeats,
-                            ["unstructured", "16x1"], args.seed, activity)
-    layers = []
-    if not args.skip_layers:
-        print("\n" + LAYER_HEADER, flush=True)
-        layers = run_layers(args.layer_size, args.steps * 4, args.repeats, args.seed)
-    lm_rows = []
-    if args.lm:
-        print("\n" + LM_HEADER, flush=True)
-        lm_rows.append(run_lm(*lm_shape, 0.2, args.lm_tokens, args.repeats, args.seed))
-    payload = {"command": " ".join(["python", "benchmarks/bench_engine.py", *(argv or
-                                                                              sys.argv[1:])]),
-               "machine": machine(), "matrices": rows, "layers": layers, "lm": lm_rows}
+        scenarios, args.tokens, args.repeats = QUICK, 16, 1
+    mark = check_load(args.allow_load or args.quick)
+    load_before = load_average()
+    torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
+    torch.set_num_threads(1)
+    numba.set_num_threads(1)
+    print(f"# {' '.join(sys.argv)}\n# {machine()}\n# load before {load_before:.2f} {mark}\n"
+          f"\n{HEADER}", flush=True)
+    try:
+        rows = []
+        for name, spec in scenarios.items():
+            rows += run_scenario(name, spec, args.modes, args.tokens, args.repeats, args.seed)
+        threads = []
+        if not args.skip_threads:
+            print("\n| matrix | vectors | 1 thread us | 2 threads us | speed-up | target |\n"
+                  "|---|---|---|---|---|---|", flush=True)
+            threads = run_threads(args.quick, args.repeats, args.seed)
+    finally:
+        torch.set_num_threads(torch_threads)
+        numba.set_num_threads(numba_threads)
+    load_after = load_average()
+    print(f"\n# load after {load_after:.2f}", flush=True)
+    payload = {"command": " ".join(["python", "benchmarks/bench_engine.py",
+                                    *(sys.argv[1:] if argv is None else argv)]),
+               "machine": machine(), "load_before": load_before, "load_after": load_after,
+               "marked": mark or ("LOADED" if load_after > 1.5 else ""),
+               "lm": rows, "threads": threads}
     if args.out:
         write_json(args.out, payload)
     return payload

@@ -1,4 +1,6 @@
-"""Each numba kernel against a numpy (or torch) reference."""
+"""Each numba kernel against a numpy (or torch) reference: the multi-vector event
+accumulate in every format (serial, parallel, any grouping: bitwise equal), and the fused
+gate kernels against the PyTorch cell steps."""
 
 from __future__ import annotations
 
@@ -6,16 +8,20 @@ import numpy as np
 import pytest
 import torch
 
-from dualsparse.engine import kernels as K
-from dualsparse.engine.pack import pack_matrix
+from dualsparse.engine import formats as FM
+from dualsparse.engine import gates as K
+from dualsparse.engine import kernels as KA
+from dualsparse.engine.pack import pack_dense, pack_matrix
+from dualsparse.engine.rows import pack_rows
 from dualsparse.models.egru import egru_step
 from dualsparse.models.rnn import gru_step, lstm_step
 from dualsparse.models.surrogate import Surrogate
 
 
-def _sparse_input(cols: int, batch: int, density: float, rng) -> np.ndarray:
-    x = rng.standard_normal((cols, batch)).astype(np.float32)
-    x[rng.random((cols, batch)) >= density] = 0.0
+def _sparse_rows(n: int, cols: int, density: float, rng) -> np.ndarray:
+    """(n, cols) float32, each row with its own random nonzeros."""
+    x = rng.standard_normal((n, cols)).astype(np.float32)
+    x[rng.random((n, cols)) >= density] = 0.0
     return x
 
 
@@ -25,62 +31,115 @@ def _matrix(rows: int, cols: int, density: float, rng) -> np.ndarray:
     return w
 
 
-def test_active_columns_is_the_union_of_nonzero_rows():
+def _lists(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.zeros(x.shape, np.int32)
+    cnt = np.zeros(x.shape[0], np.int32)
+    KA.active_lists(x, idx, cnt)
+    return idx, cnt
+
+
+def test_active_lists_are_each_rows_nonzeros():
     rng = np.random.default_rng(1)
-    x = _sparse_input(50, 3, 0.1, rng)
-    active = np.zeros(50, np.int32)
-    n = K.active_columns(x, active)
-    np.testing.assert_array_equal(active[:n], np.nonzero((x != 0).any(1))[0])
+    x = _sparse_rows(5, 50, 0.2, rng)
+    idx, cnt = _lists(x)
+    for v in range(5):
+        np.testing.assert_array_equal(idx[v, :cnt[v]], np.nonzero(x[v])[0])
+    assert KA.active_lists(x, idx, cnt) == np.count_nonzero(x)
 
 
-@pytest.mark.parametrize("block", [(1, 1), (16, 1), (4, 4)])
-def test_single_vector_accumulate_matches_numpy(block):
+FORMATS = [(1, 1), (16, 1), (4, 4), (3, 2), (64, 1), "dense", "rows"]
+
+
+def _pack(w: np.ndarray, fmt):
+    if fmt == "rows":
+        return pack_rows(w)
+    return pack_dense(w) if fmt == "dense" else pack_matrix(w, block=fmt, panel_rows=32)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("n", [1, 7])
+def test_accumulate_matches_numpy_per_vector(fmt, n, monkeypatch):
+    monkeypatch.setattr(FM, "PARALLEL_MIN_BYTES", 0)  # threads even for this small matrix
     rng = np.random.default_rng(2)
-    w = _matrix(70, 33, 0.3, rng)
-    p = pack_matrix(w, block=block)
-    x = _sparse_input(33, 1, 0.3, rng)
-    active = np.zeros(33, np.int32)
-    n = K.active_columns(x, active)
+    w = _matrix(150, 45, 0.3, rng)
+    p = _pack(w, fmt)
+    x = _sparse_rows(n, 45, 0.3, rng)
+    idx, cnt = _lists(x)
     bias = rng.standard_normal(p.rows_padded).astype(np.float32)
-    out = bias.copy()
-    if block == (1, 1):
-        K.accumulate_csc(p.indptr, p.indices, p.data, x.reshape(-1), active, n, out)
-    else:
-        K.accumulate_block(p.indptr, p.indices, p.data, *block, x.reshape(-1), active, n, out)
-    ref = bias[:70].astype(np.float64) + w.astype(np.float64) @ x[:, 0].astype(np.float64)
-    np.testing.assert_allclose(out[:70], ref, rtol=1e-5, atol=1e-5)
-    special = {(16, 1): K.accumulate_block16, (4, 4): K.accumulate_block4x4}.get(block)
-    if special is not None:
-        out2 = bias.copy()
-        special(p.indptr, p.indices, p.data, x.reshape(-1), active, n, out2)
+    out = np.tile(bias, (n, 1))
+    p.accumulate(x, idx, cnt, out)
+    ref = bias[:150].astype(np.float64) + x.astype(np.float64) @ w.T.astype(np.float64)
+    np.testing.assert_allclose(out[:, :150], ref, rtol=1e-5, atol=1e-5)
+    # threads (row groups in parallel) and any grouping give the same floats
+    for threads in (2, 3):
+        out2 = np.tile(bias, (n, 1))
+        p.accumulate(x, idx, cnt, out2, threads=threads)
         np.testing.assert_array_equal(out2, out)
+    if fmt == "rows":  # row-major tiles add the same terms in the same order as 16x1 columns
+        out16 = np.tile(bias, (n, 1))
+        pack_matrix(w, block=(16, 1)).accumulate(x, idx, cnt, out16)
+        np.testing.assert_array_equal(out16, out)
+    if fmt not in ("dense", "rows"):
+        for group in (1, 2, p.n_panels):
+            out3 = np.tile(bias, (n, 1))
+            KA.accumulate_tiles(p.panel_ptr, p.indices, p.data, *p.block, group, x, idx, cnt,
+                                out3)
+            np.testing.assert_array_equal(out3, out)
 
 
-@pytest.mark.parametrize("block", [(1, 1), (16, 1), (4, 4)])
-@pytest.mark.parametrize("parallel", [False, True])
-def test_batched_accumulate_over_union_matches_numpy(block, parallel):
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if f != "rows"])
+def test_inactive_columns_are_never_read(fmt):
+    """Work follows each vector's own active list: poisoning the weights of columns that no
+    vector uses, or that a vector does not list, changes nothing."""
     rng = np.random.default_rng(3)
-    w = _matrix(50, 40, 0.25, rng)
-    p = pack_matrix(w, block=block, nparts=2)
-    x = _sparse_input(40, 8, 0.1, rng)
-    active = np.zeros(40, np.int32)
-    n = K.active_columns(x, active)
-    out = np.zeros((p.rows_padded, 8), np.float32)
-    if parallel:
-        K.accumulate_parallel(p.indptr, p.indices, p.data, p.splits, *block, x, active, n, out)
-    else:
-        K.accumulate_batch(p.indptr, p.indices, p.data, *block, x, active, n, out)
-    ref = w.astype(np.float64) @ x.astype(np.float64)
-    np.testing.assert_allclose(out[:50], ref, rtol=1e-5, atol=1e-5)
-    # inactive columns are never read: poisoning their weights changes nothing
-    inactive = np.setdiff1d(np.arange(40), active[:n])
-    if block == (1, 1) and len(inactive):
-        w2 = w.copy()
-        w2[:, inactive] = 1e30
-        p2 = pack_matrix(w2, block=block)
-        out2 = np.zeros_like(out)
-        K.accumulate_batch(p2.indptr, p2.indices, p2.data, 1, 1, x, active, n, out2)
-        np.testing.assert_array_equal(out2, out)
+    w = _matrix(80, 40, 0.5, rng)
+    x = _sparse_rows(4, 40, 0.2, rng)
+    x[:, 5] = 0.0
+    idx, cnt = _lists(x)
+    w2 = w.copy()
+    w2[:, 5] = 1e30
+    outs = []
+    for mat in (w, w2):
+        p = _pack(mat, fmt)
+        out = np.zeros((4, p.rows_padded), np.float32)
+        p.accumulate(x, idx, cnt, out)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_dense_gemm_path_equals_event_path():
+    rng = np.random.default_rng(4)
+    w = _matrix(100, 30, 1.0, rng)
+    p = pack_dense(w)
+    x = rng.standard_normal((FM.GEMM_MIN_VECTORS, 30)).astype(np.float32)  # all active
+    idx, cnt = _lists(x)
+    assert p.uses_gemm(x.shape[0], int(cnt.sum()))
+    assert not p.uses_gemm(x.shape[0], int(0.2 * cnt.sum()))
+    out = np.zeros((x.shape[0], p.rows_padded), np.float32)
+    threads = torch.get_num_threads()
+    p.accumulate(x, idx, cnt, out, threads=1)
+    assert torch.get_num_threads() == threads
+    ref = np.zeros_like(out)
+    KA.accumulate_dense(p.data, p.rows_padded, x, idx, cnt, ref)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    # one vector: column by column, same floats as the register panels
+    one, col = np.zeros((1, p.rows_padded), np.float32), np.zeros((1, p.rows_padded), np.float32)
+    p.accumulate(x[:1] * (x[:1] > 0), *_lists(x[:1] * (x[:1] > 0)), one)
+    KA.accumulate_dense(p.data, p.rows_padded, x[:1] * (x[:1] > 0), *_lists(x[:1] * (x[:1] > 0)),
+                        col)
+    np.testing.assert_array_equal(one, col)
+
+
+def test_accumulate_rejects_wrong_buffers():
+    p = pack_matrix(np.eye(4, dtype=np.float32))
+    x = np.ones((2, 4), np.float32)
+    idx, cnt = _lists(x)
+    with pytest.raises(ValueError, match="out must be"):
+        p.accumulate(x, idx, cnt, np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match="x must be"):
+        p.accumulate(x.astype(np.float64), idx, cnt, np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError, match="idx"):
+        p.accumulate(x, idx[:1], cnt, np.zeros((2, 4), np.float32))
 
 
 def _gate_inputs(h: int, gates: int, batch: int, rng):
@@ -111,18 +170,21 @@ def test_egru_gates_match_egru_step(mode, code, zone):
     c_ref = res.c.numpy().T
     if zone:
         c_ref = np.float32(zone) * c.astype(np.float32) + np.float32(1 - zone) * c_ref
-    ev, ct = np.zeros((h, b), np.float32), np.zeros((h, b), np.float32)
-    active = np.zeros(h, np.int32)
-    yk, ck = y.copy(), c.copy()
-    n = K.egru_gates(gi, gh, yk, ck, theta, code, True, np.float32(zone), np.float32(1 - zone),
-                     ev, ct, active)
+    # the kernels use the sequence-major layout (B, rows)
+    ev, ct = np.zeros((b, h), np.float32), np.zeros((b, h), np.float32)
+    idx, cnt = np.zeros((b, h), np.int32), np.zeros(b, np.int32)
+    yk, ck = y.T.copy(), c.T.copy()
+    n = K.egru_gates(gi.T.copy(), gh.T.copy(), yk, ck, theta, code, True, np.float32(zone),
+                     np.float32(1 - zone), ev, ct, idx, cnt)
+    ev, ct, yk, ck = ev.T, ct.T, yk.T, ck.T
     np.testing.assert_allclose(ct, res.c_tilde.numpy().T, rtol=1e-6, atol=1e-6)
     near = np.abs(res.c_tilde.numpy().T - theta[:, None]) < 1e-6
     assert np.array_equal(ev[~near], res.events.numpy().T[~near])
     np.testing.assert_allclose(yk, res.y.numpy().T, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(ck, c_ref, rtol=1e-6, atol=1e-6)
-    np.testing.assert_array_equal(active[:n], np.nonzero((yk != 0).any(1))[0])
-    assert 0 < n < h
+    for j in range(b):
+        np.testing.assert_array_equal(idx[j, :cnt[j]], np.nonzero(yk[:, j])[0])
+    assert n == np.count_nonzero(yk) and 0 < n < h * b
 
 
 def test_egru_gates_without_events_is_a_gru_of_c():
@@ -130,16 +192,16 @@ def test_egru_gates_without_events_is_a_gru_of_c():
     h = 16
     gi, gh = _gate_inputs(h, 3, 1, rng)
     c = rng.standard_normal((h, 1)).astype(np.float32)
-    y, cc = c.copy(), c.copy()
-    ev, ct, active = np.zeros((h, 1), np.float32), np.zeros((h, 1), np.float32), np.zeros(h,
-                                                                                     np.int32)
-    n = K.egru_gates(gi, gh, y, cc, np.zeros(h, np.float32), 0, False, np.float32(0),
-                     np.float32(1), ev, ct, active)
+    y, cc = c.T.copy(), c.T.copy()
+    ev, ct = np.zeros((1, h), np.float32), np.zeros((1, h), np.float32)
+    idx, cnt = np.zeros((1, h), np.int32), np.zeros(1, np.int32)
+    n = K.egru_gates(gi.T.copy(), gh.T.copy(), y, cc, np.zeros(h, np.float32), 0, False,
+                     np.float32(0), np.float32(1), ev, ct, idx, cnt)
     ref = gru_step(torch.from_numpy(gi.T.copy()), torch.from_numpy(c.T.copy()),
                    torch.zeros(3 * h, h), torch.from_numpy(gh[:, 0].copy()))
-    np.testing.assert_allclose(y[:, 0], ref[0].numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y[0], ref[0].numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(y, cc)
-    assert n == h and np.all(ev == 1)
+    assert n == h and np.all(ev == 1) and cnt[0] == h
 
 
 def test_gru_and_lstm_gates_match_torch_steps():
@@ -147,24 +209,24 @@ def test_gru_and_lstm_gates_match_torch_steps():
     h, b = 24, 2
     gi, gh = _gate_inputs(h, 3, b, rng)
     hid = rng.standard_normal((h, b)).astype(np.float32)
-    active = np.zeros(h, np.int32)
-    hk = hid.copy()
-    n = K.gru_gates(gi, gh, hk, np.float32(0), np.float32(1), active)
+    idx, cnt = np.zeros((b, h), np.int32), np.zeros(b, np.int32)
+    hk = hid.T.copy()
+    n = K.gru_gates(gi.T.copy(), gh.T.copy(), hk, np.float32(0), np.float32(1), idx, cnt)
     # gh = W_hh h + b_hh: feed it as a bias with a zero weight, column by column
     for j in range(b):
         ref = gru_step(torch.from_numpy(gi[:, j][None].copy()),
                        torch.from_numpy(hid[:, j][None].copy()), torch.zeros(3 * h, h),
                        torch.from_numpy(gh[:, j].copy()))
-        np.testing.assert_allclose(hk[:, j], ref[0].numpy(), rtol=1e-6, atol=1e-6)
-    assert n == h
+        np.testing.assert_allclose(hk[j], ref[0].numpy(), rtol=1e-6, atol=1e-6)
+    assert n == h * b
     gi4, gh4 = _gate_inputs(h, 4, b, rng)
     cc = rng.standard_normal((h, b)).astype(np.float32)
-    hk, ck = hid.copy(), cc.copy()
-    K.lstm_gates(gi4, gh4, hk, ck, np.float32(0), np.float32(1), active)
+    hk, ck = hid.T.copy(), cc.T.copy()
+    K.lstm_gates(gi4.T.copy(), gh4.T.copy(), hk, ck, np.float32(0), np.float32(1), idx, cnt)
     for j in range(b):
         rh, rc = lstm_step(torch.from_numpy(gi4[:, j][None].copy()),
                            torch.from_numpy(hid[:, j][None].copy()),
                            torch.from_numpy(cc[:, j][None].copy()), torch.zeros(4 * h, h),
                            torch.from_numpy(gh4[:, j].copy()))
-        np.testing.assert_allclose(hk[:, j], rh[0].numpy(), rtol=1e-6, atol=1e-6)
-        np.testing.assert_allclose(ck[:, j], rc[0].numpy(), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(hk[j], rh[0].numpy(), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(ck[j], rc[0].numpy(), rtol=1e-6, atol=1e-6)

@@ -1,4 +1,5 @@
-"""Packing: round trip to the dense weights (zeros included), splits, memory, errors."""
+"""Packing: round trip to the dense weights, panel pointers, format choice, and that
+``check()`` catches every broken invariant."""
 
 from __future__ import annotations
 
@@ -6,7 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from dualsparse.engine.pack import choose_block, pack_matrix, pack_rnn
+from dualsparse.engine.formats import DenseMatrix, PackedMatrix
+from dualsparse.engine.pack import (
+    choose_block,
+    choose_format,
+    pack_dense,
+    pack_matrix,
+    pack_rnn,
+)
+from dualsparse.engine.rows import pack_rows
 from dualsparse.models import EGRU, LSTM
 
 
@@ -18,44 +27,108 @@ def _pruned(rows: int, cols: int, density: float, seed: int = 0) -> np.ndarray:
     return w
 
 
-@pytest.mark.parametrize("block", [(1, 1), (16, 1), (4, 4), (3, 2)])
+@pytest.mark.parametrize("block", [(1, 1), (16, 1), (4, 4), (3, 2), "64x1"])
 @pytest.mark.parametrize("density", [1.0, 0.3, 0.02])
 def test_round_trip_equals_dense(block, density):
-    w = _pruned(45, 21, density, seed=int(density * 100))
-    p = pack_matrix(w, block=block, nparts=3)
+    w = _pruned(150, 21, density, seed=int(density * 100))
+    p = pack_matrix(w, block=block)
     np.testing.assert_array_equal(p.to_dense(), w)
-    assert p.nnz == np.count_nonzero(w)
-    assert p.shape == (45, 21)
-    if block == (1, 1):
+    assert p.nnz == np.count_nonzero(w) and p.shape == (150, 21)
+    if p.block == (1, 1):
         assert p.stored_values == p.nnz
         np.testing.assert_array_equal(p.column_nnz(), (w != 0).sum(0))
     else:
         assert p.stored_values >= p.nnz
-    assert p.rows_padded % block[0] == 0 and p.rows_padded >= 45
+    assert p.rows_padded % p.block[0] == 0 and p.rows_padded >= 150
+    d = pack_dense(w)
+    np.testing.assert_array_equal(d.to_dense(), w)
+    assert d.rows_padded % 64 == 0 and d.nnz == p.nnz
+    r = pack_rows(w)
+    np.testing.assert_array_equal(r.to_dense(), w)
+    assert r.nnz == p.nnz and r.stored_values == pack_matrix(w, (16, 1)).stored_values
+    np.testing.assert_array_equal(r.column_nnz(), pack_matrix(w, (16, 1)).column_nnz())
 
 
-def test_row_splits_partition_the_tiles():
-    w = _pruned(64, 10, 0.5)
-    p = pack_matrix(w, block=(4, 1), nparts=4)
-    nbr = p.rows_padded // 4
-    for bj in range(len(p.indptr) - 1):
-        s = p.splits[bj]
-        assert s[0] == p.indptr[bj] and s[-1] == p.indptr[bj + 1]
-        assert np.all(np.diff(s) >= 0)
-        for part in range(4):
-            rows = p.indices[s[part]:s[part + 1]].astype(int)
-            lo, hi = int(np.ceil(nbr * part / 4)), int(np.ceil(nbr * (part + 1) / 4))
-            assert np.all((rows >= lo) & (rows < hi))
+def test_panel_pointers_partition_each_block_column_by_rows():
+    w = _pruned(300, 10, 0.5)
+    p = pack_matrix(w, block=(4, 1), panel_rows=50)
+    assert p.panel_rows == 52  # rounded up to a multiple of br
+    per = p.panel_rows // 4
+    for bj in range(10):
+        for q in range(p.n_panels):
+            rows = p.indices[p.panel_ptr[q, bj]:p.panel_ptr[q + 1, bj]].astype(int)
+            assert np.all((rows >= q * per) & (rows < (q + 1) * per))
+        assert p.panel_ptr[0, bj] == p.indptr[bj] and p.panel_ptr[-1, bj] == p.indptr[bj + 1]
+
+
+def _broken(p: PackedMatrix, field: str, value) -> PackedMatrix:
+    q = PackedMatrix(p.shape, p.nnz, p.block, p.indptr.copy(), p.indices.copy(), p.data.copy(),
+                     p.panel_ptr.copy(), p.panel_rows)
+    setattr(q, field, value(getattr(q, field)) if callable(value) else value)
+    return q
+
+
+def _swap_first_two(a):
+    a = a.copy()
+    a[[0, 1]] = a[[1, 0]]
+    return a
+
+
+def test_check_catches_each_broken_invariant():
+    w = _pruned(64, 12, 0.6)
+    p = pack_matrix(w, block=(16, 1), panel_rows=32)
+    p.check()
+    cases = {
+        "indptr must run": ("indptr", lambda a: a + 1),
+        "non-decreasing": ("indptr", lambda a: np.concatenate([a[:1], a[2:3], a[1:2], a[3:]])),
+        r"indices must lie in \[0, 4\)": ("indices", lambda a: np.where(a == a.max(), 4, a)
+                                          .astype(a.dtype)),
+        "strictly": ("indices", _swap_first_two),
+        "dtype": ("indices", lambda a: a.astype(np.int64)),
+        "data must have shape": ("data", lambda a: a[:-1].copy()),
+        "NaN": ("data", lambda a: np.where(np.arange(a.size) == 0, np.nan, a)
+                .astype(np.float32)),
+        "nnz": ("nnz", 1),
+        "panel_ptr must have shape": ("panel_ptr", lambda a: a[:-1].copy()),
+        "panel_ptr must start": ("panel_ptr", lambda a: a + 1),
+        "multiple of br": ("panel_rows", 40),
+        "C-contiguous": ("data", lambda a: np.repeat(a, 2)[::2]),
+    }
+    for message, (field, value) in cases.items():
+        with pytest.raises(ValueError, match=message):
+            _broken(p, field, value).check()
+    # a tile moved to the wrong panel
+    q = pack_matrix(w, block=(16, 1), panel_rows=32)
+    q.panel_ptr[1] = q.panel_ptr[0]
+    with pytest.raises(ValueError, match="panel"):
+        q.check()
+    d2 = pack_dense(w[:50])
+    d2.data[50] = 1.0  # row 50 of column 0 is padding
+    with pytest.raises(ValueError, match="padding"):
+        d2.check()
+    with pytest.raises(ValueError, match="nnz"):
+        DenseMatrix(d2.shape, 0, pack_dense(w[:50]).data).check()
+    r = pack_rows(w[:50])
+    r.col_index[[0, 1]] = r.col_index[[1, 0]]
+    with pytest.raises(ValueError, match="increase strictly"):
+        r.check()
+    r = pack_rows(w[:50])
+    r.data[-1] = 1.0  # row 63 of the last block row is padding
+    with pytest.raises(ValueError, match="padding"):
+        r.check()
+    r = pack_rows(w[:50])
+    r.rowptr[-1] += 1
+    with pytest.raises(ValueError, match="rowptr"):
+        r.check()
 
 
 def test_packed_bytes_smaller_than_dense_when_sparse():
     w = _pruned(300, 200, 0.1)
     csc = pack_matrix(w)
-    assert csc.nbytes < 0.25 * csc.dense_nbytes
+    assert csc.nbytes < 0.35 * csc.dense_nbytes
     assert csc.indices.dtype == np.uint16  # 2-byte row indices
     dense_blocks = pack_matrix(np.ones((64, 32), np.float32), block=(16, 1))
-    # dense columns: one index per 16 values on top of the values
-    assert dense_blocks.nbytes < 1.1 * dense_blocks.dense_nbytes
+    assert dense_blocks.nbytes < 1.15 * dense_blocks.dense_nbytes
 
 
 def test_pack_rnn_matches_parameters_and_memory_report():
@@ -64,6 +137,7 @@ def test_pack_rnn_matches_parameters_and_memory_report():
     with torch.no_grad():
         m.weight_hh_l0.mul_((torch.rand_like(m.weight_hh_l0) < 0.1).float())
     p = pack_rnn(m, block=(1, 1))
+    p.check()
     assert [lay.hidden_size for lay in p.layers] == [8, 6]
     assert [lay.input_size for lay in p.layers] == [5, 8]
     for k, lay in enumerate(p.layers):
@@ -77,6 +151,10 @@ def test_pack_rnn_matches_parameters_and_memory_report():
     assert rep["packed_bytes"] == p.nbytes and rep["dense_bytes"] == p.dense_nbytes
     lstm = pack_rnn(LSTM(4, 5, bias=False).eval())
     assert lstm.layers[0].num_gates == 4 and not lstm.layers[0].b_ih.any()
+    lay = p.layers[1]
+    lay.b_ih = lay.b_ih[:-1]
+    with pytest.raises(ValueError, match="b_ih"):
+        p.check()
 
 
 def test_pack_errors():
@@ -86,8 +164,8 @@ def test_pack_errors():
         pack_matrix(np.ones(4, np.float32))
     with pytest.raises(ValueError, match="block"):
         pack_matrix(np.ones((4, 4), np.float32), block=(0, 1))
-    with pytest.raises(ValueError, match="nparts"):
-        pack_matrix(np.ones((4, 4), np.float32), nparts=0)
+    with pytest.raises(ValueError, match="panel_rows"):
+        pack_matrix(np.ones((4, 4), np.float32), panel_rows=0)
     with pytest.raises(ValueError, match="unsupported module"):
         pack_rnn(torch.nn.Linear(3, 4))
     with pytest.raises(ValueError, match="bidirectional"):
@@ -96,13 +174,17 @@ def test_pack_errors():
         pack_rnn(torch.nn.LSTM(3, 4, proj_size=2))
 
 
-def test_auto_block_choice():
+def test_auto_format_choice():
     rng = np.random.default_rng(7)
     dense = rng.standard_normal((64, 20)).astype(np.float32)
     assert choose_block(dense) == (16, 1)
+    assert isinstance(choose_format(dense), DenseMatrix)
     assert choose_block(_pruned(64, 20, 0.05)) == (1, 1)
+    assert choose_format(_pruned(64, 20, 0.05)).block == (1, 1)
     rowblocks = np.kron(rng.random((4, 20)) < 0.2, np.ones((16, 1))).astype(np.float32)
     assert choose_block(rowblocks * dense) == (16, 1)
-    p = pack_matrix(rowblocks * dense, block="auto")
+    p = choose_format(rowblocks * dense)
     assert p.block == (16, 1) and p.stored_values == p.nnz
     np.testing.assert_array_equal(p.to_dense(), rowblocks * dense)
+    assert isinstance(choose_format(rowblocks * dense, "dense"), DenseMatrix)
+    assert choose_format(dense, (4, 4)).block == (4, 4)

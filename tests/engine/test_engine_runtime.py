@@ -1,5 +1,6 @@
 """SparseRuntime equals the PyTorch models (eval mode): EGRU (each reset mode), GRU, LSTM,
-pruned and dense, batch 1 and 8, stacked layers, streaming == run, threads, errors."""
+pruned and dense, every format, batch 1 and 8, 1 and 2 threads, stacked layers; segment,
+streaming and batch modes give identical floats; errors."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from dualsparse.engine import formats as FM
 from dualsparse.engine.runtime import SparseRuntime, compare_events
 from dualsparse.models import EGRU, GRU, LSTM
 
@@ -70,14 +72,63 @@ def test_egru_runtime_equals_torch(reset_mode, density, batch):
     assert 0.01 < rate < 0.9
 
 
-@pytest.mark.parametrize("block", [(16, 1), (4, 4), "auto", (3, 2)])
-def test_egru_runtime_block_formats_and_threads(block):
+@pytest.fixture
+def parallel_everywhere(monkeypatch):
+    """Run even the tiny test matrices' recurrent products on parallel threads."""
+    monkeypatch.setattr(FM, "PARALLEL_MIN_BYTES", 0)
+
+
+@pytest.mark.parametrize("block", [(1, 1), (16, 1), (4, 4), "auto", (3, 2), "dense"])
+def test_egru_runtime_formats_and_threads(block, parallel_everywhere):
     torch.manual_seed(1)
     m = _egru(zoneout=0.2)
     _prune(m, 0.5)
     x = torch.randn(15, 8, 12)
-    for xb, threads in ((x, 2), (x[:, :1], 2), (x[:, :1], 1)):
+    for xb, threads in ((x, 2), (x[:, :1], 2), (x[:, :1], 1), (x, 1)):
         print(f"event mismatches near threshold: {_check_egru(m, xb, block, threads)}")
+
+
+@pytest.mark.parametrize("cls", [EGRU, GRU, LSTM])
+@pytest.mark.parametrize("block", [(1, 1), (16, 1), "dense"])
+def test_segment_streaming_batch_and_threads_give_identical_floats(cls, block,
+                                                                   parallel_everywhere):
+    """Per-sequence active lists and a fixed summation order: a sequence's outputs do not
+    depend on the mode (segment/streaming), the batch it runs in, or the thread count."""
+    torch.manual_seed(7)
+    kw = {"threshold_mean": 0.15} if cls is EGRU else {}
+    m = cls(12, [40, 24], **kw).eval()
+    _prune(m, 0.4)
+    x = torch.randn(9, 4, 12)
+    x[x.abs() < 0.5] = 0.0  # sparse inputs, different per sequence
+    seg = SparseRuntime.from_model(m, block=block).run(x)
+    rt2 = SparseRuntime.from_model(m, block=block, threads=2)
+    torch.testing.assert_close(rt2.run(x), seg, atol=0, rtol=0)
+    rt2.reset(4)
+    stream = torch.stack([rt2.step(x[t]) for t in range(9)])
+    torch.testing.assert_close(stream, seg, atol=0, rtol=0)
+    single = SparseRuntime.from_model(m, block=block)
+    for b in range(4):
+        torch.testing.assert_close(single.run(x[:, b]), seg[:, b], atol=0, rtol=0)
+    with torch.no_grad():
+        ref = m(x)[0]
+    torch.testing.assert_close(seg, ref, atol=ATOL, rtol=1e-4)
+
+
+def test_stats_count_per_sequence_columns():
+    torch.manual_seed(8)
+    m = _egru()
+    x = torch.randn(6, 3, 12)
+    x[:, 0] = 0.0  # sequence 0 has no input at all
+    rt = SparseRuntime.from_model(m)
+    _, seqs = rt.run(x, return_sequences=True)
+    st = rt.stats
+    assert st.steps == 6 and st.batch == 3
+    assert st.active_inputs[0] == int((x != 0).sum())
+    prev = torch.cat([torch.zeros(1, 3, 32), seqs[0]["output"][:-1]])
+    assert st.active_recurrent[0] == int((prev != 0).sum())
+    assert st.nonzero_outputs[1] == int((seqs[1]["output"] != 0).sum())
+    assert st.input_density(0) == pytest.approx(float((x != 0).float().mean()))
+    assert set(st.seconds) == {"input", "recurrent", "decoder"}
 
 
 def test_event_mismatches_are_counted_and_only_near_threshold():

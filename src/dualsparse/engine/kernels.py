@@ -1,387 +1,264 @@
-"""Numba kernels of the event-driven engine (float32, ``fastmath`` off, cached on disk).
+"""Numba accumulate kernels of the event-driven engine (float32, ``fastmath`` off, cached).
 
-Layouts: accumulators and states are ``(rows, B)`` (row-major, the batch innermost), so a
-batched axpy updates ``B`` contiguous floats per weight. Batch-1 kernels take 1-D vectors.
-Packed matrices are described in :mod:`dualsparse.engine.pack` (``indptr``, ``indices``,
-``data``, tile shape ``(br, bc)``, row-range ``splits``).
+One kernel family: **column-major, multi-vector event accumulate**. For ``n`` vectors (the
+tokens of a segment, the sequences of a batch, or one vector when streaming)::
 
-Kernels:
+    out[v, :] += W[:, idx[v, :cnt[v]]] @ X[v, idx[v, :cnt[v]]]      for every v
 
-* :func:`active_columns` -- indices of the columns where any batch entry is nonzero.
-* :func:`accumulate_csc`, :func:`accumulate_block` -- ``out += W[:, active] @ x[active]`` for
-  one vector (CSC / tiles; :func:`accumulate_block16`, :func:`accumulate_block4x4` are the
-  SIMD-friendly specialisations; :func:`accumulate_panels` keeps 64 outputs in registers, for
-  long outputs such as a decoder); :func:`accumulate_batch` for ``(C, B)`` inputs over the
-  *union* of active columns; :func:`accumulate_parallel` splits the rows over threads (``prange``).
-* :func:`egru_gates`, :func:`gru_gates`, :func:`lstm_gates` -- the gate nonlinearities, the
-  state update, event/reset and eval-mode zoneout of one step, fused, writing the next step's
-  active list. They follow ``dualsparse.models`` operation by operation in float32.
+Each vector has its own list of active (nonzero) columns, so the work is proportional to the
+nonzeros of each vector. The rows are processed in *groups* of row panels (parallel over
+groups with ``prange``); inside a group every vector is finished before the next, so the
+weights of the group (sized to stay in L2) are read from memory once for all vectors and
+the group's slice of each output row stays in L1.
+
+Within a vector, the columns are added in the order of its active list, to each output row
+in ascending column order, whatever the group size or thread count: the results are
+bitwise identical across groupings and threads.
+
+Layouts: ``X`` ``(n, C)``, ``out`` ``(n, rows_padded)``, ``idx`` ``(n, >= max cnt)`` int32,
+``cnt`` ``(n,)`` int32, all C-contiguous. Packed formats: :mod:`dualsparse.engine.formats`.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit, prange
 
-ONE = np.float32(1.0)
+from dualsparse.engine.simd import axpy16, vload, vmadd, vstore
+
 ZERO = np.float32(0.0)
 _OPTS = {"cache": True, "fastmath": False, "nogil": True}
 
 
 @njit(**_OPTS)
-def active_columns(x: np.ndarray, active: np.ndarray) -> int:
-    """Write the indices of rows ``j`` of ``x`` ``(C, B)`` with any nonzero into ``active``;
-    return their count."""
-    n = 0
-    for j in range(x.shape[0]):
-        for b in range(x.shape[1]):
-            if x[j, b] != ZERO:
-                active[n] = j
-                n += 1
-                break
-    return n
+def active_lists(x: np.ndarray, idx: np.ndarray, cnt: np.ndarray) -> int:
+    """Per row ``v`` of ``x`` ``(n, C)``, write its nonzero columns into ``idx[v]`` and their
+    number into ``cnt[v]``; return the total."""
+    total = 0
+    for v in range(x.shape[0]):
+        k = 0
+        row = x[v]
+        for j in range(x.shape[1]):
+            if row[j] != ZERO:
+                idx[v, k] = j
+                k += 1
+        cnt[v] = k
+        total += k
+    return total
 
 
 @njit(**_OPTS)
-def accumulate_csc(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, x: np.ndarray,
-                   active: np.ndarray, n_active: int, out: np.ndarray) -> None:
-    """CSC, one vector: ``out[i] += W[i, j] * x[j]`` over nonzero weights of active ``j``."""
-    for a in range(n_active):
-        j = active[a]
-        xj = x[j]
-        if xj == ZERO:
-            continue
-        for k in range(indptr[j], indptr[j + 1]):
-            out[indices[k]] += data[k] * xj
+def _group_tiles(panel_ptr: np.ndarray, indices: np.ndarray, data: np.ndarray, br: int,
+                 bc: int, p0: int, p1: int, x: np.ndarray, idx: np.ndarray, cnt: np.ndarray,
+                 out: np.ndarray) -> None:
+    """Panels ``[p0, p1)`` of a tiled matrix (any tile shape) for every vector.
 
-
-@njit(**_OPTS)
-def accumulate_block(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, br: int,
-                     bc: int, x: np.ndarray, active: np.ndarray, n_active: int,
-                     out: np.ndarray) -> None:
-    """Tiles ``(br, bc)``, one vector: for each active column, a ``br``-long axpy per tile of
-    its block column. ``out`` has ``rows_padded`` entries."""
-    for a in range(n_active):
-        j = active[a]
-        xj = x[j]
-        if xj == ZERO:
-            continue
-        bj = j // bc
-        c = j - bj * bc
-        for t in range(indptr[bj], indptr[bj + 1]):
-            r0 = np.int64(indices[t]) * br
-            base = (t * bc + c) * br
-            for r in range(br):
-                out[r0 + r] += data[base + r] * xj
-
-
-@njit(**_OPTS)
-def accumulate_block16(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,
-                       x: np.ndarray, active: np.ndarray, n_active: int, out: np.ndarray) -> None:
-    """:func:`accumulate_block` for ``(16, 1)`` tiles: the 16-long axpy has a literal trip
-    count, so it compiles to SIMD (the generic kernel is ~4x slower)."""
-    for a in range(n_active):
-        j = active[a]
-        xj = x[j]
-        if xj == ZERO:
-            continue
-        for t in range(indptr[j], indptr[j + 1]):
-            r0 = np.int64(indices[t]) * 16
-            o = out[r0:r0 + 16]
-            d = data[t * 16:t * 16 + 16]
-            for r in range(16):
-                o[r] += d[r] * xj
-
-
-@njit(**_OPTS)
-def accumulate_block4x4(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,
-                        x: np.ndarray, active: np.ndarray, n_active: int,
-                        out: np.ndarray) -> None:
-    """:func:`accumulate_block` for ``(4, 4)`` tiles (literal 4-long axpys)."""
-    for a in range(n_active):
-        j = active[a]
-        xj = x[j]
-        if xj == ZERO:
-            continue
-        bj = j // 4
-        c = j - bj * 4
-        for t in range(indptr[bj], indptr[bj + 1]):
-            r0 = np.int64(indices[t]) * 4
-            base = (t * 4 + c) * 4
-            o = out[r0:r0 + 4]
-            d = data[base:base + 4]
-            for r in range(4):
-                o[r] += d[r] * xj
-
-
-@njit(**_OPTS)
-def accumulate_batch(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, br: int,
-                     bc: int, x: np.ndarray, active: np.ndarray, n_active: int,
-                     out: np.ndarray) -> None:
-    """Any tile shape, ``B`` vectors: ``x`` ``(C, B)``, ``out`` ``(rows_padded, B)``.
-
-    Each active column (the union over the batch) is read once and applied to all ``B``
-    vectors (entries that are zero add exact zeros)."""
-    nb = x.shape[1]
-    for a in range(n_active):
-        j = active[a]
-        bj = j // bc
-        c = j - bj * bc
-        xs = x[j]
-        for t in range(indptr[bj], indptr[bj + 1]):
-            r0 = np.int64(indices[t]) * br
-            base = (t * bc + c) * br
-            for r in range(br):
-                w = data[base + r]
-                for b in range(nb):
-                    out[r0 + r, b] += w * xs[b]
-
-
-@njit(parallel=True, **_OPTS)
-def accumulate_parallel(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,
-                        splits: np.ndarray, br: int, bc: int, x: np.ndarray,
-                        active: np.ndarray, n_active: int, out: np.ndarray) -> None:
-    """As :func:`accumulate_batch` (``x`` ``(C, B)``), with the row ranges of ``splits``
-    processed by parallel threads (disjoint rows, so no write conflicts)."""
-    nb = x.shape[1]
-    for p in prange(splits.shape[1] - 1):
-        for a in range(n_active):
-            j = active[a]
+    ``(16, 1)`` tiles use :func:`dualsparse.engine.simd.axpy16`; other shapes an axpy over
+    array *slices* with a run-time length ``br``, which LLVM vectorises behind a run-time
+    alias check (plain indexing adds negative-index checks that block vectorisation)."""
+    for v in range(x.shape[0]):
+        o = out[v]
+        xv = x[v]
+        for a in range(cnt[v]):
+            j = idx[v, a]
+            xj = xv[j]
             bj = j // bc
             c = j - bj * bc
-            xs = x[j]
-            for t in range(splits[bj, p], splits[bj, p + 1]):
+            t0 = panel_ptr[p0, bj]
+            t1 = panel_ptr[p1, bj]
+            if br == 16 and bc == 1:
+                for t in range(t0, t1):
+                    axpy16(o, np.int64(indices[t]) * 16, data, np.int64(t) * 16, xj)
+                continue
+            if br == 1:
+                d1 = data[t0:t1]
+                i1 = indices[t0:t1]
+                for k in range(t1 - t0):
+                    o[i1[k]] += d1[k] * xj
+                continue
+            for t in range(t0, t1):
                 r0 = np.int64(indices[t]) * br
-                base = (t * bc + c) * br
+                base = (np.int64(t) * bc + c) * br
+                ov = o[r0:r0 + br]
+                d = data[base:base + br]
                 for r in range(br):
-                    w = data[base + r]
-                    row = out[r0 + r]
-                    for b in range(nb):
-                        row[b] += w * xs[b]
-
+                    ov[r] += d[r] * xj
 
 
 @njit(**_OPTS)
-def accumulate_panels(colmap: np.ndarray, data: np.ndarray, x: np.ndarray, active: np.ndarray,
-                      n_active: int, out: np.ndarray) -> None:
-    """Panels of 64 rows (:class:`dualsparse.engine.pack.PanelMatrix`), one vector: per panel,
-    its 64 outputs stay in a local accumulator while the active columns are added (in the
-    order of ``active``, as the column kernels do, so the sums round identically); ``out``
-    has ``rows_padded`` entries."""
-    acc = np.empty(64, dtype=np.float32)
-    for p in range(colmap.shape[0]):
-        r0 = p * 64
-        for r in range(64):
-            acc[r] = out[r0 + r]
-        for a in range(n_active):
-            j = active[a]
-            xj = x[j]
-            s = colmap[p, j]
-            if xj == ZERO or s < 0:
-                continue
-            d = data[np.int64(s) * 64:np.int64(s) * 64 + 64]
-            for r in range(64):
-                acc[r] += d[r] * xj
-        for r in range(64):
-            out[r0 + r] = acc[r]
+def _panel_dense(data: np.ndarray, rows_padded: int, p: int, x: np.ndarray, idx: np.ndarray,
+                 cnt: np.ndarray, out: np.ndarray) -> None:
+    """Row panel ``p`` (64 rows) of a dense column-major matrix ``data`` ``(C * rows_padded,)``
+    for every vector: its 64 outputs stay in four SIMD registers while the active columns
+    are added, so the outputs are read and written once per vector, and the panel's weights
+    (``64 * C`` floats) stay in cache from one vector to the next."""
+    s = np.int64(p) * 64
+    for v in range(x.shape[0]):
+        o = out[v]
+        xv = x[v]
+        a0 = vload(o, s)
+        a1 = vload(o, s + 16)
+        a2 = vload(o, s + 32)
+        a3 = vload(o, s + 48)
+        for a in range(cnt[v]):
+            j = idx[v, a]
+            xj = xv[j]
+            col = np.int64(j) * rows_padded + s
+            a0 = vmadd(a0, data, col, xj)
+            a1 = vmadd(a1, data, col + 16, xj)
+            a2 = vmadd(a2, data, col + 32, xj)
+            a3 = vmadd(a3, data, col + 48, xj)
+        vstore(o, s, a0)
+        vstore(o, s + 16, a1)
+        vstore(o, s + 32, a2)
+        vstore(o, s + 48, a3)
+
+
+def _accumulate_tiles(panel_ptr: np.ndarray, indices: np.ndarray, data: np.ndarray, br: int,
+                      bc: int, group: int, x: np.ndarray, idx: np.ndarray, cnt: np.ndarray,
+                      out: np.ndarray) -> None:
+    """Tiled/CSC matrix (``panel_ptr`` ``(n_panels + 1, n_block_cols)``): ``out += W X`` by
+    event columns, ``group`` panels per work item (see the module docstring)."""
+    npan = panel_ptr.shape[0] - 1
+    ngroups = (npan + group - 1) // group
+    for g in prange(ngroups):
+        p0 = g * group
+        p1 = min(p0 + group, npan)
+        _group_tiles(panel_ptr, indices, data, br, bc, p0, p1, x, idx, cnt, out)
+
+
+def _accumulate_dense(data: np.ndarray, rows_padded: int, x: np.ndarray, idx: np.ndarray,
+                      cnt: np.ndarray, out: np.ndarray) -> None:
+    """Dense column-major matrix (``rows_padded`` a multiple of 64): as
+    :func:`accumulate_tiles`, one 64-row panel per work item (:func:`_panel_dense`)."""
+    for p in prange(rows_padded // 64):
+        _panel_dense(data, rows_padded, p, x, idx, cnt, out)
 
 
 @njit(**_OPTS)
-def accumulate_panels_batch(colmap: np.ndarray, data: np.ndarray, x: np.ndarray,
-                            active: np.ndarray, n_active: int, out: np.ndarray) -> None:
-    """:func:`accumulate_panels` for ``B`` vectors: ``x`` ``(C, B)``, ``out``
-    ``(rows_padded, B)``."""
-    nb = x.shape[1]
-    for p in range(colmap.shape[0]):
-        r0 = p * 64
-        for a in range(n_active):
-            j = active[a]
-            s = colmap[p, j]
-            if s < 0:
-                continue
-            xs = x[j]
-            base = np.int64(s) * 64
-            for r in range(64):
-                w = data[base + r]
-                row = out[r0 + r]
-                for b in range(nb):
-                    row[b] += w * xs[b]
+def _block_row(rowptr: np.ndarray, cols: np.ndarray, data: np.ndarray, i: int, x: np.ndarray,
+               out: np.ndarray) -> None:
+    """Block row ``i`` (16 rows) of a row-major 16x1-tile matrix for every vector, four
+    vectors at a time: each weight tile is loaded once into a SIMD register and multiplied
+    into four accumulators (registers) by the four vectors' inputs. All tiles of the row are
+    added (an input that is zero adds zero), in column order."""
+    s = np.int64(i) * 16
+    n = x.shape[0]
+    t0, t1 = rowptr[i], rowptr[i + 1]
+    v = 0
+    while v + 4 <= n:
+        o0, o1, o2, o3 = out[v], out[v + 1], out[v + 2], out[v + 3]
+        x0, x1, x2, x3 = x[v], x[v + 1], x[v + 2], x[v + 3]
+        a0, a1, a2, a3 = vload(o0, s), vload(o1, s), vload(o2, s), vload(o3, s)
+        for t in range(t0, t1):
+            j = cols[t]
+            d = np.int64(t) * 16
+            a0 = vmadd(a0, data, d, x0[j])
+            a1 = vmadd(a1, data, d, x1[j])
+            a2 = vmadd(a2, data, d, x2[j])
+            a3 = vmadd(a3, data, d, x3[j])
+        vstore(o0, s, a0)
+        vstore(o1, s, a1)
+        vstore(o2, s, a2)
+        vstore(o3, s, a3)
+        v += 4
+    while v < n:
+        o = out[v]
+        xv = x[v]
+        a = vload(o, s)
+        for t in range(t0, t1):
+            a = vmadd(a, data, np.int64(t) * 16, xv[cols[t]])
+        vstore(o, s, a)
+        v += 1
+
+
+def _accumulate_rows(rowptr: np.ndarray, cols: np.ndarray, data: np.ndarray, x: np.ndarray,
+                     out: np.ndarray) -> None:
+    """Row-major 16x1 tiles (:class:`dualsparse.engine.rows.RowMatrix`): ``out += x W^T``
+    over all stored tiles, one block row per work item (:func:`_block_row`)."""
+    for i in prange(rowptr.shape[0] - 1):
+        _block_row(rowptr, cols, data, i, x, out)
 
 
 @njit(**_OPTS)
-def _sigmoid(v: np.float32) -> np.float32:
-    return ONE / (ONE + math.exp(-v))
+def _columns_dense(data: np.ndarray, rows_padded: int, r0: int, r1: int, x: np.ndarray,
+                   idx: np.ndarray, cnt: np.ndarray, out: np.ndarray) -> None:
+    """Rows ``[r0, r1)`` of a dense column-major matrix for every vector, column by column:
+    each active column's rows are one contiguous run (streams from memory well; for single
+    vectors, whose weights are not reused)."""
+    for v in range(x.shape[0]):
+        o = out[v]
+        xv = x[v]
+        for a in range(cnt[v]):
+            j = idx[v, a]
+            xj = xv[j]
+            col = np.int64(j) * rows_padded
+            for s in range(r0, r1, 16):
+                axpy16(o, np.int64(s), data, col + s, xj)
+
+
+def _accumulate_dense_columns(data: np.ndarray, rows_padded: int, group_rows: int,
+                              x: np.ndarray, idx: np.ndarray, cnt: np.ndarray,
+                              out: np.ndarray) -> None:
+    """As :func:`accumulate_dense`, column by column over row groups of ``group_rows`` (a
+    multiple of 64) per work item (:func:`_columns_dense`)."""
+    for g in prange((rows_padded + group_rows - 1) // group_rows):
+        r0 = g * group_rows
+        _columns_dense(data, rows_padded, r0, min(r0 + group_rows, rows_padded), x, idx, cnt,
+                       out)
+
+
+#: Serial and ``prange``-parallel builds of the same kernels (identical results).
+accumulate_tiles = njit(**_OPTS)(_accumulate_tiles)
+accumulate_tiles_parallel = njit(parallel=True, **_OPTS)(_accumulate_tiles)
+accumulate_dense = njit(**_OPTS)(_accumulate_dense)
+accumulate_dense_parallel = njit(parallel=True, **_OPTS)(_accumulate_dense)
+accumulate_dense_columns = njit(**_OPTS)(_accumulate_dense_columns)
+accumulate_dense_columns_parallel = njit(parallel=True, **_OPTS)(_accumulate_dense_columns)
+accumulate_rows = njit(**_OPTS)(_accumulate_rows)
+accumulate_rows_parallel = njit(parallel=True, **_OPTS)(_accumulate_rows)
+
+
+#: ``fmt`` codes of :func:`accumulate_event`, chosen by each format's ``kernel_args``:
+#: tiles/CSC (:class:`~dualsparse.engine.formats.PackedMatrix`), dense column-major in
+#: register panels, dense column by column (:class:`~dualsparse.engine.formats.DenseMatrix`).
+FORMAT_CODES = {"tiles": 0, "dense": 1, "dense_columns": 2}
 
 
 @njit(**_OPTS)
-def egru_gates(gi: np.ndarray, gh: np.ndarray, y: np.ndarray, c: np.ndarray,
-               theta: np.ndarray, reset_code: int, events: bool, zone_p: np.float32,
-               zone_q: np.float32, ev: np.ndarray, ct: np.ndarray, active: np.ndarray) -> int:
-    """One EGRU step after the matmuls (``dualsparse.models.egru.egru_step``), in place.
-
-    Args:
-        gi, gh: ``(>=3H, B)`` input and recurrent pre-activations, biases included.
-        y, c: ``(H, B)`` previous output and internal state, overwritten with the new ones.
-        theta: ``(H,)``; reset_code: 0 subtract_threshold, 1 subtract_output, 2 none.
-        events: False = plain GRU (``y = c = c~``).
-        zone_p, zone_q: zoneout ``p`` and ``1 - p`` (``p = 0``: no zoneout).
-        ev, ct: ``(H, B)`` outputs: events and pre-reset state ``c~``.
-        active: ``(H,)`` output: units with a nonzero new ``y`` in any batch entry.
-
-    Returns:
-        the number of active units.
-    """
-    hsz, nb = y.shape
-    n = 0
-    for u in range(hsz):
-        any_active = False
-        th = theta[u]
-        for b in range(nb):
-            r = _sigmoid(gi[u, b] + gh[u, b])
-            z = _sigmoid(gi[hsz + u, b] + gh[hsz + u, b])
-            g = math.tanh(gi[2 * hsz + u, b] + r * gh[2 * hsz + u, b])
-            c_prev = c[u, b]
-            c_t = z * c_prev + (ONE - z) * g
-            if not events:
-                y_new = c_t
-                c_new = c_t
-                o = ONE
-            else:
-                if reset_code == 1:
-                    c_t = c_t - y[u, b]
-                o = ONE if c_t - th > ZERO else ZERO
-                y_new = o * c_t
-                c_new = c_t - o * th if reset_code == 0 else c_t
-            if zone_p != ZERO:
-                c_new = zone_p * c_prev + zone_q * c_new
-            y[u, b] = y_new
-            c[u, b] = c_new
-            ev[u, b] = o
-            ct[u, b] = c_t
-            if y_new != ZERO:
-                any_active = True
-        if any_active:
-            active[n] = u
-            n += 1
-    return n
-
-
-@njit(**_OPTS)
-def gru_gates(gi: np.ndarray, gh: np.ndarray, h: np.ndarray, zone_p: np.float32,
-              zone_q: np.float32, active: np.ndarray) -> int:
-    """One GRU step after the matmuls (``dualsparse.models.rnn.gru_step``), ``h`` ``(H, B)``
-    in place; eval-mode zoneout; returns the number of units with a nonzero new ``h``."""
-    hsz, nb = h.shape
-    n = 0
-    for u in range(hsz):
-        any_active = False
-        for b in range(nb):
-            r = _sigmoid(gi[u, b] + gh[u, b])
-            z = _sigmoid(gi[hsz + u, b] + gh[hsz + u, b])
-            g = math.tanh(gi[2 * hsz + u, b] + r * gh[2 * hsz + u, b])
-            h_prev = h[u, b]
-            h_new = g + z * (h_prev - g)
-            if zone_p != ZERO:
-                h_new = zone_p * h_prev + zone_q * h_new
-            h[u, b] = h_new
-            if h_new != ZERO:
-                any_active = True
-        if any_active:
-            active[n] = u
-            n += 1
-    return n
-
-
-@njit(**_OPTS)
-def lstm_gates(gi: np.ndarray, gh: np.ndarray, h: np.ndarray, c: np.ndarray,
-               zone_p: np.float32, zone_q: np.float32, active: np.ndarray) -> int:
-    """One LSTM step after the matmuls (``dualsparse.models.rnn.lstm_step``, gates
-    ``(i, f, g, o)``), ``h``, ``c`` ``(H, B)`` in place; eval-mode zoneout on both."""
-    hsz, nb = h.shape
-    n = 0
-    for u in range(hsz):
-        any_active = False
-        for b in range(nb):
-            gate_i = _sigmoid(gi[u, b] + gh[u, b])
-            gate_f = _sigmoid(gi[hsz + u, b] + gh[hsz + u, b])
-            gate_g = math.tanh(gi[2 * hsz + u, b] + gh[2 * hsz + u, b])
-            gate_o = _sigmoid(gi[3 * hsz + u, b] + gh[3 * hsz + u, b])
-            h_prev = h[u, b]
-            c_prev = c[u, b]
-            c_new = gate_f * c_prev + gate_i * gate_g
-            h_new = gate_o * math.tanh(c_new)
-            if zone_p != ZERO:
-                h_new = zone_p * h_prev + zone_q * h_new
-                c_new = zone_p * c_prev + zone_q * c_new
-            h[u, b] = h_new
-            c[u, b] = c_new
-            if h_new != ZERO:
-                any_active = True
-        if any_active:
-            active[n] = u
-            n += 1
-    return n
-
-
-
-@njit(**_OPTS)
-def _accumulate_any(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, br: int,
-                    bc: int, x: np.ndarray, active: np.ndarray, n_active: int,
-                    out: np.ndarray) -> None:
-    """``out += W[:, active] @ x[active]`` for ``x`` ``(C, B)``, ``out`` ``(rows_padded, B)``
-    (C-contiguous), with the kernel that fits the tile shape and batch."""
-    if x.shape[1] != 1:
-        accumulate_batch(indptr, indices, data, br, bc, x, active, n_active, out)
-        return
-    xv = x.reshape(x.shape[0])
-    ov = out.reshape(out.shape[0])
-    if br == 1 and bc == 1:
-        accumulate_csc(indptr, indices, data, xv, active, n_active, ov)
-    elif br == 16 and bc == 1:
-        accumulate_block16(indptr, indices, data, xv, active, n_active, ov)
-    elif br == 4 and bc == 4:
-        accumulate_block4x4(indptr, indices, data, xv, active, n_active, ov)
+def accumulate_event(fmt: int, parallel: bool, panel_ptr: np.ndarray, indices: np.ndarray,
+                     data: np.ndarray, br: int, bc: int, rows_padded: int, group: int,
+                     x: np.ndarray, idx: np.ndarray, cnt: np.ndarray, out: np.ndarray) -> None:
+    """The one dispatch of the event-accumulate kernels: ``(fmt, parallel, panel_ptr, indices,
+    data, br, bc, rows_padded, group)`` are a format's ``kernel_args(n, threads)``; ``x``,
+    ``idx``, ``cnt``, ``out`` as in the module docstring."""
+    if fmt == 0:
+        if parallel:
+            accumulate_tiles_parallel(panel_ptr, indices, data, br, bc, group, x, idx, cnt, out)
+        else:
+            accumulate_tiles(panel_ptr, indices, data, br, bc, group, x, idx, cnt, out)
+    elif fmt == 1:
+        if parallel:
+            accumulate_dense_parallel(data, rows_padded, x, idx, cnt, out)
+        else:
+            accumulate_dense(data, rows_padded, x, idx, cnt, out)
+    elif parallel:
+        accumulate_dense_columns_parallel(data, rows_padded, group, x, idx, cnt, out)
     else:
-        accumulate_block(indptr, indices, data, br, bc, xv, active, n_active, ov)
+        accumulate_dense_columns(data, rows_padded, group, x, idx, cnt, out)
 
 
 @njit(**_OPTS)
-def layer_step(kind: int, ih_indptr: np.ndarray, ih_indices: np.ndarray, ih_data: np.ndarray,
-               ih_br: int, ih_bc: int, hh_indptr: np.ndarray, hh_indices: np.ndarray,
-               hh_data: np.ndarray, hh_br: int, hh_bc: int, b_ih: np.ndarray, b_hh: np.ndarray,
-               x: np.ndarray, in_active: np.ndarray, n_in: int, gi: np.ndarray, gh: np.ndarray,
-               y: np.ndarray, c: np.ndarray, theta: np.ndarray, reset_code: int, events: bool,
-               zone_p: np.float32, zone_q: np.float32, ev: np.ndarray, ct: np.ndarray,
-               active: np.ndarray, n_rec: int) -> int:
-    """One whole layer step in one call: ``gi = b_ih + W_ih[:, in_active] @ x``,
-    ``gh = b_hh + W_hh[:, active[:n_rec]] @ y``, then the gates of ``kind`` (0 EGRU, 1 GRU,
-    2 LSTM; arguments as :func:`egru_gates`), which overwrite ``active`` with the new active
-    units. The same operations in the same order as the separate kernels.
-
-    Returns:
-        the number of active units after the step.
-    """
-    g = b_ih.shape[0]
-    nb = y.shape[1]
-    for r in range(g):
-        bi = b_ih[r]
-        bh = b_hh[r]
-        for b in range(nb):
-            gi[r, b] = bi
-            gh[r, b] = bh
-    _accumulate_any(ih_indptr, ih_indices, ih_data, ih_br, ih_bc, x, in_active, n_in, gi)
-    _accumulate_any(hh_indptr, hh_indices, hh_data, hh_br, hh_bc, y, active, n_rec, gh)
-    if kind == 0:
-        return egru_gates(gi, gh, y, c, theta, reset_code, events, zone_p, zone_q, ev, ct,
-                          active)
-    if kind == 1:
-        return gru_gates(gi, gh, y, zone_p, zone_q, active)
-    return lstm_gates(gi, gh, y, c, zone_p, zone_q, active)
+def add_bias(out: np.ndarray, bias: np.ndarray) -> None:
+    """``out[v, :len(bias)] = bias`` for every row ``v`` (accumulator reset)."""
+    nb = bias.shape[0]
+    for v in range(out.shape[0]):
+        o = out[v]
+        for r in range(nb):
+            o[r] = bias[r]
 
 
-__all__ = ["accumulate_batch", "accumulate_block", "accumulate_block16", "accumulate_block4x4",
-           "accumulate_csc", "accumulate_panels", "accumulate_panels_batch",
-           "accumulate_parallel",
-           "active_columns", "egru_gates", "gru_gates", "layer_step", "lstm_gates"]
+__all__ = ["FORMAT_CODES", "accumulate_dense", "accumulate_dense_columns",
+           "accumulate_dense_columns_parallel", "accumulate_dense_parallel", "accumulate_event",
+           "accumulate_rows", "accumulate_rows_parallel", "accumulate_tiles",
+           "accumulate_tiles_parallel", "active_lists", "add_bias"]

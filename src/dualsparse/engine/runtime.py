@@ -1,15 +1,18 @@
 """Event-driven sparse inference of stacked EGRU/GRU/LSTM layers on CPU.
 
-Per step and layer ``k`` (batch ``B``, accumulators ``(G*H, B)``)::
+A segment of ``T`` steps for ``B`` sequences runs **layer by layer**::
 
-    gi = b_ih + W_ih[:, active inputs]  @ x[active inputs]     (nonzero inputs only)
-    gh = b_hh + W_hh[:, active units]   @ y[active units]      (units that fired last step)
-    y, c, active units <- fused gates / event / reset (kernels.egru_gates etc.)
+    GI = b_ih + W_ih X           all T*B input vectors in one multi-vector event accumulate
+    for t in 0..T-1:             (gates.recurrent_segment, one numba call)
+        gh = b_hh + W_hh y       the units of each sequence that fired at t-1
+        y, c, active <- fused gates / event / reset
 
-Only the nonzero weights of the active columns are touched (see :mod:`dualsparse.engine.pack`).
-The results equal the PyTorch model's in eval mode up to float32 rounding; an EGRU event can
-differ only where ``c~`` is within rounding of the threshold (:func:`compare_events` counts
-those).
+Each vector has its own active columns (work follows per-sequence activity); each weight
+group is read once for all vectors of a product (weight traffic follows their union).
+Streaming :meth:`SparseRuntime.step` is the same with ``T = 1``. Results equal the PyTorch
+model's in eval mode up to float32 rounding (identical across batch sizes, thread counts
+and segment lengths); an EGRU event can differ only where ``c~`` is within rounding of the
+threshold (:func:`dualsparse.engine.events.compare_events` counts those).
 
 Usage::
 
@@ -20,23 +23,27 @@ Usage::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
+import numba
 import numpy as np
 import torch
 from torch import nn
 
 from dualsparse.engine import kernels as K
-from dualsparse.engine.pack import RESET_CODES, PackedLayer, PackedMatrix, PackedRNN, pack_rnn
+from dualsparse.engine.events import EventComparison, compare_events
+from dualsparse.engine.formats import Block
+from dualsparse.engine.gates import KIND_CODES, recurrent_segment
+from dualsparse.engine.pack import RESET_CODES, PackedLayer, PackedRNN, pack_rnn
 from dualsparse.models.egru import EGRUState
 from dualsparse.models.rnn import GRUState, LSTMState
-
-#: ``kind`` argument of :func:`dualsparse.engine.kernels.layer_step`.
-_KIND_CODES = {"egru": 0, "gru": 1, "lstm": 2}
+from dualsparse.validation import check_int
 
 
-def _to_numpy(x: torch.Tensor | np.ndarray, what: str) -> np.ndarray:
+def to_numpy(x: torch.Tensor | np.ndarray, what: str) -> np.ndarray:
+    """``x`` as a floating-point numpy array (``what`` names it in errors)."""
     if isinstance(x, torch.Tensor):
         x = x.detach().to("cpu").numpy()
     if not isinstance(x, np.ndarray):
@@ -46,65 +53,36 @@ def _to_numpy(x: torch.Tensor | np.ndarray, what: str) -> np.ndarray:
     return x
 
 
-def accumulate(mat: PackedMatrix, x: np.ndarray, active: np.ndarray, n_active: int,
-               out: np.ndarray, threads: int = 1) -> None:
-    """``out += W[:, active] @ x[active]`` with the kernel that fits the layout.
-
-    Args:
-        mat: packed ``(R, C)`` matrix.
-        x: ``(C, B)`` float32 C-contiguous.
-        active: int32 column indices (first ``n_active`` used; union over the batch).
-        out: ``(mat.rows_padded, B)`` float32 C-contiguous accumulator.
-        threads: > 1 uses the row-split parallel kernel (needs ``mat.nparts > 1``).
-    """
-    br, bc = mat.block
-    if threads > 1 and mat.nparts > 1:
-        K.accumulate_parallel(mat.indptr, mat.indices, mat.data, mat.splits, br, bc, x,
-                              active, n_active, out)
-    elif x.shape[1] == 1:
-        if br == 1 and bc == 1:
-            K.accumulate_csc(mat.indptr, mat.indices, mat.data, x.reshape(-1), active,
-                             n_active, out.reshape(-1))
-        elif br == 16 and bc == 1:
-            K.accumulate_block16(mat.indptr, mat.indices, mat.data, x.reshape(-1), active,
-                                 n_active, out.reshape(-1))
-        elif br == 4 and bc == 4:
-            K.accumulate_block4x4(mat.indptr, mat.indices, mat.data, x.reshape(-1), active,
-                                  n_active, out.reshape(-1))
-        else:
-            K.accumulate_block(mat.indptr, mat.indices, mat.data, br, bc, x.reshape(-1),
-                               active, n_active, out.reshape(-1))
-    else:
-        K.accumulate_batch(mat.indptr, mat.indices, mat.data, br, bc, x, active, n_active, out)
-
-
 class _LayerState:
-    """Buffers of one layer for a batch of ``B`` (all ``(rows, B)`` float32)."""
+    """Buffers of one layer for a batch of ``B`` (``(B, rows)`` float32)."""
 
-    def __init__(self, layer: PackedLayer, batch: int) -> None:
+    def __init__(self, layer: PackedLayer, batch: int, threads: int) -> None:
         h = layer.hidden_size
-        self.gi = np.zeros((layer.w_ih.rows_padded, batch), dtype=np.float32)
-        self.gh = np.zeros((layer.w_hh.rows_padded, batch), dtype=np.float32)
-        self.b_ih = np.ascontiguousarray(np.broadcast_to(layer.b_ih[:, None], (len(layer.b_ih),
-                                                                               batch)))
-        self.b_hh = np.ascontiguousarray(np.broadcast_to(layer.b_hh[:, None], (len(layer.b_hh),
-                                                                               batch)))
-        self.y = np.zeros((h, batch), dtype=np.float32)  # output (EGRU y, GRU/LSTM h)
-        self.c = np.zeros((h, batch), dtype=np.float32)  # EGRU c / LSTM c (unused for GRU)
-        self.ev = np.zeros((h, batch), dtype=np.float32)
-        self.ct = np.zeros((h, batch), dtype=np.float32)
-        self.active = np.zeros(h, dtype=np.int32)
-        self.n_active = 0  # units with nonzero y (the recurrent input of the next step)
+        self.gh = np.zeros((batch, layer.w_hh.rows_padded), dtype=np.float32)
+        self.y = np.zeros((batch, h), dtype=np.float32)  # output (EGRU y, GRU/LSTM h)
+        self.c = np.zeros((batch, h), dtype=np.float32)  # EGRU c / LSTM c (unused for GRU)
+        self.ev = np.zeros((batch, h), dtype=np.float32)
+        self.ct = np.zeros((batch, h), dtype=np.float32)
+        self.idx = np.zeros((batch, h), dtype=np.int32)  # per sequence: units with y != 0
+        self.cnt = np.zeros(batch, dtype=np.int32)
+        zp = np.float32(layer.zoneout)
+        self.const = (KIND_CODES[layer.kind], *layer.w_hh.kernel_args(batch, threads),
+                      layer.b_hh)
+        self.gate_const = (layer.threshold, RESET_CODES[layer.reset_mode], layer.events, zp,
+                           np.float32(1.0) - zp)
 
 
 @dataclass
 class RuntimeStats:
     """Counts since the last :meth:`SparseRuntime.reset_stats`, per layer.
 
-    ``active_inputs[k]`` / ``active_recurrent[k]``: summed number of active input / recurrent
-    columns processed (union over the batch) per step; ``steps``: steps run;
+    ``active_inputs[k]`` / ``active_recurrent[k]``: active input / recurrent columns
+    processed, summed over steps and sequences; ``steps``: steps run;
     ``input_columns[k]``, ``hidden_units[k]``: the column counts (for densities);
-    ``nonzero_outputs[k]``: summed nonzero outputs (over units and batch entries).
+    ``nonzero_outputs[k]``: summed nonzero outputs (over units, steps and sequences);
+    ``seconds``: time per part (``"input"``: input products, ``"recurrent"``: recurrent
+    products and gates, ``"decoder"``: a language model's decoder), in seconds of the
+    runtime's ``clock``.
     """
 
     steps: int
@@ -114,65 +92,57 @@ class RuntimeStats:
     hidden_units: list[int]
     nonzero_outputs: list[int]
     batch: int = 1
+    seconds: dict[str, float] = field(default_factory=lambda: {"input": 0.0, "recurrent": 0.0,
+                                                               "decoder": 0.0})
 
     def activity(self) -> float:
-        """Fraction of nonzero outputs over all layers, units, steps and batch entries."""
+        """Fraction of nonzero outputs over all layers, units, steps and sequences."""
         units = sum(self.hidden_units) * self.steps * self.batch
         return sum(self.nonzero_outputs) / max(1, units)
 
     def input_density(self, layer: int) -> float:
-        return self.active_inputs[layer] / max(1, self.steps * self.input_columns[layer])
+        return self.active_inputs[layer] / max(1, self.steps * self.batch
+                                               * self.input_columns[layer])
 
     def recurrent_density(self, layer: int) -> float:
-        return self.active_recurrent[layer] / max(1, self.steps * self.hidden_units[layer])
+        return self.active_recurrent[layer] / max(1, self.steps * self.batch
+                                                  * self.hidden_units[layer])
 
 
 class SparseRuntime:
-    """Streaming, event-driven inference of a packed EGRU/GRU/LSTM stack.
+    """Event-driven inference of a packed EGRU/GRU/LSTM stack (streaming or segments).
 
     Args:
         packed: the packed model (:func:`dualsparse.engine.pack.pack_rnn`).
-        threads: accumulate with this many threads (row-split kernels; needs the matrices
-            packed with ``nparts >= threads``). The gate kernels are single-threaded.
+        threads: threads of the products (row groups; results identical at any count). The
+            gate kernels run on one thread.
     """
 
     def __init__(self, packed: PackedRNN, threads: int = 1) -> None:
-        if not packed.layers:
-            raise ValueError("the packed model has no layers")
-        if not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+        packed.check()
         self.packed = packed
-        self.threads = threads
+        self.threads = check_int("threads", threads, low=1)
         self.kind = packed.layers[0].kind
-        self._zone = [(np.float32(lay.zoneout), np.float32(1.0 - lay.zoneout))
-                      for lay in packed.layers]
-        self._x_active = np.zeros(packed.input_size, dtype=np.int32)
-        # per layer, the constant arguments of kernels.layer_step (one call per layer step,
-        # single-threaded); threads > 1 calls the row-split accumulate and gate kernels apart
-        self._fuse = threads == 1
-        self._fused = [
-            ((_KIND_CODES[lay.kind], lay.w_ih.indptr, lay.w_ih.indices, lay.w_ih.data,
-              *lay.w_ih.block, lay.w_hh.indptr, lay.w_hh.indices, lay.w_hh.data,
-              *lay.w_hh.block, lay.b_ih, lay.b_hh),
-             (lay.threshold, RESET_CODES[lay.reset_mode], lay.events, zp, zq))
-            for lay, (zp, zq) in zip(packed.layers, self._zone, strict=True)]
+        #: clock of :attr:`RuntimeStats.seconds` (``time.thread_time`` for single-threaded
+        #: timings on a shared machine)
+        self.clock = time.perf_counter
         self.stats: RuntimeStats | None = None
         self.reset(1)
         self.reset_stats()
 
     @classmethod
-    def from_model(cls, model: nn.Module, block: tuple[int, int] | str = "auto",
+    def from_model(cls, model: nn.Module, block: Block = "auto",
                    threads: int = 1) -> SparseRuntime:
         """Pack ``model`` (EGRU/GRU/LSTM, ``torch.nn.GRU``/``LSTM``) and build a runtime.
 
-        ``block``: tile shape of the packed weights or ``"auto"`` (per matrix: ``(16, 1)``
-        tiles for dense or row-block-sparse weights, CSC for unstructured sparsity).
-        The engine computes the eval-mode model (no dropout; zoneout as its expectation).
+        ``block``: tile shape of the packed weights, ``"dense"``, or ``"auto"`` (per matrix:
+        dense, 16x1 tiles or CSC, :func:`dualsparse.engine.formats.choose_format`). The
+        engine computes the eval-mode model (no dropout; zoneout as its expectation).
         """
         if model.training:
             raise ValueError("put the model in eval mode (model.eval()) before packing: the "
                              "engine computes the eval-mode network")
-        return cls(pack_rnn(model, block=block, nparts=threads), threads=threads)
+        return cls(pack_rnn(model, block=block), threads=threads)
 
     # ----------------------------------------------------------------- state
     @property
@@ -189,11 +159,10 @@ class SparseRuntime:
 
     def reset(self, batch_size: int = 1) -> None:
         """Zero state for ``batch_size`` sequences (statistics restart if the batch changes)."""
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        self._batch = batch_size
-        self._layers = [_LayerState(lay, batch_size) for lay in self.packed.layers]
-        if getattr(self, "stats", None) is not None and self.stats.batch != batch_size:
+        self._batch = check_int("batch_size", batch_size, low=1)
+        self._layers = [_LayerState(lay, self._batch, self.threads)
+                        for lay in self.packed.layers]
+        if self.stats is not None and self.stats.batch != self._batch:
             self.reset_stats()  # counts are per batch size
 
     def reset_stats(self) -> None:
@@ -208,8 +177,7 @@ class SparseRuntime:
         """Per-layer states as the torch models return them (``(B, H)`` tensors, copies)."""
         out = []
         for lay, st in zip(self.packed.layers, self._layers, strict=True):
-            y = torch.from_numpy(st.y.T.copy())
-            c = torch.from_numpy(st.c.T.copy())
+            y, c = torch.from_numpy(st.y.copy()), torch.from_numpy(st.c.copy())
             out.append(EGRUState(y, c) if lay.kind == "egru" else
                        LSTMState(y, c) if lay.kind == "lstm" else GRUState(y))
         return tuple(out)
@@ -219,7 +187,7 @@ class SparseRuntime:
         if not isinstance(state, (list, tuple)) or len(state) != self.num_layers:
             raise ValueError(f"state must hold one per-layer state for each of the "
                              f"{self.num_layers} layers")
-        first = _to_numpy(state[0][0], "state")
+        first = to_numpy(state[0][0], "state")
         if first.ndim not in (1, 2):
             raise ValueError(f"state tensors must be (B, H) or (H,), got shape {first.shape}")
         batch = first.shape[0] if first.ndim == 2 else 1
@@ -230,7 +198,7 @@ class SparseRuntime:
                 raise ValueError(f"state of layer {k} must have {want} tensors, got {len(s)}")
             expected = (batch, lay.hidden_size) if first.ndim == 2 else (lay.hidden_size,)
             for name, t in zip(("y", "c"), s, strict=False):
-                a = _to_numpy(t, f"state of layer {k}")
+                a = to_numpy(t, f"state of layer {k}")
                 if a.shape != expected:
                     raise ValueError(f"state {name} of layer {k} has shape {a.shape}, expected "
                                      f"{expected}")
@@ -239,13 +207,65 @@ class SparseRuntime:
                 arrays.append((k, name, a.reshape(batch, lay.hidden_size)))
         self.reset(batch)  # only once the whole state is valid
         for k, name, a in arrays:
-            getattr(self._layers[k], name)[:] = a.T
+            getattr(self._layers[k], name)[:] = a
         for st in self._layers:
-            st.n_active = K.active_columns(st.y, st.active)
+            K.active_lists(st.y, st.idx, st.cnt)
 
     # --------------------------------------------------------------- compute
+    def run_columns(self, x: np.ndarray, idx: np.ndarray, cnt: np.ndarray, steps: int,
+                    record: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+        """Advance all layers ``steps`` steps, layer by layer (no input checks; for callers
+        that build inputs themselves, such as :class:`dualsparse.engine.lm.SparseLM`).
+
+        Args:
+            x: ``(steps * B, I)`` float32 C-contiguous inputs, step-major.
+            idx, cnt: their active columns (:func:`dualsparse.engine.kernels.active_lists`).
+            record: also return each layer's ``(y, events, c~)``, each ``(steps, B, H)``.
+
+        Returns:
+            the last layer's ``y`` ``(steps, B, H)``, its active lists ``idx`` ``(steps, B,
+            H)`` and ``cnt`` ``(steps, B)``, and per layer ``(y, events, c~)`` if ``record``.
+        """
+        stats, batch, threads = self.stats, self._batch, self.threads
+        before = numba.get_num_threads() if threads > 1 else 0
+        if threads > 1:
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        recs = []
+        try:
+            for k, (lay, st) in enumerate(zip(self.packed.layers, self._layers, strict=True)):
+                t0 = self.clock()
+                gi = np.empty((steps * batch, lay.w_ih.rows_padded), dtype=np.float32)
+                K.add_bias(gi, lay.b_ih)
+                lay.w_ih.accumulate(x, idx, cnt, gi, threads)
+                t1 = self.clock()
+                h = lay.hidden_size
+                y_seq = np.empty((steps, batch, h), dtype=np.float32)
+                idx_seq = np.empty((steps, batch, h), dtype=np.int32)
+                cnt_seq = np.empty((steps, batch), dtype=np.int32)
+                ev_seq = np.empty((steps, batch, h) if record else (1, 1, 1), dtype=np.float32)
+                ct_seq = np.empty_like(ev_seq)
+                nonzero, columns = recurrent_segment(
+                    *st.const, gi.reshape(steps, batch, -1), st.gh, st.y, st.c, *st.gate_const,
+                    st.ev, st.ct, st.idx, st.cnt, y_seq, idx_seq, cnt_seq, record, ev_seq,
+                    ct_seq)
+                stats.seconds["input"] += t1 - t0
+                stats.seconds["recurrent"] += self.clock() - t1
+                stats.active_inputs[k] += int(cnt.sum())
+                stats.active_recurrent[k] += columns
+                stats.nonzero_outputs[k] += nonzero
+                if record:
+                    recs.append((y_seq, ev_seq, ct_seq))
+                x = y_seq.reshape(steps * batch, h)
+                idx = idx_seq.reshape(steps * batch, h)
+                cnt = cnt_seq.reshape(-1)
+        finally:
+            if before:
+                numba.set_num_threads(before)
+        stats.steps += steps
+        return y_seq, idx_seq, cnt_seq, recs
+
     def _check_step_input(self, x: torch.Tensor | np.ndarray) -> tuple[np.ndarray, bool]:
-        a = _to_numpy(x, "input")
+        a = to_numpy(x, "input")
         unbatched = a.ndim == 1
         if a.ndim not in (1, 2) or a.shape[-1] != self.input_size:
             raise ValueError(f"step input must be ({self.input_size},) or (B, {self.input_size}), "
@@ -256,70 +276,21 @@ class SparseRuntime:
         if batch != self._batch:
             raise ValueError(f"input batch {batch} does not match the runtime's batch "
                              f"{self._batch}; call reset({batch}) first")
-        xt = np.ascontiguousarray(a.reshape(batch, -1).T, dtype=np.float32)
-        return xt, unbatched
-
-    def step_columns(self, x: np.ndarray, n_in: int, active_in: np.ndarray) -> None:
-        """Advance all layers one step (no input checks; for callers that build inputs
-        themselves, such as :class:`dualsparse.engine.lm.SparseLM`).
-
-        Args:
-            x: ``(I, B)`` float32 C-contiguous input columns.
-            n_in, active_in: the nonzero input rows ``active_in[:n_in]`` (int32).
-        """
-        stats = self.stats
-        if self._fuse:
-            batched = self._batch != 1
-            for k, (args, st) in enumerate(zip(self._fused, self._layers, strict=True)):
-                n_rec = st.n_active
-                n = K.layer_step(*args[0], x, active_in, n_in, st.gi, st.gh, st.y, st.c,
-                                 *args[1], st.ev, st.ct, st.active, n_rec)
-                st.n_active = n
-                stats.active_inputs[k] += n_in
-                stats.active_recurrent[k] += n_rec
-                stats.nonzero_outputs[k] += int(np.count_nonzero(st.y)) if batched else n
-                x, n_in, active_in = st.y, n, st.active
-            stats.steps += 1
-            return
-        for k, (lay, st) in enumerate(zip(self.packed.layers, self._layers, strict=True)):
-            g = lay.num_gates * lay.hidden_size
-            st.gi[:g] = st.b_ih
-            st.gh[:g] = st.b_hh
-            accumulate(lay.w_ih, x, active_in, n_in, st.gi, self.threads)
-            accumulate(lay.w_hh, st.y, st.active, st.n_active, st.gh, self.threads)
-            stats.active_inputs[k] += n_in
-            stats.active_recurrent[k] += st.n_active
-            zp, zq = self._zone[k]
-            if lay.kind == "egru":
-                n = K.egru_gates(st.gi, st.gh, st.y, st.c, lay.threshold,
-                                 RESET_CODES[lay.reset_mode], lay.events, zp, zq, st.ev, st.ct,
-                                 st.active)
-            elif lay.kind == "gru":
-                n = K.gru_gates(st.gi, st.gh, st.y, zp, zq, st.active)
-            else:
-                n = K.lstm_gates(st.gi, st.gh, st.y, st.c, zp, zq, st.active)
-            st.n_active = n
-            stats.nonzero_outputs[k] += n if st.y.shape[1] == 1 else int(np.count_nonzero(st.y))
-            x, n_in, active_in = st.y, n, st.active
-        stats.steps += 1
-
-    def output_columns(self) -> tuple[np.ndarray, np.ndarray, int]:
-        """The last layer's output ``(H, B)`` (a view) and its active rows ``(active, n)``."""
-        st = self._layers[-1]
-        return st.y, st.active, st.n_active
+        return np.ascontiguousarray(a.reshape(batch, -1), dtype=np.float32), unbatched
 
     def step(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
         """One time step through all layers; ``x`` ``(B, I)`` or ``(I,)``; returns the last
         layer's output ``(B, H)`` or ``(H,)`` (a new tensor)."""
         xt, unbatched = self._check_step_input(x)
-        n_in = K.active_columns(xt, self._x_active)
-        self.step_columns(xt, n_in, self._x_active)
-        y = torch.from_numpy(self._layers[-1].y.T.copy())
+        idx = np.empty(xt.shape, dtype=np.int32)
+        cnt = np.empty(xt.shape[0], dtype=np.int32)
+        K.active_lists(xt, idx, cnt)
+        y = torch.from_numpy(self.run_columns(xt, idx, cnt, 1)[0][0])
         return y.reshape(-1) if unbatched else y
 
     def run(self, sequence: torch.Tensor | np.ndarray, reset: bool = True,
             return_sequences: bool = False):
-        """Run a sequence ``(T, B, I)`` (or ``(T, I)``), time-first.
+        """Run a sequence ``(T, B, I)`` (or ``(T, I)``), time-first, as one segment.
 
         Args:
             reset: start from the zero state (True) or continue from the current state.
@@ -330,7 +301,7 @@ class SparseRuntime:
             ``output`` ``(T, B, H_last)`` (``(T, H_last)`` unbatched), or
             ``(output, sequences)``.
         """
-        a = _to_numpy(sequence, "sequence")
+        a = to_numpy(sequence, "sequence")
         if a.ndim not in (2, 3) or a.shape[-1] != self.input_size:
             raise ValueError(f"sequence must be (T, B, {self.input_size}) or "
                              f"(T, {self.input_size}), got shape {a.shape}")
@@ -344,64 +315,22 @@ class SparseRuntime:
         elif batch != self._batch:
             raise ValueError(f"sequence batch {batch} does not match the runtime's batch "
                              f"{self._batch}")
-        xs = np.ascontiguousarray(seq.transpose(0, 2, 1), dtype=np.float32)  # (T, I, B)
-        out = np.empty((steps, batch, self.packed.layers[-1].hidden_size), dtype=np.float32)
-        recs = None
-        if return_sequences:
-            recs = [{name: np.empty((steps, batch, lay.hidden_size), dtype=np.float32)
-                     for name in (("output", "events", "internal") if lay.kind == "egru"
-                                  else ("output",))} for lay in self.packed.layers]
-        for t in range(steps):
-            n_in = K.active_columns(xs[t], self._x_active)
-            self.step_columns(xs[t], n_in, self._x_active)
-            out[t] = self._layers[-1].y.T
-            if recs is not None:
-                for rec, st in zip(recs, self._layers, strict=True):
-                    rec["output"][t] = st.y.T
-                    if "events" in rec:
-                        rec["events"][t] = st.ev.T
-                        rec["internal"][t] = st.ct.T
-        result = torch.from_numpy(out[:, 0] if unbatched else out)
-        if recs is None:
-            return result
-        seqs = [{n: torch.from_numpy(v[:, 0] if unbatched else v) for n, v in rec.items()}
-                for rec in recs]
-        return result, seqs
+        xs = np.ascontiguousarray(seq.reshape(steps * batch, -1), dtype=np.float32)
+        idx = np.empty(xs.shape, dtype=np.int32)
+        cnt = np.empty(xs.shape[0], dtype=np.int32)
+        K.active_lists(xs, idx, cnt)
+        out, _, _, recs = self.run_columns(xs, idx, cnt, steps, record=return_sequences)
+        if not return_sequences:
+            return torch.from_numpy(out[:, 0] if unbatched else out)
+        seqs = []
+        for lay, (y_k, ev_k, ct_k) in zip(self.packed.layers, recs, strict=True):
+            rec = {"output": y_k}
+            if lay.kind == "egru":
+                rec["events"], rec["internal"] = ev_k, ct_k
+            seqs.append({n: torch.from_numpy(v[:, 0] if unbatched else v)
+                         for n, v in rec.items()})
+        return seqs[-1]["output"], seqs
 
 
-@dataclass
-class EventComparison:
-    """Events of the engine vs the torch model for one layer.
-
-    ``mismatches``: entries whose events differ; ``near_threshold``: of those, how many have
-    ``|c~ - theta| < tol`` (in either computation); ``unexplained`` = the rest (must be 0).
-    """
-
-    total: int
-    mismatches: int
-    near_threshold: int
-    unexplained: int
-
-
-def compare_events(events: torch.Tensor, events_ref: torch.Tensor, internal: torch.Tensor,
-                   internal_ref: torch.Tensor, threshold: torch.Tensor,
-                   tol: float = 1e-5) -> EventComparison:
-    """Compare event tensors ``(T, B, H)`` from two computations of the same EGRU layer.
-
-    A mismatch is *explained* when ``|c~ - theta| < tol`` in either computation: the two float32
-    computations round differently, so a ``c~`` that close to the threshold may fall on either
-    side. Note that after a mismatch the states of the two computations differ for that unit.
-    """
-    ev, ev_ref = events.to(torch.float32), events_ref.to(torch.float32)
-    if ev.shape != ev_ref.shape:
-        raise ValueError(f"event shapes differ: {tuple(ev.shape)} vs {tuple(ev_ref.shape)}")
-    th = threshold.to(torch.float32)
-    near = ((internal.to(torch.float32) - th).abs() < tol) | (
-        (internal_ref.to(torch.float32) - th).abs() < tol)
-    diff = ev != ev_ref
-    mism = int(diff.sum())
-    explained = int((diff & near).sum())
-    return EventComparison(ev.numel(), mism, explained, mism - explained)
-
-
-__all__ = ["EventComparison", "RuntimeStats", "SparseRuntime", "accumulate", "compare_events"]
+__all__ = ["EventComparison", "RuntimeStats", "SparseRuntime",
+           "compare_events", "to_numpy"]

@@ -15,8 +15,9 @@ from torch import nn
 
 from dualsparse.accounting import ActivityMeter
 from dualsparse.apps.lm.evaluate import evaluate_lm
-from dualsparse.engine.lm import CLOCKS, SparseLM, _check_lm, evaluate_lm_sparse
-from dualsparse.engine.pack import Block
+from dualsparse.engine.formats import Block
+from dualsparse.engine.lm import CLOCKS, evaluate_lm_sparse
+from dualsparse.engine.sparse_lm import SparseLM, check_lm
 from dualsparse.models.lm import RNNLanguageModel
 
 
@@ -91,7 +92,7 @@ def compare_with_torch(model: nn.Module, tokens: torch.Tensor, batch_size: int =
     ``bptt`` tokens per call), ``speedup_stream`` / ``speedup_seq`` (dense / engine) and
     ``speedup_seq / ideal_speedup`` as ``ratio_seq``, plus ``packed_bytes`` / ``dense_bytes``.
     """
-    lm = _check_lm(model)
+    lm = check_lm(model)
     was_training = lm.training
     torch_threads = torch.get_num_threads()
     lm.eval()
@@ -126,7 +127,6 @@ def compare_with_torch(model: nn.Module, tokens: torch.Tensor, batch_size: int =
         "packed_bytes": sparse.nbytes, "dense_bytes": sparse.dense_nbytes,
         "threads": threads, "block": block, "clock": clock,
     }
-
 
 
 __all__ = ["compare_with_torch"]

@@ -1,0 +1,383 @@
+"""Packed weight formats for event-driven (column) access; each owns ``accumulate`` and ``check``.
+
+A weight matrix ``W`` ``(R, C)`` (rows = stacked gate outputs ``G*H`` or a vocabulary,
+columns = input features or recurrent units) is stored *by column*: for an active input
+``x_j`` the engine adds ``x_j * W[:, j]`` to the pre-activations, touching only the stored
+weights of that column. Two formats share :class:`PackedFormat`:
+
+* :class:`PackedMatrix` -- block-compressed columns: the matrix is cut into ``br x bc`` tiles;
+  a tile is stored (densely, zeros included) when any of its weights is nonzero. ``(1, 1)`` is
+  CSC; ``(16, 1)`` suits row-block pruning (the inner loop is a 16-long SIMD axpy); ``(4, 4)``
+  Narang-style block pruning. Tiles of a block column are contiguous and sorted by row;
+  ``panel_ptr`` cuts every block column at the row panels (``panel_rows`` rows), so that a
+  kernel can process a group of panels for many vectors while their weights stay in cache,
+  and threads can own disjoint row groups.
+* :class:`DenseMatrix` -- all weights, column-major (``W^T``, rows padded to 64): 64-row
+  panels whose outputs stay in SIMD registers while the active columns of a vector are added,
+  when the inputs are sparse; one GEMM (PyTorch/oneDNN) when most inputs of many vectors are
+  active (dense inputs such as an embedding).
+
+:func:`dualsparse.engine.pack.choose_format` picks one per matrix (``block="auto"``); the
+kernels are in :mod:`dualsparse.engine.kernels`.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dualsparse.engine import kernels as K
+from dualsparse.validation import check_block, check_int
+
+#: Cost of one scattered CSC update (index load, read-modify-write) relative to one stored
+#: value of a contiguous 16-long SIMD axpy: ``benchmarks/bench_engine.py`` measured 0.96 ns per
+#: nonzero (CSC, 10% unstructured, 4050x1350) vs 0.35-0.62 ns per stored value ((16, 1)
+#: tiles) on our AMD EPYC (docs/engine.md), i.e. 1.5-2.7x. ``choose_format`` uses ``(16, 1)``
+#: tiles when they store at most this many values per nonzero weight, else CSC.
+AUTO_SCATTER_COST = 3.0
+#: ``choose_format`` stores a matrix densely when at least this fraction of its weights is
+#: nonzero (16x1 tiles would store every value plus an index per tile).
+DENSE_MIN_DENSITY = 0.9
+#: Row panel height (rounded up to a multiple of the tile height).
+PANEL_ROWS = 64
+#: Target bytes of packed weights per work item when several vectors share them (they are
+#: re-read from cache for every vector; the L2 of our AMD EPYC is 1 MB per core; 1-4 MB
+#: groups measured fastest with 64 vectors).
+GROUP_BYTES = 1024 * 1024
+#: Most rows per work item (their accumulator slice, 16 KB of float32, stays in L1).
+GROUP_MAX_ROWS = 4096
+#: Products of matrices with fewer packed bytes run on one thread even when ``threads > 1``
+#: (a parallel region costs a few microseconds).
+PARALLEL_MIN_BYTES = 512 * 1024
+#: :class:`DenseMatrix` uses one GEMM instead of event columns when the active fraction of
+#: the inputs is at least this (for ``n >= GEMM_MIN_VECTORS`` vectors; a single vector:
+#: ``GEMV_MIN_ACTIVITY``): a blocked GEMM does about 3x the MACs per cycle of the column
+#: kernel, a GEMV is memory bound like it.
+GEMM_MIN_ACTIVITY = 0.35
+GEMM_MIN_VECTORS = 4
+GEMV_MIN_ACTIVITY = 0.9
+
+Block = tuple[int, int] | str
+
+
+@dataclass
+class PackedFormat(ABC):
+    """Shared part of the packed formats: the dense shape, its nonzero count, the derived
+    sizes, and the interface every format implements (``rows_padded``, ``nbytes``,
+    ``accumulate``, ``kernel_args``, ``check``, ``to_dense``; ``data`` holds the values)."""
+
+    shape: tuple[int, int]
+    nnz: int
+
+    @property
+    def rows(self) -> int:
+        return self.shape[0]
+
+    @property
+    def cols(self) -> int:
+        return self.shape[1]
+
+    @property
+    def density(self) -> float:
+        """Fraction of nonzero weights of the dense matrix."""
+        return self.nnz / (self.shape[0] * self.shape[1])
+
+    @property
+    def dense_nbytes(self) -> int:
+        """Bytes of the dense float32 matrix."""
+        return 4 * self.shape[0] * self.shape[1]
+
+    @property
+    def stored_values(self) -> int:
+        """Values stored (zeros inside stored tiles included)."""
+        return int(self.data.size)
+
+    @property
+    @abstractmethod
+    def rows_padded(self) -> int:
+        """Length of an accumulator row (rows rounded up to the format's granularity)."""
+
+    @property
+    @abstractmethod
+    def nbytes(self) -> int:
+        """Bytes of the packed arrays."""
+
+    @abstractmethod
+    def accumulate(self, x: np.ndarray, idx: np.ndarray, cnt: np.ndarray, out: np.ndarray,
+                   threads: int = 1) -> None:
+        """``out[v] += W @ x[v]`` over the active columns ``idx[v, :cnt[v]]`` of each
+        vector."""
+
+    @abstractmethod
+    def kernel_args(self, n_vectors: int, threads: int = 1) -> tuple:
+        """Arguments of :func:`dualsparse.engine.kernels.accumulate_event`."""
+
+    @abstractmethod
+    def check(self) -> None:
+        """Validate every invariant of the format (``ValueError`` naming the field)."""
+
+    @abstractmethod
+    def to_dense(self) -> np.ndarray:
+        """The dense float32 matrix ``(rows, cols)``."""
+
+    def _check_accumulate_args(self, x: np.ndarray, idx: np.ndarray, cnt: np.ndarray,
+                               out: np.ndarray) -> None:
+        n = x.shape[0]
+        if x.ndim != 2 or x.shape[1] != self.cols or x.dtype != np.float32:
+            raise ValueError(f"x must be float32 (n, {self.cols}), got {x.dtype} {x.shape}")
+        if out.shape != (n, self.rows_padded) or out.dtype != np.float32:
+            raise ValueError(f"out must be float32 ({n}, {self.rows_padded}), got {out.dtype} "
+                             f"{out.shape}")
+        if idx.ndim != 2 or idx.shape[0] != n or cnt.shape != (n,):
+            raise ValueError(f"idx must be (n, >=max cnt) and cnt (n,) for n={n}")
+
+
+@dataclass
+class PackedMatrix(PackedFormat):
+    """A weight matrix ``(rows, cols)`` packed by (block) columns.
+
+    Attributes:
+        block: ``(br, bc)``; ``(1, 1)`` is plain CSC.
+        indptr: ``(n_block_cols + 1,)`` int32: tiles of block column ``J`` are
+            ``indptr[J]:indptr[J+1]``, sorted by block row.
+        indices: ``(n_tiles,)`` block-row index of each tile (``uint16`` or ``int32``).
+        data: ``(n_tiles * bc * br,)`` float32, tile-major, then column, then row.
+        panel_ptr: ``(n_panels + 1, n_block_cols)`` int32: tiles of block column ``J`` in row
+            panel ``P`` are ``panel_ptr[P, J]:panel_ptr[P+1, J]``.
+        panel_rows: rows per panel (a multiple of ``br``).
+    """
+
+    block: tuple[int, int] = (1, 1)
+    indptr: np.ndarray | None = None
+    indices: np.ndarray | None = None
+    data: np.ndarray | None = None
+    panel_ptr: np.ndarray | None = None
+    panel_rows: int = PANEL_ROWS
+
+    @property
+    def rows_padded(self) -> int:
+        """Length of an accumulator row: rows rounded up to a multiple of ``br``."""
+        return math.ceil(self.shape[0] / self.block[0]) * self.block[0]
+
+    @property
+    def n_panels(self) -> int:
+        return self.panel_ptr.shape[0] - 1
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the packed arrays (values, indices, pointers)."""
+        return int(self.indptr.nbytes + self.indices.nbytes + self.data.nbytes
+                   + self.panel_ptr.nbytes)
+
+    def column_nnz(self) -> np.ndarray:
+        """Stored values per input column ``(cols,)`` (what one active column costs)."""
+        per_block_col = np.diff(self.indptr).astype(np.int64) * self.block[0]
+        return np.repeat(per_block_col, self.block[1])[: self.cols]
+
+    def _group_rows(self, n_vectors: int, threads: int) -> int:
+        """Rows per work item: weights within :data:`GROUP_BYTES` when several vectors share
+        them, accumulator slices within :data:`GROUP_MAX_ROWS`, at least one item per
+        thread."""
+        rows = min(self.rows_padded, GROUP_MAX_ROWS)
+        if n_vectors > 1:
+            per_row = max(1.0, 4.0 * self.stored_values / self.rows_padded)
+            rows = min(rows, int(GROUP_BYTES / per_row))
+        if threads > 1:
+            rows = min(rows, math.ceil(self.rows_padded / threads))
+        return max(rows, 1)
+
+    def group(self, n_vectors: int, threads: int = 1) -> int:
+        """Panels per work item of :meth:`accumulate` for ``n_vectors`` vectors."""
+        return max(1, self._group_rows(n_vectors, threads) // self.panel_rows)
+
+    def kernel_args(self, n_vectors: int, threads: int = 1) -> tuple:
+        """Arguments of :func:`dualsparse.engine.kernels.accumulate_event` for ``n_vectors``
+        vectors per call (the one place where the kernel is chosen)."""
+        par = use_threads(self, threads)
+        return (K.FORMAT_CODES["tiles"], par, self.panel_ptr, self.indices, self.data,
+                *self.block, self.rows_padded, self.group(n_vectors, threads if par else 1))
+
+    def accumulate(self, x: np.ndarray, idx: np.ndarray, cnt: np.ndarray, out: np.ndarray,
+                   threads: int = 1) -> None:
+        """``out[v] += W[:, idx[v, :cnt[v]]] @ x[v, idx[v, :cnt[v]]]`` for every vector ``v``.
+
+        Args:
+            x: ``(n, cols)`` float32; idx: ``(n, >= max cnt)`` int32 active columns; cnt:
+                ``(n,)`` int32; out: ``(n, rows_padded)`` float32 accumulators (C-contiguous).
+            threads: > 1 runs row groups on parallel threads (identical results) for
+                matrices of at least :data:`PARALLEL_MIN_BYTES`.
+        """
+        self._check_accumulate_args(x, idx, cnt, out)
+        K.accumulate_event(*self.kernel_args(x.shape[0], threads), x, idx, cnt, out)
+
+    def to_dense(self) -> np.ndarray:
+        """Unpack into the dense float32 matrix ``(rows, cols)`` (zeros included)."""
+        br, bc = self.block
+        nbc = len(self.indptr) - 1
+        out = np.zeros((self.rows_padded, nbc * bc), dtype=np.float32)
+        tiles = self.data.reshape(-1, bc, br)
+        for bj in range(nbc):
+            for t in range(self.indptr[bj], self.indptr[bj + 1]):
+                r0 = int(self.indices[t]) * br
+                out[r0:r0 + br, bj * bc:(bj + 1) * bc] = tiles[t].T
+        return out[: self.rows, : self.cols]
+
+    def check(self) -> None:
+        """Validate every invariant of the format (``ValueError`` naming the field)."""
+        br, bc = check_block("block", self.block)
+        rows, cols = self.shape
+        nbr, nbc = math.ceil(rows / br), math.ceil(cols / bc)
+        _check_array("indptr", self.indptr, (nbc + 1,), (np.int32,))
+        _check_array("indices", self.indices, None, (np.uint16, np.int32))
+        _check_array("data", self.data, (self.indices.size * br * bc,), (np.float32,))
+        if self.indptr[0] != 0 or self.indptr[-1] != self.indices.size:
+            raise ValueError(f"indptr must run from 0 to n_tiles={self.indices.size}")
+        if np.any(np.diff(self.indptr) < 0):
+            raise ValueError("indptr must be non-decreasing")
+        ind = self.indices.astype(np.int64)
+        if ind.size and (ind.min() < 0 or ind.max() >= nbr):
+            raise ValueError(f"indices must lie in [0, {nbr}) (block rows)")
+        steps = np.diff(ind)
+        starts = self.indptr[1:-1]
+        inside = np.ones(steps.size, dtype=bool)
+        inside[starts[(starts > 0) & (starts <= steps.size)] - 1] = False
+        if np.any(steps[inside] <= 0):
+            raise ValueError("indices must increase strictly within each block column "
+                             "(sorted, no duplicate tiles)")
+        if not np.isfinite(self.data).all():
+            raise ValueError("data contains NaN or inf")
+        if int(np.count_nonzero(self.data)) != self.nnz:
+            raise ValueError(f"nnz={self.nnz} does not match the {np.count_nonzero(self.data)} "
+                             "nonzero stored values")
+        check_int("panel_rows", self.panel_rows, low=br)
+        if self.panel_rows % br:
+            raise ValueError(f"panel_rows={self.panel_rows} must be a multiple of br={br}")
+        npan = math.ceil(nbr * br / self.panel_rows)
+        _check_array("panel_ptr", self.panel_ptr, (npan + 1, nbc), (np.int32,))
+        pp = self.panel_ptr
+        if not (np.array_equal(pp[0], self.indptr[:-1])
+                and np.array_equal(pp[-1], self.indptr[1:])):
+            raise ValueError("panel_ptr must start at indptr[:-1] and end at indptr[1:]")
+        if np.any(np.diff(pp, axis=0) < 0):
+            raise ValueError("panel_ptr must be non-decreasing over panels")
+        # every tile lies in the range panel_ptr gives for its block column and panel
+        panel = ind // (self.panel_rows // br)
+        col = np.repeat(np.arange(nbc), np.diff(self.indptr))
+        t = np.arange(ind.size)
+        if np.any((t < pp[panel, col]) | (t >= pp[panel + 1, col])):
+            raise ValueError("panel_ptr: a tile lies outside the range of its row panel")
+
+
+@dataclass
+class DenseMatrix(PackedFormat):
+    """All weights of ``(rows, cols)``, column-major: ``data`` ``(cols * rows_padded,)``
+    float32 holds ``W^T`` with each column padded with zeros to ``rows_padded`` (a multiple
+    of 64: the kernel's row panels)."""
+
+    data: np.ndarray | None = None
+
+    @property
+    def rows_padded(self) -> int:
+        return math.ceil(self.shape[0] / 64) * 64
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.nbytes)
+
+    def column_nnz(self) -> np.ndarray:
+        return np.full(self.cols, self.rows_padded, dtype=np.int64)
+
+    def uses_gemm(self, n_vectors: int, n_active: int) -> bool:
+        """Whether :meth:`accumulate` multiplies by GEMM (see :data:`GEMM_MIN_ACTIVITY`)."""
+        frac = n_active / max(1, n_vectors * self.cols)
+        if n_vectors >= GEMM_MIN_VECTORS:
+            return frac >= GEMM_MIN_ACTIVITY
+        return frac >= GEMV_MIN_ACTIVITY
+
+    def accumulate(self, x: np.ndarray, idx: np.ndarray, cnt: np.ndarray, out: np.ndarray,
+                   threads: int = 1) -> None:
+        """As :meth:`PackedMatrix.accumulate`; one GEMM on PyTorch's ``threads`` threads when
+        :meth:`uses_gemm`; register panels for several vectors; column by column for one."""
+        self._check_accumulate_args(x, idx, cnt, out)
+        n = x.shape[0]
+        if self.uses_gemm(n, int(cnt.sum())):
+            wt = torch.from_numpy(self.data).view(self.cols, self.rows_padded)
+            before = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                torch.from_numpy(out).addmm_(torch.from_numpy(x), wt)
+            finally:
+                torch.set_num_threads(before)
+            return
+        K.accumulate_event(*self.kernel_args(n, threads), x, idx, cnt, out)
+
+    def kernel_args(self, n_vectors: int, threads: int = 1) -> tuple:
+        """Arguments of :func:`dualsparse.engine.kernels.accumulate_event` (event columns):
+        register panels for several vectors, column by column for one (no reuse: each
+        active column's rows stream contiguously)."""
+        par = use_threads(self, threads)
+        none = np.zeros((1, 1), np.int32)
+        if n_vectors == 1:
+            return (K.FORMAT_CODES["dense_columns"], par, none, none[0], self.data, 64, 1,
+                    self.rows_padded, self.column_group(threads if par else 1))
+        return (K.FORMAT_CODES["dense"], par, none, none[0], self.data, 64, 1,
+                self.rows_padded, 1)
+
+    def column_group(self, threads: int = 1) -> int:
+        """Rows per work item (multiple of 64) of the single-vector column kernel: an output
+        slice within :data:`GROUP_MAX_ROWS`, at least one item per thread."""
+        rows = min(self.rows_padded, GROUP_MAX_ROWS, math.ceil(self.rows_padded / threads))
+        return max(64, rows // 64 * 64)
+
+    def to_dense(self) -> np.ndarray:
+        return np.ascontiguousarray(
+            self.data.reshape(self.cols, self.rows_padded)[:, : self.rows].T)
+
+    def check(self) -> None:
+        """Validate the layout, dtype, zero padding and ``nnz``."""
+        rows, cols = self.shape
+        _check_array("data", self.data, (cols * self.rows_padded,), (np.float32,))
+        mat = self.data.reshape(cols, self.rows_padded)
+        if np.any(mat[:, rows:] != 0):
+            raise ValueError("data: padding rows must be zero")
+        if not np.isfinite(self.data).all():
+            raise ValueError("data contains NaN or inf")
+        if int(np.count_nonzero(mat)) != self.nnz:
+            raise ValueError(f"nnz={self.nnz} does not match the stored nonzeros")
+
+
+def use_threads(mat: PackedFormat, threads: int) -> bool:
+    """Whether products of ``mat`` run on ``threads > 1`` threads."""
+    return threads > 1 and mat.nbytes >= PARALLEL_MIN_BYTES
+
+
+def _check_array(name: str, a: np.ndarray, shape: tuple | None, dtypes: tuple) -> None:
+    if not isinstance(a, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array, got {type(a).__name__}")
+    if a.dtype not in dtypes:
+        raise ValueError(f"{name} must have dtype {' or '.join(map(str, dtypes))}, got {a.dtype}")
+    if shape is not None and a.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+
+
+def as_matrix(weight: torch.Tensor | np.ndarray, name: str) -> np.ndarray:
+    """A finite, non-empty 2-D float32 numpy copy of ``weight`` (``name`` in errors)."""
+    if isinstance(weight, torch.Tensor):
+        weight = weight.detach().to("cpu", torch.float32).numpy()
+    w = np.ascontiguousarray(weight, dtype=np.float32)
+    if w.ndim != 2 or w.size == 0:
+        raise ValueError(f"{name} must be a non-empty 2-D matrix, got shape {w.shape}")
+    if not np.isfinite(w).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    return w
+
+
+__all__ = ["AUTO_SCATTER_COST", "DENSE_MIN_DENSITY", "GEMM_MIN_ACTIVITY", "PANEL_ROWS",
+           "PARALLEL_MIN_BYTES", "use_threads",
+           "Block", "DenseMatrix", "PackedFormat", "PackedMatrix", "as_matrix"]
