@@ -32,8 +32,8 @@ OPTIMISERS = {
 }
 MODELS = {"egru": lambda: EGRU(4, [6, 4], threshold_mean=0.05),
           "gru": lambda: GRU(4, 6), "lstm": lambda: LSTM(4, [6, 4])}
-ACTIONS = ["opt_step", "opt_step", "opt_step", "pruner_step", "data_write", "inplace_write",
-           "forward", "prune_more"]
+ACTIONS = ["opt_step", "opt_step", "pruner_step", "pruner_step", "data_write", "data_write",
+           "inplace_write", "forward", "prune_more"]
 
 
 def _pruned(pruner: Pruner) -> dict[str, torch.Tensor]:
