@@ -36,6 +36,9 @@ settings.load_profile("ci" if os.environ.get("CI") else
 
 #: Seconds a child process may take to exit after the last test before it counts as leaked.
 LEAK_GRACE_S = 10.0
+#: Helpers that Python starts for the pytest process itself and that exit with it (they are
+#: not left behind by a test): multiprocessing's resource tracker and fork server.
+PROCESS_LIFETIME_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
 
 
 def _children(pid: int) -> dict[int, str]:
@@ -70,7 +73,8 @@ def leaked_children(pid: int, before: set[int], grace_s: float) -> dict[int, str
     """Descendants of ``pid`` not in ``before`` that are still alive after ``grace_s``."""
     deadline = time.monotonic() + grace_s
     while True:
-        extra = {p: c for p, c in _children(pid).items() if p not in before}
+        extra = {p: c for p, c in _children(pid).items() if p not in before
+                 and not any(h in c for h in PROCESS_LIFETIME_HELPERS)}
         if not extra or time.monotonic() >= deadline:
             return extra
         time.sleep(0.2)
