@@ -30,6 +30,13 @@ from dualsparse.train import checkpoint as ckpt
 from dualsparse.train.config import TrainConfig
 from dualsparse.train.loop import Trainer, set_seed
 
+
+def examples(n_ci: int) -> int:
+    """``n_ci`` examples under the ``ci`` profile, scaled like the loaded profile's budget
+    (``dev``: 10x); an explicit ``max_examples`` would otherwise ignore the profile."""
+    return max(1, n_ci * settings.default.max_examples // settings.get_profile("ci").max_examples)
+
+
 # ------------------------------------------------------------------------ random state trees
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
           torch.int16, torch.int8, torch.uint8, torch.bool]
@@ -97,7 +104,7 @@ def assert_same(a, b, path: str = "state") -> None:
         assert type(a) is type(b) and a == b, (path, a, b)
 
 
-@settings(max_examples=40)
+@settings(max_examples=examples(40))
 @given(state=st.dictionaries(KEYS, trees, max_size=4), step=st.integers(0, 10**6))
 def test_random_state_round_trips(state: dict, step: int) -> None:
     tensors_out: dict[str, torch.Tensor] = {}
@@ -173,7 +180,7 @@ runs = st.fixed_dictionaries({
 })
 
 
-@settings(max_examples=20)
+@settings(max_examples=examples(20))
 @given(runs)
 def test_trainer_resume_restores_every_state(c: dict) -> None:
     make = MAKERS[c["task"]]

@@ -26,6 +26,13 @@ from dualsparse.embedded.reference import DeployedEGRU, QLayer, deploy
 from dualsparse.models.egru_embedded import KWSNet
 from dualsparse.models.pow2_quant import SOFTSIGN_LIMIT, max_shift
 
+
+def examples(n_ci: int) -> int:
+    """``n_ci`` examples under the ``ci`` profile, scaled like the loaded profile's budget
+    (``dev``: 10x); an explicit ``max_examples`` would otherwise ignore the profile."""
+    return max(1, n_ci * settings.default.max_examples // settings.get_profile("ci").max_examples)
+
+
 I16 = st.integers(-32768, 32767)
 LIMITS = st.sampled_from([-32768, -32767, -1, 0, 1, 32766, 32767])
 
@@ -62,7 +69,7 @@ def models_and_inputs(draw) -> tuple[DeployedEGRU, np.ndarray]:
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="host gcc not installed")
-@settings(max_examples=12)
+@settings(max_examples=examples(12))
 @given(models_and_inputs())
 def test_c_equals_integer_reference(case: tuple[DeployedEGRU, np.ndarray]) -> None:
     m, x = case
@@ -78,7 +85,7 @@ def test_c_equals_integer_reference(case: tuple[DeployedEGRU, np.ndarray]) -> No
         assert h.min() >= -32768 and h.max() <= 32767
 
 
-@settings(max_examples=15)
+@settings(max_examples=examples(15))
 @given(st.fixed_dictionaries({
     "features": st.integers(1, 10), "hidden": st.lists(st.integers(2, 10), min_size=1,
                                                        max_size=2),

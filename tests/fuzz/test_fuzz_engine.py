@@ -14,6 +14,13 @@ from dualsparse.engine.lm import SparseLM
 from dualsparse.models import EGRU, GRU, LSTM
 from dualsparse.models.lm import RNNLanguageModel
 
+
+def examples(n_ci: int) -> int:
+    """``n_ci`` examples under the ``ci`` profile, scaled like the loaded profile's budget
+    (``dev``: 10x); an explicit ``max_examples`` would otherwise ignore the profile."""
+    return max(1, n_ci * settings.default.max_examples // settings.get_profile("ci").max_examples)
+
+
 ATOL, RTOL = 2e-5, 1e-4
 BLOCKS = [(1, 1), (16, 1), (4, 4), (3, 2), (1, 5), "auto"]
 PATTERNS = ["dense", "unstructured", "blocks", "columns", "rows", "empty"]
@@ -91,7 +98,7 @@ def build_stack(c: dict) -> torch.nn.Module:
     return m.eval()
 
 
-@settings(max_examples=40)
+@settings(max_examples=examples(40))
 @given(stacks)
 def test_runtime_equals_torch(c: dict) -> None:
     m = build_stack(c)
@@ -120,7 +127,7 @@ def test_runtime_equals_torch(c: dict) -> None:
                                    atol=ATOL, rtol=RTOL)
 
 
-@settings(max_examples=15)
+@settings(max_examples=examples(15))
 @given(stacks)
 def test_streaming_step_equals_run(c: dict) -> None:
     """``step`` one time step at a time gives exactly what ``run`` gives."""
@@ -149,7 +156,7 @@ lms = st.fixed_dictionaries({
 })
 
 
-@settings(max_examples=20)
+@settings(max_examples=examples(20))
 @given(lms)
 def test_sparse_lm_equals_torch(c: dict) -> None:
     torch.manual_seed(c["seed"])

@@ -21,6 +21,13 @@ from hypothesis import strategies as st
 from dualsparse.models import EGRU, GRU, LSTM
 from dualsparse.sparsity import Pruner, PruningSpec, strip_masks
 
+
+def examples(n_ci: int) -> int:
+    """``n_ci`` examples under the ``ci`` profile, scaled like the loaded profile's budget
+    (``dev``: 10x); an explicit ``max_examples`` would otherwise ignore the profile."""
+    return max(1, n_ci * settings.default.max_examples // settings.get_profile("ci").max_examples)
+
+
 OPTIMISERS = {
     "sgd": lambda ps, wd: torch.optim.SGD(ps, lr=0.05, weight_decay=wd),
     "sgd_momentum": lambda ps, wd: torch.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=wd),
@@ -46,7 +53,7 @@ def _assert_zero(model, pruned: dict[str, torch.Tensor], when: str) -> None:
         assert torch.count_nonzero(w[off]) == 0, f"{name}: pruned weights nonzero {when}"
 
 
-@settings(max_examples=30)
+@settings(max_examples=examples(30))
 @given(model_kind=st.sampled_from(sorted(MODELS)), opt_name=st.sampled_from(sorted(OPTIMISERS)),
        weight_decay=st.sampled_from([0.0, 1e-2, 0.5]), block=st.sampled_from([(1, 1), (2, 2)]),
        sparsity=st.floats(0.1, 0.95), dense_steps=st.integers(0, 3),
