@@ -89,3 +89,13 @@ def test_q15_helpers():
     t = torch.tensor([0.1234567, 2.0], requires_grad=True)
     y = p.fake_q15(t)
     assert y[0].item() * 32768 == round(0.1234567 * 32768) and y[1].item() == 32767 / 32768
+
+
+def test_to_q15_rounds_half_to_even_not_down():
+    """Values between Q15 steps: nearest step, ties to even, saturating at the int16 limits."""
+    step = 1.0 / 32768
+    x = np.array([0.3, 0.7, -0.3, -0.7, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 32766.6, -32768.4,
+                  32767.5, -32768.5, 1e9, -1e9]) * step
+    assert q.to_q15(x).tolist() == [0, 1, 0, -1, 0, 2, 2, 0, -2, -2, 32767, -32768,
+                                    32767, -32768, 32767, -32768]
+    assert q.to_q15(torch.tensor([0.7 * step], dtype=torch.float64)).tolist() == [1]

@@ -169,6 +169,15 @@ def test_heartbeats_keep_a_long_run_from_being_taken_over(tmp_path):
     assert result == {"done": 1, "failed": 0, "lost": 0}
 
 
+def _sigint_default() -> None:
+    """In the child before exec: SIGINT back to its default, so that Python installs its
+    KeyboardInterrupt handler even when this test runs where SIGINT is ignored (a pytest
+    started in the background with ``&`` passes SIG_IGN on to its children)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_gives_the_run_back(tmp_path):
     import os
     import signal
@@ -180,19 +189,27 @@ def test_ctrl_c_gives_the_run_back(tmp_path):
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(f"name: c\nrun: echo\noutput: {tmp_path / 'out'}\n"
                          f"base: {{wait_for: {gate}}}\ngrid: {{i: [0]}}\n")
-    proc = subprocess.Popen([sys.executable, "-m", "dualsparse.experiments", "sweep", "run",
-                             str(spec_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    store_path = tmp_path / "out" / "results.sqlite"
-    deadline, status = time.time() + 120, None
-    while time.time() < deadline and status != "running":
-        time.sleep(0.2)
-        if store_path.exists():
-            with ResultStore(store_path) as store:
-                recs = store.records()
-                status = recs[0].status if recs else None
-    assert status == "running"
-    os.kill(proc.pid, signal.SIGINT)
-    proc.wait(timeout=60)
-    with ResultStore(store_path) as store:
-        rec = store.records()[0]
-        assert rec.status == "pending" and rec.attempts == 0
+    with open(tmp_path / "stdout.txt", "wb") as out, open(tmp_path / "stderr.txt", "wb") as err:
+        # own session: a Ctrl-C typed at the terminal running pytest does not reach it
+        proc = subprocess.Popen([sys.executable, "-m", "dualsparse.experiments", "sweep", "run",
+                                 str(spec_file)], stdout=out, stderr=err,
+                                preexec_fn=_sigint_default, start_new_session=True)
+    try:
+        store_path = tmp_path / "out" / "results.sqlite"
+        deadline, status = time.time() + 120, None
+        while time.time() < deadline and status != "running" and proc.poll() is None:
+            time.sleep(0.2)
+            if store_path.exists():
+                with ResultStore(store_path) as store:
+                    recs = store.records()
+                    status = recs[0].status if recs else None
+        assert status == "running", (tmp_path / "stderr.txt").read_text()[-2000:]
+        os.kill(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+        with ResultStore(store_path) as store:
+            rec = store.records()[0]
+            assert rec.status == "pending" and rec.attempts == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)

@@ -51,3 +51,15 @@ def test_bad_surrogates_raise_clear_errors():
     with pytest.raises(ValueError, match="not both"):
         make_surrogate(Surrogate(), gamma=1.0)
     assert make_surrogate({"shape": "rectangle", "gamma": 2.0, "width": 0.5}).gamma == 2.0
+
+
+def test_heaviside_is_zero_at_exactly_zero_and_one_just_above():
+    """H(0) = 0: an event needs c~ strictly above the threshold (``>``, not ``>=``), also for
+    -0.0 and the smallest subnormals on either side."""
+    s = Surrogate("triangle", gamma=1.0, width=0.5)
+    for dtype in (torch.float32, torch.float64):
+        tiny = torch.finfo(dtype).smallest_normal * torch.finfo(dtype).eps  # a subnormal
+        x = torch.tensor([-tiny, -0.0, 0.0, tiny, 1.0], dtype=dtype)
+        expected = [0.0, 0.0, 0.0, 1.0, 1.0]
+        assert heaviside(x, s).tolist() == expected
+        assert straight_through_heaviside(x, s).tolist() == expected

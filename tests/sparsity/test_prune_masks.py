@@ -312,3 +312,23 @@ def test_frozen_parameter_is_refused_with_a_clear_error():
     with pytest.raises(ValueError, match="'weight'.*does not require grad"):
         MaskSet(model).add("weight")
     assert "weight_mask" not in model.state_dict()
+
+
+def test_apply_rezeroes_pruned_weights_written_through_data():
+    """A write through ``.data`` bypasses the version counter the forward pre-hook watches:
+    only :meth:`MaskSet.apply` (``Pruner.step``) can catch it, and it must."""
+    model = _egru()
+    pruner = Pruner(model, PruningSpec(["weight_hh_l*"], sparsity=0.5))
+    pruner.prune_to(1.0)
+    for step, name in enumerate(("weight_hh_l0", "weight_hh_l1")):
+        off = ~pruner.masks.mask(name)
+        w = model.get_parameter(name)
+        version = w._version
+        w.data[off] = 3.0  # not seen by autograd's version counter
+        assert w._version == version and torch.count_nonzero(w.detach()[off]) == int(off.sum())
+        if step == 0:
+            pruner.masks.apply()
+        else:
+            pruner.step(0)  # what the Trainer calls after every optimizer.step()
+        assert torch.count_nonzero(w.detach()[off]) == 0, name
+        assert torch.count_nonzero(w.detach()[~off]) == int((~off).sum())

@@ -303,7 +303,10 @@ def load_checkpoint(directory: str | os.PathLike[str], tag: str = "latest",
     if verify and sha256_file(path) != digest:
         raise CheckpointError(f"checkpoint {tag!r}: {path.name} does not match its sha256 "
                               "(corrupt or replaced)")
-    return load_file(str(path)), meta
+    # safetensors hands back views into one buffer, not 64-byte aligned: CPU kernels may
+    # then round differently from the run that saved them, so a resumed run would not be
+    # bitwise equal to an uninterrupted one. Own, aligned copies keep resume exact.
+    return {k: v.clone() for k, v in load_file(str(path)).items()}, meta
 
 
 # ------------------------------------------------------------------ model part of a checkpoint

@@ -44,3 +44,27 @@ def test_compare_with_torch_reports_both_paths():
                                                / res["engine_us_per_token"])
     assert res["ratio_seq"] == pytest.approx(res["speedup_seq"] / res["ideal_speedup"])
     assert res["packed_bytes"] < res["dense_bytes"]
+
+
+def test_ideal_speedup_counts_the_decoder():
+    """A GRU LM (every output nonzero) with dense recurrent weights and a 90%-pruned decoder:
+    the ideal speed-up is the whole model's dense / effective MACs per token, counted here
+    from the weights (the first step's recurrent input is the zero state and costs nothing),
+    not the recurrent layers' ratio, which is about 1."""
+    torch.manual_seed(0)
+    V, E, H = 50, 8, [12, 10]
+    lm = RNNLanguageModel(V, E, H, cell="gru", tie_weights=False)
+    with torch.no_grad():
+        keep = torch.rand(lm.decoder.weight.shape, generator=torch.Generator().manual_seed(3))
+        lm.decoder.weight.mul_((keep < 0.1).float())
+    n = 40  # predictions: tokens[:-1] -> tokens[1:], batch 1, state carried throughout
+    res = compare_with_torch(lm, torch.randint(0, V, (n + 1,)), bptt=16, timing_tokens=4,
+                             repeats=1)
+    assert res["tokens"] == n
+    dense = 3 * H[0] * (E + H[0]) + 3 * H[1] * (H[0] + H[1]) + V * H[1]
+    nnz_dec = int((lm.decoder.weight != 0).sum())
+    effective = (3 * H[0] * E + 3 * H[1] * H[0] + nnz_dec
+                 + (n - 1) / n * (3 * H[0] * H[0] + 3 * H[1] * H[1]))
+    assert res["ideal_speedup"] == pytest.approx(dense / effective, rel=1e-9)
+    assert res["ideal_speedup_rnn"] == pytest.approx(1.0, abs=0.05)
+    assert res["ideal_speedup"] > 1.2 * res["ideal_speedup_rnn"]

@@ -1,0 +1,16 @@
+"""Fuzz tests run tiny models: one torch intra-op thread is much faster on a small shared
+machine (the thread count and the determinism switch are restored after each test)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_and_restore_determinism():
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
