@@ -47,7 +47,8 @@ def test_active_lists_are_each_rows_nonzeros():
     assert KA.active_lists(x, idx, cnt) == np.count_nonzero(x)
 
 
-FORMATS = [(1, 1), (16, 1), (4, 4), (3, 2), (64, 1), "dense", "rows"]
+# (1, 5): one-row tiles wider than one column (once read as CSC, a bug the fuzzers found)
+FORMATS = [(1, 1), (16, 1), (4, 4), (3, 2), (1, 5), (64, 1), "dense", "rows"]
 
 
 def _pack(w: np.ndarray, fmt):

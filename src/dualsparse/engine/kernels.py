@@ -70,7 +70,7 @@ def _group_tiles(panel_ptr: np.ndarray, indices: np.ndarray, data: np.ndarray, b
                 for t in range(t0, t1):
                     axpy16(o, np.int64(indices[t]) * 16, data, np.int64(t) * 16, xj)
                 continue
-            if br == 1:
+            if br == 1 and bc == 1:  # CSC: one value per tile
                 d1 = data[t0:t1]
                 i1 = indices[t0:t1]
                 for k in range(t1 - t0):
