@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dualsparse.apps.kws import table
 from dualsparse.apps.kws.task import KWSTask
 from dualsparse.atomic import atomic_write_json
 from dualsparse.data.audio import FEATURE_KINDS, FSDD_SPEAKERS, FrontEnd, load_fsdd, split_fsdd
@@ -40,10 +41,11 @@ from dualsparse.train.config import TrainConfig
 from dualsparse.train.loop import Trainer, set_seed
 from dualsparse.validation import check_int, check_real
 
-MODELS = ("gru", "egru", "egru-q")
+MODELS = table.MODELS
 # run settings that must be equal to resume a run (the model and the data it sees)
 RESUME_KEYS = ("model", "split", "test_speakers", "features", "hidden", "bits", "zero_rule",
-               "reset_gate", "epochs", "batch_size", "lr", "clip", "max_train", "seed")
+               "reset_gate", "logit_gain", "epochs", "batch_size", "lr", "clip", "max_train",
+               "seed")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--test-speakers", default="theo,yweweler",
                    help=f"comma-separated test speakers for --split speaker ({FSDD_SPEAKERS})")
     g.add_argument("--features", choices=FEATURE_KINDS, default="fft")
+    g.add_argument("--gain", type=float, default=4.0,
+                   help="front-end gain of the fft features (|X| * gain, clipped to [0, 1))")
+    g.add_argument("--logit-gain", type=float, default=4.0,
+                   help="egru-q: fixed logit factor in training only (the argmax ignores it)")
     g.add_argument("--hidden", default="32,20", help="hidden sizes per layer, comma-separated")
     g.add_argument("--bits", type=int, default=3, help="weight bits for egru-q (2..5)")
     g.add_argument("--zero-rule", choices=("paper", "code"), default="paper")
@@ -72,6 +78,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "--resume)")
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest checkpoint")
+    g.add_argument("--seeds", default=None,
+                   help="table mode: comma-separated seeds; with --splits/--models every "
+                        "combination is a run folder under --out and a JSON file in --results")
+    g.add_argument("--splits", default=None, help="table mode: e.g. random,speaker")
+    g.add_argument("--models", default=None, help="table mode: e.g. gru,egru,egru-q")
+    g.add_argument("--results", default=None,
+                   help="table mode: folder of the per-run results JSON (never overwritten)")
     g.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar (there is none anyway when stderr is not a terminal)")
 
@@ -83,6 +96,8 @@ def _check_args(args: argparse.Namespace) -> tuple[int, ...]:
     check_real("--clip", args.clip, low=0.0)
     check_int("--max-train", args.max_train, low=0)
     check_int("--threads", args.threads, low=1)
+    check_real("--gain", args.gain, low=0.0, low_open=True)
+    check_real("--logit-gain", args.logit_gain, low=0.0, low_open=True)
     try:
         hidden = tuple(int(h) for h in str(args.hidden).split(",") if h.strip())
     except ValueError:
@@ -124,7 +139,8 @@ def build_trainer(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor,
     set_seed(args.seed, deterministic=True)
     task = KWSTask(x, y, index, args.batch_size, args.seed)
     model = KWSNet(args.model, fe.n_features, hidden, 10, quant_bits=args.bits,
-                   zero_rule=args.zero_rule, reset_gate=args.reset_gate)
+                   zero_rule=args.zero_rule, reset_gate=args.reset_gate,
+                   logit_gain=args.logit_gain)
     spe = task.steps_per_epoch
     cfg = TrainConfig(max_steps=args.epochs * spe, lr=args.lr, clip=args.clip,
                       schedule="cosine", scale_lr_by_seq_len=False, eval_interval=spe,
@@ -158,11 +174,14 @@ def _deployed_metrics(args: argparse.Namespace, model: KWSNet, x_test: np.ndarra
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Train (or resume), test and deploy one model; print a short report; return metrics."""
+    """Train (or resume), test and deploy one model; print a short report; return metrics.
+    With ``--seeds``/``--splits``/``--models`` run the whole table (:mod:`.table`)."""
+    if args.seeds or args.splits or args.models:
+        return table.run_table(args, run)
     hidden = _check_args(args)
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    fe = FrontEnd(features=args.features)
+    fe = FrontEnd(features=args.features, gain=args.gain)
     data = load_fsdd(fe, data_dir=args.data)
     spk = tuple(s.strip() for s in args.test_speakers.split(",") if s.strip())
     idx = split_fsdd(data, args.split, test_speakers=spk)
