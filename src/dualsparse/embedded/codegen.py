@@ -38,7 +38,8 @@ from dualsparse.models.pow2_quant import SOFTSIGN_LIMIT
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
 
 
-def _check_prefix(prefix: str) -> str:
+def check_prefix(prefix: str) -> str:
+    """``prefix`` if it is a valid C identifier prefix (lower case), else ``ValueError``."""
     if not _PREFIX_RE.match(prefix):
         raise ValueError(f"prefix must match {_PREFIX_RE.pattern}, got {prefix!r}")
     return prefix
@@ -60,6 +61,9 @@ _API_H = Template("""\
 #define ${P}_INPUT ${input}
 #define ${P}_CLASSES ${classes}
 #define ${P}_NUM_LAYERS ${nlayers}
+#define ${P}_IS_FLOAT 0
+typedef int32_t ${p}_logit_t;
+typedef int16_t ${p}_state_t;
 
 void ${p}_reset(void);
 void ${p}_step(const int16_t x[${P}_INPUT]);
@@ -200,7 +204,7 @@ int ${p}_state_size(int layer) { return ${p}_layers[layer].n_hid; }
 
 def emit_c(model: DeployedEGRU, out_dir: str | os.PathLike, prefix: str = "egru") -> list[Path]:
     """Write ``prefix_weights.h``, ``prefix.h``, ``prefix.c`` into ``out_dir``; return the paths."""
-    p = _check_prefix(prefix)
+    p = check_prefix(prefix)
     P = p.upper()
     bits = model.bits
     out = Path(out_dir)
