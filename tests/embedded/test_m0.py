@@ -3,6 +3,9 @@ references bit for bit on a seeded random set (random models of every bit width,
 models, int16-limit inputs); the float GRU equals torch to float32 rounding; sizes and the
 instruction profile are consistent."""
 
+import re
+import subprocess
+
 import numpy as np
 import pytest
 import torch
@@ -111,3 +114,33 @@ def test_build_m0_rejects_oversized_input_buffer(tmp_path):
     m = random_deployed((64, 8), 3, 3)
     with pytest.raises(ValueError, match="max_t"):
         m0.build_m0(m, tmp_path, max_t=200)
+
+
+def _singlestep_counts(elf, begin, end):
+    """Independent count: one instruction per block (-singlestep), count log lines between the
+    marker entries."""
+    cmd = [*m0.qemu_cmd(elf), "-singlestep", "-d", "exec,nochain", "-D", "/dev/stdout"]
+    out = subprocess.run(cmd, capture_output=True, timeout=120, cwd=elf.parent).stdout
+    counts, n, inside = [], 0, False
+    for ln in out.splitlines():
+        m = re.search(rb"\[[0-9a-f]+/([0-9a-f]{8})/", ln)
+        if not m:
+            continue
+        pc = int(m.group(1), 16)
+        if pc == begin:
+            n, inside = 0, True
+        elif pc == end and inside:
+            counts.append(n)
+            inside = False
+        n += 1
+    return counts
+
+
+@pytest.mark.timeout(300)
+def test_profile_counts_equal_singlestep_counts(tmp_path):
+    m = random_int_gru((16, 12, 8), 5, seed=5)
+    x = _fuzz_inputs(9, 3, 4, 16)
+    elf = m0.build_m0(m, tmp_path, "qgru", max_t=8)
+    prof = m0_profile.profile_m0(elf, m, x)
+    begin, end = m0_profile._marker_addresses(elf)
+    assert [p["instructions"] for p in prof] == _singlestep_counts(elf, begin, end)

@@ -1,13 +1,15 @@
 """Instructions per inference of a Cortex-M0 image under qemu, their mix, and a Cortex-M0+ cycle
 estimate from the mix.
 
-Method: qemu runs one guest instruction per translation block (``-singlestep``) with block
-chaining off and logs every executed block (``-d exec,nochain``), i.e. every executed
-instruction's address.  Addresses from the entry of the empty marker ``bench_begin`` up to the
-entry of ``bench_end`` belong to one inference (the count includes the few instructions of the
-call itself).  Each address is mapped to its instruction through ``arm-none-eabi-objdump -d``;
-a conditional branch counts as taken when the next executed address is not the next
-instruction.
+Method: qemu logs the instructions of every translation block when it translates it
+(``-d in_asm``) and, with block chaining off, every execution of a block (``-d exec,nochain``);
+a block is straight-line code that ends at a branch, so an execution runs all its instructions
+(nothing inside the inference raises an exception).  Executions from the entry of the empty
+marker ``bench_begin`` up to the entry of ``bench_end`` belong to one inference (the count
+includes the few instructions of the call itself).  Each address is mapped to its instruction
+through ``arm-none-eabi-objdump -d``; a block's final conditional branch counts as taken when
+the next block does not start right after it.  The traced image is a symbol-stripped copy
+(qemu looks every block's symbol up otherwise).
 
 Cycle table (:data:`M0PLUS_CYCLES`, Cortex-M0+ Technical Reference Manual, instruction set
 summary; single-cycle multiplier; zero flash wait states): data processing, ``MULS``, moves,
@@ -128,45 +130,77 @@ def _pcs(chunk: bytes) -> np.ndarray:
     return digits @ _POW16
 
 
+_IN_RE = re.compile(rb"IN:[^\n]*\n((?:0x[0-9a-f]{8}:[^\n]*\n)+)")
+_INSN_RE = re.compile(rb"^0x([0-9a-f]{8}):", re.M)
+
+
 class _Counter:
-    """Per-inference histograms of executed addresses and taken conditional branches."""
+    """Per-inference block execution counts and taken final conditional branches."""
 
     def __init__(self, begin: int, end: int, is_cond: np.ndarray) -> None:
         self.begin, self.end, self.is_cond = begin, end, is_cond
+        self.blocks: dict[int, np.ndarray] = {}  # block start -> its instruction addresses
+        self.last_cond = np.zeros(_FLASH_HALFWORDS, bool)  # block ends in a conditional branch
+        self.fall = np.zeros(_FLASH_HALFWORDS, np.int64)  # address after the block
         self.inside = False
-        self.hist = self.taken = None
+        self.hist = self.taken = np.zeros(0, np.int64)
         self.calls: list[tuple[np.ndarray, np.ndarray]] = []
         self.carry = np.zeros(0, np.int64)
 
-    def feed(self, pcs: np.ndarray) -> None:
-        arr = np.concatenate([self.carry, pcs])
+    def translated(self, chunk: bytes) -> None:
+        for block in _IN_RE.findall(chunk):
+            addrs = np.array([int(a, 16) for a in _INSN_RE.findall(block)], np.int64)
+            start, last = int(addrs[0]), int(addrs[-1])
+            self.blocks[start] = addrs
+            self.last_cond[start >> 1] = self.is_cond[last >> 1]
+            self.fall[start >> 1] = last + 2
+
+    def feed(self, starts: np.ndarray) -> None:
+        arr = np.concatenate([self.carry, starts])
         if len(arr) < 2:
             self.carry = arr
             return
         cur, nxt, self.carry = arr[:-1], arr[1:], arr[-1:]
-        marks = np.flatnonzero((cur == self.begin) | (cur == self.end))
-        bounds = [0, *marks.tolist(), len(cur)]
+        marks = np.flatnonzero((cur == self.begin) | (cur == self.end)).tolist()
+        bounds = [0, *marks, len(cur)]
         for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-            if a in set(marks.tolist()):
+            if a in marks:
                 if cur[a] == self.begin:
                     self.inside = True
                     self.hist = np.zeros(_FLASH_HALFWORDS, np.int64)
                     self.taken = np.zeros(_FLASH_HALFWORDS, np.int64)
                 elif self.inside:
                     self.inside = False
-                    self.calls.append((self.hist, self.taken))
+                    self.calls.append((self._expand(self.hist), self.taken))
             if self.inside and b > a:
                 c, n = cur[a:b], nxt[a:b]
                 self.hist += np.bincount(c >> 1, minlength=_FLASH_HALFWORDS)
-                t = self.is_cond[c >> 1] & (n != c + 2)
+                t = self.last_cond[c >> 1] & (n != self.fall[c >> 1])
                 self.taken += np.bincount(c[t] >> 1, minlength=_FLASH_HALFWORDS)
+
+    def _expand(self, block_hist: np.ndarray) -> np.ndarray:
+        """Block executions -> executions per instruction address (halfword index)."""
+        hist = np.zeros(_FLASH_HALFWORDS, np.int64)
+        for i in np.flatnonzero(block_hist).tolist():
+            hist[self.blocks[2 * i] >> 1] += block_hist[i]
+        return hist
+
+
+def _stripped(elf: Path) -> Path:
+    tools = m0_tools()
+    assert tools is not None
+    out = elf.with_name(elf.stem + "_stripped.elf")
+    subprocess.run([tools["gcc"].replace("-gcc", "-objcopy"), "--strip-all", str(elf), str(out)],
+                   check=True, capture_output=True)
+    return out
 
 
 def profile_m0(elf: str | os.PathLike, model: CModel, x_q: np.ndarray, timeout: float = 600
                ) -> list[dict]:
     """Run the image on ``x_q`` under the tracing qemu; one dict per inference: ``instructions``,
-    ``cycles_m0plus`` (estimate, see the module docstring) and ``mix`` (instructions per class,
-    conditional branches split into taken/not taken)."""
+    ``cycles_m0plus`` (estimate, see the module docstring) and ``mix`` (instructions per class;
+    ``branch (cond.) taken`` counts the taken ones among ``branch (cond.)``)."""
+    elf = Path(elf)
     write_inputs(elf, model, x_q)
     begin, end = _marker_addresses(elf)
     table = instruction_table(elf)
@@ -176,20 +210,23 @@ def profile_m0(elf: str | os.PathLike, model: CModel, x_q: np.ndarray, timeout: 
     for a, (k, cyc, cond) in table.items():
         base[a >> 1], is_cond[a >> 1], cls[a >> 1] = cyc, cond, k
     counter = _Counter(begin, end, is_cond)
-    cmd = [*qemu_cmd(elf), "-singlestep", "-d", "exec,nochain", "-D", "/dev/stdout"]
+    cmd = [*qemu_cmd(_stripped(elf)), "-d", "in_asm,exec,nochain", "-D", "/dev/stdout"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            cwd=Path(elf).parent)
+                            cwd=elf.parent)
     assert proc.stdout is not None
     rest = b""
     try:
         while True:
             chunk = proc.stdout.read(1 << 24)
+            data = rest + chunk
+            # cut before a Trace line: the in_asm lines of a block never straddle the cut
+            cut = len(data) if not chunk else data.rfind(b"\nTrace ") + 1
+            if cut > 0:
+                counter.translated(data[:cut])
+                counter.feed(_pcs(data[:cut]))
+            rest = data[cut:]
             if not chunk:
                 break
-            chunk = rest + chunk
-            cut = chunk.rfind(b"\n") + 1
-            rest = chunk[cut:]
-            counter.feed(_pcs(chunk[:cut]))
         proc.wait(timeout=timeout)
     finally:
         if proc.poll() is None:
