@@ -162,6 +162,10 @@ def test_table_mode_writes_one_json_per_run_and_never_overwrites(tmp_path, monke
     assert rows["gru", "random"]["mean"] == pytest.approx(np.mean(accs))
     assert rows["gru", "random"]["std"] == pytest.approx(np.std(accs, ddof=1))
     assert (res / "summary.md").read_text().count("| gru | random | 0,1 |") == 1
+    gap = summary["gaps"][0]
+    assert gap["split"] == "random" and gap["seeds"] == [0, 1]
+    assert gap["gru_minus_egru_q"] == pytest.approx(
+        rows["gru", "random"]["mean"] - rows["egru-q", "random"]["mean"])
     # a second call trains nothing and leaves every results file as it was
     (res / "gru_random_s0.json").write_text(json.dumps({**g, "marker": 1}))
     before = {p.name: p.read_bytes() for p in res.glob("*_s*.json")}

@@ -95,8 +95,13 @@ def summarise(results: Path) -> dict[str, Any]:
                      "float_mean": statistics.fmean(r["test_acc"] for r in rs),
                      "bytes": rs[0].get("deployed_bytes") if model == "egru-q"
                      else rs[0].get("float_bytes")})
-    summary = {"rows": rows, "version": __version__,
-               "note": "accuracy = deployed integer model for egru-q, float model otherwise"}
+    by = {(r["model"], r["split"]): r for r in rows}
+    gaps = [{"split": sp, "gru_minus_egru_q": by["gru", sp]["mean"] - by["egru-q", sp]["mean"],
+             "seeds": sorted(set(by["gru", sp]["seeds"]) & set(by["egru-q", sp]["seeds"]))}
+            for sp in SPLITS if ("gru", sp) in by and ("egru-q", sp) in by]
+    summary = {"rows": rows, "gaps": gaps, "version": __version__,
+               "note": "accuracy = deployed integer model for egru-q, float model otherwise; "
+                       "gap = difference of the means (points x 0.01)"}
     atomic_write_json(results / "summary.json", summary)
     lines = ["| model | split | seeds | test accuracy (mean ± std) | bytes |",
              "|---|---|---|---:|---:|"]
@@ -104,6 +109,9 @@ def summarise(results: Path) -> dict[str, Any]:
         std = "–" if r["std"] is None else f"{100 * r['std']:.1f}"
         lines.append(f"| {r['model']} | {r['split']} | {','.join(map(str, r['seeds']))} | "
                      f"{100 * r['mean']:.1f} ± {std} | {r['bytes']} |")
+    for g in gaps:
+        lines.append(f"\nGap {g['split']}: float GRU mean - deployed 3-bit eGRU mean = "
+                     f"{100 * g['gru_minus_egru_q']:.1f} points.")
     atomic_write_text(results / "summary.md", "\n".join(lines) + "\n")
     return summary
 
