@@ -16,6 +16,10 @@ With ``--out DIR`` (a new folder, or one to ``--resume``): ``config.json``, the 
 checkpoints ``latest``/``best`` (safetensors + JSON, :mod:`dualsparse.train.checkpoint`),
 ``metrics.csv`` (one train and one valid row per epoch, with ``accuracy``),
 ``metrics.json`` and, for eGRU models, the generated C in ``DIR/c/``.
+
+Table mode (``--seeds 0,1,2 --splits random,speaker --models gru,egru,egru-q --out RUNS
+--results DIR``): every combination is such a run under ``RUNS`` and one results JSON in
+``DIR``, see :mod:`dualsparse.apps.kws.table`.
 """
 
 from __future__ import annotations
