@@ -154,6 +154,9 @@ def test_table_mode_writes_one_json_per_run_and_never_overwrites(tmp_path, monke
     r = json.loads((res / "egru-q_random_s1.json").read_text())
     assert r["seed"] == 1 and r["split"] == "random" and r["n_test"] == 300
     assert r["accuracy"] == r["deployed_test_acc"] and r["deployed_bytes"] < r["float_bytes"]
+    fr = r["deployed_level_fractions"]
+    assert set(fr) <= {"-1", "-0.5", "-0.25", "0", "0.25", "0.5", "1"}
+    assert sum(fr.values()) == pytest.approx(1.0)
     g = json.loads((res / "gru_random_s0.json").read_text())
     assert g["accuracy"] == g["test_acc"] and "deployed_test_acc" not in g
     rows = {(row["model"], row["split"]): row for row in summary["rows"]}

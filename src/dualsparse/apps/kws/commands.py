@@ -37,7 +37,7 @@ from dualsparse.apps.kws.task import KWSTask
 from dualsparse.atomic import atomic_write_json
 from dualsparse.data.audio import FEATURE_KINDS, FSDD_SPEAKERS, FrontEnd, load_fsdd, split_fsdd
 from dualsparse.embedded.codegen import emit_c
-from dualsparse.embedded.quant import to_q15
+from dualsparse.embedded.quant import decode_pow2, to_q15
 from dualsparse.embedded.reference import deploy
 from dualsparse.models.egru_embedded import KWSNet
 from dualsparse.train import checkpoint as ckpt
@@ -158,6 +158,14 @@ def build_trainer(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor,
     return trainer
 
 
+def level_fractions(deployed: Any) -> dict[str, float]:
+    """Fraction of all deployed weights (layers and readout) at each power-of-two level."""
+    vals = np.concatenate([decode_pow2(c, deployed.bits).ravel() for c in
+                           [L.codes for L in deployed.layers] + [deployed.readout_codes]])
+    levels, counts = np.unique(vals, return_counts=True)
+    return {f"{v:g}": float(n / vals.size) for v, n in zip(levels, counts, strict=True)}
+
+
 def _deployed_metrics(args: argparse.Namespace, model: KWSNet, x_test: np.ndarray,
                       y_test: np.ndarray, xt: torch.Tensor) -> tuple[Any, dict[str, Any]]:
     """The integer model and its test metrics (agreement with the float model, bytes)."""
@@ -170,6 +178,7 @@ def _deployed_metrics(args: argparse.Namespace, model: KWSNet, x_test: np.ndarra
     metrics = {"deployed_test_acc": float((pred_i == y_test).mean()),
                "deployed_agreement": float((pred_i == logits_f.argmax(1).numpy()).mean()),
                "deployed_bytes": deployed.model_bytes(),
+               "deployed_level_fractions": level_fractions(deployed),
                "deployed_kind": "qat" if args.model == "egru-q" else "ptq", "bits": args.bits}
     if args.model == "egru-q":
         lf = (logits_f / model.logit_gain).numpy()
