@@ -146,19 +146,22 @@ def test_table_mode_writes_one_json_per_run_and_never_overwrites(tmp_path, monke
     res = tmp_path / "results"
     argv = ["--seeds", "0,1", "--splits", "random", "--models", "gru,egru-q", "--epochs", "1",
             "--max-train", "32", "--hidden", "6", "--threads", "1", "--batch-size", "16",
-            "--no-progress", "--out", str(tmp_path / "runs"), "--results", str(res)]
+            "--no-progress", "--out", str(tmp_path / "runs"), "--results", str(res),
+            "--model-lr", "egru-q=0.02"]
     summary = kws.run(_args(*argv))
     files = sorted(p.name for p in res.glob("*_s*.json"))
     assert files == ["egru-q_random_s0.json", "egru-q_random_s1.json", "gru_random_s0.json",
                      "gru_random_s1.json"]
     r = json.loads((res / "egru-q_random_s1.json").read_text())
     assert r["seed"] == 1 and r["split"] == "random" and r["n_test"] == 300
+    assert r["settings"]["lr"] == 0.02
     assert r["accuracy"] == r["deployed_test_acc"] and r["deployed_bytes"] < r["float_bytes"]
     fr = r["deployed_level_fractions"]
     assert set(fr) <= {"-1", "-0.5", "-0.25", "0", "0.25", "0.5", "1"}
     assert sum(fr.values()) == pytest.approx(1.0)
     g = json.loads((res / "gru_random_s0.json").read_text())
     assert g["accuracy"] == g["test_acc"] and "deployed_test_acc" not in g
+    assert g["settings"]["lr"] == 3e-3
     rows = {(row["model"], row["split"]): row for row in summary["rows"]}
     accs = [json.loads((res / f"gru_random_s{s}.json").read_text())["accuracy"] for s in (0, 1)]
     assert rows["gru", "random"]["n"] == 2 and rows["gru", "random"]["seeds"] == [0, 1]
@@ -184,5 +187,8 @@ def test_table_mode_flag_errors(tmp_path):
                       "--results", str(tmp_path)))
     with pytest.raises(ValueError, match="--results"):
         kws.run(_args("--seeds", "0,1", "--out", str(tmp_path)))
+    with pytest.raises(ValueError, match="--model-lr"):
+        kws.run(_args("--seeds", "0", "--model-lr", "egru-q:0.1", "--out", str(tmp_path),
+                      "--results", str(tmp_path)))
     with pytest.raises(ValueError, match="--seeds repeats"):
         kws.run(_args("--seeds", "1,1", "--out", str(tmp_path), "--results", str(tmp_path)))

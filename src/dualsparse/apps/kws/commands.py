@@ -87,6 +87,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "combination is a run folder under --out and a JSON file in --results")
     g.add_argument("--splits", default=None, help="table mode: e.g. random,speaker")
     g.add_argument("--models", default=None, help="table mode: e.g. gru,egru,egru-q")
+    g.add_argument("--model-lr", default=None,
+                   help="table mode: per-model learning rates overriding --lr, e.g. egru-q=2e-2")
     g.add_argument("--results", default=None,
                    help="table mode: folder of the per-run results JSON (never overwritten)")
     g.add_argument("--no-progress", dest="progress", action="store_false",

@@ -1,7 +1,7 @@
 """The KWS results table: seeds x splits x models, one run folder and one results JSON per run.
 
 ``dualsparse train --task kws --seeds 0,1,2 --splits random,speaker --models gru,egru,egru-q
---out runs/kws_table --results docs/results/kws [other kws flags]``
+[--model-lr egru-q=2e-2] --out runs/kws_table --results docs/results/kws [other kws flags]``
 
 For every combination it trains (or resumes, or reuses) the run folder
 ``OUT/{model}_{split}_s{seed}`` and writes ``RESULTS/{model}_{split}_s{seed}.json`` (seed, split,
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dualsparse.atomic import atomic_write_json, atomic_write_text
-from dualsparse.validation import check_choice
+from dualsparse.validation import check_choice, check_real
 from dualsparse.version import __version__
 
 SPLITS = ("random", "speaker")
@@ -57,6 +57,19 @@ def parse_seeds(text: str) -> list[int]:
         if "--seeds" in str(e):
             raise
         raise ValueError(f"--seeds must be comma-separated ints, got {text!r}") from None
+
+
+def parse_model_lr(text: str | None) -> dict[str, float]:
+    """``--model-lr egru-q=2e-2,gru=6e-3`` -> ``{"egru-q": 0.02, "gru": 0.006}``."""
+    out: dict[str, float] = {}
+    for item in parse_list("--model-lr", text) if text else []:
+        name, _, value = item.partition("=")
+        check_choice("--model-lr", name.strip(), MODELS)
+        try:
+            out[name.strip()] = check_real("--model-lr", float(value), low=0.0, low_open=True)
+        except ValueError:
+            raise ValueError(f"--model-lr needs MODEL=LR items, got {item!r}") from None
+    return out
 
 
 def run_name(model: str, split: str, seed: int) -> str:
@@ -122,6 +135,7 @@ def run_table(args: argparse.Namespace,
     seeds = parse_seeds(args.seeds or str(args.seed))
     splits = parse_list("--splits", args.splits or args.split, SPLITS)
     models = parse_list("--models", args.models or args.model, MODELS)
+    model_lr = parse_model_lr(getattr(args, "model_lr", None))
     if not args.out or not args.results:
         raise ValueError("--seeds/--splits/--models need --out (parent of the run folders) "
                          "and --results (folder of the results JSON files)")
@@ -140,7 +154,9 @@ def run_table(args: argparse.Namespace,
                 run_dir = root / name
                 sub = argparse.Namespace(**{**vars(args), "model": model, "split": split,
                                             "seed": seed, "out": str(run_dir),
-                                            "seeds": None, "splits": None, "models": None})
+                                            "lr": model_lr.get(model, args.lr),
+                                            "seeds": None, "splits": None, "models": None,
+                                            "model_lr": None})
                 done = run_dir / "metrics.json"
                 if done.is_file():
                     metrics = json.loads(done.read_text())
@@ -155,5 +171,5 @@ def run_table(args: argparse.Namespace,
     return summarise(results)
 
 
-__all__ = ["MODELS", "RECORD_KEYS", "SPLITS", "parse_list", "parse_seeds", "record", "run_name",
-           "run_table", "summarise"]
+__all__ = ["MODELS", "RECORD_KEYS", "SPLITS", "parse_list", "parse_model_lr", "parse_seeds",
+           "record", "run_name", "run_table", "summarise"]
