@@ -192,3 +192,10 @@ def test_table_mode_flag_errors(tmp_path):
                       "--results", str(tmp_path)))
     with pytest.raises(ValueError, match="--seeds repeats"):
         kws.run(_args("--seeds", "1,1", "--out", str(tmp_path), "--results", str(tmp_path)))
+
+
+def test_front_end_and_logit_gain_flags_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="--gain"):
+        kws.run(_args("--gain", "0", "--out", str(tmp_path / "a")))
+    with pytest.raises(ValueError, match="--logit-gain"):
+        kws.run(_args("--logit-gain", "-1", "--out", str(tmp_path / "b")))
