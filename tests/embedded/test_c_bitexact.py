@@ -73,3 +73,9 @@ def test_prefix_and_bad_input(tmp_path):
         cg.emit_c(m, tmp_path, prefix="1bad")
     with pytest.raises(ValueError, match="x_q"):
         host.run_host(tmp_path / "nothing", m, np.zeros((2, 3, 5), np.int64))
+
+
+def test_fan_in_beyond_the_int32_bound_of_the_c_sums_is_refused():
+    random_deployed((16383, 1), 2)  # fan-in 16384: allowed
+    with pytest.raises(ValueError, match="fan-in 16385"):
+        random_deployed((16384, 1), 2)

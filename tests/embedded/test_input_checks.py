@@ -25,8 +25,8 @@ def test_every_entry_refuses_the_same_inputs(tmp_path, x, message) -> None:
         MODEL.run(x)
     with pytest.raises(ValueError, match=message):  # before any process is started
         host.run_host(tmp_path / "no-such-exe", MODEL, x)
-    with pytest.raises(ValueError, match=message):  # before looking for the toolchain
-        cortex_m0.build_m0(MODEL, x, tmp_path)
+    with pytest.raises(ValueError, match=message):  # before qemu is started
+        cortex_m0.run_m0(tmp_path / "no-such.elf", MODEL, x)
 
 
 def test_valid_input_passes_unchanged() -> None:

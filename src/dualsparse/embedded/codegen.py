@@ -3,7 +3,8 @@
 :func:`emit_c` writes three files for a model and a name prefix ``p`` (default ``egru``):
 
 * ``p_weights.h``: packed codes (``uint32_t``, ``32 // bits`` codes per word, LSB first, every
-  row starting on a new word) and Q15 ``int32_t`` biases, all ``static const`` (flash);
+  row starting on a new word) and ``int32_t`` row constants (the Q15 bias plus
+  :func:`row_offsets`, which the unsigned-shift dot product needs), all ``static const`` (flash);
 * ``p.h``: the API; ``p.c``: inference with static state only (no dynamic memory, no libc).
 
 API (``P`` = upper-case prefix)::
@@ -38,7 +39,8 @@ from dualsparse.models.pow2_quant import SOFTSIGN_LIMIT
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
 
 
-def _check_prefix(prefix: str) -> str:
+def check_prefix(prefix: str) -> str:
+    """``prefix`` if it is a valid C identifier prefix (lower case), else ``ValueError``."""
     if not _PREFIX_RE.match(prefix):
         raise ValueError(f"prefix must match {_PREFIX_RE.pattern}, got {prefix!r}")
     return prefix
@@ -60,6 +62,9 @@ _API_H = Template("""\
 #define ${P}_INPUT ${input}
 #define ${P}_CLASSES ${classes}
 #define ${P}_NUM_LAYERS ${nlayers}
+#define ${P}_IS_FLOAT 0
+typedef int32_t ${p}_logit_t;
+typedef int16_t ${p}_state_t;
 
 void ${p}_reset(void);
 void ${p}_step(const int16_t x[${P}_INPUT]);
@@ -86,14 +91,15 @@ _SRC_C = Template("""\
 #define ${P}_LIMIT ${limit}u
 
 typedef struct {
-    int n_in, n_hid, words; /* words per row */
+    int n_in, n_hid, words;  /* words per row */
+    int full, rest;          /* fan-in = full * CPW + rest */
     const uint32_t *w;      /* 2*n_hid rows: z gates then n gates */
     const int32_t *b;
     int16_t *h;
 } ${p}_layer_t;
 
 ${states}
-static int16_t ${p}_v[${P}_MAX_FAN_IN];
+static uint16_t ${p}_u[${P}_MAX_FAN_IN];  /* [x, h] + 2^15 */
 static int32_t ${p}_s[2 * ${P}_MAX_HIDDEN];
 
 static const ${p}_layer_t ${p}_layers[${P}_NUM_LAYERS] = {
@@ -106,20 +112,28 @@ static int32_t ${p}_asr(int32_t x, unsigned k) {
     return -(int32_t)((~(uint32_t)x) >> k) - 1;
 }
 
-static int32_t ${p}_dot(const uint32_t *w, const int16_t *v, int n, int32_t acc) {
-    int j = 0;
-    while (j < n) {
+/* sum_j w_j * v_j with w_j = +-2^-k_j: every v_j is stored as u_j = v_j + 2^15 (0..65535), and
+ * floor(v / 2^k) = (u >> k) - 2^(15-k) exactly for k <= 15, so the sum is taken over the
+ * unsigned shifts u_j >> k_j; the constant -sum_j sign_j 2^(15-k_j) of each row is folded into
+ * its bias by the emitter.  No multiplications, no signed shifts, no calls. */
+#define ${P}_TERM(i) do { \
+        uint32_t c_ = (word >> ((i) * ${bits})) & ${P}_CODE_MASK; \
+        if (c_ != ${P}_ZERO_CODE) { \
+            int32_t t_ = (int32_t)((uint32_t)u[i] >> (c_ & ${P}_SHIFT_MASK)); \
+            if (c_ & ${P}_SIGN_BIT) acc -= t_; else acc += t_; \
+        } } while (0)
+
+/* n = full * CPW + rest inputs; one packed word per CPW inputs, unrolled. */
+static int32_t ${p}_dot(const uint32_t *w, const uint16_t *u, int full, int rest,
+                        int32_t acc) {
+    int i;
+    for (; full > 0; --full, u += ${P}_CPW) {
         uint32_t word = *w++;
-        int m = (n - j < ${P}_CPW) ? (n - j) : ${P}_CPW;
-        int i;
-        for (i = 0; i < m; ++i, ++j) {
-            uint32_t c = word & ${P}_CODE_MASK;
-            word >>= ${bits};
-            if (c != ${P}_ZERO_CODE) {
-                int32_t t = ${p}_asr((int32_t)v[j], c & ${P}_SHIFT_MASK);
-                acc += (c & ${P}_SIGN_BIT) ? -t : t;
-            }
-        }
+${unrolled}
+    }
+    if (rest > 0) {
+        uint32_t word = *w;
+        for (i = 0; i < rest; ++i) ${P}_TERM(i);
     }
     return acc;
 }
@@ -155,10 +169,11 @@ void ${p}_step(const int16_t x[${P}_INPUT]) {
     for (l = 0; l < ${P}_NUM_LAYERS; ++l) {
         const ${p}_layer_t *L = &${p}_layers[l];
         int H = L->n_hid;
-        for (i = 0; i < L->n_in; ++i) ${p}_v[i] = in[i];
-        for (i = 0; i < H; ++i) ${p}_v[L->n_in + i] = L->h[i];
+        for (i = 0; i < L->n_in; ++i) ${p}_u[i] = (uint16_t)(in[i] + 32768);
+        for (i = 0; i < H; ++i) ${p}_u[L->n_in + i] = (uint16_t)(L->h[i] + 32768);
         for (i = 0; i < 2 * H; ++i)
-            ${p}_s[i] = ${p}_softsign(${p}_dot(L->w + i * L->words, ${p}_v, L->n_in + H, L->b[i]));
+            ${p}_s[i] = ${p}_softsign(
+                ${p}_dot(L->w + i * L->words, ${p}_u, L->full, L->rest, L->b[i]));
         for (i = 0; i < H; ++i) {
             int32_t z = (${p}_s[i] + 32768) / 2;  /* >= 0, so / 2 == >> 1 */
             int32_t h = L->h[i];
@@ -171,10 +186,11 @@ void ${p}_step(const int16_t x[${P}_INPUT]) {
 
 void ${p}_logits(int32_t out[${P}_CLASSES]) {
     const ${p}_layer_t *L = &${p}_layers[${P}_NUM_LAYERS - 1];
-    int c;
+    int c, i;
+    for (i = 0; i < L->n_hid; ++i) ${p}_u[i] = (uint16_t)(L->h[i] + 32768);
     for (c = 0; c < ${P}_CLASSES; ++c)
-        out[c] = ${p}_dot(${p}_readout_w + c * ${P}_READOUT_WORDS, L->h, L->n_hid,
-                          ${p}_readout_b[c]);
+        out[c] = ${p}_dot(${p}_readout_w + c * ${P}_READOUT_WORDS, ${p}_u, ${P}_READOUT_FULL,
+                          ${P}_READOUT_REST, ${p}_readout_b[c]);
 }
 
 int ${p}_argmax(const int32_t logits[${P}_CLASSES]) {
@@ -198,9 +214,19 @@ int ${p}_state_size(int layer) { return ${p}_layers[layer].n_hid; }
 """)
 
 
+def row_offsets(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Per row ``-sum_j sign_j 2^(15 - k_j)`` over the non-zero codes: added to the Q15 biases in
+    the emitted C, whose dot product sums ``(v + 2^15) >> k`` (see ``p_dot``)."""
+    c = np.asarray(codes, dtype=np.int64)
+    k = c & ((1 << (bits - 1)) - 1)
+    sign = np.where((c >> (bits - 1)) & 1, -1, 1)
+    term = np.where(c == zero_code(bits), 0, sign * (np.int64(1) << (15 - k)))
+    return -term.sum(axis=1)
+
+
 def emit_c(model: DeployedEGRU, out_dir: str | os.PathLike, prefix: str = "egru") -> list[Path]:
     """Write ``prefix_weights.h``, ``prefix.h``, ``prefix.c`` into ``out_dir``; return the paths."""
-    p = _check_prefix(prefix)
+    p = check_prefix(prefix)
     P = p.upper()
     bits = model.bits
     out = Path(out_dir)
@@ -209,7 +235,8 @@ def emit_c(model: DeployedEGRU, out_dir: str | os.PathLike, prefix: str = "egru"
     w_parts = [
         f"/* {P} weights (generated by dualsparse.embedded.codegen; do not edit).\n"
         f" * {bits}-bit power-of-two codes: sign bit {bits - 1}, shift in the low bits, "
-        f"{zero_code(bits)} = zero;\n * {cpw} codes per uint32_t, LSB first; biases are Q15. */\n",
+        f"{zero_code(bits)} = zero;\n * {cpw} codes per uint32_t, LSB first;\n"
+        " * row constants = Q15 bias + row offset (see p_dot). */\n",
         f"#ifndef {P}_WEIGHTS_H\n#define {P}_WEIGHTS_H\n#include <stdint.h>\n\n",
     ]
     max_fan = max(L.input_size + L.hidden_size for L in model.layers)
@@ -219,22 +246,28 @@ def emit_c(model: DeployedEGRU, out_dir: str | os.PathLike, prefix: str = "egru"
     for i, L in enumerate(model.layers):
         packed = pack_codes(L.codes, bits)
         w_parts.append(_c_array("uint32_t", f"{p}_w{i}", packed, 6, "0x{:08x}u"))
-        w_parts.append(_c_array("int32_t", f"{p}_b{i}", L.bias, 8))
+        w_parts.append(_c_array("int32_t", f"{p}_b{i}", L.bias + row_offsets(L.codes, bits), 8))
         states.append(f"static int16_t {p}_h{i}[{L.hidden_size}];")
         table.append(
-            f"    {{{L.input_size}, {L.hidden_size}, {packed.shape[1]}, {p}_w{i}, {p}_b{i}, "
+            f"    {{{L.input_size}, {L.hidden_size}, {packed.shape[1]}, "
+            f"{(L.input_size + L.hidden_size) // cpw}, {(L.input_size + L.hidden_size) % cpw}, "
+            f"{p}_w{i}, {p}_b{i}, "
             f"{p}_h{i}}},"
         )
     rp = pack_codes(model.readout_codes, bits)
-    w_parts.append(f"#define {P}_READOUT_WORDS {rp.shape[1]}\n")
+    nr = model.readout_codes.shape[1]
+    w_parts.append(f"#define {P}_READOUT_WORDS {rp.shape[1]}\n#define {P}_READOUT_FULL "
+                   f"{nr // cpw}\n#define {P}_READOUT_REST {nr % cpw}\n")
     w_parts.append(_c_array("uint32_t", f"{p}_readout_w", rp, 6, "0x{:08x}u"))
-    w_parts.append(_c_array("int32_t", f"{p}_readout_b", model.readout_bias, 8))
+    w_parts.append(_c_array("int32_t", f"{p}_readout_b",
+                            model.readout_bias + row_offsets(model.readout_codes, bits), 8))
     w_parts.append("\n#endif\n")
     subs = dict(
         p=p, P=P, bits=bits, cpw=cpw, code_mask=zero_code(bits), zero=zero_code(bits),
         sign=1 << (bits - 1), shift_mask=(1 << (bits - 1)) - 1, limit=SOFTSIGN_LIMIT,
         input=model.input_size, classes=model.num_classes, nlayers=len(model.layers),
         layer_table="\n".join(table), states="\n".join(states),
+        unrolled="\n".join(f"        {P}_TERM({i});" for i in range(cpw)),
     )
     files = {
         out / f"{p}_weights.h": "".join(w_parts),

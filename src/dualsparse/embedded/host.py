@@ -10,8 +10,8 @@ from string import Template
 
 import numpy as np
 
-from dualsparse.embedded.codegen import emit_c
-from dualsparse.embedded.reference import DeployedEGRU, check_q15_input
+from dualsparse.embedded.emit import CModel, emit_model, model_sources
+from dualsparse.embedded.reference import check_q15_input
 
 _HOST_MAIN = Template("""\
 /* Host test driver: stdin = int32 B, int32 T, then B*T*${P}_INPUT int16 (little endian);
@@ -19,12 +19,13 @@ _HOST_MAIN = Template("""\
 #include <stdio.h>
 #include <stdlib.h>
 #include "${p}.h"
+#include "value_bits.h"
 
 static int16_t buf[${P}_INPUT];
 
 int main(void) {
     int32_t B, T, b, t, c, l, i;
-    int32_t logits[${P}_CLASSES];
+    ${p}_logit_t logits[${P}_CLASSES];
     if (fread(&B, 4, 1, stdin) != 1 || fread(&T, 4, 1, stdin) != 1) return 2;
     for (b = 0; b < B; ++b) {
         ${p}_reset();
@@ -33,37 +34,70 @@ int main(void) {
             ${p}_step(buf);
         }
         ${p}_logits(logits);
-        for (c = 0; c < ${P}_CLASSES; ++c) printf("%ld ", (long)logits[c]);
+        for (c = 0; c < ${P}_CLASSES; ++c) printf("%ld ", (long)value_bits(logits[c]));
         for (l = 0; l < ${P}_NUM_LAYERS; ++l)
-            for (i = 0; i < ${p}_state_size(l); ++i) printf("%d ", (int)${p}_state(l)[i]);
+            for (i = 0; i < ${p}_state_size(l); ++i)
+                printf("%ld ", (long)value_bits(${p}_state(l)[i]));
         printf("%d\\n", ${p}_argmax(logits));
     }
     return 0;
 }
 """)
 
+_VALUE_BITS_H = Template("""\
+/* value_bits(v): a logit or state as int32 for printing (float: its IEEE-754 bit pattern). */
+#include <stdint.h>
+#if ${P}_IS_FLOAT
+static int32_t value_bits(float v) { union { float f; int32_t i; } u; u.f = v; return u.i; }
+#else
+static int32_t value_bits(int32_t v) { return v; }
+#endif
+""")
+
+
+def write_value_bits_h(work_dir: str | os.PathLike, prefix: str) -> Path:
+    """Write the drivers' ``value_bits.h`` for a model emitted under ``prefix``."""
+    path = Path(work_dir) / "value_bits.h"
+    path.write_text(_VALUE_BITS_H.substitute(P=prefix.upper()))
+    return path
+
+
 HOST_CFLAGS = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2")
 
 
-def build_host(model: DeployedEGRU, work_dir: str | os.PathLike, prefix: str = "egru",
+def build_host(model: CModel, work_dir: str | os.PathLike, prefix: str = "egru",
                cc: str = "gcc") -> Path:
-    """Emit the C, add the stdin/stdout driver and compile with ``cc -std=c99 -Wall -Werror``."""
+    """Emit the C, add the stdin/stdout driver and compile with ``cc -std=c99 -Wall -Werror``
+    (``-lm`` for the float GRU)."""
     d = Path(work_dir)
-    emit_c(model, d, prefix)
+    emit_model(model, d, prefix)
+    write_value_bits_h(d, prefix)
     (d / "host_main.c").write_text(_HOST_MAIN.substitute(p=prefix, P=prefix.upper()))
     exe = d / f"{prefix}_host"
-    srcs = [str(d / "host_main.c"), str(d / f"{prefix}.c")]
-    subprocess.run([cc, *HOST_CFLAGS, "-o", str(exe), *srcs], check=True, capture_output=True,
-                   text=True)
+    srcs = [str(d / "host_main.c"), *map(str, model_sources(d, prefix))]
+    r = subprocess.run([cc, *HOST_CFLAGS, "-o", str(exe), *srcs, "-lm"], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{cc} failed:\n{r.stderr[-3000:]}")
     return exe
 
 
 def parse_outputs(
-    text: str, model: DeployedEGRU
+    text: str, model: CModel
 ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
-    """Parse driver lines -> ``(logits (B, C), [h per layer (B, H)], argmax (B,))``."""
+    """Parse driver lines -> ``(logits (B, C), [h per layer (B, H)], argmax (B,))`` (int64, or
+    float32 for a float model)."""
     rows = [list(map(int, ln.split())) for ln in text.strip().splitlines() if ln.strip()]
     a = np.array(rows, dtype=np.int64).reshape(len(rows), -1)
+    if getattr(model, "is_float", False):
+        cls = a[:, -1:]
+        a = a.astype(np.int32).view(np.float32)
+        return _split(a, model, cls[:, 0])
+    return _split(a, model, a[:, -1])
+
+
+def _split(a: np.ndarray, model: CModel, cls: np.ndarray
+           ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
     C = model.num_classes
     hs, off = [], C
     for L in model.layers:
@@ -71,10 +105,10 @@ def parse_outputs(
         off += L.hidden_size
     if a.shape[1] != off + 1:
         raise ValueError(f"unexpected driver output width {a.shape[1]} (expected {off + 1})")
-    return a[:, :C], hs, a[:, off]
+    return a[:, :C], hs, cls
 
 
-def run_host(exe: str | os.PathLike, model: DeployedEGRU, x_q: np.ndarray, timeout: float = 60
+def run_host(exe: str | os.PathLike, model: CModel, x_q: np.ndarray, timeout: float = 60
              ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
     """Run a host driver on Q15 inputs ``(B, T, I)`` (integers that fit int16, checked like
     :meth:`DeployedEGRU.run`: nothing is wrapped or truncated on the way to the C)."""

@@ -8,7 +8,7 @@ Integer semantics (every value is an integer; Q15 means ``real = q / 32768``):
 * biases: Q15 int32 (``b_ih + b_hh`` rounded half-even, saturated to +-64.0 = +-2**21);
 * per gate row: ``acc = bias + sum_j w_j * v_j`` over ``v = [x_t, h_{t-1}]`` in a 32-bit
   accumulator.  No saturation is needed inside the sum: ``|acc| <= 2**21 + N * 2**15 < 2**31``
-  for fan-in ``N <= MAX_FAN_IN`` (checked);
+  for fan-in ``N <= MAX_FAN_IN`` (checked; the bound leaves room for the C's offset sums);
 * ``s = softsign_q15(acc)``: ``a = min(|acc|, 2**21)``, ``s = sign * floor(a 2**15 / (2**15 + a))``;
 * ``z = (s_z + 32768) >> 1`` (Q15 in [0, 32767]); ``n = s_n``;
 * ``h_t = sat16(h + ((z * (n - h) + 2**14) >> 15))`` (round half up; ``z * (n - h)`` fits int32);
@@ -47,8 +47,10 @@ from dualsparse.models.pow2_quant import (
 )
 from dualsparse.validation import check_int
 
-#: Largest fan-in (inputs + hidden, or readout inputs) for which the int32 sum cannot overflow.
-MAX_FAN_IN = 32768
+#: Largest fan-in (inputs + hidden, or readout inputs) for which no int32 sum can overflow: the
+#: reference's sums stay within 2^21 + N 2^15, the C's partial sums (inputs offset by 2^15, see
+#: ``codegen``) within 2^21 + N 2^16.
+MAX_FAN_IN = 16384
 
 
 def _check_codes(codes: np.ndarray, bits: int, name: str) -> np.ndarray:

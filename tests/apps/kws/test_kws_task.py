@@ -138,3 +138,64 @@ def test_tiny_run(model, tmp_path, monkeypatch, cache):
         kws.run(_args(*argv[:-2], "--hidden", "6", "--out", str(out), "--resume"))
     again = kws.run(_args(*argv, "--resume"))  # finished: nothing to train, same result
     assert again["test_acc"] == m["test_acc"] and again["best_epoch"] == m["best_epoch"]
+
+
+@needs_fsdd
+def test_table_mode_writes_one_json_per_run_and_never_overwrites(tmp_path, monkeypatch, cache):
+    monkeypatch.setenv("DUALSPARSE_CACHE", str(cache))
+    res = tmp_path / "results"
+    argv = ["--seeds", "0,1", "--splits", "random", "--models", "gru,egru-q", "--epochs", "1",
+            "--max-train", "32", "--hidden", "6", "--threads", "1", "--batch-size", "16",
+            "--no-progress", "--out", str(tmp_path / "runs"), "--results", str(res),
+            "--model-lr", "egru-q=0.02"]
+    summary = kws.run(_args(*argv))
+    files = sorted(p.name for p in res.glob("*_s*.json"))
+    assert files == ["egru-q_random_s0.json", "egru-q_random_s1.json", "gru_random_s0.json",
+                     "gru_random_s1.json"]
+    r = json.loads((res / "egru-q_random_s1.json").read_text())
+    assert r["seed"] == 1 and r["split"] == "random" and r["n_test"] == 300
+    assert r["settings"]["lr"] == 0.02
+    assert r["accuracy"] == r["deployed_test_acc"] and r["deployed_bytes"] < r["float_bytes"]
+    fr = r["deployed_level_fractions"]
+    assert set(fr) <= {"-1", "-0.5", "-0.25", "0", "0.25", "0.5", "1"}
+    assert sum(fr.values()) == pytest.approx(1.0)
+    g = json.loads((res / "gru_random_s0.json").read_text())
+    assert g["accuracy"] == g["test_acc"] and "deployed_test_acc" not in g
+    assert g["settings"]["lr"] == 3e-3
+    rows = {(row["model"], row["split"]): row for row in summary["rows"]}
+    accs = [json.loads((res / f"gru_random_s{s}.json").read_text())["accuracy"] for s in (0, 1)]
+    assert rows["gru", "random"]["n"] == 2 and rows["gru", "random"]["seeds"] == [0, 1]
+    assert rows["gru", "random"]["mean"] == pytest.approx(np.mean(accs))
+    assert rows["gru", "random"]["std"] == pytest.approx(np.std(accs, ddof=1))
+    assert (res / "summary.md").read_text().count("| gru | random | 0,1 |") == 1
+    gap = summary["gaps"][0]
+    assert gap["split"] == "random" and gap["seeds"] == [0, 1]
+    assert gap["gru_minus_egru_q"] == pytest.approx(
+        rows["gru", "random"]["mean"] - rows["egru-q", "random"]["mean"])
+    # a second call trains nothing and leaves every results file as it was
+    (res / "gru_random_s0.json").write_text(json.dumps({**g, "marker": 1}))
+    before = {p.name: p.read_bytes() for p in res.glob("*_s*.json")}
+    kws.run(_args(*argv))
+    assert {p.name: p.read_bytes() for p in res.glob("*_s*.json")} == before
+
+
+def test_table_mode_flag_errors(tmp_path):
+    with pytest.raises(ValueError, match="--seeds"):
+        kws.run(_args("--seeds", "0,x", "--out", str(tmp_path), "--results", str(tmp_path)))
+    with pytest.raises(ValueError, match="--splits"):
+        kws.run(_args("--splits", "random,heldout", "--out", str(tmp_path),
+                      "--results", str(tmp_path)))
+    with pytest.raises(ValueError, match="--results"):
+        kws.run(_args("--seeds", "0,1", "--out", str(tmp_path)))
+    with pytest.raises(ValueError, match="--model-lr"):
+        kws.run(_args("--seeds", "0", "--model-lr", "egru-q:0.1", "--out", str(tmp_path),
+                      "--results", str(tmp_path)))
+    with pytest.raises(ValueError, match="--seeds repeats"):
+        kws.run(_args("--seeds", "1,1", "--out", str(tmp_path), "--results", str(tmp_path)))
+
+
+def test_front_end_and_logit_gain_flags_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="--gain"):
+        kws.run(_args("--gain", "0", "--out", str(tmp_path / "a")))
+    with pytest.raises(ValueError, match="--logit-gain"):
+        kws.run(_args("--logit-gain", "-1", "--out", str(tmp_path / "b")))

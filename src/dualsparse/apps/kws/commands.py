@@ -17,6 +17,10 @@ replaces; the folder is locked while the run trains): ``config.json``, the Train
 checkpoints ``latest``/``best`` (safetensors + JSON, :mod:`dualsparse.train.checkpoint`),
 ``metrics.csv`` (one train and one valid row per epoch, with ``accuracy``),
 ``metrics.json`` and, for eGRU models, the generated C in ``DIR/c/``.
+
+Table mode (``--seeds 0,1,2 --splits random,speaker --models gru,egru,egru-q --out RUNS
+--results DIR``): every combination is such a run under ``RUNS`` and one results JSON in
+``DIR``, see :mod:`dualsparse.apps.kws.table`.
 """
 
 from __future__ import annotations
@@ -29,11 +33,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from dualsparse.apps.kws import table
 from dualsparse.apps.kws.task import KWSTask
 from dualsparse.atomic import atomic_write_json
 from dualsparse.data.audio import FEATURE_KINDS, FSDD_SPEAKERS, FrontEnd, load_fsdd, split_fsdd
 from dualsparse.embedded.codegen import emit_c
-from dualsparse.embedded.quant import to_q15
+from dualsparse.embedded.quant import decode_pow2, to_q15
 from dualsparse.embedded.reference import deploy
 from dualsparse.models.egru_embedded import KWSNet
 from dualsparse.train import checkpoint as ckpt
@@ -42,10 +47,11 @@ from dualsparse.train.loop import Trainer, set_seed
 from dualsparse.train.run_dir import RunLock, clear_run, prepare_run_dir
 from dualsparse.validation import check_int, check_real
 
-MODELS = ("gru", "egru", "egru-q")
+MODELS = table.MODELS
 # run settings that must be equal to resume a run (the model and the data it sees)
 RESUME_KEYS = ("model", "split", "test_speakers", "features", "hidden", "bits", "zero_rule",
-               "reset_gate", "epochs", "batch_size", "lr", "clip", "max_train", "seed")
+               "reset_gate", "logit_gain", "epochs", "batch_size", "lr", "clip", "max_train",
+               "seed")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +63,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--test-speakers", default="theo,yweweler",
                    help=f"comma-separated test speakers for --split speaker ({FSDD_SPEAKERS})")
     g.add_argument("--features", choices=FEATURE_KINDS, default="fft")
+    g.add_argument("--gain", type=float, default=4.0,
+                   help="front-end gain of the fft features (|X| * gain, clipped to [0, 1))")
+    g.add_argument("--logit-gain", type=float, default=4.0,
+                   help="egru-q: fixed logit factor in training only (the argmax ignores it)")
     g.add_argument("--hidden", default="32,20", help="hidden sizes per layer, comma-separated")
     g.add_argument("--bits", type=int, default=3, help="weight bits for egru-q (2..5)")
     g.add_argument("--zero-rule", choices=("paper", "code"), default="paper")
@@ -76,6 +86,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="continue the run in --out from its latest checkpoint")
     g.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --out (default: refuse such a folder)")
+    g.add_argument("--seeds", default=None,
+                   help="table mode: comma-separated seeds; with --splits/--models every "
+                        "combination is a run folder under --out and a JSON file in --results")
+    g.add_argument("--splits", default=None, help="table mode: e.g. random,speaker")
+    g.add_argument("--models", default=None, help="table mode: e.g. gru,egru,egru-q")
+    g.add_argument("--model-lr", default=None,
+                   help="table mode: per-model learning rates overriding --lr, e.g. egru-q=2e-2")
+    g.add_argument("--results", default=None,
+                   help="table mode: folder of the per-run results JSON (never overwritten)")
     g.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar (there is none anyway when stderr is not a terminal)")
 
@@ -87,6 +106,8 @@ def _check_args(args: argparse.Namespace) -> tuple[int, ...]:
     check_real("--clip", args.clip, low=0.0)
     check_int("--max-train", args.max_train, low=0)
     check_int("--threads", args.threads, low=1)
+    check_real("--gain", args.gain, low=0.0, low_open=True)
+    check_real("--logit-gain", args.logit_gain, low=0.0, low_open=True)
     try:
         hidden = tuple(int(h) for h in str(args.hidden).split(",") if h.strip())
     except ValueError:
@@ -125,7 +146,8 @@ def build_trainer(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor,
     set_seed(args.seed, deterministic=True)
     task = KWSTask(x, y, index, args.batch_size, args.seed)
     model = KWSNet(args.model, fe.n_features, hidden, 10, quant_bits=args.bits,
-                   zero_rule=args.zero_rule, reset_gate=args.reset_gate)
+                   zero_rule=args.zero_rule, reset_gate=args.reset_gate,
+                   logit_gain=args.logit_gain)
     spe = task.steps_per_epoch
     cfg = TrainConfig(max_steps=args.epochs * spe, lr=args.lr, clip=args.clip,
                       schedule="cosine", scale_lr_by_seq_len=False, eval_interval=spe,
@@ -137,6 +159,14 @@ def build_trainer(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor,
         _check_resumable(Path(args.out), run_config)
         trainer.resume(args.out)
     return trainer
+
+
+def level_fractions(deployed: Any) -> dict[str, float]:
+    """Fraction of all deployed weights (layers and readout) at each power-of-two level."""
+    vals = np.concatenate([decode_pow2(c, deployed.bits).ravel() for c in
+                           [L.codes for L in deployed.layers] + [deployed.readout_codes]])
+    levels, counts = np.unique(vals, return_counts=True)
+    return {f"{v:g}": float(n / vals.size) for v, n in zip(levels, counts, strict=True)}
 
 
 def _deployed_metrics(args: argparse.Namespace, model: KWSNet, x_test: np.ndarray,
@@ -151,6 +181,7 @@ def _deployed_metrics(args: argparse.Namespace, model: KWSNet, x_test: np.ndarra
     metrics = {"deployed_test_acc": float((pred_i == y_test).mean()),
                "deployed_agreement": float((pred_i == logits_f.argmax(1).numpy()).mean()),
                "deployed_bytes": deployed.model_bytes(),
+               "deployed_level_fractions": level_fractions(deployed),
                "deployed_kind": "qat" if args.model == "egru-q" else "ptq", "bits": args.bits}
     if args.model == "egru-q":
         lf = (logits_f / model.logit_gain).numpy()
@@ -159,7 +190,10 @@ def _deployed_metrics(args: argparse.Namespace, model: KWSNet, x_test: np.ndarra
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Train (or resume), test and deploy one model; print a short report; return metrics."""
+    """Train (or resume), test and deploy one model; print a short report; return metrics.
+    With ``--seeds``/``--splits``/``--models`` run the whole table (:mod:`.table`)."""
+    if args.seeds or args.splits or args.models:
+        return table.run_table(args, run)
     hidden = _check_args(args)
     if not args.out:
         return _run(args, hidden)
@@ -172,7 +206,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _run(args: argparse.Namespace, hidden: tuple[int, ...]) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    fe = FrontEnd(features=args.features)
+    fe = FrontEnd(features=args.features, gain=args.gain)
     data = load_fsdd(fe, data_dir=args.data)
     spk = tuple(s.strip() for s in args.test_speakers.split(",") if s.strip())
     idx = split_fsdd(data, args.split, test_speakers=spk)
