@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export DUALSPARSE_DATA ?= $(abspath ../shared/data)
 LINT_PATHS := $(wildcard src tests benchmarks examples)
 
-.PHONY: test demo lint venv clean bench
+.PHONY: test demo lint venv clean clean-numba bench
 
 venv: $(STAMP)
 
@@ -27,5 +27,9 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)
 
-clean:
+clean: clean-numba
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
+
+# numba's cache files: a cached kernel does not notice edits to the modules it calls
+clean-numba:
+	find src -name '*.nbi' -delete -o -name '*.nbc' -delete
