@@ -23,6 +23,7 @@ from typing import Any
 
 from dualsparse.experiments.spec import SweepSpec, load_spec
 from dualsparse.experiments.store import ResultStore
+from dualsparse.extras import require
 
 
 def _add_worker_flags(p: argparse.ArgumentParser) -> None:
@@ -172,7 +173,8 @@ def cmd_sweep(argv: list[str]) -> dict[str, Any]:
 
 def cmd_report(argv: list[str]) -> Path:
     """``dualsparse report ARGS``: write the report; returns the path of ``report.md``."""
-    from dualsparse.analysis.report import write_report
+    require("matplotlib", extra="plots", purpose="dualsparse report (figures)")
+    from dualsparse.analysis.report import write_report  # lazy: needs matplotlib (extra)
 
     args = report_parser().parse_args(argv)
     path, sweep, spec = _source(args)

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dualsparse.extras import require
+
 ID_LENGTH = 16
 _SPEC_KEYS = {"name", "run", "output", "base", "grid", "seeds", "seed_key", "description"}
 
@@ -184,7 +186,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         raise ValueError(f"sweep spec {str(path)!r} does not exist")
     text = path.read_text()
     if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
+        yaml = require("yaml", extra="sweeps", purpose=f"reading the sweep spec {str(path)!r}")
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
