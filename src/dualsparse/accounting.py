@@ -35,6 +35,7 @@ from torch import nn
 
 from dualsparse.models.recurrent import LayerSequences, RecurrentBase
 from dualsparse.models.surrogate import Surrogate
+from dualsparse.models.torch_rnn import TORCH_RNNS, TorchRNNLayers
 
 
 def column_nnz(weight: torch.Tensor) -> torch.Tensor:
@@ -200,7 +201,8 @@ class ActivityMeter:
     """Accumulates activity statistics and MAC counts over many batches.
 
     Args:
-        rnn: the multi-layer recurrent module (EGRU, GRU or LSTM) being measured, or None
+        rnn: the multi-layer recurrent module (EGRU, GRU or LSTM, or ``torch.nn.RNN``/
+            ``GRU``/``LSTM``: see :mod:`dualsparse.models.torch_rnn`) being measured, or None
             to describe layers by hand with :meth:`update_layer`.
         decoder: optional output projection (``nn.Linear``) whose MACs are counted separately.
         bins: histogram bins (per-neuron activity over ``[0, 1]``; ``c~ - theta`` over
@@ -208,14 +210,16 @@ class ActivityMeter:
         distance_range: ``(low, high)`` range of the ``c~ - theta`` histogram.
     """
 
-    def __init__(self, rnn: RecurrentBase | None = None, decoder: nn.Linear | None = None,
-                 bins: int = 50, distance_range: tuple[float, float] = (-2.0, 2.0)) -> None:
+    def __init__(self, rnn: RecurrentBase | nn.RNNBase | None = None,
+                 decoder: nn.Linear | None = None, bins: int = 50,
+                 distance_range: tuple[float, float] = (-2.0, 2.0)) -> None:
         if bins < 1:
             raise ValueError(f"bins must be >= 1, got {bins}")
         if not distance_range[0] < distance_range[1]:
             raise ValueError(f"distance_range must be (low, high) with low < high, "
                              f"got {distance_range}")
-        self.rnn, self.decoder = rnn, decoder
+        self.rnn = TorchRNNLayers(rnn) if isinstance(rnn, TORCH_RNNS) else rnn
+        self.decoder = decoder
         self.bins, self.distance_range = bins, (float(distance_range[0]),
                                                 float(distance_range[1]))
         self._layers: dict[int, _LayerAccumulator] = {}
@@ -370,12 +374,14 @@ class ActivityMeter:
         return AccountingReport(layers, decoder)
 
 
-def measure(rnn: RecurrentBase, inputs: torch.Tensor, state=None,
+def measure(rnn: RecurrentBase | nn.RNNBase, inputs: torch.Tensor, state=None,
             decoder: nn.Linear | None = None, **meter_kwargs) -> AccountingReport:
     """One-shot measurement: run ``rnn`` on ``inputs`` (no grad) and return the report.
 
     The module's train/eval mode is left as it is (measure in eval mode for test figures).
+    ``torch.nn.RNN``/``GRU``/``LSTM`` are run layer by layer (``state``: their ``hx``).
     """
+    rnn = TorchRNNLayers(rnn) if isinstance(rnn, TORCH_RNNS) else rnn
     meter = ActivityMeter(rnn, decoder, **meter_kwargs)
     with torch.no_grad():
         out, _, seqs = rnn(inputs, state, return_sequences=True)
