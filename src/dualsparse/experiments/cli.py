@@ -23,7 +23,6 @@ from typing import Any
 
 from dualsparse.experiments.spec import SweepSpec, load_spec
 from dualsparse.experiments.store import ResultStore
-from dualsparse.extras import require
 
 
 def _add_worker_flags(p: argparse.ArgumentParser) -> None:
@@ -173,8 +172,7 @@ def cmd_sweep(argv: list[str]) -> dict[str, Any]:
 
 def cmd_report(argv: list[str]) -> Path:
     """``dualsparse report ARGS``: write the report; returns the path of ``report.md``."""
-    require("matplotlib", extra="plots", purpose="dualsparse report (figures)")
-    from dualsparse.analysis.report import write_report  # lazy: needs matplotlib (extra)
+    from dualsparse.analysis.report import write_report
 
     args = report_parser().parse_args(argv)
     path, sweep, spec = _source(args)

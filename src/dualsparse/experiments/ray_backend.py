@@ -20,7 +20,6 @@ from typing import Any
 
 from dualsparse.experiments.runner import WorkerOptions, execute, format_error, set_threads
 from dualsparse.experiments.store import ResultStore, RunRecord, worker_id
-from dualsparse.extras import require
 
 
 def _task(record: RunRecord, output: str, threads: int | None) -> dict[str, Any]:
@@ -46,7 +45,7 @@ def run_ray(store_path: str | Path, output: str | Path, address: str | None = No
     Returns:
         ``{"done": n, "failed": m, "lost": k}``.
     """
-    ray = require("ray", extra="ray", purpose="the ray sweep backend")  # heavy optional dep
+    import ray
 
     opts = options or WorkerOptions()
     if num_cpus <= 0:

@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dualsparse.extras import require
-
 ID_LENGTH = 16
 _SPEC_KEYS = {"name", "run", "output", "base", "grid", "seeds", "seed_key", "description"}
 
@@ -186,7 +184,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         raise ValueError(f"sweep spec {str(path)!r} does not exist")
     text = path.read_text()
     if path.suffix.lower() in (".yaml", ".yml"):
-        yaml = require("yaml", extra="sweeps", purpose=f"reading the sweep spec {str(path)!r}")
+        import yaml
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
