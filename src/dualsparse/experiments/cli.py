@@ -46,6 +46,8 @@ def _add_worker_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="list the runs and what the store knows of them; run nothing")
     p.add_argument("--quiet", action="store_true", help="no line per finished run")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (it is drawn only when stderr is a terminal)")
 
 
 def _add_source_flags(p: argparse.ArgumentParser) -> None:
@@ -126,7 +128,7 @@ def sweep_run(args: argparse.Namespace) -> dict[str, Any]:
     opts = WorkerOptions(sweep=spec.name, max_runs=args.max_runs, stale_after=args.stale_after,
                          heartbeat_s=args.heartbeat, retry_failed=args.retry_failed,
                          max_attempts=args.max_attempts, threads=args.threads,
-                         verbose=not args.quiet)
+                         verbose=not args.quiet, progress=args.progress)
     if args.backend == "ray":
         from dualsparse.experiments.ray_backend import run_ray
         result = run_ray(spec.store_path, spec.output, args.address, opts, args.num_cpus)
