@@ -326,7 +326,7 @@ def run_lm(vocab: int, emb: int, hidden: list[int], d_w: float, tokens: int, rep
     """A random EGRU language model of the demo's shape (tied decoder), its recurrent and
     input weights pruned to ``d_w`` in 16x1 blocks, through
     :func:`dualsparse.engine.lm.compare_with_torch` on random tokens (batch 1, 1 thread)."""
-    from dualsparse.engine.lm import compare_with_torch
+    from dualsparse.apps.lm.compare import compare_with_torch
     from dualsparse.models.lm import RNNLanguageModel
 
     torch.manual_seed(seed)

@@ -24,13 +24,16 @@ import argparse
 import sys
 import time
 
+from dualsparse.apps.lm import commands
+from dualsparse.apps.lm.config import LMConfig, PruneConfig
+from dualsparse.apps.lm.flags import add_prune_command_flags, config_from
+from dualsparse.apps.lm.prune import PruneRunConfig, prune_hooks, prune_trained
 from dualsparse.cli import build_train_parser
-from dualsparse.train import lm_task
 
 QUICK = ["--max-steps", "40", "--eval-interval", "20", "--valid-tokens", "5000",
          "--test-tokens", "5000"]
 PRUNE = ["--prune-method", "block", "--prune-block", "16x1", "--prune-target", "0.8",
-         "--prune-steps", "2", "--finalize"]
+         "--prune-rounds", "2", "--finalize"]
 
 
 def report(result: dict) -> str:
@@ -64,16 +67,16 @@ def report(result: dict) -> str:
 def prune_and_run_engine(out: str, data_dir: str | None, fine_tune_steps: int,
                          test_tokens: int | None) -> str:
     """Steps 2 and 3 of the demo; returns the printed report."""
+    from dualsparse.apps.lm.compare import compare_with_torch
     from dualsparse.data.corpora import load_corpus
-    from dualsparse.engine.lm import compare_with_torch
-    from dualsparse.sparsity import cli as prune_cli
 
-    model, fine_tune, evaluate = lm_task.prune_hooks(out, "best", data_dir)
+    model, fine_tune, evaluate = prune_hooks(out, "best", data_dir)
     parser = argparse.ArgumentParser(prog="demo prune")
-    prune_cli.add_arguments(parser)
-    pargs = parser.parse_args([*PRUNE, "--fine-tune-steps", str(fine_tune_steps),
-                               "--output", f"{out}/prune.json"])
-    pruned = prune_cli.run(pargs, model=model, fine_tune=fine_tune, evaluate=evaluate)
+    add_prune_command_flags(parser)
+    pargs = parser.parse_args(["--checkpoint", out, *PRUNE, "--fine-tune-steps",
+                               str(fine_tune_steps), "--output", f"{out}/prune.json"])
+    pruned = prune_trained(model, config_from(PruneConfig, pargs),
+                           config_from(PruneRunConfig, pargs), fine_tune, evaluate)
     test = load_corpus("ptb", data_dir).test
     if test_tokens is not None:
         test = test[:test_tokens]
@@ -113,12 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     known, extra = pre.parse_known_args(argv)
     train_argv = ["--preset", "cpu-small", "--save", known.out,
                   *(QUICK if known.quick else []), *extra]
-    parser, _ = build_train_parser(train_argv)
-    args = parser.parse_args(train_argv)
+    config = LMConfig.from_namespace(build_train_parser(train_argv).parse_args(train_argv))
     print(f"dualsparse demo: EGRU language model on Penn Treebank (preset cpu-small"
           f"{', quick' if known.quick else ''}), output in {known.out}", flush=True)
     t0 = time.perf_counter()
-    result = lm_task.run(args)
+    result = commands.train(config)
     wall = time.perf_counter() - t0
     print("\n=== report ===")
     print(report(result))
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n=== pruning (16x1 blocks, 2 rounds to 80%) and the event-driven engine ===",
           flush=True)
     t0 = time.perf_counter()
-    text = prune_and_run_engine(known.out, args.data_dir, 10 if known.quick else 100,
+    text = prune_and_run_engine(known.out, config.data.data_dir, 10 if known.quick else 100,
                                 5000 if known.quick else None)
     print(text)
     print(f"wall time: {time.perf_counter() - t0:.0f} s")

@@ -33,9 +33,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from dualsparse.models.recurrent import LayerSequences, RecurrentBase
+from dualsparse.models.recurrent import RecurrentBase
+from dualsparse.models.states import LayerSequences
 from dualsparse.models.surrogate import Surrogate
 from dualsparse.models.torch_rnn import TORCH_RNNS, TorchRNNLayers
+from dualsparse.validation import check_int, check_real
 
 
 def column_nnz(weight: torch.Tensor) -> torch.Tensor:
@@ -213,8 +215,7 @@ class ActivityMeter:
     def __init__(self, rnn: RecurrentBase | nn.RNNBase | None = None,
                  decoder: nn.Linear | None = None, bins: int = 50,
                  distance_range: tuple[float, float] = (-2.0, 2.0)) -> None:
-        if bins < 1:
-            raise ValueError(f"bins must be >= 1, got {bins}")
+        bins = check_int("bins", bins, low=1)
         if not distance_range[0] < distance_range[1]:
             raise ValueError(f"distance_range must be (low, high) with low < high, "
                              f"got {distance_range}")
@@ -394,6 +395,5 @@ def measure(rnn: RecurrentBase | nn.RNNBase, inputs: torch.Tensor, state=None,
 def ideal_reduction(activity_density: float, weight_density: float) -> float:
     """The papers' ideal MAC reduction ``1 / (d_a * d_w)`` (densities in ``(0, 1]``)."""
     for name, d in (("activity_density", activity_density), ("weight_density", weight_density)):
-        if not 0.0 < d <= 1.0:
-            raise ValueError(f"{name} must be in (0, 1], got {d}")
+        check_real(name, d, low=0.0, high=1.0, low_open=True)
     return 1.0 / (activity_density * weight_density)

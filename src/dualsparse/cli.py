@@ -1,38 +1,31 @@
-"""The ``dualsparse`` command.
+"""The ``dualsparse`` command: parses flags onto the apps' configs and dispatches to them.
 
 * ``dualsparse train [--task lm|kws] [--preset NAME] [flags]``: train (``lm``: see
-  :mod:`dualsparse.train.lm_task`; ``kws``: :mod:`dualsparse.train.kws_task`).
+  :mod:`dualsparse.apps.lm`; ``kws``: :mod:`dualsparse.apps.kws.commands`).
   Under ``torchrun --nproc_per_node N -m dualsparse train ...`` it trains with DDP.
 * ``dualsparse eval --checkpoint RUN [--tag best] [--split test] [--batch-size 1]
   [--engine torch|sparse]``: ``sparse`` runs the event-driven CPU engine.
-* ``dualsparse prune ...``: :mod:`dualsparse.sparsity.cli` on a trained LM run (when that
-  module is installed).
+* ``dualsparse prune --checkpoint RUN ...``: prune a trained LM run in rounds
+  (:mod:`dualsparse.apps.lm.prune`).
 * ``dualsparse sweep run SPEC | status`` and ``dualsparse report``: sweeps over sparsity and
   seeds with a SQLite results store, and their figures (:mod:`dualsparse.experiments.cli`).
-
-Optional parts (the KWS task, pruning) are imported lazily, so the command works without them.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
-from types import ModuleType
 from typing import Any
 
+from dualsparse.apps.kws import commands as kws_commands
+from dualsparse.apps.lm import commands as lm
+from dualsparse.apps.lm import flags as lm_flags
+from dualsparse.apps.lm.config import LMConfig, PruneConfig
+from dualsparse.apps.lm.prune import PruneRunConfig
+from dualsparse.data.corpora import DataError
+from dualsparse.experiments import cli as sweep_cli
+
 TASKS = ("lm", "kws")
-
-
-def _optional(module: str) -> ModuleType | None:
-    """Import ``module`` if it exists (``None`` if it, not one of its imports, is missing)."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and (module == exc.name
-                                     or module.startswith(exc.name + ".")):
-            return None
-        raise
 
 
 def _task_of(argv: list[str]) -> str:
@@ -42,79 +35,43 @@ def _task_of(argv: list[str]) -> str:
     return known.task
 
 
-def build_train_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, Any]:
-    """Parser of ``dualsparse train`` for the task named in ``argv``; and the prune module."""
+def build_train_parser(argv: list[str]) -> argparse.ArgumentParser:
+    """Parser of ``dualsparse train`` for the task named in ``argv`` (presets applied)."""
     parser = argparse.ArgumentParser(prog="dualsparse train",
                                      description="train a model (default: language model)")
     parser.add_argument("--task", choices=TASKS, default="lm")
-    task = _task_of(argv)
-    prune_cli = None
-    if task == "kws":
-        kws = _optional("dualsparse.train.kws_task")
-        if kws is None:
-            parser.error("--task kws needs dualsparse.train.kws_task, which is not installed")
-        kws.add_arguments(parser)
-        return parser, None
-    from dualsparse.train import lm_task
-    lm_task.add_arguments(parser)
-    prune_cli = _optional("dualsparse.sparsity.cli")
-    if prune_cli is not None:
-        prune_cli.add_prune_arguments(parser)
-    lm_task.apply_preset(parser, argv)
-    return parser, prune_cli
+    if _task_of(argv) == "kws":
+        kws_commands.add_arguments(parser)
+        return parser
+    lm_flags.add_train_flags(parser, argv)
+    return parser
 
 
 def cmd_train(argv: list[str]) -> dict[str, Any]:
-    parser, prune_cli = build_train_parser(argv)
-    args = parser.parse_args(argv)
+    args = build_train_parser(argv).parse_args(argv)
     if args.task == "kws":
-        return importlib.import_module("dualsparse.train.kws_task").run(args)
-    from dualsparse.train import lm_task
-    factory = None
-    if prune_cli is not None:
-        def factory(model):
-            return prune_cli.pruner_from_args(model, args)
-    return lm_task.run(args, pruner_factory=factory)
+        return kws_commands.run(args)
+    return lm.train(LMConfig.from_namespace(args))
 
 
 def cmd_eval(argv: list[str]) -> dict[str, Any]:
-    from dualsparse.train import lm_task
     parser = argparse.ArgumentParser(prog="dualsparse eval",
                                      description="evaluate a trained language model")
-    lm_task.add_eval_arguments(parser)
-    return lm_task.run_eval(parser.parse_args(argv))
+    lm_flags.add_eval_flags(parser)
+    return lm.evaluate_checkpoint(lm_flags.config_from(lm.EvalConfig, parser.parse_args(argv)))
 
 
 def cmd_prune(argv: list[str]) -> Any:
-    prune_cli = _optional("dualsparse.sparsity.cli")
-    if prune_cli is None:
-        raise SystemExit("dualsparse prune needs dualsparse.sparsity.cli, which is not "
-                         "installed in this version")
-    from dualsparse.train import lm_task
     parser = argparse.ArgumentParser(prog="dualsparse prune",
                                      description="prune a trained language model")
-    parser.add_argument("--checkpoint", required=True, help="trained LM run folder")
-    parser.add_argument("--tag", default="best")
-    parser.add_argument("--data-dir", default=None)
-    prune_cli.add_arguments(parser)
+    lm_flags.add_prune_command_flags(parser)
     args = parser.parse_args(argv)
-    model, fine_tune, evaluate = lm_task.prune_hooks(args.checkpoint, args.tag, args.data_dir)
-    return prune_cli.run(args, model=model, fine_tune=fine_tune, evaluate=evaluate,
-                         save=lm_task.pruned_run_saver(args.checkpoint, args.tag))
+    return lm.prune_checkpoint(lm_flags.config_from(PruneConfig, args),
+                               lm_flags.config_from(PruneRunConfig, args))
 
 
-def cmd_sweep(argv: list[str]) -> Any:
-    from dualsparse.experiments.cli import cmd_sweep as run
-    return run(argv)
-
-
-def cmd_report(argv: list[str]) -> Any:
-    from dualsparse.experiments.cli import cmd_report as run
-    return run(argv)
-
-
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "prune": cmd_prune, "sweep": cmd_sweep,
-            "report": cmd_report}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "prune": cmd_prune,
+            "sweep": sweep_cli.cmd_sweep, "report": sweep_cli.cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,7 +86,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         COMMANDS[argv[0]](argv[1:])
     except Exception as exc:  # bad input or missing data: a clear message, not a traceback
-        from dualsparse.data.corpora import DataError
         if not isinstance(exc, (ValueError, DataError)):
             raise
         print(f"dualsparse {argv[0]}: error: {exc}", file=sys.stderr)

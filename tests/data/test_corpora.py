@@ -1,4 +1,5 @@
-"""Tests for dualsparse.data.corpora: lookup, checksums, local-server downloads, tokenisation.
+"""Tests for dualsparse.data.corpora (+ .download, .tokenise): lookup, checksums, downloads from
+a local server, tokenisation.
 
 Standard sizes use the real corpora from ``$DUALSPARSE_DATA`` (skipped when absent); all other
 tests use tiny fake corpora served from a local HTTP server, so nothing touches the internet.
@@ -21,14 +22,14 @@ import torch
 from dualsparse.data import corpora
 from dualsparse.data.corpora import (
     CORPORA,
-    EOS,
     ChecksumError,
     CorpusSpec,
     DownloadError,
-    download_file,
     load_corpus,
     source_urls,
 )
+from dualsparse.data.download import download_file
+from dualsparse.data.tokenise import EOS
 
 SHARED_DATA = os.environ.get("DUALSPARSE_DATA")  # read before the autouse fixture clears it
 

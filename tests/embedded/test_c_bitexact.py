@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from dualsparse.embedded import codegen as cg
+from dualsparse.embedded import host
 from dualsparse.embedded.reference import deploy, random_deployed
 from dualsparse.models.egru_embedded import KWSNet
 
@@ -22,8 +23,8 @@ def _inputs(rng, B, T, I):
 
 
 def _check(model, x, tmp_path):
-    exe = cg.build_host(model, tmp_path)
-    logits, hs, cls = cg.run_host(exe, model, x)
+    exe = host.build_host(model, tmp_path)
+    logits, hs, cls = host.run_host(exe, model, x)
     ref_logits, ref_hs = model.run(x)
     assert np.array_equal(logits, ref_logits)
     for a, b in zip(hs, ref_hs, strict=True):
@@ -71,4 +72,4 @@ def test_prefix_and_bad_input(tmp_path):
     with pytest.raises(ValueError, match="prefix"):
         cg.emit_c(m, tmp_path, prefix="1bad")
     with pytest.raises(ValueError, match="x_q"):
-        cg.run_host(tmp_path / "nothing", m, np.zeros((2, 3, 5), np.int64))
+        host.run_host(tmp_path / "nothing", m, np.zeros((2, 3, 5), np.int64))

@@ -3,10 +3,11 @@ import pytest
 import torch
 
 from dualsparse.embedded import quant as q
+from dualsparse.models import pow2_quant as p
 
 
 def test_levels_and_codes_3bit():
-    assert q.levels(3) == [-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0]
+    assert p.levels(3) == [-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0]
     vals = np.array([1, 0.5, 0.25, 0, -0.25, -0.5, -1])
     codes = q.encode_pow2(vals, 3)
     assert codes.tolist() == [0b000, 0b001, 0b010, 0b111, 0b110, 0b101, 0b100]  # paper's table
@@ -17,8 +18,8 @@ def test_levels_and_codes_3bit():
 def test_roundtrip_and_pack(bits):
     rng = np.random.default_rng(bits)
     w = torch.from_numpy(rng.normal(0, 0.7, (7, 23)))
-    wq = q.quantize_pow2(w, bits)
-    assert set(np.unique(wq.numpy())).issubset(set(q.levels(bits)))
+    wq = p.quantize_pow2(w, bits)
+    assert set(np.unique(wq.numpy())).issubset(set(p.levels(bits)))
     codes = q.encode_pow2(wq, bits)
     assert np.array_equal(q.decode_pow2(codes, bits), wq.numpy())
     packed = q.pack_codes(codes, bits)
@@ -28,31 +29,31 @@ def test_roundtrip_and_pack(bits):
 
 def test_zero_rules():
     w = torch.tensor([0.25, 0.2, 0.17, 0.26, 0.34, 0.7, 1.5, -3.0, -0.3])
-    paper = q.quantize_pow2(w, 3, "paper").tolist()
-    code = q.quantize_pow2(w, 3, "code").tolist()
+    paper = p.quantize_pow2(w, 3, "paper").tolist()
+    code = p.quantize_pow2(w, 3, "code").tolist()
     assert paper == [0.0, 0.0, 0.0, 0.25, 0.25, 0.5, 1.0, -1.0, -0.25]
     assert code == [0.25, 0.25, 0.0, 0.25, 0.25, 0.5, 1.0, -1.0, -0.25]
 
 
 def test_ste_gradient_is_identity():
     w = torch.randn(5, 4, requires_grad=True)
-    (q.quantize_pow2_ste(w, 3) * torch.arange(20.0).view(5, 4)).sum().backward()
+    (p.quantize_pow2_ste(w, 3) * torch.arange(20.0).view(5, 4)).sum().backward()
     assert torch.equal(w.grad, torch.arange(20.0).view(5, 4))
 
 
 @pytest.mark.parametrize("bad", [1, 6, 0, -3, 2.5, True])
 def test_bad_bits(bad):
     with pytest.raises(ValueError, match="bit width"):
-        q.quantize_pow2(torch.ones(2), bad)
+        p.quantize_pow2(torch.ones(2), bad)
 
 
 def test_bad_inputs():
     with pytest.raises(ValueError, match="NaN"):
-        q.quantize_pow2(torch.tensor([float("nan")]))
+        p.quantize_pow2(torch.tensor([float("nan")]))
     with pytest.raises(ValueError, match="grid"):
         q.encode_pow2(np.array([0.3]), 3)
     with pytest.raises(ValueError, match="zero_rule"):
-        q.quantize_pow2(torch.ones(2), 3, "other")
+        p.quantize_pow2(torch.ones(2), 3, "other")
     with pytest.raises(ValueError, match="unused"):
         q.decode_pow2(np.array([3]), 3)
     with pytest.raises(ValueError, match="NaN"):
@@ -60,7 +61,7 @@ def test_bad_inputs():
 
 
 def test_softsign_q15_exhaustive_two_division_rule():
-    a = np.arange(0, q.SOFTSIGN_LIMIT + 1, dtype=np.int64)
+    a = np.arange(0, p.SOFTSIGN_LIMIT + 1, dtype=np.int64)
     d = 32768 + a
     u = a << 10
     q1, r1 = u // d, u % d
@@ -86,5 +87,5 @@ def test_asr_is_floor():
 def test_q15_helpers():
     assert q.to_q15(np.array([1.0, -1.0, 0.5, -2.0])).tolist() == [32767, -32768, 16384, -32768]
     t = torch.tensor([0.1234567, 2.0], requires_grad=True)
-    y = q.fake_q15(t)
+    y = p.fake_q15(t)
     assert y[0].item() * 32768 == round(0.1234567 * 32768) and y[1].item() == 32767 / 32768

@@ -7,14 +7,13 @@ import math
 import pytest
 import torch
 
+from dualsparse.apps.lm.evaluate import evaluate_lm
 from dualsparse.engine.lm import (
     SparseLM,
-    compare_with_torch,
     evaluate_lm_sparse,
     evaluate_perplexity_sparse,
 )
 from dualsparse.models.lm import RNNLanguageModel
-from dualsparse.train.lm_task import evaluate_lm
 
 
 def _lm(cell: str, tie: bool, prune: float = 0.0) -> RNNLanguageModel:
@@ -63,28 +62,6 @@ def test_sparse_perplexity_equals_evaluate_lm(batch_size):
     assert res["tokens"] == ref["tokens"]
     assert math.isclose(res["activity"], ref["activity"], rel_tol=1e-6)
     assert 0.0 < res["activity"] < 1.0
-
-
-def test_compare_with_torch_reports_both_paths():
-    lm = _lm("egru", tie=False, prune=0.7)
-    lm.train()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(threads + 1)
-    try:
-        res = compare_with_torch(lm, torch.randint(0, 60, (120,)), bptt=20, timing_tokens=30,
-                                 repeats=1)
-        assert torch.get_num_threads() == threads + 1  # torch's thread count restored
-    finally:
-        torch.set_num_threads(threads)
-    assert lm.training  # mode restored
-    assert math.isclose(res["ppl_engine"], res["ppl_torch"], rel_tol=1e-5)
-    assert 0.0 < res["activity_density"] < 1.0
-    assert 0.2 < res["weight_density"] < 0.4
-    assert res["ideal_speedup"] > 1.0
-    assert res["speedup_seq"] == pytest.approx(res["dense_seq_us_per_token"]
-                                               / res["engine_us_per_token"])
-    assert res["ratio_seq"] == pytest.approx(res["speedup_seq"] / res["ideal_speedup"])
-    assert res["packed_bytes"] < res["dense_bytes"]
 
 
 def test_sparse_lm_errors():

@@ -103,7 +103,7 @@ def test_toy_runs_produce_standard_metrics(tmp_path):
         assert m["dense_macs"] == pytest.approx(3 * 12 * (8 + 12) if model == "EGRU"
                                                 else 4 * 12 * (8 + 12))
         assert m["mac_reduction"] == pytest.approx(m["dense_macs"] / m["effective_macs"])
-        assert r.checkpoint and r.checkpoint.endswith("model.safetensors")
+        assert r.checkpoint and r.checkpoint.endswith("latest.json")
         layer = m["layers"][0]
         assert sum(layer["activity_histogram"]["counts"]) == 12  # one count per neuron
         if model == "EGRU":
@@ -115,6 +115,17 @@ def test_toy_runs_produce_standard_metrics(tmp_path):
     assert recs[("LSTM", 0.75)].metrics["mac_reduction"] == pytest.approx(4.0, rel=0.02)
 
 
+def test_toy_task_implements_the_task_protocol():
+    from dualsparse.experiments.toy import ToyTask, markov_stream
+    from dualsparse.train.task import Task
+
+    stream = markov_stream(16, 3, 400, seed=1)
+    task = ToyTask(stream.view(40, 10), stream[:50], bptt=10)
+    assert isinstance(task, Task) and task.steps_per_epoch == 3
+    first = [task.next_batch()[0] for _ in range(3)]
+    assert task.next_batch()[0].equal(first[0]) and task.epoch == 1  # wraps around
+
+
 def test_toy_rejects_bad_config(tmp_path):
     from dualsparse.experiments.toy import run_toy
     with pytest.raises(ValueError, match="unknown toy config keys"):
@@ -123,6 +134,8 @@ def test_toy_rejects_bad_config(tmp_path):
         run_toy({"prune_target": 1.0}, tmp_path)
     with pytest.raises(ValueError, match="EGRU, LSTM or GRU"):
         run_toy({**TINY_TOY, "model": "RNN"}, tmp_path)
+    with pytest.raises(ValueError, match="prune_steps=9 rounds"):
+        run_toy({**TINY_TOY, "prune_target": 0.5, "prune_steps": 9}, tmp_path)
 
 
 def test_heartbeats_keep_a_long_run_from_being_taken_over(tmp_path):

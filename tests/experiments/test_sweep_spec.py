@@ -57,7 +57,7 @@ def test_no_grid_and_no_seeds_gives_one_run():
     ({"grid": {"model": []}}, "non-empty list"),
     ({"grid": {"model": "EGRU"}}, "non-empty list"),
     ({"seeds": [1, 1]}, "repeated"),
-    ({"seeds": [1.5]}, "integers"),
+    ({"seeds": [1.5]}, "seeds. entry must be an int"),
     ({"base": {"seed": 3}}, "'seed' is set in 'base'"),
     ({"grid": {"seed": [1, 2]}}, "both a grid key and the seed key"),
     ({"base": {"lr": float("nan")}}, "non-finite"),

@@ -42,7 +42,7 @@ def test_antiderivative_derivative_is_the_surrogate(shape):
 
 
 def test_bad_surrogates_raise_clear_errors():
-    with pytest.raises(ValueError, match="unknown surrogate shape"):
+    with pytest.raises(ValueError, match="surrogate shape must be one of"):
         Surrogate("sigmoidish")
     with pytest.raises(ValueError, match="width"):
         Surrogate("triangle", width=0.0)

@@ -72,10 +72,10 @@ def test_pruner_penalty_over_spec_blocks():
     (dict(tensors=["weight_hh_l0"], sparsity=-0.1), "in \\[0, 1\\)"),
     (dict(tensors=["weight_hh_l0"], sparsity=float("nan")), "in \\[0, 1\\)"),
     (dict(tensors=[{"name": "weight_hh_l0", "sparsity": {"z": 1.5}}]), "gate 'z'"),
-    (dict(tensors=["weight_hh_l0"], block=(0, 4)), "positive ints"),
+    (dict(tensors=["weight_hh_l0"], block=(0, 4)), "two ints >= 1"),
     (dict(tensors=[]), "at least one"),
     (dict(tensors=[{"name": "weight_hh_l0", "blocks": [4, 4]}]), "unknown keys"),
-    (dict(tensors=[{"name": "weight_hh_l0", "q": -1}]), "positive"),
+    (dict(tensors=[{"name": "weight_hh_l0", "q": -1}]), "q of .weight_hh_l0. must be > 0"),
 ])
 def test_bad_specs_fail_at_construction(spec, message):
     with pytest.raises(ValueError, match=message):

@@ -12,10 +12,9 @@ from dualsparse.sparsity import (
     Pruner,
     PruningSpec,
     TensorSpec,
-    load_checkpoint,
-    save_checkpoint,
     strip_masks,
 )
+from dualsparse.train.checkpoint import load_model, save_model
 
 
 def _egru(seed=0):
@@ -151,10 +150,12 @@ def test_checkpoint_round_trip_into_fresh_model(tmp_path):
         assert torch.equal(p2.masks.mask(t.name), pruner.masks.mask(t.name))
     torch.testing.assert_close(_fresh_output(other, x), ref)
 
-    # file round trip (atomic torch.save, weights_only load)
-    path = save_checkpoint(tmp_path / "pruned.pt", model, pruner)
+    # checkpoint round trip (safetensors + JSON); a second save never overwrites the first
+    save_model(tmp_path / "pruned", model, pruner)
+    with pytest.raises(FileExistsError, match="already holds"):
+        save_model(tmp_path / "pruned", model, pruner)
     third = _egru(seed=3)
-    p3 = load_checkpoint(path, third)
+    p3 = load_model(tmp_path / "pruned", third)
     assert p3.report() == pruner.report()
     torch.testing.assert_close(_fresh_output(third, x), ref)
 

@@ -9,20 +9,20 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from dualsparse.apps.lm.commands import build_trainer
+from dualsparse.apps.lm.config import LMConfig
 from dualsparse.cli import build_train_parser
 from dualsparse.train import checkpoint as ckpt
 from dualsparse.train.distributed import cleanup, init_distributed
-from dualsparse.train.lm_task import build_trainer
 
 
 def main() -> None:
     out = Path(sys.argv[1])
     argv = sys.argv[3:]
-    parser, _ = build_train_parser(argv)
-    args = parser.parse_args(argv)
+    args = build_train_parser(argv).parse_args(argv)
     dist = init_distributed("cpu")
     try:
-        trainer = build_trainer(args, dist)
+        trainer = build_trainer(LMConfig.from_namespace(args), dist)
         tensors, _ = ckpt.model_tensors(trainer.model)
         save_file(tensors, str(out / f"rank{dist.rank}-initial.safetensors"))
         trainer.fit()

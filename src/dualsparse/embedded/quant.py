@@ -1,20 +1,11 @@
-"""Power-of-two weight quantiser, Q15 helpers and the integer softsign.
+"""Integer side of the power-of-two quantiser: code words, packing, Q15 arithmetic.
 
-Weight levels for a bit width ``b`` (2 <= b <= 5) are ``{0} U {+-2**-k : k = 0..kmax}`` with
-``kmax = 2**(b-1) - 2``; for ``b = 3`` that is ``{0, +-1/4, +-1/2, +-1}`` (Amoh & Odame, 2019).
+The float quantiser (levels, rounding rule, straight-through estimator) is
+:mod:`dualsparse.models.pow2_quant`; here its values become code words.
 
 Code words (``b`` bits, the paper's encoding generalised): the top bit is the sign (1 = negative),
 the low ``b-1`` bits hold the shift ``k``; the all-ones word means zero.  For ``b = 3``:
 ``+1 -> 000, +1/2 -> 001, +1/4 -> 010, -1 -> 100, -1/2 -> 101, -1/4 -> 110, 0 -> 111``.
-
-Quantisation rule for a float weight ``w``: ``k = clamp(round(-log2|w|), 0, ...)`` (so ``|w| >= 1``
-maps to +-1) and the weight becomes zero when it is below the zero threshold:
-
-* ``zero_rule="paper"`` (default, the paper's text): zero if ``|w| <= 2**-kmax`` (0.25 for 3 bits);
-* ``zero_rule="code"`` (the released code): zero if ``2**round(log2|w|) < 2**-kmax``, i.e.
-  ``|w| < 2**(-kmax - 0.5)`` (about 0.177 for 3 bits).
-
-``round`` is round-half-up in the log domain: ``floor(x + 0.5)``.
 
 Integer semantics (Q15: ``value = q / 32768``) are defined here and used by the reference model
 and the emitted C code; see :func:`softsign_q15` and :func:`asr`.
@@ -25,82 +16,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-Q15_ONE = 1 << 15
-INT16_MIN, INT16_MAX = -(1 << 15), (1 << 15) - 1
+from dualsparse.models.pow2_quant import (
+    INT16_MAX,
+    INT16_MIN,
+    Q15_ONE,
+    SOFTSIGN_LIMIT,
+    check_bits,
+    max_shift,
+)
+
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
-#: Pre-activations are saturated to +-SOFTSIGN_LIMIT (Q15), i.e. +-64.0, before the softsign.
-SOFTSIGN_LIMIT = 64 << 15
-ZERO_RULES = ("paper", "code")
-MIN_BITS, MAX_BITS = 2, 5
-
-
-def check_bits(bits: int) -> int:
-    """Validate a weight bit width (2..5) and return it."""
-    if isinstance(bits, bool) or not isinstance(bits, int | np.integer):
-        raise ValueError(f"bit width must be an int, got {bits!r}")
-    if not MIN_BITS <= int(bits) <= MAX_BITS:
-        raise ValueError(f"bit width must be in [{MIN_BITS}, {MAX_BITS}], got {bits}")
-    return int(bits)
-
-
-def max_shift(bits: int) -> int:
-    """Largest shift ``kmax = 2**(bits-1) - 2`` (smallest non-zero level ``2**-kmax``)."""
-    return (1 << (check_bits(bits) - 1)) - 2
 
 
 def zero_code(bits: int) -> int:
     """The code word meaning zero: all ones."""
     return (1 << check_bits(bits)) - 1
-
-
-def levels(bits: int) -> list[float]:
-    """Sorted list of representable weight values for ``bits``."""
-    km = max_shift(bits)
-    pos = [2.0**-k for k in range(km + 1)]
-    return sorted([-p for p in pos] + [0.0] + pos)
-
-
-def _zero_threshold(bits: int, zero_rule: str) -> tuple[float, bool]:
-    if zero_rule not in ZERO_RULES:
-        raise ValueError(f"zero_rule must be one of {ZERO_RULES}, got {zero_rule!r}")
-    km = max_shift(bits)
-    if zero_rule == "paper":
-        return 2.0**-km, True  # zero if |w| <= thr
-    return 2.0 ** (-km - 0.5), False  # zero if |w| < thr
-
-
-def quantize_pow2(w: torch.Tensor, bits: int = 3, zero_rule: str = "paper") -> torch.Tensor:
-    """Round ``w`` (any shape, float) to the nearest power-of-two level (no gradient rule)."""
-    if not torch.is_floating_point(w):
-        raise ValueError(f"quantize_pow2 expects a float tensor, got {w.dtype}")
-    if torch.isnan(w).any():
-        raise ValueError("quantize_pow2: weights contain NaN")
-    km = max_shift(bits)
-    thr, inclusive = _zero_threshold(bits, zero_rule)
-    a = w.abs()
-    k = torch.floor(-torch.log2(a.clamp_min(1e-30)) + 0.5).clamp(0, km)
-    q = torch.sign(w) * torch.exp2(-k)
-    zero = a <= thr if inclusive else a < thr
-    return torch.where(zero, torch.zeros_like(w), q)
-
-
-class _Pow2STE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, w: torch.Tensor, bits: int, zero_rule: str) -> torch.Tensor:  # type: ignore[override]
-        return quantize_pow2(w, bits, zero_rule)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        return grad, None, None
-
-
-def quantize_pow2_ste(w: torch.Tensor, bits: int = 3, zero_rule: str = "paper") -> torch.Tensor:
-    """Power-of-two quantiser with a straight-through estimator (identity gradient).
-
-    Forward: :func:`quantize_pow2`; backward: the gradient flows unchanged to the stored
-    full-precision weights (Hubara et al. style quantisation-aware training).
-    """
-    return _Pow2STE.apply(w, bits, zero_rule)
 
 
 def encode_pow2(w: np.ndarray | torch.Tensor, bits: int = 3) -> np.ndarray:
@@ -191,12 +121,6 @@ def from_q15(q: np.ndarray) -> np.ndarray:
     return np.asarray(q, dtype=np.float64) / Q15_ONE
 
 
-def fake_q15(x: torch.Tensor) -> torch.Tensor:
-    """Round a float tensor to the Q15 grid (saturating), identity gradient inside the range."""
-    y = torch.clamp(x, INT16_MIN / Q15_ONE, INT16_MAX / Q15_ONE)
-    return y + (torch.round(y * Q15_ONE) / Q15_ONE - y).detach()
-
-
 def sat(x: np.ndarray, lo: int, hi: int) -> np.ndarray:
     """Saturate an int64 array to ``[lo, hi]``."""
     return np.clip(np.asarray(x, dtype=np.int64), lo, hi)
@@ -230,8 +154,3 @@ def softsign_q15(x: np.ndarray) -> np.ndarray:
     a = np.minimum(np.abs(x), SOFTSIGN_LIMIT)
     y = (a << 15) // (Q15_ONE + a)
     return np.where(x < 0, -y, y)
-
-
-def softsign_float(x: torch.Tensor) -> torch.Tensor:
-    """Float softsign ``x / (1 + |x|)``."""
-    return x / (1.0 + x.abs())

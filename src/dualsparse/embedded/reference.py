@@ -26,21 +26,26 @@ import numpy as np
 import torch
 
 from dualsparse.embedded.quant import (
-    INT16_MAX,
-    INT16_MIN,
-    Q15_ONE,
-    SOFTSIGN_LIMIT,
     asr,
-    check_bits,
+    codes_per_word,
     encode_pow2,
-    max_shift,
-    quantize_pow2,
     sat,
     sat16,
     softsign_q15,
     to_q15,
     zero_code,
 )
+from dualsparse.models.egru_embedded import KWSNet
+from dualsparse.models.pow2_quant import (
+    INT16_MAX,
+    INT16_MIN,
+    Q15_ONE,
+    SOFTSIGN_LIMIT,
+    check_bits,
+    max_shift,
+    quantize_pow2,
+)
+from dualsparse.validation import check_int
 
 #: Largest fan-in (inputs + hidden, or readout inputs) for which the int32 sum cannot overflow.
 MAX_FAN_IN = 32768
@@ -112,8 +117,8 @@ class DeployedEGRU:
         for i, L in enumerate(self.layers):
             if L.input_size != prev:
                 raise ValueError(f"layer {i}: input_size {L.input_size} != previous width {prev}")
-            if L.input_size < 1 or L.hidden_size < 1:
-                raise ValueError(f"layer {i}: sizes must be >= 1")
+            check_int(f"layer {i}: input_size", L.input_size, low=1)
+            check_int(f"layer {i}: hidden_size", L.hidden_size, low=1)
             L.codes = _check_codes(L.codes, self.bits, f"layer {i}")
             if L.codes.shape != (2 * L.hidden_size, L.input_size + L.hidden_size):
                 raise ValueError(
@@ -185,8 +190,6 @@ class DeployedEGRU:
 
     def model_bytes(self) -> int:
         """Bytes of the packed model as emitted: uint32 words of codes per row + int32 biases."""
-        from dualsparse.embedded.quant import codes_per_word
-
         cpw = codes_per_word(self.bits)
         mats = [L.codes for L in self.layers] + [self.readout_codes]
         words = sum(m.shape[0] * -(-m.shape[1] // cpw) for m in mats)
@@ -235,8 +238,6 @@ def deploy(model: torch.nn.Module, bits: int | None = None, zero_rule: str | Non
     """Convert a trained :class:`~dualsparse.models.egru_embedded.KWSNet` (``egru`` or ``egru-q``)
     into the integer model.  Weights are power-of-two quantised (a float ``egru`` is thereby
     post-training quantised); biases become Q15.  The reset-gate variant cannot be deployed."""
-    from dualsparse.models.egru_embedded import KWSNet
-
     if not isinstance(model, KWSNet) or model.kind == "gru":
         raise ValueError("deploy expects a KWSNet of kind 'egru' or 'egru-q'")
     bits = bits or model.quant_bits or 3

@@ -21,6 +21,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dualsparse.analysis.report import write_report
+from dualsparse.experiments.ray_backend import run_ray
+from dualsparse.experiments.runner import WorkerOptions, run_local
 from dualsparse.experiments.spec import SweepSpec, load_spec
 from dualsparse.experiments.store import ResultStore
 
@@ -106,8 +109,6 @@ def _source(args: argparse.Namespace) -> tuple[Path, str | None, SweepSpec | Non
 
 def sweep_run(args: argparse.Namespace) -> dict[str, Any]:
     """Register the spec's runs in its store and execute the claimable ones."""
-    from dualsparse.experiments.runner import WorkerOptions, run_local
-
     spec = _spec_with_output(args.spec, args.output)
     runs = spec.expand()
     if args.dry_run:
@@ -130,7 +131,6 @@ def sweep_run(args: argparse.Namespace) -> dict[str, Any]:
                          max_attempts=args.max_attempts, threads=args.threads,
                          verbose=not args.quiet, progress=args.progress)
     if args.backend == "ray":
-        from dualsparse.experiments.ray_backend import run_ray
         result = run_ray(spec.store_path, spec.output, args.address, opts, args.num_cpus)
     else:
         if args.address is not None:
@@ -174,8 +174,6 @@ def cmd_sweep(argv: list[str]) -> dict[str, Any]:
 
 def cmd_report(argv: list[str]) -> Path:
     """``dualsparse report ARGS``: write the report; returns the path of ``report.md``."""
-    from dualsparse.analysis.report import write_report
-
     args = report_parser().parse_args(argv)
     path, sweep, spec = _source(args)
     with ResultStore(path) as store:

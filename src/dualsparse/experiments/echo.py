@@ -13,12 +13,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dualsparse.validation import check_real
+
 
 def run_echo(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Sleep / wait (see module docstring), raise if ``config['fail']``, echo the config."""
-    sleep = float(config.get("sleep_s", 0.0))
-    if sleep < 0:
-        raise ValueError(f"sleep_s must be >= 0, got {sleep}")
+    sleep = check_real("sleep_s", config.get("sleep_s", 0.0), low=0.0)
     wait_for = config.get("wait_for")
     if wait_for:
         while not Path(wait_for).exists():

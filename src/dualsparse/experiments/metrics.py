@@ -18,19 +18,10 @@ Keys (MACs are per token and count the recurrent layers only unless named ``tota
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-
-def jsonable(obj: Any) -> Any:
-    """``obj`` with tuples as lists and non-finite floats replaced by None."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    return obj
+from dualsparse.serialisation import jsonable
+from dualsparse.validation import check_real
 
 
 def _layer_weight_counts(layer: dict[str, Any]) -> tuple[float, float]:
@@ -48,9 +39,7 @@ def summarize(accounting: dict[str, Any], test_ppl: float, val_ppl: float | None
         ValueError: if the test perplexity is not a finite positive number (a diverged run
             is a failed run) or the accounting dict has no layers.
     """
-    if isinstance(test_ppl, bool) or not isinstance(test_ppl, (int, float)) or not (
-            math.isfinite(test_ppl) and test_ppl > 0):
-        raise ValueError(f"test perplexity must be a finite positive number, got {test_ppl!r}")
+    test_ppl = check_real("test_ppl (test perplexity)", test_ppl, low=0.0, low_open=True)
     layers = accounting.get("layers") or []
     if not layers:
         raise ValueError("the accounting report has no layers")
@@ -93,4 +82,4 @@ def summarize(accounting: dict[str, Any], test_ppl: float, val_ppl: float | None
     return jsonable(out)
 
 
-__all__ = ["jsonable", "summarize"]
+__all__ = ["summarize"]

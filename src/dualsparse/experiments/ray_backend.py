@@ -20,6 +20,7 @@ from typing import Any
 
 from dualsparse.experiments.runner import WorkerOptions, execute, format_error, set_threads
 from dualsparse.experiments.store import ResultStore, RunRecord, worker_id
+from dualsparse.validation import check_int, check_real
 
 
 def _task(record: RunRecord, output: str, threads: int | None) -> dict[str, Any]:
@@ -45,11 +46,10 @@ def run_ray(store_path: str | Path, output: str | Path, address: str | None = No
     Returns:
         ``{"done": n, "failed": m, "lost": k}``.
     """
-    import ray
+    import ray  # optional heavy dependency: imported only when a sweep runs on Ray
 
     opts = options or WorkerOptions()
-    if num_cpus <= 0:
-        raise ValueError(f"num_cpus must be > 0, got {num_cpus}")
+    check_real("num_cpus", num_cpus, low=0.0, low_open=True)
     started = False
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"include_dashboard": False}
@@ -62,8 +62,7 @@ def run_ray(store_path: str | Path, output: str | Path, address: str | None = No
     remote = ray.remote(num_cpus=num_cpus, max_retries=0)(_task)
     if max_in_flight is None:
         max_in_flight = max(1, int(ray.cluster_resources().get("CPU", 1) // num_cpus))
-    if max_in_flight < 1:
-        raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+    max_in_flight = check_int("max_in_flight", max_in_flight, low=1)
     in_flight: dict[Any, RunRecord] = {}
     submitted = 0
     try:

@@ -36,6 +36,7 @@ from typing import Any
 from dualsparse.atomic import atomic_write_json
 from dualsparse.experiments.progress import SweepBar
 from dualsparse.experiments.store import ResultStore, RunRecord, worker_id
+from dualsparse.validation import check_int, check_real
 
 RunFunction = Callable[[dict[str, Any], Path], dict[str, Any]]
 
@@ -140,15 +141,16 @@ class WorkerOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if not 0 < self.heartbeat_s < self.stale_after:
+        check_real("heartbeat_s", self.heartbeat_s, low=0.0, low_open=True)
+        check_real("stale_after", self.stale_after, low=0.0, low_open=True)
+        if not self.heartbeat_s < self.stale_after:
             raise ValueError(f"need 0 < heartbeat_s < stale_after, got heartbeat_s="
                              f"{self.heartbeat_s}, stale_after={self.stale_after}")
-        if self.max_runs is not None and self.max_runs < 1:
-            raise ValueError(f"max_runs must be >= 1 or None, got {self.max_runs}")
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be >= 1 or None, got {self.threads}")
+        if self.max_runs is not None:
+            check_int("max_runs", self.max_runs, low=1)
+        check_int("max_attempts", self.max_attempts, low=1)
+        if self.threads is not None:
+            check_int("threads", self.threads, low=1)
 
 
 def set_threads(threads: int) -> None:
@@ -238,8 +240,7 @@ def run_local(store_path: str | Path, output: str | Path, workers: int = 1,
     Returns the summed per-worker counts (``done``, ``failed``, ``lost``; ``crashed``: worker
     processes that exited abnormally, whose runs stay claimable).
     """
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+    workers = check_int("workers", workers, low=1)
     opts = options or WorkerOptions()
     if workers == 1:
         return work(store_path, output, opts)

@@ -29,6 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from dualsparse.validation import check_int
+
 ID_LENGTH = 16
 _SPEC_KEYS = {"name", "run", "output", "base", "grid", "seeds", "seed_key", "description"}
 
@@ -119,9 +123,9 @@ class SweepSpec:
                     raise ValueError(f"{key!r} is both a grid key and the seed key; give "
                                      "seeds in one place")
         self.grid = grids
-        if not isinstance(self.seeds, list) or any(
-                isinstance(s, bool) or not isinstance(s, int) for s in self.seeds):
+        if not isinstance(self.seeds, list):
             raise ValueError(f"sweep 'seeds' must be a list of integers, got {self.seeds!r}")
+        self.seeds = [check_int("sweep 'seeds' entry", s) for s in self.seeds]
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"sweep 'seeds' has repeated values: {self.seeds}")
         if self.seeds and self.seed_key in self.base:
@@ -184,7 +188,6 @@ def load_spec(path: str | Path) -> SweepSpec:
         raise ValueError(f"sweep spec {str(path)!r} does not exist")
     text = path.read_text()
     if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from dualsparse.experiments.spec import RunSpec
+from dualsparse.validation import check_choice, check_int, check_real
 
 SCHEMA_VERSION = 1
 STATUSES = ("pending", "running", "done", "failed")
@@ -204,10 +205,8 @@ class ResultStore:
             pid: process that will execute the run (default: this one); recorded with the
                 host so that a dead process's run is claimable at once.
         """
-        if stale_after <= 0:
-            raise ValueError(f"stale_after must be > 0 seconds, got {stale_after}")
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        check_real("stale_after (seconds)", stale_after, low=0.0, low_open=True)
+        check_int("max_attempts", max_attempts, low=1)
         host = socket.gethostname()
         now = time.time()
         join = ("JOIN sweep_runs s ON s.run_id = r.run_id AND s.sweep = :sweep "
@@ -251,7 +250,7 @@ class ResultStore:
         """Store a run's result and mark it ``done``; False if it was already done.
 
         ``metrics`` must be JSON-able without NaN or infinities (``ValueError`` otherwise;
-        :func:`dualsparse.experiments.metrics.jsonable` replaces them by None).
+        :func:`dualsparse.serialisation.jsonable` replaces them by None).
         """
         run, worker, attempt = lease
         try:
@@ -312,8 +311,8 @@ class ResultStore:
 
     def records(self, sweep: str | None = None, status: str | None = None) -> list[RunRecord]:
         """Runs (of ``sweep``, with ``status``) in sweep order (or creation order)."""
-        if status is not None and status not in STATUSES:
-            raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+        if status is not None:
+            check_choice("status", status, STATUSES)
         if sweep is not None and sweep not in self.sweeps():
             raise ValueError(f"no sweep named {sweep!r} in {str(self.path)!r}; sweeps: "
                              f"{self.sweeps()}")

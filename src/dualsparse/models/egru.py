@@ -32,10 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dualsparse.models.cell_base import CellBase
 from dualsparse.models.egru_fused import egru_sequence
-from dualsparse.models.recurrent import CellBase, LayerSequences, RecurrentBase
+from dualsparse.models.recurrent import RecurrentBase
 from dualsparse.models.regularizers import zoneout
+from dualsparse.models.states import LayerSequences
 from dualsparse.models.surrogate import EventFunction, Surrogate, heaviside, make_surrogate
+from dualsparse.validation import check_choice, check_int, check_real
 
 RESET_MODES = ("subtract_threshold", "subtract_output", "none")
 THRESHOLD_INITS = ("beta", "constant")
@@ -101,11 +104,8 @@ class _EGRUOptions:
                  threshold_mean: float, threshold_range: Sequence[float],
                  threshold_learnable: bool, events: bool) -> None:
         self.surrogate = make_surrogate(surrogate, surrogate_gamma, surrogate_width)
-        if reset_mode not in RESET_MODES:
-            raise ValueError(f"unknown reset_mode {reset_mode!r}; expected one of {RESET_MODES}")
-        if threshold_init not in THRESHOLD_INITS:
-            raise ValueError(
-                f"unknown threshold_init {threshold_init!r}; expected one of {THRESHOLD_INITS}")
+        check_choice("reset_mode", reset_mode, RESET_MODES)
+        check_choice("threshold_init", threshold_init, THRESHOLD_INITS)
         try:
             low, high = (float(v) for v in threshold_range)
         except (TypeError, ValueError):
@@ -114,6 +114,7 @@ class _EGRUOptions:
         if not (math.isfinite(low) and math.isfinite(high) and low < high):
             raise ValueError(f"threshold_range must be finite (low, high) with low < high, "
                              f"got {tuple(threshold_range)}")
+        threshold_mean = check_real("threshold_mean", threshold_mean)
         if not low < threshold_mean < high:
             raise ValueError(f"threshold_mean={threshold_mean} must lie strictly inside "
                              f"threshold_range=({low}, {high})")
@@ -245,8 +246,7 @@ class EGRU(RecurrentBase):
 
     def set_threshold(self, layer: int, value: torch.Tensor | float) -> None:
         """Set the thresholds of a layer to given values (inside ``threshold_range``)."""
-        if not isinstance(layer, int) or not 0 <= layer < self.num_layers:
-            raise ValueError(f"layer must be an int in [0, {self.num_layers}), got {layer!r}")
+        layer = check_int("layer", layer, low=0, high=self.num_layers - 1)
         low, high = self._opts.threshold_range
         h = self.hidden_sizes[layer]
         value = torch.as_tensor(value, dtype=torch.float64)

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from dualsparse.embedded.quant import (
+from dualsparse.models.pow2_quant import (
     Q15_ONE,
     SOFTSIGN_LIMIT,
     ZERO_RULES,
@@ -35,6 +35,7 @@ from dualsparse.embedded.quant import (
     quantize_pow2_ste,
     softsign_float,
 )
+from dualsparse.validation import check_choice, check_int, check_real
 
 _PRE_LIMIT = SOFTSIGN_LIMIT / Q15_ONE  # 64.0
 
@@ -47,7 +48,7 @@ class EGRUEmbeddedCell(nn.Module):
         bias: learn biases (both ``bias_ih`` and ``bias_hh``, summed when deployed).
         reset_gate: keep the GRU reset gate (ablation; float only).
         quant_bits: weight bit width for quantisation-aware training (None = float).
-        zero_rule: power-of-two zero rule, ``"paper"`` or ``"code"`` (see ``embedded.quant``).
+        zero_rule: power-of-two zero rule, ``"paper"`` or ``"code"`` (see ``models.pow2_quant``).
     """
 
     def __init__(
@@ -60,10 +61,9 @@ class EGRUEmbeddedCell(nn.Module):
         zero_rule: str = "paper",
     ) -> None:
         super().__init__()
-        if input_size <= 0 or hidden_size <= 0:
-            raise ValueError(f"sizes must be > 0, got input {input_size}, hidden {hidden_size}")
-        if zero_rule not in ZERO_RULES:
-            raise ValueError(f"zero_rule must be one of {ZERO_RULES}, got {zero_rule!r}")
+        input_size = check_int("input_size", input_size, low=1)
+        hidden_size = check_int("hidden_size", hidden_size, low=1)
+        check_choice("zero_rule", zero_rule, ZERO_RULES)
         if quant_bits is not None:
             check_bits(quant_bits)
             if reset_gate:
@@ -181,8 +181,7 @@ class EGRUEmbedded(nn.Module):
         zero_rule: str = "paper",
     ) -> None:
         super().__init__()
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        num_layers = check_int("num_layers", num_layers, low=1)
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.batch_first = batch_first
         self.cells = nn.ModuleList(
@@ -253,14 +252,12 @@ class KWSNet(nn.Module):
         reset_gate: bool = False,
     ) -> None:
         super().__init__()
-        if kind not in ("gru", "egru", "egru-q"):
-            raise ValueError(f"kind must be 'gru', 'egru' or 'egru-q', got {kind!r}")
-        if not hidden_sizes or any(int(h) <= 0 for h in hidden_sizes):
-            raise ValueError(f"hidden_sizes must be positive, got {hidden_sizes}")
-        if logit_gain <= 0:
-            raise ValueError(f"logit_gain must be > 0, got {logit_gain}")
-        if zero_rule not in ZERO_RULES:
-            raise ValueError(f"zero_rule must be one of {ZERO_RULES}, got {zero_rule!r}")
+        check_choice("kind", kind, ("gru", "egru", "egru-q"))
+        if not hidden_sizes:
+            raise ValueError("hidden_sizes must name at least one layer")
+        hidden_sizes = [check_int("hidden_sizes", h, low=1) for h in hidden_sizes]
+        logit_gain = check_real("logit_gain", logit_gain, low=0.0, low_open=True)
+        check_choice("zero_rule", zero_rule, ZERO_RULES)
         self.kind, self.input_size = kind, input_size
         self.hidden_sizes = [int(h) for h in hidden_sizes]
         self.num_classes, self.logit_gain = num_classes, float(logit_gain)

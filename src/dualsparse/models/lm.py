@@ -29,9 +29,11 @@ import torch
 from torch import nn
 
 from dualsparse.models.egru import EGRU
-from dualsparse.models.recurrent import LayerSequences, RecurrentBase, detach_state
+from dualsparse.models.recurrent import RecurrentBase
 from dualsparse.models.regularizers import check_probability, embedding_dropout, locked_dropout
 from dualsparse.models.rnn import GRU, LSTM
+from dualsparse.models.states import LayerSequences, detach_state
+from dualsparse.validation import check_choice, check_int, check_real
 
 CELLS: dict[str, type[RecurrentBase]] = {"egru": EGRU, "lstm": LSTM, "gru": GRU}
 #: EGRU constructor options that the language model passes through.
@@ -91,18 +93,14 @@ class RNNLanguageModel(nn.Module):
         init_range: float | None = None,
     ) -> None:
         super().__init__()
-        for name, v in (("vocab_size", vocab_size), ("emb_size", emb_size)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        vocab_size = check_int("vocab_size", vocab_size, low=1)
+        emb_size = check_int("emb_size", emb_size, low=1)
         if isinstance(hidden_sizes, int):  # one layer
             hidden_sizes = (hidden_sizes,)
-        try:
-            sizes = tuple(int(h) for h in hidden_sizes)
-        except (TypeError, ValueError):
-            raise ValueError(f"hidden_sizes must be one or more ints >= 1, got "
-                             f"{hidden_sizes!r}") from None
-        if not sizes or any(h < 1 for h in sizes):
+        if isinstance(hidden_sizes, str) or not isinstance(hidden_sizes, Sequence) \
+                or not hidden_sizes:
             raise ValueError(f"hidden_sizes must be one or more ints >= 1, got {hidden_sizes!r}")
+        sizes = tuple(check_int("hidden_sizes", h, low=1) for h in hidden_sizes)
         cell = cell.lower()
         if cell not in CELLS:
             raise ValueError(f"unknown cell {cell!r}; expected one of {sorted(CELLS)}")
@@ -112,8 +110,7 @@ class RNNLanguageModel(nn.Module):
         unknown = set(options) - set(EGRU_OPTIONS)
         if unknown:
             raise ValueError(f"unknown cell_options {sorted(unknown)}; allowed: {EGRU_OPTIONS}")
-        if tie_weights not in (True, False, "auto"):
-            raise ValueError(f"tie_weights must be True, False or 'auto', got {tie_weights!r}")
+        check_choice("tie_weights", tie_weights, (True, False, "auto"))
         if tie_weights is True and sizes[-1] != emb_size:
             raise ValueError(f"cannot tie weights: last hidden size {sizes[-1]} != emb_size "
                              f"{emb_size}")
@@ -125,12 +122,8 @@ class RNNLanguageModel(nn.Module):
         self.dropouti = check_probability("dropouti", dropouti)
         self.dropoute = check_probability("dropoute", dropoute)
         self.wdrop = check_probability("wdrop", wdrop)
-        if init_range is not None and (isinstance(init_range, bool)
-                                       or not isinstance(init_range, int | float)
-                                       or not 0 < init_range < float("inf")):
-            raise ValueError(f"init_range must be a finite number > 0 or None, got "
-                             f"{init_range!r}")
-        self.init_range = None if init_range is None else float(init_range)
+        self.init_range = None if init_range is None else check_real(
+            "init_range", init_range, low=0.0, low_open=True)
         self.tied = tie_weights is True or (tie_weights == "auto" and sizes[-1] == emb_size)
         self._tie_setting = tie_weights
 

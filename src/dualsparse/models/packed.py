@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from dualsparse.models.recurrent import LayerSequences
 from dualsparse.models.regularizers import dropconnect
+from dualsparse.models.states import LayerSequences
 from dualsparse.models.tracing import check_finite
 
 

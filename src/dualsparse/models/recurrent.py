@@ -18,50 +18,31 @@ NamedTuple state (``EGRUState(y, c)``, ``GRUState(h)``, ``LSTMState(h, c)``) hol
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dualsparse.models.regularizers import check_probability, dropconnect, zoneout
-
-
-class LayerSequences(NamedTuple):
-    """Per-layer sequences returned with ``return_sequences=True``.
-
-    Attributes:
-        output: ``(T, B, H)`` the layer's output (EGRU: ``y``; GRU/LSTM: ``h``), which is the
-            next layer's input (before inter-layer dropout).
-        initial_output: ``(B, H)`` the recurrent input of the first step (``y_0`` / ``h_0``).
-        events: ``(T, B, H)`` event indicators ``o_t`` (EGRU only, else ``None``).
-        internal: ``(T, B, H)`` pre-reset internal state ``c~_t`` (EGRU only, else ``None``):
-            the surrogate is evaluated at ``c~_t - theta``.
-    """
-
-    output: torch.Tensor
-    initial_output: torch.Tensor
-    events: torch.Tensor | None = None
-    internal: torch.Tensor | None = None
+from dualsparse.models.states import LayerSequences
+from dualsparse.validation import check_choice, check_int
 
 
 def _as_sizes(hidden_size: int | Sequence[int], num_layers: int | None) -> tuple[int, ...]:
-    if isinstance(hidden_size, int):
-        layers = 1 if num_layers is None else num_layers
-        if not isinstance(layers, int) or layers < 1:
-            raise ValueError(f"num_layers must be an int >= 1, got {num_layers!r}")
-        sizes = (hidden_size,) * layers
-    else:
-        sizes = tuple(int(h) for h in hidden_size)
-        if num_layers is not None and num_layers != len(sizes):
-            raise ValueError(
-                f"num_layers={num_layers} does not match {len(sizes)} hidden sizes {sizes}"
-            )
-        if not sizes:
-            raise ValueError("hidden_size must name at least one layer")
-    if any(h < 1 for h in sizes):
-        raise ValueError(f"hidden sizes must be >= 1, got {sizes}")
+    """Per-layer hidden sizes from one size and ``num_layers`` (default 1), or a sequence."""
+    if num_layers is not None:
+        num_layers = check_int("num_layers", num_layers, low=1)
+    if isinstance(hidden_size, numbers.Integral):
+        return (check_int("hidden sizes", hidden_size, low=1),) * (num_layers or 1)
+    sizes = tuple(check_int("hidden sizes", h, low=1) for h in hidden_size)
+    if not sizes:
+        raise ValueError("hidden_size must name at least one layer")
+    if num_layers is not None and num_layers != len(sizes):
+        raise ValueError(
+            f"num_layers={num_layers} does not match {len(sizes)} hidden sizes {sizes}")
     return sizes
 
 
@@ -89,9 +70,7 @@ class RecurrentBase(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(input_size, int) or input_size < 1:
-            raise ValueError(f"input_size must be an int >= 1, got {input_size!r}")
-        self.input_size = input_size
+        self.input_size = check_int("input_size", input_size, low=1)
         self.hidden_sizes = _as_sizes(hidden_size, num_layers)
         self.hidden_size = hidden_size if isinstance(hidden_size, int) else self.hidden_sizes
         self.num_layers = len(self.hidden_sizes)
@@ -155,8 +134,7 @@ class RecurrentBase(nn.Module):
 
     def gate_weight(self, layer: int, kind: str, gate: str) -> torch.Tensor:
         """View of one gate's rows of ``weight_{kind}_l{layer}`` (``kind``: ih or hh)."""
-        if kind not in ("ih", "hh"):
-            raise ValueError(f"kind must be 'ih' or 'hh', got {kind!r}")
+        check_choice("kind", kind, ("ih", "hh"))
         return getattr(self, f"weight_{kind}_l{layer}")[self.gate_slice(layer, gate)]
 
     def get_config(self) -> dict[str, Any]:
@@ -391,111 +369,3 @@ class RecurrentBase(nn.Module):
             return (out.squeeze(1) if input.dim() == 2 else out.squeeze(0)), st
         out, st = self.forward(input.unsqueeze(0), state)
         return out.squeeze(0), st
-
-
-def stack_state(state: Sequence[tuple]) -> Any:
-    """Convert a per-layer state tuple into the ``nn.GRU``/``nn.LSTM`` stacked form.
-
-    ``(GRUState(h),)*L`` -> ``h_n`` ``(L, B, H)``; LSTM -> ``(h_n, c_n)``; EGRU ->
-    ``EGRUState(y (L, B, H), c (L, B, H))``. All layers must have the same size.
-    """
-    first = state[0]
-    stacked = [torch.stack([s[i] for s in state]) for i in range(len(first))]
-    if len(stacked) == 1:
-        return stacked[0]
-    return type(first)(*stacked)
-
-
-def detach_state(state: Sequence[tuple]) -> tuple:
-    """Detach every tensor of a per-layer state (truncated BPTT between segments)."""
-    return tuple(type(s)(*(t.detach() for t in s)) for s in state)
-
-
-def check_cell_input(cell: nn.Module, input: torch.Tensor) -> None:
-    """Validate a single-step cell input ``(B, I)`` or ``(I,)``."""
-    if not isinstance(input, torch.Tensor):
-        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
-    if input.dim() not in (1, 2) or input.size(-1) != cell.input_size:
-        raise ValueError(f"cell input must be (B, {cell.input_size}) or ({cell.input_size},), "
-                         f"got shape {tuple(input.shape)}")
-    w = cell.weight_ih
-    if input.dtype != w.dtype or input.device != w.device:
-        raise ValueError(f"input is {input.dtype} on {input.device}, parameters are {w.dtype} "
-                         f"on {w.device}")
-    if cell.check_finite and not bool(torch.isfinite(input).all()):
-        raise ValueError("input contains NaN or inf")
-
-
-def check_cell_state(cell: nn.Module, state: tuple, x: torch.Tensor, unbatched: bool,
-                      fields: tuple[str, ...]) -> tuple[torch.Tensor, ...]:
-    """Validate a cell state; returns its tensors with a batch dimension."""
-    if not isinstance(state, (list, tuple)) or len(state) != len(fields):
-        raise ValueError(f"state must be a tuple {fields}, got {type(state).__name__}")
-    expected = (cell.hidden_size,) if unbatched else (x.size(0), cell.hidden_size)
-    out = []
-    for name, t in zip(fields, state, strict=True):
-        if not isinstance(t, torch.Tensor) or tuple(t.shape) != expected:
-            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise ValueError(f"state {name} has shape {shape}, expected {expected}")
-        if t.dtype != x.dtype or t.device != x.device:
-            raise ValueError(f"state {name} is {t.dtype} on {t.device}, input is {x.dtype} on "
-                             f"{x.device}")
-        if cell.check_finite and not bool(torch.isfinite(t).all()):
-            raise ValueError(f"state {name} contains NaN or inf")
-        out.append(t.unsqueeze(0) if unbatched else t)
-    return tuple(out)
-
-
-class CellBase(nn.Module):
-    """One recurrent layer, one step: ``weight_ih`` ``(G*H, I)``, ``weight_hh`` ``(G*H, H)``,
-    ``bias_ih``/``bias_hh`` ``(G*H,)`` initialised as ``nn.GRUCell``; subclasses set
-    ``num_gates`` and implement ``forward``."""
-
-    num_gates = 3
-
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
-                 dropconnect: float = 0.0, zoneout: float = 0.0,
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None
-                 ) -> None:
-        super().__init__()
-        for name, v in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-        self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bool(bias)
-        self.dropconnect = check_probability("dropconnect", dropconnect)
-        self.zoneout = check_probability("zoneout", zoneout)
-        self.check_finite = True
-        g = self.num_gates
-        factory = {"device": device, "dtype": dtype}
-        self.weight_ih = nn.Parameter(torch.empty(g * hidden_size, input_size, **factory))
-        self.weight_hh = nn.Parameter(torch.empty(g * hidden_size, hidden_size, **factory))
-        if self.bias:
-            self.bias_ih = nn.Parameter(torch.empty(g * hidden_size, **factory))
-            self.bias_hh = nn.Parameter(torch.empty(g * hidden_size, **factory))
-        else:
-            self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """``U(-1/sqrt(H), 1/sqrt(H))`` for the weights and biases, as ``nn.GRUCell``."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        for p in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh):
-            if p is not None:
-                nn.init.uniform_(p, -bound, bound)
-
-    def _prepare(self, input: torch.Tensor, state: Sequence[torch.Tensor] | None,
-                 fields: tuple[str, ...]):
-        """Validate; returns ``(unbatched, W_ih x + b_ih, state tensors (B, H), W_hh)``
-        (``W_hh`` after DropConnect in training)."""
-        check_cell_input(self, input)
-        unbatched = input.dim() == 1
-        x = input.unsqueeze(0) if unbatched else input
-        if state is None:
-            tensors = tuple(x.new_zeros(x.size(0), self.hidden_size) for _ in fields)
-        else:
-            tensors = check_cell_state(self, state, x, unbatched, fields)
-        w_hh = self.weight_hh
-        if self.training and self.dropconnect:
-            w_hh = F.dropout(w_hh, self.dropconnect, True)
-        return unbatched, F.linear(x, self.weight_ih, self.bias_ih), tensors, w_hh

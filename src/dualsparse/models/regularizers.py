@@ -13,13 +13,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dualsparse.validation import check_real
+
 
 def check_probability(name: str, p: float) -> float:
     """Validate a drop probability in ``[0, 1)`` and return it as a float."""
-    p = float(p)
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1), got {p}")
-    return p
+    try:
+        return check_real(name, p, low=0.0, high=1.0, high_open=True)
+    except ValueError:
+        raise ValueError(f"{name} must be a probability in [0, 1), got {p!r}") from None
 
 
 def locked_dropout(x: torch.Tensor, p: float, training: bool, batch_first: bool = False
@@ -98,8 +100,7 @@ def activity_penalty(events: Sequence[torch.Tensor], weight: float) -> torch.Ten
             through the surrogate) as returned with ``return_sequences=True``.
         weight: penalty coefficient (>= 0).
     """
-    if weight < 0:
-        raise ValueError(f"activity penalty weight must be >= 0, got {weight}")
+    weight = check_real("activity penalty weight", weight, low=0.0)
     if len(events) == 0:
         raise ValueError("activity_penalty needs at least one layer of events")
     rates = torch.stack([e.mean() for e in events])

@@ -17,7 +17,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from dualsparse.models.recurrent import CellBase, RecurrentBase
+from dualsparse.models.cell_base import CellBase
+from dualsparse.models.recurrent import RecurrentBase
 from dualsparse.models.regularizers import zoneout
 
 

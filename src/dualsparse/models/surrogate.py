@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from dualsparse.validation import check_choice, check_real
+
 SURROGATE_SHAPES = ("triangle", "rectangle", "fast_sigmoid")
 
 
@@ -44,14 +46,9 @@ class Surrogate:
     width: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.shape not in SURROGATE_SHAPES:
-            raise ValueError(
-                f"unknown surrogate shape {self.shape!r}; expected one of {SURROGATE_SHAPES}"
-            )
-        if not (self.gamma > 0 and torch.isfinite(torch.tensor(float(self.gamma)))):
-            raise ValueError(f"surrogate gamma must be a finite number > 0, got {self.gamma}")
-        if not (self.width > 0 and torch.isfinite(torch.tensor(float(self.width)))):
-            raise ValueError(f"surrogate width must be a finite number > 0, got {self.width}")
+        check_choice("surrogate shape", self.shape, SURROGATE_SHAPES)
+        check_real("surrogate gamma", self.gamma, low=0.0, low_open=True)
+        check_real("surrogate width", self.width, low=0.0, low_open=True)
 
     def derivative(self, x: torch.Tensor) -> torch.Tensor:
         """Pseudo-derivative ``s(x)``, elementwise, same shape and dtype as ``x``."""

@@ -19,7 +19,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.utils.rnn import PackedSequence
 
-from dualsparse.models.recurrent import LayerSequences
+from dualsparse.models.states import LayerSequences
 
 TORCH_RNNS = (nn.RNN, nn.GRU, nn.LSTM)
 

@@ -1,6 +1,5 @@
 """Weight sparsity: masks, magnitude/block scoring, schedules, group lasso, the Pruner."""
 
-from dualsparse.sparsity.checkpoint import load_checkpoint, save_checkpoint
 from dualsparse.sparsity.group_lasso import block_norms, group_lasso
 from dualsparse.sparsity.masks import MaskSet, strip_masks
 from dualsparse.sparsity.pruner import Pruner
@@ -22,5 +21,4 @@ __all__ = [
     "IterativeSchedule", "AGPSchedule", "NarangSchedule", "schedule_from_dict",
     "narang_theta", "narang_threshold", "narang_q", "block_theta",
     "block_scores", "parse_block", "STATS", "block_norms", "group_lasso",
-    "save_checkpoint", "load_checkpoint",
 ]

@@ -8,19 +8,18 @@ gradient of ``||w_b||_2`` is ``w_b / ||w_b||_2``, and 0 for an all-zero (pruned)
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
 
-from dualsparse.sparsity.scoring import check_block_shape
+from dualsparse.validation import check_block, check_real
 
 
 def block_norms(weight: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
     """L2 norm of every ``(r, c)`` block of ``weight`` ``(R, C)``: ``(R/r, C/c)``, with grad."""
     if weight.dim() != 2:
         raise ValueError(f"group lasso needs 2-D weights, got shape {tuple(weight.shape)}")
-    r, c = check_block_shape(block)
+    r, c = check_block("block shape", block)
     rows, cols = weight.shape
     if rows % r or cols % c:
         raise ValueError(f"block shape {r}x{c} does not tile a {rows}x{cols} matrix")
@@ -30,9 +29,7 @@ def block_norms(weight: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
 def group_lasso(weights: Iterable[tuple[torch.Tensor, tuple[int, int]]],
                 strength: float) -> torch.Tensor:
     """``strength * sum ||w_block||_2`` over ``(weight, block)`` pairs (a 0-d tensor)."""
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not (
-            math.isfinite(strength) and strength >= 0):
-        raise ValueError(f"group lasso strength must be a finite number >= 0, got {strength!r}")
+    check_real("group lasso strength", strength, low=0.0)
     total: torch.Tensor | None = None
     for w, block in weights:
         s = block_norms(w, block).sum()

@@ -53,6 +53,7 @@ from dualsparse.sparsity.scoring import (
     select_lowest,
 )
 from dualsparse.sparsity.spec import PruningSpec, ResolvedTensor
+from dualsparse.validation import check_int, check_real
 
 FORMAT = "dualsparse-pruner/1"
 
@@ -85,13 +86,9 @@ class Pruner:
             raise ValueError(f"schedule must be a Schedule or None, got {type(schedule).__name__}")
         self.schedule = schedule
         self.scoring = scoring or Scoring()
-        if isinstance(group_lasso, bool) or not isinstance(group_lasso, (int, float)) or not (
-                math.isfinite(group_lasso) and group_lasso >= 0):
-            raise ValueError(f"group_lasso must be a finite number >= 0, got {group_lasso!r}")
-        self.group_lasso = float(group_lasso)
-        if not (isinstance(q_percentile, (int, float)) and 0 < q_percentile <= 100):
-            raise ValueError(f"q_percentile must lie in (0, 100], got {q_percentile!r}")
-        self.q_percentile = float(q_percentile)
+        self.group_lasso = check_real("group_lasso", group_lasso, low=0.0)
+        self.q_percentile = check_real("q_percentile", q_percentile, low=0.0, high=100.0,
+                                       low_open=True)
         self.model = model
         self.tensors = self.spec.resolve(model)
         if self.scoring.scope == "global":
@@ -135,8 +132,7 @@ class Pruner:
         ``(last update, global_step]``. Returns True if a mask changed.
         """
         self._check_live()
-        if isinstance(global_step, bool) or not isinstance(global_step, int) or global_step < 0:
-            raise ValueError(f"global_step must be an int >= 0, got {global_step!r}")
+        check_int("global_step", global_step, low=0)
         self.masks.apply()
         if self.schedule is None or self._frozen:
             return False
@@ -170,8 +166,8 @@ class Pruner:
                 raise ValueError(f"pruner checkpoint does not match this pruner: {key} is "
                                  f"{state.get(key)!r} in the checkpoint, {mine[key]!r} here")
         last = state.get("last_update")
-        if last is not None and (isinstance(last, bool) or not isinstance(last, int)):
-            raise ValueError(f"bad last_update {last!r} in pruner checkpoint")
+        if last is not None:
+            check_int("last_update in the pruner checkpoint", last)
         q = state.get("q") or {}
         if set(q) - {t.name for t in self.tensors}:
             raise ValueError(f"pruner checkpoint has q for unknown tensors "

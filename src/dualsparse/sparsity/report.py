@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from dualsparse.sparsity.scoring import blocks_alive
+from dualsparse.validation import check_int
 
 
 def fanout_histogram(mask: torch.Tensor, bins: int = 10) -> dict[str, list]:
@@ -22,8 +23,7 @@ def fanout_histogram(mask: torch.Tensor, bins: int = 10) -> dict[str, list]:
     """
     if mask.dim() != 2:
         raise ValueError(f"fan-out needs a 2-D mask, got shape {tuple(mask.shape)}")
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
-        raise ValueError(f"bins must be an int >= 1, got {bins!r}")
+    bins = check_int("bins", bins, low=1)
     out_dim = mask.size(0)
     fan = mask.sum(0).to(torch.float64).cpu()
     bins = min(bins, max(out_dim, 1))  # bins at least one fan-out value wide

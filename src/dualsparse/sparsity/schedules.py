@@ -24,13 +24,12 @@ from typing import Any
 
 import torch
 
-from dualsparse.sparsity.scoring import block_scores, check_block_shape
+from dualsparse.sparsity.scoring import block_scores
+from dualsparse.validation import check_block, check_choice, check_int, check_real
 
 
 def _check_step(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{what} must be an int >= 0 (an optimiser step), got {value!r}")
-    return value
+    return check_int(f"{what} (an optimiser step)", value, low=0)
 
 
 def _check_final(final: float) -> float:
@@ -90,14 +89,10 @@ class IterativeSchedule(SparsitySchedule):
     SPACINGS = ("geometric", "linear")
 
     def __init__(self, steps: int, start: int, end: int, spacing: str = "geometric") -> None:
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"iterative pruning needs steps >= 1 rounds, got {steps!r}")
-        self.steps = steps
+        self.steps = check_int("steps (pruning rounds)", steps, low=1)
         self.start = _check_step(start, "start")
         self.end = _check_step(end, "end")
-        if spacing not in self.SPACINGS:
-            raise ValueError(f"unknown spacing {spacing!r}; expected one of {self.SPACINGS}")
-        self.spacing = spacing
+        self.spacing = check_choice("spacing", spacing, self.SPACINGS)
         if steps == 1 and start != end:
             raise ValueError(f"a single pruning round needs start == end, got start={start}, "
                              f"end={end}")
@@ -144,8 +139,7 @@ class AGPSchedule(SparsitySchedule):
     def __init__(self, start: int, end: int, frequency: int, initial: float = 0.0) -> None:
         self.start = _check_step(start, "start")
         self.end = _check_step(end, "end")
-        if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
-            raise ValueError(f"frequency must be an int >= 1, got {frequency!r}")
+        check_int("frequency", frequency, low=1)
         if end < start:
             raise ValueError(f"end={end} is before start={start}")
         if (end - start) % frequency:
@@ -197,9 +191,9 @@ def narang_q(weight: torch.Tensor, percentile: float = 90.0, block: tuple[int, i
     """Narang's ``q``: the ``percentile``-th percentile of the block scores of a (trained)
     weight; with ``ramp_multiplier = 1.5`` the threshold ends near ``q``, i.e. near
     ``percentile`` % sparsity. Linear interpolation between order statistics."""
-    if not (isinstance(percentile, (int, float)) and 0.0 <= percentile <= 100.0):
-        raise ValueError(f"percentile must lie in [0, 100], got {percentile!r}")
-    scores = block_scores(weight, check_block_shape(block), stat).flatten().to(torch.float64)
+    check_real("percentile", percentile, low=0.0, high=100.0)
+    block = check_block("block shape", block)
+    scores = block_scores(weight, block, stat).flatten().to(torch.float64)
     s = scores.sort().values
     pos = (s.numel() - 1) * percentile / 100.0
     lo, hi = math.floor(pos), math.ceil(pos)
@@ -218,8 +212,7 @@ def _check_narang(start: int, ramp: int, end: int, frequency: int) -> None:
     if not start < ramp < end:
         raise ValueError(f"Narang's schedule needs start < ramp < end, got start={start}, "
                          f"ramp={ramp}, end={end}")
-    if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
-        raise ValueError(f"frequency must be an int >= 1, got {frequency!r}")
+    check_int("frequency", frequency, low=1)
     if frequency >= end - start:
         raise ValueError(f"frequency={frequency} leaves no update between start={start} and "
                          f"end={end}")
@@ -242,8 +235,7 @@ class NarangSchedule(Schedule):
     def __init__(self, start: int, ramp: int, end: int, frequency: int = 100,
                  ramp_multiplier: float = 1.5, warn: bool = True) -> None:
         _check_narang(start, ramp, end, frequency)
-        if not (math.isfinite(ramp_multiplier) and ramp_multiplier > 0):
-            raise ValueError(f"ramp_multiplier must be > 0, got {ramp_multiplier!r}")
+        check_real("ramp_multiplier", ramp_multiplier, low=0.0, low_open=True)
         self.start, self.ramp, self.end, self.frequency = start, ramp, end, frequency
         self.ramp_multiplier = float(ramp_multiplier)
         self.theta = narang_theta(1.0, start, ramp, end, frequency)

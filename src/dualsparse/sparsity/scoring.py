@@ -21,30 +21,15 @@ from typing import Any
 
 import torch
 
+from dualsparse.validation import check_block
+
 STATS = ("max", "mean", "rms", "geomean", "median")
 SCOPES = ("layer", "global")
 
 
-def check_block_shape(block: Any) -> tuple[int, int]:
-    """Validate a block shape ``(rows, cols)`` of positive ints; returns it as a tuple."""
-    if isinstance(block, str):
-        return parse_block(block)
-    try:
-        r, c = block
-    except (TypeError, ValueError):
-        raise ValueError(f"block shape must be (rows, cols), got {block!r}") from None
-    for v in (r, c):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"block shape must hold two positive ints, got {block!r}")
-    return int(r), int(c)
-
-
 def parse_block(text: str) -> tuple[int, int]:
-    """``"4x4"`` -> ``(4, 4)``; ``"16x1"`` -> ``(16, 1)`` (rows x cols)."""
-    parts = text.lower().replace("×", "x").split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise ValueError(f"block shape must look like RxC (e.g. 4x4, 16x1), got {text!r}")
-    return check_block_shape((int(parts[0]), int(parts[1])))
+    """``"4x4"`` -> ``(4, 4)``; ``"16x1"`` -> ``(16, 1)`` (rows x cols); an argparse ``type``."""
+    return check_block("block shape", text)
 
 
 def to_blocks(weight: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:

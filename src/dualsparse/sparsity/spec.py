@@ -16,7 +16,6 @@ Any other 2-D tensor (``nn.Linear``, ``nn.Embedding``) is one gate named ``"all"
 from __future__ import annotations
 
 import fnmatch
-import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from dualsparse.sparsity.scoring import check_block_shape
+from dualsparse.models import GRU, LSTM, GRUCell, LSTMCell
+from dualsparse.validation import check_block, check_real
 
 _WILDCARDS = "*?["
 _LAYER_WEIGHT = re.compile(r"weight_(ih|hh)_l(\d+)")
@@ -32,12 +32,10 @@ _LAYER_WEIGHT = re.compile(r"weight_(ih|hh)_l(\d+)")
 
 def check_sparsity(value: Any, what: str) -> float:
     """A sparsity must be a finite number in ``[0, 1)``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{what} must be a number in [0, 1), got {value!r}")
-    v = float(value)
-    if not (math.isfinite(v) and 0.0 <= v < 1.0):
-        raise ValueError(f"{what} must lie in [0, 1), got {value!r}")
-    return v
+    try:
+        return check_real(what, value, low=0.0, high=1.0, high_open=True)
+    except ValueError:
+        raise ValueError(f"{what} must be a number in [0, 1), got {value!r}") from None
 
 
 @dataclass(frozen=True)
@@ -74,12 +72,10 @@ class TensorSpec:
             object.__setattr__(self, "sparsity",
                                check_sparsity(self.sparsity, f"sparsity of {self.name!r}"))
         if self.block is not None:
-            object.__setattr__(self, "block", check_block_shape(self.block))
+            object.__setattr__(self, "block", check_block("block shape", self.block))
         if self.q is not None:
-            if isinstance(self.q, bool) or not isinstance(self.q, (int, float)) or not (
-                    math.isfinite(self.q) and self.q > 0):
-                raise ValueError(f"q of {self.name!r} must be a positive number, got {self.q!r}")
-            object.__setattr__(self, "q", float(self.q))
+            object.__setattr__(self, "q", check_real(f"q of {self.name!r}", self.q, low=0.0,
+                                                     low_open=True))
 
     @property
     def is_pattern(self) -> bool:
@@ -168,7 +164,7 @@ class PruningSpec:
             raise ValueError("a pruning spec needs at least one tensor entry")
         object.__setattr__(self, "tensors", entries)
         object.__setattr__(self, "sparsity", check_sparsity(self.sparsity, "sparsity"))
-        object.__setattr__(self, "block", check_block_shape(self.block))
+        object.__setattr__(self, "block", check_block("block shape", self.block))
 
     def to_dict(self) -> dict[str, Any]:
         return {"tensors": [t.to_dict() for t in self.tensors], "sparsity": self.sparsity,
@@ -263,8 +259,6 @@ def gate_layout(model: nn.Module, name: str, p: torch.Tensor) -> tuple[tuple[str
     their cells split ``weight_ih*``/``weight_hh*`` into stacked gates; anything else is one
     gate ``"all"``.
     """
-    from dualsparse.models import GRU, LSTM, GRUCell, LSTMCell
-
     owner_path, _, attr = name.rpartition(".")
     owner = model.get_submodule(owner_path) if owner_path else model
     rows = int(p.shape[0])

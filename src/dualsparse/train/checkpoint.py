@@ -12,6 +12,9 @@ Write order: (1) the tensor file under a fresh name (temp file, fsync, ``os.repl
 names. A kill at any moment therefore leaves ``{tag}.json`` pointing at a complete tensor file:
 before step 2 completes it still names the previous one, which is deleted only after.
 
+A model alone (e.g. a pruned model with its masks and the pruner's state) is the same format
+under tag ``"model"``: :func:`save_model` / :func:`load_model`.
+
 Nested state (optimizer ``state_dict()``, iterator state, ...) is stored with
 :func:`split_state` / :func:`join_state`: tensors go to the safetensors file under
 ``prefix.path.to.key``, the rest stays in JSON with ``{"__tensor__": key}`` placeholders.
@@ -34,8 +37,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-import dualsparse
 from dualsparse.atomic import atomic_path, atomic_write_bytes, atomic_write_json
+from dualsparse.sparsity.pruner import Pruner
+from dualsparse.version import __version__
 
 FORMAT = "dualsparse-checkpoint"
 FORMAT_VERSION = 1
@@ -225,7 +229,7 @@ def save_checkpoint(directory: str | os.PathLike[str], tag: str,
     pointer = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "tag": tag,
         "tensors_file": name, "sha256": sha256_file(directory / name),
-        "dualsparse_version": dualsparse.__version__, **meta,
+        "dualsparse_version": __version__, **meta,
     }
     json_path = directory / f"{tag}.json"
     atomic_write_json(json_path, pointer)
@@ -268,9 +272,73 @@ def load_checkpoint(directory: str | os.PathLike[str], tag: str = "latest",
     return load_file(str(path)), meta
 
 
+# ------------------------------------------------------------------ model part of a checkpoint
+MODEL_PREFIX = "model."
+
+
+def model_part(tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+               ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``(tensors, aliases)`` of a checkpoint's model, with the ``model.`` prefix removed (the
+    one place it is stripped)."""
+    n = len(MODEL_PREFIX)
+    part = {k[n:]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
+    aliases = {k[n:]: v[n:] for k, v in (meta.get("aliases") or {}).items()
+               if k.startswith(MODEL_PREFIX)}
+    return part, aliases
+
+
+def load_model_part(model: nn.Module, tensors: dict[str, torch.Tensor],
+                    meta: dict[str, Any]) -> None:
+    """Load the ``model.*`` tensors (and aliases) of a checkpoint into ``model``."""
+    load_model_tensors(model, *model_part(tensors, meta))
+
+
+def load_weights(directory: str | os.PathLike[str], tag: str, model: nn.Module
+                 ) -> dict[str, Any]:
+    """Load the weights of checkpoint ``tag`` into ``model``; returns the checkpoint's JSON."""
+    tensors, meta = load_checkpoint(directory, tag)
+    load_model_part(model, tensors, meta)
+    return meta
+
+
+def save_model(directory: str | os.PathLike[str], model: nn.Module,
+               pruner: Pruner | None = None, extra: dict[str, Any] | None = None,
+               tag: str = "model") -> Path:
+    """Save ``model`` (mask buffers included) and ``pruner``'s state as checkpoint ``tag``.
+
+    ``directory`` must not already hold a checkpoint ``tag`` (a result is never
+    overwritten). Returns the JSON pointer's path.
+    """
+    if (Path(directory) / f"{tag}.json").exists():
+        raise FileExistsError(f"{directory} already holds a checkpoint {tag!r}; choose another "
+                              "folder")
+    tensors, aliases = model_tensors(model)
+    meta = {"step": 0, "aliases": {MODEL_PREFIX + k: MODEL_PREFIX + v
+                                   for k, v in aliases.items()},
+            "model_config": getattr(model, "get_config", dict)(),
+            "pruner": None if pruner is None else pruner.state_dict(),
+            "extra": extra or {}, "git_commit": git_commit()}
+    return save_checkpoint(directory, tag, {MODEL_PREFIX + k: v for k, v in tensors.items()},
+                           meta)
+
+
+def load_model(directory: str | os.PathLike[str], model: nn.Module, tag: str = "model"
+               ) -> Pruner | None:
+    """Load a :func:`save_model` checkpoint into a *fresh* ``model``: rebuilds the pruner
+    (which adds the mask buffers), then loads weights and masks. Returns the pruner (None for
+    an unpruned or finalized model)."""
+    tensors, meta = load_checkpoint(directory, tag)
+    pruner = Pruner.from_config(model, meta["pruner"]) if meta.get("pruner") else None
+    load_model_part(model, tensors, meta)
+    if pruner is not None:
+        pruner.masks.apply()
+    return pruner
+
+
 __all__ = [
-    "CheckpointError", "atomic_write_bytes", "atomic_write_json", "git_commit", "join_state",
-    "load_checkpoint", "load_model_tensors", "load_optimizer_state", "model_tensors",
-    "optimizer_state", "read_checkpoint_meta", "rng_state", "save_checkpoint",
-    "set_rng_state", "split_state",
+    "MODEL_PREFIX", "CheckpointError", "atomic_write_bytes", "atomic_write_json", "git_commit",
+    "join_state", "load_checkpoint", "load_model", "load_model_part", "load_model_tensors",
+    "load_optimizer_state", "load_weights", "model_tensors", "optimizer_state",
+    "read_checkpoint_meta", "rng_state", "save_checkpoint", "save_model", "set_rng_state",
+    "split_state",
 ]

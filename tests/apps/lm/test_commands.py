@@ -1,4 +1,5 @@
-"""The ``dualsparse`` command: presets, train, eval, refusals, optional subcommands."""
+"""The ``dualsparse`` command on the LM app: presets, flags -> configs, train, eval, prune,
+refusals."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import pytest
 import torch
 
 from dualsparse import cli
+from dualsparse.apps.lm import commands
+from dualsparse.apps.lm.config import LMConfig, limit_tokens
+from dualsparse.apps.lm.presets import PRESETS
 from dualsparse.models.lm import count_parameters
-from dualsparse.train import lm_task
-from dualsparse.train.presets import PRESETS
 
 DATA = os.environ.get("DUALSPARSE_DATA")
 needs_data = pytest.mark.skipif(
@@ -34,8 +36,11 @@ def _restore_torch_globals():
 
 
 def _parse(argv: list[str]):
-    parser, _ = cli.build_train_parser(argv)
-    return parser.parse_args(argv)
+    return cli.build_train_parser(argv).parse_args(argv)
+
+
+def _config(argv: list[str]) -> LMConfig:
+    return LMConfig.from_namespace(_parse(argv))
 
 
 def test_usage_and_unknown_command(capsys) -> None:
@@ -48,13 +53,13 @@ def test_usage_and_unknown_command(capsys) -> None:
 
 def test_presets_set_defaults_and_flags_override() -> None:
     args = _parse(["--preset", "ptb-egru"])
-    assert (args.nhid, args.emsize, args.beta1, args.lr_thr, args.random_bptt) == (
+    assert (args.hidden_sizes, args.emb_size, args.beta1, args.lr_thr, args.random_bptt) == (
         [1350, 1350, 750], 750, 0.0, 0.0, True)
     args = _parse(["--preset", "ptb-egru", "--lr", "0.5", "--nhid", "10,20"])
-    assert args.lr == 0.5 and args.nhid == [10, 20] and args.wdrop == 0.7
-    awd = _parse(["--preset", "wt2-lstm"])
-    assert (awd.model, awd.optimizer, awd.batch_size, awd.data) == ("LSTM", "sgd", 80,
-                                                                     "wikitext-2")
+    assert args.lr == 0.5 and args.hidden_sizes == [10, 20] and args.dropconnect == 0.7
+    awd = _config(["--preset", "wt2-lstm"])
+    assert (awd.model.cell, awd.run.optimizer, awd.run.batch_size, awd.data.corpus) == (
+        "LSTM", "sgd", 80, "wikitext-2")
     with pytest.raises(SystemExit):
         _parse(["--preset", "nope"])
 
@@ -66,7 +71,7 @@ def test_presets_set_defaults_and_flags_override() -> None:
     ("wt2-lstm", 33278, 33.6e6, None),     # AWD-LSTM: 33M on WT2
 ])
 def test_paper_preset_models_have_the_papers_sizes(name, vocab, total, rnn) -> None:
-    model = lm_task.build_model(_parse(["--preset", name]), vocab)
+    model = _config(["--preset", name]).model.build(vocab)
     assert model.tied
     assert count_parameters(model) == pytest.approx(total, rel=0.01)
     if rnn is not None:
@@ -82,7 +87,7 @@ def test_paper_presets_start_and_run_steps_on_cpu(name: str) -> None:
                    "--valid-tokens", "300", "--eval-interval", "0", "--save", "",
                    "--batch_size", "2", "--bptt", "6",
                    "--threads", "1", "--no-progress", "--no-tensorboard"])
-    trainer = lm_task.build_trainer(args)
+    trainer = commands.build_trainer(LMConfig.from_namespace(args))
     before = trainer.model.embedding.weight.detach().clone()
     losses = [trainer.train_step()["loss"] for _ in range(2)]
     assert all(torch.isfinite(torch.tensor(losses)))
@@ -100,7 +105,10 @@ def test_train_then_eval(tmp_path: Path, capsys) -> None:
     assert "test (best" in out and "act.sp." in out
     results = json.loads((run / "results.json").read_text())
     assert results["train"]["finished"] and results["test"]["tokens"] == 199
-    assert results["config"]["nhid"] == [24, 16]
+    assert results["config"]["model"]["hidden_sizes"] == [24, 16]
+    assert LMConfig.from_dict(results["config"]) == _config([*TINY, "--max-steps", "6",
+                                                             "--eval-interval", "3",
+                                                             "--save", str(run)])
     layers = results["test"]["accounting"]["layers"]
     assert [entry["hidden_size"] for entry in layers] == [24, 16]
     assert (run / "metrics.csv").is_file() and (run / "best.json").is_file()
@@ -118,20 +126,19 @@ def test_train_then_eval(tmp_path: Path, capsys) -> None:
     assert ev_sparse["engine"] == "sparse" and ev_sparse["tokens"] == ev["tokens"]
     assert ev_sparse["ppl"] == pytest.approx(ev["ppl"], rel=1e-5)
 
-    if cli._optional("dualsparse.sparsity.cli") is not None:  # the LM's prune hooks
-        assert cli.main(["prune", "--checkpoint", str(run), "--prune-method", "magnitude",
-                         "--prune-target", "0.5", "--prune-steps", "1", "--fine-tune-steps",
-                         "2", "--output", str(run / "prune.json"), "--save",
-                         str(tmp_path / "pruned")]) == 0
-        pruned = json.loads((run / "prune.json").read_text())
-        assert pruned["rounds"][0]["sparsity"] == pytest.approx(0.5, abs=0.02)
-        assert pruned["dense"] == pytest.approx(ev["ppl"], rel=0.5)  # valid vs test ppl
-        # the pruned checkpoint is a run folder that eval (both engines) reads
-        assert cli.main(["eval", "--checkpoint", str(tmp_path / "pruned"), "--split", "valid",
-                         "--tokens", "300"]) == 0
-        ev_pruned = json.loads((tmp_path / "pruned" / "eval-best-valid.json").read_text())
-        dens = [entry["weight_density_hh"] for entry in ev_pruned["accounting"]["layers"]]
-        assert all(d == pytest.approx(0.5, abs=0.05) for d in dens)
+    assert cli.main(["prune", "--checkpoint", str(run), "--prune-method", "magnitude",
+                     "--prune-target", "0.5", "--prune-rounds", "1", "--fine-tune-steps",
+                     "2", "--output", str(run / "prune.json"), "--save",
+                     str(tmp_path / "pruned")]) == 0
+    pruned = json.loads((run / "prune.json").read_text())
+    assert pruned["rounds"][0]["sparsity"] == pytest.approx(0.5, abs=0.02)
+    assert pruned["dense"] == pytest.approx(ev["ppl"], rel=0.5)  # valid vs test ppl
+    # the pruned checkpoint is a run folder that eval (both engines) reads
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "pruned"), "--split", "valid",
+                     "--tokens", "300"]) == 0
+    ev_pruned = json.loads((tmp_path / "pruned" / "eval-best-valid.json").read_text())
+    dens = [entry["weight_density_hh"] for entry in ev_pruned["accounting"]["layers"]]
+    assert all(d == pytest.approx(0.5, abs=0.05) for d in dens)
 
     # a run folder of a different model refuses --resume with a clear message
     assert cli.main(["train", *TINY, "--nhid", "32,16", "--max-steps", "6",
@@ -148,52 +155,37 @@ def test_bad_arguments_give_clear_errors(capsys) -> None:
     assert "dropouti must be a probability" in capsys.readouterr().err
     assert cli.main(["train", *TINY, "--save", ""]) == 1
     assert "give --max-steps or --epochs" in capsys.readouterr().err
+    assert cli.main(["train", *TINY, "--max-steps", "1", "--valid-tokens", "1",
+                     "--save", ""]) == 1
+    assert "--valid-tokens must be >= 2" in capsys.readouterr().err
 
 
-def test_optional_task_and_prune_subcommands_are_guarded() -> None:
-    kws = cli._optional("dualsparse.train.kws_task")
-    parser, _ = cli.build_train_parser(["--task", "kws"]) if kws else (None, None)
-    if kws is not None:
-        assert parser.parse_args(["--task", "kws"]).task == "kws"
-    assert cli._optional("dualsparse.no_such_module") is None
-    if cli._optional("dualsparse.sparsity.cli") is None:
-        with pytest.raises(SystemExit, match="sparsity.cli"):
-            cli.cmd_prune(["--checkpoint", "x"])
+def test_kws_task_has_its_own_flags() -> None:
+    assert cli.build_train_parser(["--task", "kws"]).parse_args(["--task", "kws"]).task == "kws"
+    with pytest.raises(SystemExit):  # an LM flag is not a KWS flag
+        cli.build_train_parser(["--task", "kws"]).parse_args(["--task", "kws", "--nhid", "3"])
 
 
 def test_explicit_run_length_replaces_the_presets_other_unit() -> None:
     # cpu-small sets --max-steps 600: an explicit --epochs must not be ignored in its favour
-    args = _parse(["--preset", "cpu-small", "--epochs", "2"])
-    assert args.max_steps is None and lm_task.train_config(args, 100).max_steps == 200
-    args = _parse(["--preset", "ptb-egru", "--max-steps", "3"])
-    assert args.epochs is None and lm_task.train_config(args, 100).max_steps == 3
-    assert lm_task.train_config(_parse(["--preset", "cpu-small"]), 100).max_steps == 600
+    run = _config(["--preset", "cpu-small", "--epochs", "2"]).run
+    assert run.max_steps is None and run.train_config(100).max_steps == 200
+    run = _config(["--preset", "ptb-egru", "--max-steps", "3"]).run
+    assert run.epochs is None and run.train_config(100).max_steps == 3
+    assert _config(["--preset", "cpu-small"]).run.train_config(100).max_steps == 600
 
 
 @pytest.mark.parametrize("epochs", ["0", "-1", "nan"])
 def test_epochs_must_be_positive(epochs: str) -> None:
     with pytest.raises(ValueError, match="--epochs must be a finite number > 0"):
-        lm_task.train_config(_parse(["--epochs", epochs]), 100)
+        _config(["--epochs", epochs]).run.train_config(100)
 
 
 def test_token_limit_errors_name_the_flag() -> None:
     with pytest.raises(ValueError, match=r"^--tokens must be >= 2"):
-        lm_task._slice(torch.arange(5), 1, "")
+        limit_tokens(torch.arange(5), 1, "--tokens")
     with pytest.raises(ValueError, match=r"^--valid-tokens must be >= 2"):
-        lm_task._slice(torch.arange(5), 1, "valid")
-
-
-def test_optional_reraises_a_missing_dependency_whose_name_is_a_prefix(monkeypatch) -> None:
-    # "dual" is missing, not "dualsparse.train.kws_task": the error must not be hidden
-    def fake_import(name: str):
-        raise ModuleNotFoundError(f"No module named {name!r}", name=missing)
-
-    monkeypatch.setattr(cli.importlib, "import_module", fake_import)
-    missing = "dual"
-    with pytest.raises(ModuleNotFoundError, match="dual"):
-        cli._optional("dualsparse.train.kws_task")
-    missing = "dualsparse.train"  # a missing parent package means the module is missing
-    assert cli._optional("dualsparse.train.kws_task") is None
+        limit_tokens(torch.arange(5), 1, "--valid-tokens")
 
 
 def test_negative_threads_are_refused_clearly(tmp_path: Path, capsys) -> None:

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from dualsparse.accounting import ActivityMeter
+from dualsparse.apps.lm import LMTask, carry_state, evaluate_lm
 from dualsparse.data.batching import batchify
 from dualsparse.models.lm import RNNLanguageModel
-from dualsparse.train.lm_task import LMTask, carry_state, evaluate_lm
 
 
 def _stream(n: int, seed: int = 0) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """Named training recipes for ``dualsparse train --preset NAME``.
 
-A preset is a dict of command-line defaults (argparse ``dest`` names); flags given on the
-command line override it. ``cpu-small`` is sized to train on Penn Treebank on 2 CPU cores in
-about 5 minutes; the paper presets follow the recipes in ``docs/lm.md`` and need a GPU to
-finish (they start and run on CPU).
+A preset is a dict of :class:`~dualsparse.apps.lm.config.LMConfig` field values (checked
+against the fields when this module is imported); flags given on the command line, or keys
+of a sweep's run config, override it. ``cpu-small`` is sized to train on Penn Treebank on 2
+CPU cores in about 5 minutes; the paper presets follow the recipes in ``docs/lm.md`` and
+need a GPU to finish (they start and run on CPU).
 
 Paper presets, sources: EGRU (Subramoney et al., ICLR 2023; EvNN v0.2.0 benchmark
 configuration): 3 EGRU layers (1350, 1350, 750), tied 750-d embedding, AdamW betas (0, 0.999),
@@ -23,19 +24,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from dualsparse.apps.lm.config import LMConfig
+
 _EGRU_PAPER: dict[str, Any] = {
-    "model": "EGRU", "emsize": 750, "nhid": [1350, 1350, 750], "optimizer": "adamw",
+    "cell": "EGRU", "emb_size": 750, "hidden_sizes": [1350, 1350, 750], "optimizer": "adamw",
     "beta1": 0.0, "beta2": 0.999, "bptt": 70, "random_bptt": True, "dropoute": 0.1,
-    "dropouth": 0.25, "dropout": 0.25, "wdrop": 0.7, "clip": 0.1,
+    "dropouth": 0.25, "dropout": 0.25, "dropconnect": 0.7, "clip": 0.1,
     "surrogate_gamma": 3.6, "surrogate_width": 1.0 / 3.6,
-    "thr_mean": 0.01, "lr_thr": 0.0, "schedule": "cosine", "carry": "output",
+    "threshold_mean": 0.01, "lr_thr": 0.0, "schedule": "cosine", "carry": "output",
     "eval_batch_size": 10, "test_batch_size": 1,
 }
 
 _AWD_LSTM: dict[str, Any] = {
-    "model": "LSTM", "emsize": 400, "nhid": [1150, 1150, 400], "optimizer": "sgd",
+    "cell": "LSTM", "emb_size": 400, "hidden_sizes": [1150, 1150, 400], "optimizer": "sgd",
     "lr": 30.0, "clip": 0.25, "bptt": 70, "random_bptt": True, "dropout": 0.4,
-    "dropoute": 0.1, "wdrop": 0.5, "alpha": 2.0, "beta": 1.0, "wdecay": 1.2e-6,
+    "dropoute": 0.1, "dropconnect": 0.5, "alpha": 2.0, "beta": 1.0, "wdecay": 1.2e-6,
     "wdecay_bias": 1.2e-6, "schedule": "constant", "eval_batch_size": 10, "test_batch_size": 1,
 }
 
@@ -44,42 +47,69 @@ _AWD_LSTM: dict[str, Any] = {
 #: from 0), 13 epochs, bptt 20, batch 20, clip 5, every weight U(-0.1, 0.1). Published test
 #: perplexity 114.5 (paper) / 115.91 (TF reproduction).
 _PTB_SMALL: dict[str, Any] = {
-    "data": "ptb", "emsize": 200, "tied": "no", "batch_size": 20, "bptt": 20,
+    "corpus": "ptb", "emb_size": 200, "tie_weights": "no", "batch_size": 20, "bptt": 20,
     "random_bptt": False, "dropout": 0.0, "dropouth": 0.0, "dropouti": 0.0, "dropoute": 0.0,
-    "wdrop": 0.0, "epochs": 13, "init_range": 0.1, "eval_batch_size": 20,
+    "dropconnect": 0.0, "epochs": 13, "init_range": 0.1, "eval_batch_size": 20,
     "test_batch_size": 1, "eval_bptt": 200, "seed": 1111, "threads": 1,
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "ptb-small-lstm": {**_PTB_SMALL, "model": "LSTM", "nhid": [200, 200], "optimizer": "sgd",
+    "ptb-small-lstm": {**_PTB_SMALL, "cell": "LSTM", "hidden_sizes": [200, 200], "optimizer": "sgd",
                        "lr": 1.0, "clip": 5.0, "schedule": "step",
                        "when": [4, 5, 6, 7, 8, 9, 10, 11, 12], "gamma": 0.5},
     "cpu-small": {
-        "data": "ptb", "model": "EGRU", "emsize": 128, "nhid": [256, 128],
+        "corpus": "ptb", "cell": "EGRU", "emb_size": 128, "hidden_sizes": [256, 128],
         "optimizer": "adamw", "lr": 3e-3, "beta1": 0.0, "beta2": 0.999, "wdecay": 0.01,
         "batch_size": 20, "bptt": 35, "random_bptt": False, "dropout": 0.0, "dropouth": 0.0,
-        "dropouti": 0.0, "dropoute": 0.0, "wdrop": 0.0, "clip": 0.25, "thr_mean": 0.1,
+        "dropouti": 0.0, "dropoute": 0.0, "dropconnect": 0.0, "clip": 0.25, "threshold_mean": 0.1,
         "schedule": "cosine", "min_lr_ratio": 0.1, "max_steps": 600, "eval_interval": 200,
         "valid_tokens": 20000, "eval_batch_size": 10, "test_batch_size": 1, "eval_bptt": 280,
         "seed": 1111, "threads": 1,
     },
-    "ptb-egru": {**_EGRU_PAPER, "data": "ptb", "epochs": 1000, "batch_size": 64, "lr": 0.0012,
+    "ptb-egru": {**_EGRU_PAPER, "corpus": "ptb", "epochs": 1000, "batch_size": 64, "lr": 0.0012,
                  "wdecay": 0.10, "dropouti": 0.6, "cosine_start": 700, "seed": 9612},
-    "wt2-egru": {**_EGRU_PAPER, "data": "wikitext-2", "epochs": 800, "batch_size": 128,
+    "wt2-egru": {**_EGRU_PAPER, "corpus": "wikitext-2", "epochs": 800, "batch_size": 128,
                  "lr": 0.001, "wdecay": 0.12, "dropouti": 0.7, "cosine_start": 400,
                  "seed": 913420},
-    "ptb-lstm": {**_AWD_LSTM, "data": "ptb", "epochs": 500, "batch_size": 20, "dropouth": 0.25,
+    "ptb-lstm": {**_AWD_LSTM, "corpus": "ptb", "epochs": 500, "batch_size": 20, "dropouth": 0.25,
                  "dropouti": 0.4, "seed": 141},
-    "wt2-lstm": {**_AWD_LSTM, "data": "wikitext-2", "epochs": 750, "batch_size": 80,
+    "wt2-lstm": {**_AWD_LSTM, "corpus": "wikitext-2", "epochs": 750, "batch_size": 80,
                  "dropouth": 0.2, "dropouti": 0.65, "seed": 1882},
 }
 
 
 def get_preset(name: str) -> dict[str, Any]:
-    """A copy of preset ``name``; ``ValueError`` listing the known ones otherwise."""
+    """A copy of preset ``name``'s field values; ``ValueError`` listing the known ones
+    otherwise."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)}")
     return {k: (list(v) if isinstance(v, list) else v) for k, v in PRESETS[name].items()}
 
 
-__all__ = ["PRESETS", "get_preset"]
+def with_preset(name: str | None, explicit: dict[str, Any]) -> dict[str, Any]:
+    """Preset ``name``'s values overridden by ``explicit`` ones (field names).
+
+    The run length is one setting given in two units: an explicit ``epochs`` drops the
+    preset's ``max_steps`` (which would otherwise win over it), and vice versa.
+    """
+    values = get_preset(name) if name is not None else {}
+    if explicit.get("epochs") is not None:
+        values.pop("max_steps", None)
+    if explicit.get("max_steps") is not None:
+        values.pop("epochs", None)
+    return {**values, **explicit}
+
+
+def preset_config(name: str) -> LMConfig:
+    """Preset ``name`` as a config (the other fields at their defaults)."""
+    return LMConfig.from_dict(get_preset(name))
+
+
+for _name in PRESETS:  # a misspelt field in a preset fails at import, naming the preset
+    try:
+        preset_config(_name)
+    except ValueError as exc:
+        raise ValueError(f"preset {_name!r}: {exc}") from None
+
+
+__all__ = ["PRESETS", "get_preset", "preset_config", "with_preset"]

@@ -1,0 +1,3 @@
+"""The code version recorded in checkpoints and results (the ``core`` layer)."""
+
+__version__ = "0.1.0"
