@@ -197,6 +197,7 @@ class EGRU(RecurrentBase):
 
     gate_names = ("r", "z", "g")
     state_type = EGRUState
+    _egru_step = staticmethod(egru_step)  # the unfused loop's step; compile_steps swaps it
 
     def __init__(
         self,
@@ -288,8 +289,8 @@ class EGRU(RecurrentBase):
         outputs, events, c_tildes = [], [], []
         keeps = keep.unbind(0) if isinstance(keep, torch.Tensor) else None
         for t, gi_t in enumerate(gi.unbind(0)):
-            res = egru_step(gi_t, y, c, w_hh, b_hh, theta, self.surrogate, self.reset_mode,
-                            self.events)
+            res = self._egru_step(gi_t, y, c, w_hh, b_hh, theta, self.surrogate,
+                                  self.reset_mode, self.events)
             c_new = res.c
             if isinstance(keep, float):
                 c_new = keep * c + (1.0 - keep) * c_new

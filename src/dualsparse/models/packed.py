@@ -136,4 +136,4 @@ def split_sequences(inputs: PackedSequence, sequences: tuple[LayerSequences, ...
     return out
 
 
-__all__ = ["forward_packed", "split_sequences"]
+__all__ = ["PackedSequence", "forward_packed", "split_sequences"]

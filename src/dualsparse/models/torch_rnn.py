@@ -24,6 +24,11 @@ from dualsparse.models.states import LayerSequences
 TORCH_RNNS = (nn.RNN, nn.GRU, nn.LSTM)
 
 
+def as_layers(rnn: Any) -> Any:
+    """A :class:`TorchRNNLayers` view of a torch RNN; any other module unchanged."""
+    return TorchRNNLayers(rnn) if isinstance(rnn, TORCH_RNNS) else rnn
+
+
 class TorchRNNLayers:
     """A ``torch.nn.RNN``/``GRU``/``LSTM`` seen layer by layer (unidirectional, no proj_size).
 
