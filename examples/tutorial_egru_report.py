@@ -38,7 +38,7 @@ class SpiralEGRU(nn.Module):
 
     def __init__(self, hidden: int) -> None:
         super().__init__()
-        self.rnn = EGRU(2, hidden, num_layers=2, threshold_mean=0.3)
+        self.rnn = EGRU(2, hidden, num_layers=2, threshold_mean=0.1)
         self.readout = nn.Linear(hidden, 2)
 
     def forward(self, x: torch.Tensor):
@@ -49,19 +49,19 @@ class SpiralEGRU(nn.Module):
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes and few steps (tests)")
-    p.add_argument("--activity-penalty", type=float, default=0.5,
+    p.add_argument("--activity-penalty", type=float, default=0.05,
                    help="weight of the mean event rate in the loss")
     p.add_argument("--out", type=Path, default=None, help="write the report here (JSON)")
     args = p.parse_args(argv)
     if args.out is not None and args.out.exists():
         raise ValueError(f"--out {str(args.out)!r} exists; choose a new file")
-    hidden, steps, n = (16, 10, 200) if args.quick else (64, 400, 3000)
+    hidden, steps, n = (16, 10, 200) if args.quick else (32, 400, 3000)
     torch.manual_seed(0)
     data = split(*spiral_task(n, seq_len=17, seed=0))
 
     # 1. train: cross-entropy + activity penalty on the events of both layers
     model = SpiralEGRU(hidden)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-2)
     xs, labels = data["train"]
     g = torch.Generator().manual_seed(0)
     for step in range(steps):

@@ -53,7 +53,7 @@ def accuracy(model: SpiralLSTM, data: tuple[torch.Tensor, torch.Tensor]) -> floa
 
 
 def train(model: SpiralLSTM, data, steps: int, pruner: Pruner | None = None,
-          batch: int = 64, lr: float = 1e-2, seed: int = 0) -> None:
+          batch: int = 64, lr: float = 3e-2, seed: int = 0) -> None:
     xs, labels = data
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     if pruner is not None:
