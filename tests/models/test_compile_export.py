@@ -137,3 +137,18 @@ def test_onnx_export_of_egru_and_lm_runs_in_onnxruntime(tmp_path) -> None:
         flat = [t for s in state for t in s]
         for g, w in zip(got[1:], flat, strict=True):
             torch.testing.assert_close(torch.from_numpy(g), w, rtol=0, atol=1e-5)
+
+
+def test_legacy_torchscript_onnx_export_of_egru_and_lm(tmp_path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    for model, arg in ((MODELS["egru"]().eval(), torch.randn(T, B, I)),
+                       (_lm().eval(), torch.randint(0, 11, (T, B)))):
+        path = tmp_path / "legacy.onnx"
+        with pytest.warns(DeprecationWarning):  # the TorchScript exporter is deprecated
+            torch.onnx.export(model, (arg,), str(path), dynamo=False, input_names=["input"])
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"input": arg.numpy()})[0]
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(got), model(arg)[0], rtol=0, atol=1e-5)
+        path.unlink()

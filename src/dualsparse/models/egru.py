@@ -280,7 +280,7 @@ class EGRU(RecurrentBase):
         if self.zoneout:
             keep = (gi.new_empty(gi.shape[:-1] + (self.hidden_sizes[layer],))
                     .bernoulli_(self.zoneout) if self.training else self.zoneout)
-        if self.fused and self.events:
+        if self.fused and self.events and not torch.jit.is_tracing():  # legacy ONNX export
             ys, events, c_tildes, c_last = egru_sequence(
                 gi, state.y, state.c, w_hh, b_hh, theta, keep, self.surrogate, self.reset_mode)
             seq = LayerSequences(ys, state.y, events, c_tildes) if record else None
