@@ -152,3 +152,33 @@ def test_legacy_torchscript_onnx_export_of_egru_and_lm(tmp_path) -> None:
         with torch.no_grad():
             torch.testing.assert_close(torch.from_numpy(got), model(arg)[0], rtol=0, atol=1e-5)
         path.unlink()
+
+
+@pytest.mark.parametrize("name", ["egru", "lstm"])
+def test_onnx_step_module_runs_any_length(name, tmp_path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from dualsparse.models.export import StepModule
+
+    torch.manual_seed(0)
+    rnn = MODELS[name]().eval()
+    step = StepModule(rnn)
+    path = tmp_path / "step.onnx"
+    torch.onnx.export(step, step.example_inputs(B), dynamo=True, input_names=step.input_names(),
+                      output_names=step.output_names()).save(str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for steps in (2, 7):  # one exported graph, any number of steps
+        x = torch.randn(steps, B, I)
+        state = [t.numpy() for t in step.example_inputs(B)[1:]]
+        ys = []
+        for t in range(steps):
+            out = session.run(None, {"input": x[t].numpy(),
+                                     **dict(zip(step.state_names(), state, strict=True))})
+            ys.append(torch.from_numpy(out[0]))
+            state = out[1:]
+        with torch.no_grad():
+            want, final = rnn(x)
+        torch.testing.assert_close(torch.stack(ys), want, rtol=0, atol=1e-5)
+        torch.testing.assert_close(torch.from_numpy(state[-1]), final[-1][-1], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="state: expected"):
+        step(torch.zeros(B, I))
