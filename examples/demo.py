@@ -1,6 +1,7 @@
 """``make demo``: the thesis end to end on Penn Treebank.
 
-1. Train the ``cpu-small`` EGRU language model, evaluate it on the test set at batch 1 and
+1. Train the ``ptb-demo`` EGRU language model (2 x 200 units, 3000 steps), evaluate it on
+   the test set at batch 1 and
    print test perplexity, activity sparsity per layer, dense vs effective MACs per token.
 2. Prune its recurrent weights (16x1 blocks, iterative, 2 rounds to 80%) with brief
    fine-tuning after each round (``dualsparse prune``).
@@ -10,11 +11,12 @@
 
 Usage::
 
-    python examples/demo.py [--out runs/demo-cpu-small] [--quick] [extra train flags...]
+    python examples/demo.py [--preset ptb-demo] [--out runs/demo] [--quick] [train flags...]
 
 ``--quick`` trains 40 steps and tests on the first 5,000 test tokens (a smoke run of about
-a minute); without it the full preset runs (about 5 minutes of training on 2 idle CPU cores,
-then the whole test set). Needs PTB under ``$DUALSPARSE_DATA`` (``make demo`` sets it) or in
+a minute); without it the full preset runs (training, then the whole test set; the timings
+of a run on 2 idle cores are in ``docs/lm.md``). ``--preset cpu-small`` runs the earlier,
+smaller demo (600 steps). Needs PTB under ``$DUALSPARSE_DATA`` (``make demo`` sets it) or in
 the download cache.
 """
 
@@ -111,13 +113,14 @@ def prune_and_run_engine(out: str, data_dir: str | None, fine_tune_steps: int,
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--out", default="runs/demo-cpu-small")
+    pre.add_argument("--out", default="runs/demo")
+    pre.add_argument("--preset", default="ptb-demo")
     pre.add_argument("--quick", action="store_true")
     known, extra = pre.parse_known_args(argv)
-    train_argv = ["--preset", "cpu-small", "--save", known.out,
+    train_argv = ["--preset", known.preset, "--save", known.out,
                   *(QUICK if known.quick else []), *extra]
     config = LMConfig.from_namespace(build_train_parser(train_argv).parse_args(train_argv))
-    print(f"dualsparse demo: EGRU language model on Penn Treebank (preset cpu-small"
+    print(f"dualsparse demo: EGRU language model on Penn Treebank (preset {known.preset}"
           f"{', quick' if known.quick else ''}), output in {known.out}", flush=True)
     t0 = time.perf_counter()
     result = commands.train(config)

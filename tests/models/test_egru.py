@@ -318,3 +318,34 @@ def test_stacked_state_and_config_roundtrip():
 def test_surrogate_arguments_are_used():
     m = EGRU(3, 4, surrogate=Surrogate("fast_sigmoid", 0.3, 2.0))
     assert m.surrogate.shape == "fast_sigmoid" and m.surrogate.width == 2.0
+
+
+def test_clamp_parameterisation_stores_theta_clamps_it_and_passes_gradients_straight() -> None:
+    torch.manual_seed(0)
+    m = EGRU(3, 50, threshold_parameterisation="clamp", threshold_mean=0.01)
+    raw = m.threshold_raw_l0
+    # the stored tensor is theta itself (Beta draws with mean 0.01, no clamp at 1e-4)
+    torch.testing.assert_close(m.threshold(0), raw.detach())
+    assert float(raw.min()) < 1e-4 and 0.0 < float(raw.mean()) < 0.05
+    with torch.no_grad():
+        raw[0], raw[1] = -0.5, 1.5
+    theta = m.threshold(0)
+    assert float(theta[0]) == 0.0 and float(theta[1]) == 1.0
+    theta.sum().backward()
+    torch.testing.assert_close(raw.grad, torch.ones_like(raw))
+    m.set_threshold(0, 0.25)
+    torch.testing.assert_close(m.threshold(0), torch.full((50,), 0.25))
+    assert m.get_config()["threshold_parameterisation"] == "clamp"
+    with pytest.raises(ValueError, match="threshold_parameterisation"):
+        EGRU(3, 4, threshold_parameterisation="softplus")
+
+
+def test_sigmoid_parameterisation_clamps_small_beta_draws_as_documented() -> None:
+    from dualsparse.models.thresholds import BETA_CLAMP
+
+    torch.manual_seed(0)
+    m = EGRU(3, 2000, threshold_mean=0.01)
+    theta = m.threshold(0).detach().double()
+    clamped = float((theta <= BETA_CLAMP * (1 + 1e-3)).double().mean())
+    assert 0.6 < clamped < 0.9  # about three quarters of Beta(0.03, 3) draws lie below 1e-4
+    assert float(theta.min()) >= BETA_CLAMP * (1 - 1e-3)

@@ -18,8 +18,10 @@ import dualsparse
 ROOT = Path(__file__).resolve().parents[2]
 EXTRAS = ("plots", "tensorboard", "ray", "export", "gpu", "docs", "test")
 
-# Modules that may need an extra at import time (matplotlib), and the only ones allowed to.
-NEEDS_EXTRA = {"dualsparse.analysis.figures", "dualsparse.analysis.report"}
+# Modules that may need an extra at import time, and the only ones allowed to: matplotlib
+# (analysis figures, extra plots) and triton (the GPU inference kernels, extra gpu).
+NEEDS_EXTRA = {"dualsparse.analysis.figures", "dualsparse.analysis.report",
+               "dualsparse.engine.triton_events"}
 
 _BLOCKER = textwrap.dedent("""
     import importlib, pkgutil, sys

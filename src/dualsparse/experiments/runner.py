@@ -7,7 +7,8 @@ if present, is stored as the run's checkpoint path)::
 
     def run(config: dict, run_dir: pathlib.Path) -> dict
 
-Registered names: ``lm`` (:func:`dualsparse.experiments.lm_run.run_lm`), ``toy``
+Registered names: ``lm`` (:func:`dualsparse.experiments.lm_run.run_lm`), ``lm_prune``
+(:func:`dualsparse.experiments.lm_prune_run.run_lm_prune`), ``toy``
 (:mod:`dualsparse.experiments.toy`) and ``echo`` (:mod:`dualsparse.experiments.echo`); any
 other ``"package.module:function"`` is imported.
 
@@ -42,6 +43,7 @@ RunFunction = Callable[[dict[str, Any], Path], dict[str, Any]]
 
 RUN_FUNCTIONS: dict[str, str] = {
     "lm": "dualsparse.experiments.lm_run:run_lm",
+    "lm_prune": "dualsparse.experiments.lm_prune_run:run_lm_prune",
     "toy": "dualsparse.experiments.toy:run_toy",
     "echo": "dualsparse.experiments.echo:run_echo",
 }

@@ -16,15 +16,15 @@ Reset modes: ``"subtract_threshold"`` (EvNN code: subtract theta where an event 
 ``"subtract_output"`` (paper form: ``y_{t-1}`` is subtracted inside the next step's update),
 ``"none"``. With ``events=False`` the unit is a plain GRU: ``o = 1``, ``y = c = c~``.
 
-Thresholds ``theta`` (one per unit and layer) live in ``(low, high)`` (default ``(0, 1)``)
-through ``theta = low + (high - low) * sigmoid(threshold_raw_l{k})``: no in-place clamp, so
-gradients are exact. Initialisation: ``Beta(alpha, 3)`` with mean ``threshold_mean`` (EvNN)
-or a constant.
+Thresholds ``theta`` (one per unit and layer) live in ``(low, high)`` (default ``(0, 1)``),
+stored in ``threshold_raw_l{k}`` either as a logit (``threshold_parameterisation="sigmoid"``,
+the default: no in-place clamp, exact gradients) or as ``theta`` itself, clamped in the
+forward pass (``"clamp"``, EvNN v0.2's form). Initialisation: ``Beta(alpha, 3)`` with mean
+``threshold_mean`` (EvNN) or a constant. See :mod:`dualsparse.models.thresholds`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -33,15 +33,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from dualsparse.models.cell_base import CellBase
-from dualsparse.models.egru_fused import egru_sequence
+from dualsparse.models.egru_fused import check_backend, egru_sequence
 from dualsparse.models.recurrent import RecurrentBase
 from dualsparse.models.regularizers import zoneout
 from dualsparse.models.states import LayerSequences
 from dualsparse.models.surrogate import EventFunction, Surrogate, heaviside, make_surrogate
-from dualsparse.validation import check_choice, check_int, check_real
+from dualsparse.models.thresholds import Thresholds
+from dualsparse.validation import check_choice, check_int
 
 RESET_MODES = ("subtract_threshold", "subtract_output", "none")
-THRESHOLD_INITS = ("beta", "constant")
 
 
 class EGRUState(NamedTuple):
@@ -102,53 +102,28 @@ class _EGRUOptions:
     def __init__(self, surrogate: str | Surrogate | dict, surrogate_gamma: float | None,
                  surrogate_width: float | None, reset_mode: str, threshold_init: str,
                  threshold_mean: float, threshold_range: Sequence[float],
-                 threshold_learnable: bool, events: bool) -> None:
+                 threshold_learnable: bool, events: bool,
+                 threshold_parameterisation: str = "sigmoid") -> None:
         self.surrogate = make_surrogate(surrogate, surrogate_gamma, surrogate_width)
-        check_choice("reset_mode", reset_mode, RESET_MODES)
-        check_choice("threshold_init", threshold_init, THRESHOLD_INITS)
-        try:
-            low, high = (float(v) for v in threshold_range)
-        except (TypeError, ValueError):
-            raise ValueError(f"threshold_range must be a pair of numbers (low, high), got "
-                             f"{threshold_range!r}") from None
-        if not (math.isfinite(low) and math.isfinite(high) and low < high):
-            raise ValueError(f"threshold_range must be finite (low, high) with low < high, "
-                             f"got {tuple(threshold_range)}")
-        threshold_mean = check_real("threshold_mean", threshold_mean)
-        if not low < threshold_mean < high:
-            raise ValueError(f"threshold_mean={threshold_mean} must lie strictly inside "
-                             f"threshold_range=({low}, {high})")
-        self.reset_mode = reset_mode
-        self.threshold_init = threshold_init
-        self.threshold_mean = float(threshold_mean)
-        self.threshold_range = (low, high)
+        self.reset_mode = check_choice("reset_mode", reset_mode, RESET_MODES)
+        self.thresholds = Thresholds(threshold_init, threshold_mean, threshold_range,
+                                     threshold_parameterisation)
+        self.threshold_range = self.thresholds.range
         self.threshold_learnable = bool(threshold_learnable)
         self.events = bool(events)
 
     def init_raw_threshold(self, raw: torch.Tensor) -> None:
-        """Fill the unconstrained threshold tensor in place (no grad)."""
-        low, high = self.threshold_range
-        m = (self.threshold_mean - low) / (high - low)  # mean in (0, 1) units
-        with torch.no_grad():
-            if self.threshold_init == "constant":
-                raw.fill_(math.log(m / (1.0 - m)))
-            else:
-                alpha = 3.0 * m / (1.0 - m)
-                dist = torch.distributions.Beta(torch.tensor(alpha), torch.tensor(3.0))
-                u = dist.sample(raw.shape).clamp(1e-4, 1.0 - 1e-4)
-                raw.copy_(torch.log(u / (1.0 - u)).to(raw))
+        """Fill the stored threshold tensor in place (no grad)."""
+        self.thresholds.init_raw(raw)
 
     def threshold(self, raw: torch.Tensor) -> torch.Tensor:
-        low, high = self.threshold_range
-        return low + (high - low) * torch.sigmoid(raw)
+        return self.thresholds.value(raw)
 
     def config(self) -> dict[str, Any]:
         return {
             "surrogate": self.surrogate.to_dict(),
             "reset_mode": self.reset_mode,
-            "threshold_init": self.threshold_init,
-            "threshold_mean": self.threshold_mean,
-            "threshold_range": list(self.threshold_range),
+            **self.thresholds.config(),
             "threshold_learnable": self.threshold_learnable,
             "events": self.events,
         }
@@ -184,11 +159,16 @@ class EGRU(RecurrentBase):
         threshold_mean: mean (or value) of the initial thresholds (default 0.3).
         threshold_range: ``(low, high)`` open interval of the thresholds (default ``(0, 1)``).
         threshold_learnable: thresholds are parameters (True) or fixed buffers.
+        threshold_parameterisation: ``"sigmoid"`` (a logit is learned, default) or
+            ``"clamp"`` (``theta`` itself, clamped in the forward pass, as EvNN v0.2).
         events: False turns events off (a plain GRU with the same parameters).
         fused: run each layer's time loop as one autograd Function with a hand-written
             backward (:mod:`dualsparse.models.egru_fused`, faster); False steps
             :func:`egru_step` under autograd (the reference). Both compute the same values
             and gradients.
+        backend: the fused layer's implementation: ``"torch"`` (default), ``"triton"``
+            (Triton kernels, CUDA; ``pip install dualsparse[gpu]``) or ``"auto"`` (triton on
+            CUDA when installed). An attribute that may be changed; not part of the config.
 
     Inputs/outputs: see :meth:`RecurrentBase.forward`. The state is one :class:`EGRUState`
     per layer; with ``return_sequences=True`` the events ``o_t`` and pre-reset ``c~_t`` of
@@ -217,15 +197,18 @@ class EGRU(RecurrentBase):
         threshold_mean: float = 0.3,
         threshold_range: Sequence[float] = (0.0, 1.0),
         threshold_learnable: bool = True,
+        threshold_parameterisation: str = "sigmoid",
         events: bool = True,
         fused: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        backend: str = "torch",
     ) -> None:
         self.fused = bool(fused)
+        self.backend = check_backend(backend)
         self._opts = _EGRUOptions(surrogate, surrogate_gamma, surrogate_width, reset_mode,
                                   threshold_init, threshold_mean, threshold_range,
-                                  threshold_learnable, events)
+                                  threshold_learnable, events, threshold_parameterisation)
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          dropconnect, zoneout, device, dtype)
         factory = {"device": device, "dtype": dtype}
@@ -257,10 +240,9 @@ class EGRU(RecurrentBase):
         value = value.reshape(-1).expand(h)
         if not bool(((value > low) & (value < high)).all()):
             raise ValueError(f"thresholds must lie strictly inside ({low}, {high})")
-        m = (value - low) / (high - low)
         raw = getattr(self, f"threshold_raw_l{layer}")
         with torch.no_grad():
-            raw.copy_(torch.log(m / (1 - m)).to(raw))
+            raw.copy_(self._opts.thresholds.raw_from_value(value).to(raw))
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), **self._opts.config(), "fused": self.fused}
@@ -282,7 +264,8 @@ class EGRU(RecurrentBase):
                     .bernoulli_(self.zoneout) if self.training else self.zoneout)
         if self.fused and self.events and not torch.jit.is_tracing():  # legacy ONNX export
             ys, events, c_tildes, c_last = egru_sequence(
-                gi, state.y, state.c, w_hh, b_hh, theta, keep, self.surrogate, self.reset_mode)
+                gi, state.y, state.c, w_hh, b_hh, theta, keep, self.surrogate, self.reset_mode,
+                backend=self.backend)
             seq = LayerSequences(ys, state.y, events, c_tildes) if record else None
             return ys, EGRUState(ys[-1], c_last), seq
         y, c = state
@@ -333,13 +316,14 @@ class EGRUCell(CellBase):
         threshold_mean: float = 0.3,
         threshold_range: Sequence[float] = (0.0, 1.0),
         threshold_learnable: bool = True,
+        threshold_parameterisation: str = "sigmoid",
         events: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         self._opts = _EGRUOptions(surrogate, surrogate_gamma, surrogate_width, reset_mode,
                                   threshold_init, threshold_mean, threshold_range,
-                                  threshold_learnable, events)
+                                  threshold_learnable, events, threshold_parameterisation)
         super().__init__(input_size, hidden_size, bias, dropconnect, zoneout, device, dtype)
         _register_threshold(self, "threshold_raw", hidden_size, self._opts,
                             {"device": device, "dtype": dtype})
@@ -363,7 +347,9 @@ class EGRUCell(CellBase):
                    zoneout=egru.zoneout, surrogate=cfg["surrogate"], reset_mode=cfg["reset_mode"],
                    threshold_init=cfg["threshold_init"], threshold_mean=cfg["threshold_mean"],
                    threshold_range=cfg["threshold_range"],
-                   threshold_learnable=cfg["threshold_learnable"], events=cfg["events"],
+                   threshold_learnable=cfg["threshold_learnable"],
+                   threshold_parameterisation=cfg["threshold_parameterisation"],
+                   events=cfg["events"],
                    device=w.device, dtype=w.dtype)
         for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "threshold_raw"):
             shared = getattr(egru, f"{name}_l{layer}")

@@ -8,13 +8,72 @@ reference in float64 (`tests/models/test_egru_fused.py`).
 
 Zoneout is applied as ``c_t = a_t * c_{t-1} + (1 - a_t) * c_new`` with ``a_t`` either a
 Bernoulli keep-mask ``(T, B, H)`` (training) or the constant ``p`` (evaluation).
+
+Sparse backward (the EGRU paper's backward sparsity): ``y_t = o_t * c~_t`` has
+``dy_t/dc~_t = o_t + c~_t * s(c~_t - theta)``, which is zero for a silent unit whose
+``c~ - theta`` lies outside the surrogate's support. The gradient ``dL/dy_t`` of such a unit is
+never used, so the recurrent matmul ``dy_t = d_gh_{t+1} @ W_hh`` needs only the columns of
+units that fired or lie inside the support (the union over the batch). Likewise the weight
+gradient ``d_gh^T @ y_{t-1}`` needs only the columns of units that fired at least once.
+:func:`needed_units` gives that mask; the backward computes only those columns in a step when
+their fraction is at most ``sparse_density`` (a compact surrogate is required: the
+``fast_sigmoid`` shape has unbounded support and always runs dense). This skipping runs on CPU
+tensors only: choosing the columns costs a device sync per step on a GPU, where the Triton
+backend skips per tile instead.
+
+Backends of :func:`egru_sequence`: ``"torch"`` (this module), ``"triton"``
+(:mod:`dualsparse.models.triton_egru`, CUDA) and ``"auto"`` (triton for CUDA tensors when
+triton is installed, else torch).
 """
 
 from __future__ import annotations
 
 import torch
 
+from dualsparse.models import triton_egru
 from dualsparse.models.surrogate import Surrogate
+from dualsparse.models.tracing import is_tracing
+from dualsparse.validation import check_choice, check_real
+
+BACKENDS = ("torch", "triton", "auto")
+
+SPARSE_DENSITY = 0.5
+"""Default ``sparse_density``: a step's ``dy`` matmul skips columns when at most this fraction
+of units is needed. The gathered matmul copies the needed rows of ``W_hh^T`` first, so it loses
+to the dense one when most units are needed; where the crossover lies has not been measured on
+an idle machine yet (``benchmarks/bench_sparse_backward.py`` measures it)."""
+
+
+def check_backend(backend: str) -> str:
+    """``backend`` if it is one of :data:`BACKENDS`, else a ``ValueError`` naming it."""
+    return check_choice("backend", backend, BACKENDS)
+
+
+def uses_triton(backend: str, device: torch.device) -> bool:
+    """Whether ``backend`` runs the Triton kernels for tensors on ``device``."""
+    if check_backend(backend) == "auto":
+        return device.type == "cuda" and triton_egru.available()
+    return backend == "triton"
+
+
+def needed_units(events: torch.Tensor, c_tildes: torch.Tensor, theta: torch.Tensor,
+                 surrogate: Surrogate) -> torch.Tensor:
+    """Boolean ``(T, B, H)``: where ``dy_t/dc~_t`` can be nonzero (event or inside support).
+
+    Backward sparsity is ``1 - needed_units(...).float().mean()``.
+    """
+    return (events > 0) | surrogate.in_support(c_tildes - theta)
+
+
+def _columns(mask: torch.Tensor, sparse_density: float) -> torch.Tensor | None:
+    """Indices of the True columns of ``mask`` ``(H,)`` when few enough, else None (dense).
+
+    Always None while compiling/exporting: the choice depends on the data (a graph break)."""
+    if is_tracing():
+        return None
+    h = mask.numel()
+    idx = mask.nonzero().squeeze(1)
+    return idx if idx.numel() <= sparse_density * h else None
 
 
 class EGRUSequenceFn(torch.autograd.Function):
@@ -27,7 +86,8 @@ class EGRUSequenceFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, gi, y0, c0, w_hh, b_hh, theta, keep, surrogate: Surrogate,
-                reset_mode: str):  # type: ignore[override]
+                reset_mode: str, sparse_density: float = SPARSE_DENSITY
+                ):  # type: ignore[override]
         steps, batch, three_h = gi.shape
         h = three_h // 3
         ys = gi.new_empty(steps, batch, h)
@@ -67,6 +127,7 @@ class EGRUSequenceFn(torch.autograd.Function):
         ctx.keep_const = keep if isinstance(keep, float) else None
         ctx.has_bias = b_hh is not None
         ctx.surrogate, ctx.reset_mode = surrogate, reset_mode
+        ctx.sparse_density = sparse_density if surrogate.shape != "fast_sigmoid" else 0.0
         c_last = cs[steps].clone()
         return ys, events, c_tildes, c_last
 
@@ -80,7 +141,11 @@ class EGRUSequenceFn(torch.autograd.Function):
         d_theta = torch.zeros_like(theta)
         dy = torch.zeros_like(y0)
         dc = d_clast.clone() if d_clast is not None else torch.zeros_like(y0)
-        w_hh_t = w_hh
+        s_all = surrogate.derivative(c_tildes - theta)  # (T, B, H) pseudo-derivatives
+        sparse = ctx.sparse_density > 0.0 and w_hh.device.type == "cpu"
+        if sparse:  # per step, the units whose dy is needed (union over the batch)
+            need = needed_units(events, c_tildes, theta, surrogate).any(1)  # (T, H)
+            w_t = w_hh.t().contiguous()  # (H, 3H): a unit's column of W_hh as one row
         for t in range(steps - 1, -1, -1):
             dy_t = dy if d_ys is None else dy + d_ys[t]
             c_prev = cs[t]
@@ -104,7 +169,7 @@ class EGRUSequenceFn(torch.autograd.Function):
                 d_theta -= (o * d_cnew).sum(0)
             if d_ctildes is not None:
                 d_ct = d_ct + d_ctildes[t]
-            d_x = d_o * surrogate.derivative(c_tilde - theta)
+            d_x = d_o * s_all[t]
             d_ct = d_ct + d_x
             d_theta -= d_x.sum(0)
             r, z, g = rs[t], zs[t], gs[t]
@@ -118,23 +183,53 @@ class EGRUSequenceFn(torch.autograd.Function):
             d_gates[t, :, 2 * h:] = dn
             d_ghg[t] = dn * r
             d_gh = torch.cat([d_gates[t, :, :2 * h], d_ghg[t]], dim=1)
-            dy = d_gh @ w_hh_t
+            cols = _columns(need[t - 1], ctx.sparse_density) if sparse and t > 0 else None
+            if cols is None:
+                dy = d_gh @ w_hh
+            else:  # dy of units outside the support is never used by step t - 1
+                dy = torch.zeros_like(dy_t)
+                dy[:, cols] = d_gh @ w_t.index_select(0, cols).t()
             if reset_mode == "subtract_output":
                 dy = dy - d_ct
             dc = dc_prev
         d_gh_all = torch.cat([d_gates[:, :, :2 * h], d_ghg], dim=2).reshape(steps * batch, 3 * h)
         y_prev_all = torch.cat([y0.unsqueeze(0), ys[:-1]], 0).reshape(steps * batch, h)
-        d_w = d_gh_all.t() @ y_prev_all
+        cols = _columns(y_prev_all.ne(0).any(0), ctx.sparse_density) if sparse else None
+        if cols is None:
+            d_w = d_gh_all.t() @ y_prev_all
+        else:  # columns of units that never fired get no weight gradient
+            d_w = d_gh_all.new_zeros(3 * h, h)
+            d_w[:, cols] = d_gh_all.t() @ y_prev_all.index_select(1, cols)
         d_b = d_gh_all.sum(0) if ctx.has_bias else None
-        return d_gates, dy, dc, d_w, d_b, d_theta, None, None, None
+        return d_gates, dy, dc, d_w, d_b, d_theta, None, None, None, None
 
 
 def egru_sequence(gi: torch.Tensor, y0: torch.Tensor, c0: torch.Tensor, w_hh: torch.Tensor,
                   b_hh: torch.Tensor | None, theta: torch.Tensor,
-                  keep: torch.Tensor | float | None, surrogate: Surrogate, reset_mode: str
+                  keep: torch.Tensor | float | None, surrogate: Surrogate, reset_mode: str,
+                  sparse_density: float = SPARSE_DENSITY, backend: str = "torch"
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run one EGRU layer over ``T`` steps; see :class:`EGRUSequenceFn` for shapes.
 
-    Returns ``(ys, events, c_tildes, c_last)``; the final output is ``ys[-1]``.
+    ``sparse_density`` in ``[0, 1]``: skip the columns of units not needed by the backward
+    pass in steps where at most this fraction of units is needed; 0 runs the dense BPTT.
+    Values and gradients are the same either way (CPU only, see the module docstring).
+    ``backend``: one of :data:`BACKENDS`; the Triton path skips per tile and ignores
+    ``sparse_density``. Under autocast (AMP) the inputs are cast to
+    the dtype of ``w_hh`` and the recurrence runs in it, autocast off. Returns
+    ``(ys, events, c_tildes, c_last)``; the final output is ``ys[-1]``.
     """
-    return EGRUSequenceFn.apply(gi, y0, c0, w_hh, b_hh, theta, keep, surrogate, reset_mode)
+    sparse_density = check_real("sparse_density", sparse_density, low=0.0, high=1.0)
+    if uses_triton(backend, gi.device):
+        return triton_egru.triton_egru_sequence(gi, y0, c0, w_hh, b_hh, theta, keep, surrogate,
+                                                reset_mode)
+    device = gi.device.type
+    if torch.is_autocast_enabled(device):  # AMP: the recurrence runs in the weights' dtype
+        dt = w_hh.dtype
+        with torch.autocast(device, enabled=False):
+            return EGRUSequenceFn.apply(
+                gi.to(dt), y0.to(dt), c0.to(dt), w_hh, b_hh, theta.to(dt),
+                keep.to(dt) if isinstance(keep, torch.Tensor) else keep, surrogate,
+                reset_mode, sparse_density)
+    return EGRUSequenceFn.apply(gi, y0, c0, w_hh, b_hh, theta, keep, surrogate, reset_mode,
+                                sparse_density)

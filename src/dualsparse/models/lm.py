@@ -40,7 +40,7 @@ CELLS: dict[str, type[RecurrentBase]] = {"egru": EGRU, "lstm": LSTM, "gru": GRU}
 #: EGRU constructor options that the language model passes through.
 EGRU_OPTIONS = ("surrogate", "surrogate_gamma", "surrogate_width", "reset_mode",
                 "threshold_init", "threshold_mean", "threshold_range", "threshold_learnable",
-                "events")
+                "threshold_parameterisation", "events", "backend")
 
 
 class LMSequences(NamedTuple):

@@ -121,9 +121,8 @@ def threshold_and_slope(cell: nn.Module, spec: CellSpec) -> tuple[torch.Tensor, 
     if spec.kind != "egru":
         w = cell.weight_hh
         return w.new_zeros(spec.hidden_size), w.new_zeros(spec.hidden_size)
-    low, high = spec.threshold_range
-    sig = torch.sigmoid(cell.threshold_raw.detach())
-    return low + (high - low) * sig, (high - low) * sig * (1.0 - sig)
+    raw = cell.threshold_raw.detach()
+    return cell._opts.thresholds.value(raw), cell._opts.thresholds.slope(raw)
 
 
 def local_step(spec: CellSpec, w: dict[str, torch.Tensor], theta: torch.Tensor,

@@ -64,7 +64,9 @@ class ModelConfig:
     surrogate_width: float | None = None
     threshold_mean: float | None = None
     threshold_init: str | None = None
+    threshold_parameterisation: str | None = None
     reset_mode: str | None = None
+    backend: str | None = None
 
     def __post_init__(self) -> None:
         self.cell = check_choice("cell", str(self.cell).upper(), CELLS)
@@ -80,7 +82,8 @@ class ModelConfig:
         options: dict[str, Any] = {}
         if self.cell == "EGRU":
             for key in ("surrogate", "surrogate_gamma", "surrogate_width", "threshold_mean",
-                        "threshold_init", "reset_mode"):
+                        "threshold_init", "threshold_parameterisation", "reset_mode",
+                        "backend"):
                 if getattr(self, key) is not None:
                     options[key] = getattr(self, key)
         tied = {"auto": "auto", "yes": True, "no": False}[self.tie_weights]

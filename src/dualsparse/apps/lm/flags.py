@@ -84,6 +84,13 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                    help="EGRU initial threshold mean (default 0.3)")
     g.add_argument("--threshold-init", "--thr-init", choices=["beta", "constant"],
                    default=m.threshold_init, help="EGRU threshold initialisation")
+    g.add_argument("--threshold-parameterisation", choices=["sigmoid", "clamp"],
+                   default=m.threshold_parameterisation,
+                   help="EGRU thresholds learned as a logit (sigmoid, default) or directly and "
+                        "clamped (clamp, EvNN v0.2)")
+    g.add_argument("--backend", choices=["torch", "triton", "auto"], default=m.backend,
+                   help="EGRU fused layer: torch (default), triton (CUDA, the gpu extra) or "
+                        "auto (triton on CUDA when importable)")
     g.add_argument("--reset-mode", choices=["subtract_threshold", "subtract_output", "none"],
                    default=m.reset_mode, help="EGRU reset after an event")
 

@@ -12,8 +12,13 @@ random BPTT around 70 with the LR scaled by the segment length, clip 0.1, embedd
 0.1, locked dropout 0.6 (PTB) / 0.7 (WT2) on embeddings, 0.25 between layers, DropConnect 0.7,
 pseudo-derivative width 3.6 (EvNN's flag sets both the peak and the inverse half-width: in our
 terms surrogate_gamma 3.6 and surrogate_width 1/3.6, a triangle of area 1), threshold mean
-0.01, threshold LR x0, cosine LR from epoch 700
-(PTB) / 400 (WT2). AWD-LSTM (Merity et al., 2018; awd-lstm-lm README commands without
+0.01, threshold LR x0, cosine LR from epoch 700 (PTB) / 400 (WT2). EvNN's ``train.py`` puts
+every parameter except the thresholds (weights, biases, embedding) into one AdamW group with
+its ``--weight_decay``, and the thresholds into a group with decay 0: so these presets decay
+biases as much as weights (``wdecay_bias == wdecay``) and thresholds not at all. EvNN v0.2
+learns ``theta`` directly and clamps it to [0, 1] before each forward pass: the presets use
+``threshold_parameterisation="clamp"`` (the same thresholds; with threshold LR 0 both forms
+train identically). AWD-LSTM (Merity et al., 2018; awd-lstm-lm README commands without
 fine-tuning): 3 LSTM layers (1150, 1150, 400), tied 400-d embedding, SGD lr 30, clip 0.25,
 bptt 70, dropouts 0.4/0.25 (PTB) or 0.4/0.2 (WT2) output/hidden, dropouti 0.4 (PTB) or 0.65
 (WT2), dropoute 0.1, wdrop 0.5, AR 2, TAR 1, wdecay 1.2e-6; the switch to averaged SGD is not
@@ -31,8 +36,9 @@ _EGRU_PAPER: dict[str, Any] = {
     "beta1": 0.0, "beta2": 0.999, "bptt": 70, "random_bptt": True, "dropoute": 0.1,
     "dropouth": 0.25, "dropout": 0.25, "dropconnect": 0.7, "clip": 0.1,
     "surrogate_gamma": 3.6, "surrogate_width": 1.0 / 3.6,
-    "threshold_mean": 0.01, "lr_thr": 0.0, "schedule": "cosine", "carry": "output",
-    "eval_batch_size": 10, "test_batch_size": 1,
+    "threshold_mean": 0.01, "threshold_parameterisation": "clamp", "lr_thr": 0.0,
+    "wdecay_thr": 0.0, "schedule": "cosine", "carry": "output", "eval_batch_size": 10,
+    "test_batch_size": 1,
 }
 
 _AWD_LSTM: dict[str, Any] = {
@@ -57,6 +63,23 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ptb-small-lstm": {**_PTB_SMALL, "cell": "LSTM", "hidden_sizes": [200, 200], "optimizer": "sgd",
                        "lr": 1.0, "clip": 5.0, "schedule": "step",
                        "when": [4, 5, 6, 7, 8, 9, 10, 11, 12], "gamma": 0.5},
+    # the EGRU of the same parameter count (2 x 211: 4,650,243 vs 4,653,200) and budget;
+    # AdamW as the EGRU recipes, settings from the 1500-step tuning sweep
+    # (examples/sweeps/ptb_small_egru_tuning.yaml, docs/results.md)
+    "ptb-small-egru": {**_PTB_SMALL, "cell": "EGRU", "hidden_sizes": [211, 211],
+                       "optimizer": "adamw", "lr": 3e-3, "beta1": 0.0, "beta2": 0.999,
+                       "wdecay": 0.01, "clip": 0.25, "schedule": "cosine",
+                       "threshold_mean": 0.01},
+    # make demo: a 2 x 200 EGRU trained for 3000 steps (1.3 epochs of PTB) at 2 threads; the
+    # configuration of shared/notes/ptb-small-baseline.md (threshold mean 0.01), docs/lm.md
+    "ptb-demo": {
+        "corpus": "ptb", "cell": "EGRU", "emb_size": 200, "hidden_sizes": [200, 200],
+        "tie_weights": "no", "optimizer": "adamw", "lr": 3e-3, "beta1": 0.0, "beta2": 0.999,
+        "wdecay": 0.01, "batch_size": 20, "bptt": 20, "random_bptt": False, "clip": 0.25,
+        "threshold_mean": 0.01, "schedule": "cosine", "max_steps": 3000,
+        "eval_interval": 1500, "valid_tokens": 20000, "eval_batch_size": 10,
+        "test_batch_size": 1, "eval_bptt": 200, "seed": 1111, "threads": 2,
+    },
     "cpu-small": {
         "corpus": "ptb", "cell": "EGRU", "emb_size": 128, "hidden_sizes": [256, 128],
         "optimizer": "adamw", "lr": 3e-3, "beta1": 0.0, "beta2": 0.999, "wdecay": 0.01,
@@ -67,10 +90,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "seed": 1111, "threads": 1,
     },
     "ptb-egru": {**_EGRU_PAPER, "corpus": "ptb", "epochs": 1000, "batch_size": 64, "lr": 0.0012,
-                 "wdecay": 0.10, "dropouti": 0.6, "cosine_start": 700, "seed": 9612},
+                 "wdecay": 0.10, "wdecay_bias": 0.10, "dropouti": 0.6, "cosine_start": 700,
+                 "seed": 9612},
     "wt2-egru": {**_EGRU_PAPER, "corpus": "wikitext-2", "epochs": 800, "batch_size": 128,
-                 "lr": 0.001, "wdecay": 0.12, "dropouti": 0.7, "cosine_start": 400,
-                 "seed": 913420},
+                 "lr": 0.001, "wdecay": 0.12, "wdecay_bias": 0.12, "dropouti": 0.7,
+                 "cosine_start": 400, "seed": 913420},
     "ptb-lstm": {**_AWD_LSTM, "corpus": "ptb", "epochs": 500, "batch_size": 20, "dropouth": 0.25,
                  "dropouti": 0.4, "seed": 141},
     "wt2-lstm": {**_AWD_LSTM, "corpus": "wikitext-2", "epochs": 750, "batch_size": 80,

@@ -1,0 +1,150 @@
+"""The ``lm_prune`` run function: the papers' protocol, train dense, then prune iteratively.
+
+Mukherji et al. train a dense model and then prune it in ``k`` rounds with fine-tuning between
+rounds. A run config is an ``lm`` run config (see :mod:`dualsparse.experiments.lm_run`) whose
+training keys describe the *dense* model, plus the pruning keys (``prune_method``,
+``prune_target``, ``prune_rounds``, ``prune_schedule`` (``iterative`` or ``agp`` rounds),
+``prune_block``, ``prune_score``, ``prune_tensors``, ``prune_scope``) and one key of this
+module:
+
+* ``fine_tune_budget``: optimiser steps of fine-tuning in total, split equally over the rounds
+  (``fine_tune_budget // prune_rounds`` after each round), so that runs with different numbers
+  of rounds get the same budget (Fig. 3 of the papers).
+
+The dense model is trained once per distinct dense config (seed included) into
+``<sweep output>/dense/<id>/`` and shared by every run that prunes it: all sparsities and all
+round counts start from the same point. A lock file (pid and host) lets one worker train it
+while others wait; a dense run whose worker died is resumed from its ``latest`` checkpoint.
+``prune_target`` 0 (or no ``prune_method``) tests the dense model itself. Fine-tuning uses the
+dense run's optimiser settings at a constant learning rate (``dualsparse prune``'s rule); every
+round's fine-tuning starts from the beginning of the training data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from dualsparse.apps.lm import commands
+from dualsparse.apps.lm.config import PruneConfig, canonical, field_names
+from dualsparse.apps.lm.evaluate import test_report
+from dualsparse.apps.lm.prune import PruneRunConfig, prune_hooks, prune_trained
+from dualsparse.apps.lm.runs import run_config
+from dualsparse.apps.lm.task import LMTask
+from dualsparse.atomic import atomic_write_json
+from dualsparse.experiments.lm_run import build_config
+from dualsparse.experiments.metrics import summarize
+from dualsparse.experiments.spec import run_id
+from dualsparse.train.checkpoint import read_checkpoint_meta
+from dualsparse.validation import check_int
+
+OWN_KEYS = {"fine_tune_budget": 0}
+PRUNE_KEYS = frozenset(f for f in field_names() if f.startswith("prune_")) | {"group_lasso"}
+#: seconds between looks at another worker's dense training
+POLL_S = 5.0
+
+
+def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """``(dense run config, pruning keys, fine_tune_budget)`` of an ``lm_prune`` config."""
+    config = dict(config)
+    budget = check_int("fine_tune_budget", config.pop("fine_tune_budget", 0), low=0)
+    preset = config.pop("preset", None)
+    given = canonical(config)
+    prune = {k: given.pop(k) for k in list(given) if k in PRUNE_KEYS}
+    dense = {**({"preset": preset} if preset is not None else {}), **given}
+    return dense, prune, budget
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _take_lock(lock: Path) -> bool:
+    """Create ``lock`` (pid, host); False if a live process on this host holds it. A lock of
+    a dead process on this host is taken over; one from another host is respected."""
+    me = f"{os.getpid()} {socket.gethostname()}"
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        try:
+            pid_text, host = lock.read_text().split(maxsplit=1)
+            pid = int(pid_text)
+        except (OSError, ValueError):
+            return False  # being written right now, or unreadable: look again later
+        if host.strip() != socket.gethostname() or _pid_alive(pid):
+            return False
+        lock.unlink(missing_ok=True)  # stale: its process is gone
+        return _take_lock(lock)
+    with os.fdopen(fd, "w") as f:
+        f.write(me)
+    return True
+
+
+def ensure_dense(dense: dict[str, Any], root: Path, timeout_s: float = 7 * 24 * 3600) -> Path:
+    """The folder of the trained dense model for ``dense`` under ``root/dense/``; trains it
+    (resuming a dead worker's run) unless another live worker is training it, then waits."""
+    folder = root / "dense" / run_id("lm", dense)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    done = folder / "results.json"
+    lock = folder.parent / f"{folder.name}.lock"
+    deadline = time.monotonic() + timeout_s
+    while not done.is_file():
+        if _take_lock(lock):
+            try:
+                if not done.is_file():
+                    result = commands.train(build_config(dense, folder))
+                    if not result["train"].get("finished"):
+                        raise RuntimeError(f"dense training did not finish: {result['train']}")
+            finally:
+                lock.unlink(missing_ok=True)
+        elif time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout_s:.0f} s for the dense model in {folder} "
+                               f"(lock {lock} held)")
+        else:
+            time.sleep(POLL_S)
+    return folder
+
+
+def run_lm_prune(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Prune the shared dense model in rounds with fine-tuning, test it; the standard metrics
+    dict plus ``dense_test_ppl``, ``dense_dir``, ``pruning`` (method, target, rounds,
+    schedule, fine-tuning steps per round, and per round: sparsity, validation perplexity after
+    pruning and after fine-tuning) and ``flags`` (dense config, presets resolved)."""
+    dense, prune, budget = split_config(config)
+    run_dir = Path(run_dir)
+    dense_dir = ensure_dense(dense, run_dir.parent.parent)
+    dense_result = json.loads((dense_dir / "results.json").read_text())
+    model, fine_tune, evaluate = prune_hooks(dense_dir, "best")
+    cfg = PruneConfig(**{**prune, "prune_schedule": prune.get("prune_schedule", "iterative")})
+    pruning = None
+    val_ppl = dense_result["train"].get("best_valid_ppl")
+    if cfg.prune_method not in (None, "none") and cfg.prune_target:
+        per_round = budget // cfg.prune_rounds
+        res = prune_trained(model, cfg, PruneRunConfig(fine_tune_steps=per_round), fine_tune,
+                            evaluate)
+        atomic_write_json(run_dir / "prune.json", res)
+        pruning = {"method": cfg.prune_method, "target": cfg.prune_target,
+                   "rounds": cfg.prune_rounds, "schedule": cfg.prune_schedule,
+                   "fine_tune_steps_per_round": per_round, "history": res["rounds"]}
+        last = res["rounds"][-1]
+        val_ppl = last.get("metric_fine_tuned", last["metric_pruned"])
+    lm = run_config(read_checkpoint_meta(dense_dir, "best"))
+    _, train, valid, test = lm.data.load()
+    test_res = test_report(model, LMTask.from_config(lm.run, train, valid, test))
+    return summarize(test_res["accounting"], test_ppl=test_res["ppl"], val_ppl=val_ppl,
+                     checkpoint=str(dense_dir / "best.json"),
+                     dense_test_ppl=dense_result["test"]["ppl"], dense_dir=str(dense_dir),
+                     test_tokens=test_res["tokens"], pruning=pruning, flags=lm.flat())
+
+
+__all__ = ["OWN_KEYS", "PRUNE_KEYS", "ensure_dense", "run_lm_prune", "split_config"]

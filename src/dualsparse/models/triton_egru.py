@@ -1,0 +1,254 @@
+"""Triton path of the fused EGRU layer: forward and BPTT with one kernel launch per time step.
+
+:func:`triton_egru_sequence` has the signature and results of
+:func:`dualsparse.models.egru_fused.egru_sequence` (the pure-PyTorch reference it is tested
+against). Per step, one kernel computes the recurrent matmul ``y_{t-1} @ W_hh^T`` for a tile of
+``(batch rows, units)`` and fuses the gates, the event, the reset and zoneout into its
+epilogue; the backward step kernel computes ``dy_t = d_gh_{t+1} @ W_hh`` and the gate
+derivatives of the same tile. The time loop stays on the host (one launch per step and
+direction): a persistent kernel would need a grid-wide barrier between steps, which Triton
+does not provide (and its CPU interpreter, which runs programs one after another, could not
+test).
+
+Sparse backward: a tile of the backward step whose units all lie outside the surrogate support
+and did not fire skips its matmul (their ``dy`` is never used; see
+:mod:`dualsparse.models.egru_fused`); the weight gradient skips row blocks of ``y_{t-1}`` that
+are all zero. ``sparse_backward=False`` runs both dense (for measurements).
+
+The kernels need CUDA tensors, or CPU tensors in a process started with
+``TRITON_INTERPRET=1`` (Triton's interpreter, slow: for tests at small sizes). triton is an
+optional dependency (``pip install dualsparse[gpu]``); :func:`available` says whether it is
+importable. Matmuls use IEEE fp32 unless
+``torch.backends.cuda.matmul.allow_tf32`` is set (then TF32); float64 is supported, half
+inputs (autocast) are computed in float32.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import torch
+
+from dualsparse.models import _triton_egru_kernels
+from dualsparse.models.surrogate import Surrogate
+from dualsparse.validation import check_int
+
+RESET_CODES = {"subtract_threshold": 0, "subtract_output": 1, "none": 2}
+SHAPE_CODES = {"triangle": 0, "rectangle": 1, "fast_sigmoid": 2}
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """Tile sizes (each a power of two >= 16, as ``tl.dot`` needs) and warps per program.
+
+    ``batch`` x ``hidden`` is the tile of one step program; ``k`` the reduction chunk;
+    ``num_warps`` the warps of the step kernels. Defaults are untuned (no GPU was lent when they
+    were chosen); ``benchmarks/bench_gpu.py`` compares a few.
+    """
+
+    batch: int = 16
+    hidden: int = 32
+    k: int = 32
+    num_warps: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("batch", "hidden", "k"):
+            v = check_int(f"Blocks.{name}", getattr(self, name), low=16)
+            if v & (v - 1):
+                raise ValueError(f"Blocks.{name} must be a power of two, got {v}")
+        check_int("Blocks.num_warps", self.num_warps, low=1, high=32)
+
+
+def available() -> bool:
+    """True when triton is importable (the ``gpu`` extra is installed)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def _kernel_module() -> SimpleNamespace:
+    if not available():
+        raise ValueError("backend 'triton' needs the triton package: pip install 'dualsparse[gpu]'")
+    return _triton_egru_kernels.load()
+
+
+def interpreting() -> bool:
+    """True when this process runs Triton kernels in the CPU interpreter (``TRITON_INTERPRET=1``
+    was set when triton was first imported; the mode is fixed per process)."""
+    return _kernel_module().INTERPRETED
+
+
+def _kernels(device: torch.device) -> SimpleNamespace:
+    """The kernels, after checking that they can run on ``device``."""
+    mod = _kernel_module()
+    if device.type != "cuda" and not mod.INTERPRETED:
+        raise ValueError(f"backend 'triton' needs CUDA tensors, got device {device} (CPU tensors "
+                         "run only under Triton's interpreter: TRITON_INTERPRET=1)")
+    return mod
+
+
+def _precision(dtype: torch.dtype) -> str:
+    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """float64 if any input is float64, else float32 (half inputs are computed in float32)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+class TritonEGRUSequenceFn(torch.autograd.Function):
+    """``(gi, y0, c0, w_hh, b_hh, theta, keep) -> (ys, events, c_tildes, c_last)``; shapes as
+    :class:`dualsparse.models.egru_fused.EGRUSequenceFn`. If a dict ``stats`` is given, the
+    backward stores in ``stats["skipped_tiles"]`` the fraction of backward step tiles (steps
+    ``0 .. T-2``) whose matmul was skipped (a device sync; for tests and benchmarks)."""
+
+    @staticmethod
+    def forward(ctx, gi, y0, c0, w_hh, b_hh, theta, keep, surrogate: Surrogate,
+                reset_mode: str, sparse_backward: bool = True, blocks: Blocks | None = None,
+                stats: dict | None = None):  # type: ignore[override]
+        blocks = blocks or Blocks()
+        dt = _compute_dtype(gi, y0, c0, w_hh, theta)
+        in_dtypes = (gi.dtype, y0.dtype, c0.dtype, w_hh.dtype,
+                     None if b_hh is None else b_hh.dtype, theta.dtype)
+        gi = gi.detach().to(dt).contiguous()
+        w = w_hh.detach().to(dt).contiguous()
+        w_t = w.t().contiguous()
+        bias = b_hh.detach().to(dt).contiguous() if b_hh is not None else w.new_zeros(1)
+        th = theta.detach().to(dt).contiguous()
+        steps, batch, three_h = gi.shape
+        h = three_h // 3
+        keep_t = keep.detach().to(dt).contiguous() if isinstance(keep, torch.Tensor) else None
+        keep_code = 1 if keep_t is not None else (2 if isinstance(keep, float) else 0)
+        keep_p = float(keep) if isinstance(keep, float) else 0.0
+        ys = gi.new_empty(steps, batch, h)
+        events, c_tildes = torch.empty_like(ys), torch.empty_like(ys)
+        rs, zs, gs, ghg = (torch.empty_like(ys) for _ in range(4))
+        cs = gi.new_empty(steps + 1, batch, h)
+        cs[0] = c0.detach().to(dt)
+        y0d = y0.detach().to(dt).contiguous()
+        k = _kernels(gi.device)
+        grid = (triton_cdiv(batch, blocks.batch), triton_cdiv(h, blocks.hidden))
+        prec = _precision(dt)
+        for t in range(steps):
+            y_prev = y0d if t == 0 else ys[t - 1]
+            k.egru_fwd_step[grid](
+                gi[t], y_prev, cs[t], w_t, bias, th, keep_t[t] if keep_t is not None else th,
+                ys[t], cs[t + 1], events[t], c_tildes[t], rs[t], zs[t], gs[t], ghg[t],
+                batch, h, keep_p,
+                HAS_BIAS=b_hh is not None, KEEP=keep_code, RESET=RESET_CODES[reset_mode],
+                PRECISION=prec, BLOCK_B=blocks.batch, BLOCK_H=blocks.hidden, BLOCK_K=blocks.k,
+                num_warps=blocks.num_warps)
+        ctx.save_for_backward(y0d, w, th, ys, events, c_tildes, cs, rs, zs, gs, ghg, keep_t)
+        ctx.keep_code, ctx.keep_p, ctx.has_bias = keep_code, keep_p, b_hh is not None
+        ctx.surrogate, ctx.reset_mode = surrogate, reset_mode
+        ctx.sparse, ctx.blocks, ctx.in_dtypes = bool(sparse_backward), blocks, in_dtypes
+        ctx.stats = stats
+        out_dt = gi.dtype if gi.dtype == torch.float64 else torch.float32
+        return (ys.to(out_dt), events.to(out_dt), c_tildes.to(out_dt),
+                cs[steps].clone().to(out_dt))
+
+    @staticmethod
+    def backward(ctx, d_ys, d_events, d_ctildes, d_clast):  # type: ignore[override]
+        (y0, w, th, ys, events, c_tildes, cs, rs, zs, gs, ghg, keep) = ctx.saved_tensors
+        steps, batch, h = ys.shape
+        dt, blocks, sur = ys.dtype, ctx.blocks, ctx.surrogate
+
+        def prep(x):
+            return None if x is None else x.to(dt).contiguous()
+
+        d_ys, d_events, d_ctildes = prep(d_ys), prep(d_events), prep(d_ctildes)
+        d_gi = ys.new_empty(steps, batch, 3 * h)
+        d_ghg = torch.empty_like(ys)
+        d_th = torch.empty_like(ys)
+        dc = d_clast.to(dt).clone().contiguous() if d_clast is not None else ys.new_zeros(batch, h)
+        d_ct = ys.new_zeros(batch, h)
+        grid = (triton_cdiv(batch, blocks.batch), triton_cdiv(h, blocks.hidden))
+        skipped = torch.zeros(steps, grid[0] * grid[1], dtype=torch.int32, device=ys.device)
+        k = _kernels(ys.device)
+        prec = _precision(dt)
+        for t in range(steps - 1, -1, -1):
+            nxt = min(t + 1, steps - 1)
+            k.egru_bwd_step[grid](
+                d_gi[nxt], d_ghg[nxt], w, d_ys[t] if d_ys is not None else dc, d_ct, dc,
+                events[t], c_tildes[t], cs[t], rs[t], zs[t], gs[t], ghg[t], th,
+                keep[t] if keep is not None else th,
+                d_events[t] if d_events is not None else dc,
+                d_ctildes[t] if d_ctildes is not None else dc,
+                d_gi[t], d_ghg[t], d_th[t], skipped[t],
+                batch, h, ctx.keep_p, float(sur.gamma), float(sur.width),
+                HAS_NEXT=t < steps - 1, HAS_DYS=d_ys is not None, HAS_DEV=d_events is not None,
+                HAS_DCTL=d_ctildes is not None, SPARSE=ctx.sparse, SHAPE=SHAPE_CODES[sur.shape],
+                KEEP=ctx.keep_code, RESET=RESET_CODES[ctx.reset_mode], PRECISION=prec,
+                BLOCK_B=blocks.batch, BLOCK_H=blocks.hidden, BLOCK_K=blocks.k,
+                num_warps=blocks.num_warps)
+        if ctx.stats is not None:
+            ctx.stats["skipped_tiles"] = skipped[:-1].float().mean().item() if steps > 1 else 0.0
+        d_gh0 = torch.cat([d_gi[0, :, :2 * h], d_ghg[0]], dim=1)
+        dy0 = d_gh0 @ w
+        if ctx.reset_mode == "subtract_output":
+            dy0 = dy0 - d_ct
+        d_gh_all = torch.cat([d_gi[:, :, :2 * h], d_ghg], dim=2).reshape(steps * batch, 3 * h)
+        y_prev_all = torch.cat([y0.unsqueeze(0), ys[:-1]], 0).reshape(steps * batch, h)
+        d_w = weight_gradient(d_gh_all, y_prev_all, ctx.sparse, blocks)
+        d_b = d_gh_all.sum(0) if ctx.has_bias else None
+        dtypes = ctx.in_dtypes
+
+        def cast(x, i):
+            return None if x is None or dtypes[i] is None else x.to(dtypes[i])
+
+        return (cast(d_gi, 0), cast(dy0, 1), cast(dc, 2), cast(d_w, 3), cast(d_b, 4),
+                cast(d_th.sum((0, 1)), 5), None, None, None, None, None, None)
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for the launch grids."""
+    return -(-a // b)
+
+
+def weight_gradient(d: torch.Tensor, y: torch.Tensor, sparse: bool = True,
+                    blocks: Blocks | None = None) -> torch.Tensor:
+    """``d^T @ y``: ``d`` ``(N, M)``, ``y`` ``(N, H)`` -> ``(M, H)``; with ``sparse`` the
+    all-zero row blocks of ``y`` (per column tile) are skipped."""
+    blocks = blocks or Blocks()
+    n, m = d.shape
+    h = y.shape[1]
+    out = d.new_empty(m, h)
+    grid = (triton_cdiv(m, 2 * blocks.hidden), triton_cdiv(h, 2 * blocks.hidden))
+    _kernels(d.device).weight_grad[grid](
+        d.contiguous(), y.contiguous(), out, n, m, h, SPARSE=bool(sparse),
+        PRECISION=_precision(d.dtype), BLOCK_M=2 * blocks.hidden, BLOCK_H=2 * blocks.hidden,
+        BLOCK_K=blocks.k, num_warps=blocks.num_warps)
+    return out
+
+
+def triton_egru_sequence(gi: torch.Tensor, y0: torch.Tensor, c0: torch.Tensor,
+                         w_hh: torch.Tensor, b_hh: torch.Tensor | None, theta: torch.Tensor,
+                         keep: torch.Tensor | float | None, surrogate: Surrogate,
+                         reset_mode: str, sparse_backward: bool = True,
+                         blocks: Blocks | None = None, stats: dict | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton counterpart of :func:`dualsparse.models.egru_fused.egru_sequence`.
+
+    Shapes: ``gi`` ``(T, B, 3H)``; ``y0``, ``c0`` ``(B, H)``; ``w_hh`` ``(3H, H)``; ``b_hh``
+    ``(3H,)`` or None; ``theta`` ``(H,)``; ``keep`` ``(T, B, H)``, a float or None. Returns
+    ``(ys, events, c_tildes, c_last)`` (float32, or float64 for float64 inputs).
+    ``sparse_backward``: skip backward work of units outside the surrogate support;
+    ``blocks``: tile sizes; ``stats``: see :class:`TritonEGRUSequenceFn`.
+    """
+    if reset_mode not in RESET_CODES:
+        raise ValueError(f"reset_mode must be one of {list(RESET_CODES)}, got {reset_mode!r}")
+    if gi.dim() != 3 or gi.shape[2] % 3 or tuple(w_hh.shape) != (gi.shape[2], gi.shape[2] // 3):
+        raise ValueError(f"gi must be (T, B, 3H) and w_hh (3H, H), got gi {tuple(gi.shape)} "
+                         f"and w_hh {tuple(w_hh.shape)}")
+    args = (gi, y0, c0, w_hh, b_hh, theta, keep, surrogate, reset_mode, sparse_backward,
+            blocks, stats)
+    if torch.is_autocast_enabled(gi.device.type):  # AMP: the kernels compute in float32
+        with torch.autocast(gi.device.type, enabled=False):
+            return TritonEGRUSequenceFn.apply(*args)
+    return TritonEGRUSequenceFn.apply(*args)
+
+
+__all__ = ["Blocks", "TritonEGRUSequenceFn", "available", "interpreting", "triton_egru_sequence",
+           "weight_gradient"]

@@ -1,0 +1,79 @@
+"""The ``lm_prune`` run function: train dense once, prune in rounds, share the dense model."""
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from dualsparse.experiments import lm_prune_run
+from dualsparse.experiments.lm_prune_run import _take_lock, run_lm_prune, split_config
+
+needs_ptb = pytest.mark.skipif(
+    not (Path(os.environ.get("DUALSPARSE_DATA", "/nonexistent")) / "ptb").is_dir(),
+    reason="needs DUALSPARSE_DATA with ptb/")
+
+TINY = {"model": "EGRU", "emsize": 16, "nhid": [16, 16], "max_steps": 6, "batch_size": 4,
+        "bptt": 10, "train_tokens": 3000, "valid_tokens": 300, "test_tokens": 200,
+        "eval_interval": 6, "threads": 1, "device": "cpu", "seed": 1,
+        "prune_method": "magnitude", "prune_schedule": "iterative"}
+
+
+def test_split_config_separates_dense_training_from_pruning() -> None:
+    dense, prune, budget = split_config({**TINY, "prune_target": 0.5, "prune_steps": 3,
+                                         "fine_tune_budget": 30, "preset": "ptb-demo"})
+    assert budget == 30 and dense["preset"] == "ptb-demo"
+    assert prune == {"prune_method": "magnitude", "prune_schedule": "iterative",
+                     "prune_target": 0.5, "prune_rounds": 3}  # old name prune_steps mapped
+    assert not any(k.startswith("prune") for k in dense) and dense["hidden_sizes"] == [16, 16]
+    with pytest.raises(ValueError, match="fine_tune_budget"):
+        split_config({**TINY, "fine_tune_budget": -1})
+
+
+def test_a_dead_workers_lock_is_taken_over_and_a_live_one_respected(tmp_path) -> None:
+    lock = tmp_path / "x.lock"
+    lock.write_text(f"{os.getpid()} {socket.gethostname()}")  # alive: this process
+    assert not _take_lock(lock)
+    lock.write_text(f"{2 ** 22 + 12345} {socket.gethostname()}")  # no such pid
+    assert _take_lock(lock) and lock.read_text().split()[0] == str(os.getpid())
+    lock.write_text("1 some-other-host")  # another host: cannot tell, so respected
+    assert not _take_lock(lock)
+
+
+@needs_ptb
+def test_runs_share_one_dense_model_and_split_the_fine_tuning_budget(tmp_path, monkeypatch):
+    trained = []
+    real_train = lm_prune_run.commands.train
+    monkeypatch.setattr(lm_prune_run.commands, "train",
+                        lambda cfg: trained.append(cfg.run.save) or real_train(cfg))
+    runs = tmp_path / "runs"
+    a = run_lm_prune({**TINY, "prune_target": 0.5, "prune_steps": 1, "fine_tune_budget": 4},
+                     runs / "a")
+    b = run_lm_prune({**TINY, "prune_target": 0.75, "prune_steps": 2, "fine_tune_budget": 4},
+                     runs / "b")
+    dense = run_lm_prune({**TINY, "prune_target": 0.0}, runs / "c")
+    assert len(trained) == 1 and a["dense_dir"] == b["dense_dir"] == dense["dense_dir"]
+    assert a["dense_test_ppl"] == dense["test_ppl"]  # the dense point is the shared model
+    assert dense["pruning"] is None and dense["weight_sparsity"] == pytest.approx(0.0, abs=1e-3)
+    assert a["weight_sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert b["weight_sparsity"] == pytest.approx(0.75, abs=0.01)
+    assert a["pruning"]["fine_tune_steps_per_round"] == 4
+    assert b["pruning"]["fine_tune_steps_per_round"] == 2
+    assert [r["round"] for r in b["pruning"]["history"]] == [1, 2]
+    assert (runs / "b" / "prune.json").is_file()
+    assert not list((tmp_path / "dense").glob("*.lock"))  # the lock is released
+
+
+def test_the_dual_sparsity_sweep_shares_one_dense_model_per_model_and_seed(tmp_path) -> None:
+    from dualsparse.experiments.lm_run import build_config
+    from dualsparse.experiments.spec import load_spec, run_id
+
+    spec = load_spec(Path(__file__).resolve().parents[2] / "examples" / "sweeps"
+                     / "ptb_dual_sparsity.yaml")
+    dense_ids = set()
+    for run in spec.expand():
+        dense, prune, budget = split_config(run.config)
+        assert budget == 1000 and prune["prune_method"] == "magnitude"
+        build_config(dense, tmp_path)  # every dense config is a valid training config
+        dense_ids.add(run_id("lm", dense))
+    assert len(dense_ids) == 2 * 3  # (EGRU, LSTM) x 3 seeds
