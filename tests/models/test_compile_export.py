@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch._dynamo.testing import CompileCounterWithBackend
 
 from dualsparse.models import EGRU, GRU, LSTM, compile_steps
 from dualsparse.models.lm import RNNLanguageModel
@@ -77,6 +76,10 @@ def test_compile_steps_does_not_recompile_for_a_new_length(name) -> None:
     rnn = MODELS[name]()
     eager = MODELS[name]()
     eager.load_state_dict(rnn.state_dict())
+    # imported here, not at collection: torch._dynamo imports triton, whose interpreter mode
+    # (tests/triton) is fixed by its first import
+    from torch._dynamo.testing import CompileCounterWithBackend
+
     counter = CompileCounterWithBackend("aot_eager")
     compile_steps(rnn, backend=counter, fullgraph=True)
     frames = None
