@@ -6,20 +6,27 @@ STAMP := $(VENV)/.installed
 export DUALSPARSE_DATA ?= $(abspath ../shared/data)
 LINT_PATHS := $(wildcard src tests benchmarks examples)
 
-.PHONY: test demo lint venv clean clean-numba bench
+.PHONY: test demo lint venv clean clean-numba bench docs
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
 test: $(STAMP)
 	sh scripts/install-embedded-tools.sh
 	$(BIN)/ruff check $(LINT_PATHS)
+	$(MAKE) docs
 	$(BIN)/python -m pytest -q tests
+
+# API reference from the docstrings (pdoc), every module; any warning fails the build.
+docs: $(STAMP)
+	rm -rf build/api
+	$(BIN)/python scripts/build_docs.py build/api
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py $(DEMO_ARGS)

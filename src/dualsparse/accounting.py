@@ -33,9 +33,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from dualsparse.models.packed import PackedSequence, split_sequences
 from dualsparse.models.recurrent import RecurrentBase
 from dualsparse.models.states import LayerSequences
 from dualsparse.models.surrogate import Surrogate
+from dualsparse.models.torch_rnn import as_layers
 from dualsparse.validation import check_int, check_real
 
 
@@ -202,21 +204,21 @@ class ActivityMeter:
     """Accumulates activity statistics and MAC counts over many batches.
 
     Args:
-        rnn: the multi-layer recurrent module (EGRU, GRU or LSTM) being measured, or None
-            to describe layers by hand with :meth:`update_layer`.
+        rnn: the multi-layer recurrent module measured (EGRU/GRU/LSTM or ``torch.nn``'s: see
+            :mod:`~dualsparse.models.torch_rnn`), or None (layers given to :meth:`update_layer`).
         decoder: optional output projection (``nn.Linear``) whose MACs are counted separately.
         bins: histogram bins (per-neuron activity over ``[0, 1]``; ``c~ - theta`` over
             ``distance_range``, entries outside it fall into the edge bins).
         distance_range: ``(low, high)`` range of the ``c~ - theta`` histogram.
     """
 
-    def __init__(self, rnn: RecurrentBase | None = None, decoder: nn.Linear | None = None,
+    def __init__(self, rnn: nn.Module | None = None, decoder: nn.Linear | None = None,
                  bins: int = 50, distance_range: tuple[float, float] = (-2.0, 2.0)) -> None:
         bins = check_int("bins", bins, low=1)
         if not distance_range[0] < distance_range[1]:
             raise ValueError(f"distance_range must be (low, high) with low < high, "
                              f"got {distance_range}")
-        self.rnn, self.decoder = rnn, decoder
+        self.rnn, self.decoder = as_layers(rnn), decoder
         self.bins, self.distance_range = bins, (float(distance_range[0]),
                                                 float(distance_range[1]))
         self._layers: dict[int, _LayerAccumulator] = {}
@@ -227,11 +229,15 @@ class ActivityMeter:
         """Add one forward pass of ``self.rnn``.
 
         Args:
-            inputs: the input given to the rnn, ``(T, B, I)`` (``(B, T, I)`` if batch_first)
-                or unbatched ``(T, I)``.
+            inputs: the input given to the rnn, ``(T, B, I)`` (``(B, T, I)`` if batch_first),
+                unbatched ``(T, I)`` or a ``PackedSequence`` (padding is not counted).
             sequences: what ``rnn(inputs, state, return_sequences=True)`` returned third.
         """
         rnn = self.rnn
+        if isinstance(inputs, PackedSequence):  # one sequence at a time: padding is no token
+            for x, seqs in split_sequences(inputs, sequences, rnn.batch_first):
+                self.update(x, seqs)
+            return
         if rnn is None:
             raise ValueError("update() needs the meter to be built with an rnn; use "
                              "update_layer() for layers described by hand")
@@ -371,18 +377,19 @@ class ActivityMeter:
         return AccountingReport(layers, decoder)
 
 
-def measure(rnn: RecurrentBase, inputs: torch.Tensor, state=None,
+def measure(rnn: RecurrentBase | nn.RNNBase, inputs: torch.Tensor, state=None,
             decoder: nn.Linear | None = None, **meter_kwargs) -> AccountingReport:
     """One-shot measurement: run ``rnn`` on ``inputs`` (no grad) and return the report.
 
     The module's train/eval mode is left as it is (measure in eval mode for test figures).
     """
+    rnn = as_layers(rnn)
     meter = ActivityMeter(rnn, decoder, **meter_kwargs)
     with torch.no_grad():
         out, _, seqs = rnn(inputs, state, return_sequences=True)
         meter.update(inputs, seqs)
         if decoder is not None:
-            meter.update_decoder(out)
+            meter.update_decoder(out.data if isinstance(out, PackedSequence) else out)
     return meter.report()
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dualsparse import EGRU, GRU, LSTM
-from dualsparse.models.finite import check_parameters_finite
+from dualsparse.models.tracing import check_parameters_finite
 
 
 @pytest.mark.parametrize("cls", [EGRU, GRU, LSTM])
@@ -30,3 +30,14 @@ def test_the_check_is_skipped_while_compiling(monkeypatch) -> None:
         rnn.weight_ih_l0[0, 0] = float("nan")
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     check_parameters_finite(rnn, "GRU")  # no data-dependent branch inside a graph
+
+
+def test_non_finite_weights_are_refused_on_packed_input_too() -> None:
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    rnn = EGRU(3, 4)
+    with torch.no_grad():
+        rnn.bias_ih_l0[1] = float("nan")
+    packed = pack_padded_sequence(torch.randn(5, 2, 3), [5, 3])
+    with pytest.raises(ValueError, match=r"\['bias_ih_l0'\] contain NaN or inf"):
+        rnn(packed)

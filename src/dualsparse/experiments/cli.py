@@ -61,6 +61,8 @@ def _add_worker_flags(p: argparse.ArgumentParser) -> None:
                         "imports and EXECUTES that code; default: registered names only)")
     p.add_argument("--max-grid", type=int, default=MAX_GRID_RUNS,
                    help="refuse a spec of more runs than this (default %(default)s)")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (it is drawn only when stderr is a terminal)")
 
 
 def _add_source_flags(p: argparse.ArgumentParser) -> None:
@@ -140,7 +142,8 @@ def sweep_run(args: argparse.Namespace) -> dict[str, Any]:
     opts = WorkerOptions(sweep=spec.name, max_runs=args.max_runs, stale_after=args.stale_after,
                          heartbeat_s=args.heartbeat, retry_failed=args.retry_failed,
                          max_attempts=args.max_attempts, threads=args.threads,
-                         verbose=not args.quiet, allow_import=args.allow_import)
+                         verbose=not args.quiet, allow_import=args.allow_import,
+                         progress=args.progress)
     if args.backend == "ray":
         result = run_ray(spec.store_path, spec.output, args.address, opts, args.num_cpus)
     else:

@@ -33,11 +33,12 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from dualsparse.atomic import atomic_write_json
+from dualsparse.experiments.progress import SweepBar
 from dualsparse.experiments.store import ResultStore, RunRecord, worker_id
 from dualsparse.validation import check_int, check_real
 
@@ -56,6 +57,8 @@ CONFIG_CHECKS: dict[str, str] = {
     "toy": "dualsparse.experiments.toy:check_config",
 }
 ERROR_CHARS = 8000
+#: seconds between progress-bar updates while worker processes run
+PROGRESS_POLL_S = 1.0
 
 
 def _import(target: str) -> Callable[..., Any]:
@@ -162,6 +165,8 @@ class WorkerOptions:
         threads: ``torch.set_num_threads`` in the worker (None: leave as is).
         verbose: print one line per run.
         allow_import: run functions that are not registered may be imported and called.
+        progress: a progress bar of the sweep's runs on stderr when it is a terminal
+            (:class:`~dualsparse.experiments.progress.SweepBar`).
     """
 
     sweep: str | None = None
@@ -173,6 +178,7 @@ class WorkerOptions:
     threads: int | None = 1
     verbose: bool = True
     allow_import: bool = False
+    progress: bool = True
 
     def __post_init__(self) -> None:
         check_real("heartbeat_s", self.heartbeat_s, low=0.0, low_open=True)
@@ -216,7 +222,7 @@ def work(store_path: str | Path, output: str | Path, options: WorkerOptions | No
     worker = worker or worker_id("local")
     store_path = Path(store_path)
     counts = {"done": 0, "failed": 0, "lost": 0}
-    with ResultStore(store_path) as store:
+    with ResultStore(store_path) as store, SweepBar(store, opts.sweep, opts.progress) as bar:
         while opts.max_runs is None or counts["done"] + counts["failed"] < opts.max_runs:
             record, beat = None, None
             try:
@@ -242,18 +248,20 @@ def work(store_path: str | Path, output: str | Path, options: WorkerOptions | No
                 beat.stopped.set()
                 store.fail(record.lease, format_error(exc))
                 counts["failed"] += 1
+                bar.refresh()
                 if opts.verbose:
-                    print(f"[{worker}] run {record.run_id} failed (attempt "
-                          f"{record.attempts}): {type(exc).__name__}: {exc}", flush=True)
+                    bar.write(f"[{worker}] run {record.run_id} failed (attempt "
+                              f"{record.attempts}): {type(exc).__name__}: {exc}")
                 continue
             beat.stopped.set()
             ckpt = metrics.get("checkpoint")
             stored = store.finish(record.lease, metrics, ckpt if isinstance(ckpt, str) else None)
             counts["done" if stored else "lost"] += 1
+            bar.refresh()
             if opts.verbose:
                 state = "done" if stored else "already done elsewhere; result not stored"
-                print(f"[{worker}] run {record.run_id} {state} in "
-                      f"{time.perf_counter() - t0:.1f} s {_summary(metrics)}", flush=True)
+                bar.write(f"[{worker}] run {record.run_id} {state} in "
+                          f"{time.perf_counter() - t0:.1f} s {_summary(metrics)}")
     return counts
 
 
@@ -278,14 +286,18 @@ def run_local(store_path: str | Path, output: str | Path, workers: int = 1,
         return work(store_path, output, opts)
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    procs = [ctx.Process(target=_worker_main, args=(str(store_path), str(output), opts, results),
+    quiet = replace(opts, progress=False)  # one bar, drawn by this process
+    procs = [ctx.Process(target=_worker_main, args=(str(store_path), str(output), quiet, results),
                          name=f"dualsparse-worker-{i}") for i in range(workers)]
     for p in procs:
         p.start()
     total = {"done": 0, "failed": 0, "lost": 0, "crashed": 0}
     try:
-        for p in procs:
-            p.join()
+        with ResultStore(store_path) as store, SweepBar(store, opts.sweep, opts.progress) as bar:
+            for p in procs:
+                while p.is_alive():
+                    p.join(timeout=PROGRESS_POLL_S)
+                    bar.refresh()
     except KeyboardInterrupt:
         for p in procs:  # the children got the same SIGINT and give their runs back
             p.join(timeout=30)

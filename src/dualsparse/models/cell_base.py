@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dualsparse.models.regularizers import check_probability
+from dualsparse.models.tracing import check_finite
 from dualsparse.validation import check_int
 
 
@@ -24,8 +25,8 @@ def check_cell_input(cell: nn.Module, input: torch.Tensor) -> None:
     if input.dtype != w.dtype or input.device != w.device:
         raise ValueError(f"input is {input.dtype} on {input.device}, parameters are {w.dtype} "
                          f"on {w.device}")
-    if cell.check_finite and not bool(torch.isfinite(input).all()):
-        raise ValueError("input contains NaN or inf")
+    if cell.check_finite:
+        check_finite(input, "input")
 
 
 def check_cell_state(cell: nn.Module, state: tuple, x: torch.Tensor, unbatched: bool,
@@ -42,8 +43,8 @@ def check_cell_state(cell: nn.Module, state: tuple, x: torch.Tensor, unbatched: 
         if t.dtype != x.dtype or t.device != x.device:
             raise ValueError(f"state {name} is {t.dtype} on {t.device}, input is {x.dtype} on "
                              f"{x.device}")
-        if cell.check_finite and not bool(torch.isfinite(t).all()):
-            raise ValueError(f"state {name} contains NaN or inf")
+        if cell.check_finite:
+            check_finite(t, f"state {name}")
         out.append(t.unsqueeze(0) if unbatched else t)
     return tuple(out)
 

@@ -177,6 +177,7 @@ class EGRU(RecurrentBase):
 
     gate_names = ("r", "z", "g")
     state_type = EGRUState
+    _egru_step = staticmethod(egru_step)  # the unfused loop's step; compile_steps swaps it
 
     def __init__(
         self,
@@ -261,7 +262,7 @@ class EGRU(RecurrentBase):
         if self.zoneout:
             keep = (gi.new_empty(gi.shape[:-1] + (self.hidden_sizes[layer],))
                     .bernoulli_(self.zoneout) if self.training else self.zoneout)
-        if self.fused and self.events:
+        if self.fused and self.events and not torch.jit.is_tracing():  # legacy ONNX export
             ys, events, c_tildes, c_last = egru_sequence(
                 gi, state.y, state.c, w_hh, b_hh, theta, keep, self.surrogate, self.reset_mode,
                 backend=self.backend)
@@ -271,8 +272,8 @@ class EGRU(RecurrentBase):
         outputs, events, c_tildes = [], [], []
         keeps = keep.unbind(0) if isinstance(keep, torch.Tensor) else None
         for t, gi_t in enumerate(gi.unbind(0)):
-            res = egru_step(gi_t, y, c, w_hh, b_hh, theta, self.surrogate, self.reset_mode,
-                            self.events)
+            res = self._egru_step(gi_t, y, c, w_hh, b_hh, theta, self.surrogate,
+                                  self.reset_mode, self.events)
             c_new = res.c
             if isinstance(keep, float):
                 c_new = keep * c + (1.0 - keep) * c_new

@@ -32,6 +32,7 @@ import torch
 
 from dualsparse.models import triton_egru
 from dualsparse.models.surrogate import Surrogate
+from dualsparse.models.tracing import is_tracing
 from dualsparse.validation import check_choice, check_real
 
 BACKENDS = ("torch", "triton", "auto")
@@ -65,7 +66,11 @@ def needed_units(events: torch.Tensor, c_tildes: torch.Tensor, theta: torch.Tens
 
 
 def _columns(mask: torch.Tensor, sparse_density: float) -> torch.Tensor | None:
-    """Indices of the True columns of ``mask`` ``(H,)`` when few enough, else None (dense)."""
+    """Indices of the True columns of ``mask`` ``(H,)`` when few enough, else None (dense).
+
+    Always None while compiling/exporting: the choice depends on the data (a graph break)."""
+    if is_tracing():
+        return None
     h = mask.numel()
     idx = mask.nonzero().squeeze(1)
     return idx if idx.numel() <= sparse_density * h else None

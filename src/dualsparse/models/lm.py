@@ -33,6 +33,7 @@ from dualsparse.models.recurrent import RecurrentBase
 from dualsparse.models.regularizers import check_probability, embedding_dropout, locked_dropout
 from dualsparse.models.rnn import GRU, LSTM
 from dualsparse.models.states import LayerSequences, detach_state
+from dualsparse.models.tracing import is_tracing
 from dualsparse.validation import check_choice, check_int, check_real
 
 CELLS: dict[str, type[RecurrentBase]] = {"egru": EGRU, "lstm": LSTM, "gru": GRU}
@@ -211,7 +212,8 @@ class RNNLanguageModel(nn.Module):
             raise ValueError(f"tokens must be a (T, B) tensor, got {shape}")
         if tokens.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"tokens must be int64/int32 ids, got {tokens.dtype}")
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size):
+        if tokens.numel() and not is_tracing() and (int(tokens.min()) < 0
+                                                    or int(tokens.max()) >= self.vocab_size):
             raise ValueError(f"token ids must lie in [0, {self.vocab_size}), got range "
                              f"[{int(tokens.min())}, {int(tokens.max())}]")
         if state is None:

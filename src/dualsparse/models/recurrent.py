@@ -25,10 +25,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 
-from dualsparse.models.finite import check_parameters_finite
+from dualsparse.models.packed import forward_packed
 from dualsparse.models.regularizers import check_probability, dropconnect, zoneout
 from dualsparse.models.states import LayerSequences
+from dualsparse.models.tracing import check_finite, check_parameters_finite
 from dualsparse.validation import check_choice, check_int
 
 
@@ -213,8 +215,8 @@ class RecurrentBase(nn.Module):
                         f"state {name} of layer {k} is {t.dtype} on {t.device}, but the input "
                         f"is {like.dtype} on {like.device}"
                     )
-                if self.check_finite and not bool(torch.isfinite(t).all()):
-                    raise ValueError(f"state {name} of layer {k} contains NaN or inf")
+                if self.check_finite:
+                    check_finite(t, f"state {name} of layer {k}")
             out.append(self.state_type(*layer_state))
         return tuple(out)
 
@@ -281,14 +283,16 @@ class RecurrentBase(nn.Module):
             raise ValueError(f"input dtype {input.dtype} does not match parameter dtype {w.dtype}")
         if input.device != w.device:
             raise ValueError(f"input is on {input.device} but parameters are on {w.device}")
-        if self.check_finite and not bool(torch.isfinite(input).all()):
-            raise ValueError("input contains NaN or inf")
+        if self.check_finite:
+            check_finite(input, "input")
 
     def forward(self, input: torch.Tensor, state: Any = None, return_sequences: bool = False):
         """Run the stack over a sequence.
 
         Args:
-            input: ``(T, B, I)`` (``(B, T, I)`` with ``batch_first``) or unbatched ``(T, I)``.
+            input: ``(T, B, I)`` (``(B, T, I)`` with ``batch_first``), unbatched ``(T, I)``,
+                or a ``PackedSequence`` (then output and sequences are packed, and each
+                sequence's state stops at its last step: :mod:`dualsparse.models.packed`).
             state: initial state (see module docstring); zeros if ``None``.
             return_sequences: also return per-layer :class:`LayerSequences`.
 
@@ -299,9 +303,11 @@ class RecurrentBase(nn.Module):
             :class:`LayerSequences`, one per layer, time-first (batch-first with
             ``batch_first``).
         """
-        self._check_input(input)
         if self.check_finite:  # once per forward, skipped while compiling or tracing
             check_parameters_finite(self, type(self).__name__)
+        if isinstance(input, PackedSequence):
+            return forward_packed(self, input, state, return_sequences)
+        self._check_input(input)
         unbatched = input.dim() == 2
         x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first
                                                   else input)
