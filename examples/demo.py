@@ -3,7 +3,8 @@
 1. Train the ``ptb-demo`` EGRU language model (2 x 200 units, 3000 steps), evaluate it on
    the test set at batch 1 and
    print test perplexity, activity sparsity per layer, dense vs effective MACs per token.
-2. Prune its recurrent weights (16x1 blocks, iterative, 2 rounds to 80%) with brief
+2. Prune its recurrent weights (16x1 blocks, or 8x1 where 16 does not divide the layer sizes
+   as for ptb-demo's 200 units; iterative, 2 rounds to 80%) with brief
    fine-tuning after each round (``dualsparse prune``).
 3. Run the pruned model through the event-driven CPU engine and print perplexity on both
    paths (equal), activity and weight density, the ideal speed-up from the measured MACs and
@@ -35,7 +36,7 @@ from dualsparse.cli import build_train_parser
 
 QUICK = ["--max-steps", "40", "--eval-interval", "20", "--valid-tokens", "5000",
          "--test-tokens", "5000"]
-PRUNE = ["--prune-method", "block", "--prune-block", "16x1", "--prune-target", "0.8",
+PRUNE = ["--prune-method", "block", "--prune-target", "0.8",
          "--prune-rounds", "2", "--finalize"]
 
 
@@ -67,8 +68,14 @@ def report(result: dict) -> str:
     return "\n".join(lines)
 
 
+def prune_block(hidden_sizes: list[int]) -> str:
+    """The tallest column block (16x1, 8x1, 4x1 or 1x1) that tiles every gate of every layer."""
+    rows = next(r for r in (16, 8, 4, 1) if all(h % r == 0 for h in hidden_sizes))
+    return f"{rows}x1"
+
+
 def prune_and_run_engine(out: str, data_dir: str | None, fine_tune_steps: int,
-                         test_tokens: int | None) -> str:
+                         test_tokens: int | None, block: str) -> str:
     """Steps 2 and 3 of the demo; returns the printed report."""
     from dualsparse.apps.lm.compare import compare_with_torch
     from dualsparse.data.corpora import load_corpus
@@ -76,7 +83,8 @@ def prune_and_run_engine(out: str, data_dir: str | None, fine_tune_steps: int,
     model, fine_tune, evaluate = prune_hooks(out, "best", data_dir)
     parser = argparse.ArgumentParser(prog="demo prune")
     add_prune_command_flags(parser)
-    pargs = parser.parse_args(["--checkpoint", out, *PRUNE, "--fine-tune-steps",
+    pargs = parser.parse_args(["--checkpoint", out, *PRUNE, "--prune-block", block,
+                               "--fine-tune-steps",
                                str(fine_tune_steps), "--output", f"{out}/prune.json"])
     pruned = prune_trained(model, config_from(PruneConfig, pargs),
                            config_from(PruneRunConfig, pargs), fine_tune, evaluate)
@@ -143,11 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     print(report(result))
     print(f"wall time: {wall:.0f} s (training {result['train']['train_seconds']:.0f} s, "
           f"test {result['test']['seconds']:.0f} s); {result['parameters']:,} parameters")
-    print("\n=== pruning (16x1 blocks, 2 rounds to 80%) and the event-driven engine ===",
+    block = prune_block(config.model.hidden_sizes)
+    print(f"\n=== pruning ({block} blocks, 2 rounds to 80%) and the event-driven engine ===",
           flush=True)
     t0 = time.perf_counter()
     text = prune_and_run_engine(known.out, config.data.data_dir, 10 if known.quick else 100,
-                                5000 if known.quick else None)
+                                5000 if known.quick else None, block)
     print(text)
     print(f"wall time: {time.perf_counter() - t0:.0f} s")
     return 0

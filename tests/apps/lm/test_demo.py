@@ -23,3 +23,10 @@ def test_the_demo_picks_a_free_run_folder(tmp_path) -> None:
     assert free_folder(base) == str(tmp_path / "demo-2")
     (tmp_path / "demo-2").mkdir()
     assert free_folder(base) == str(tmp_path / "demo-3")
+
+
+def test_the_demo_prunes_in_blocks_that_tile_every_gate() -> None:
+    prune_block = _demo().prune_block
+    assert prune_block([256, 128]) == "16x1"  # cpu-small
+    assert prune_block([200, 200]) == "8x1"  # ptb-demo: 16 does not divide 200
+    assert prune_block([211, 211]) == "1x1"
