@@ -148,3 +148,19 @@ def test_atomic_json_write(tmp_path: Path) -> None:
     ckpt.atomic_write_json(path, {"a": 2})
     assert json.loads(path.read_text()) == {"a": 2}
     assert [p.name for p in path.parent.iterdir()] == ["r.json"]
+
+
+def test_state_with_aliased_tensors_saves_and_reserved_keys_are_refused(tmp_path: Path) -> None:
+    # found by the checkpoint fuzzer: one tensor twice (or a tensor and its view) made
+    # safetensors refuse the save, and a user key "__tuple__" came back as a tuple
+    t = torch.arange(6.0)
+    tensors: dict[str, torch.Tensor] = {}
+    state = ckpt.split_state({"a": t, "b": t, "view": t[2:4]}, "s", tensors)
+    ckpt.save_checkpoint(tmp_path, "latest", tensors, {"step": 1, "state": state})
+    loaded, meta = ckpt.load_checkpoint(tmp_path, "latest")
+    back = ckpt.join_state(meta["state"], loaded)
+    assert torch.equal(back["a"], t) and torch.equal(back["b"], t)
+    assert torch.equal(back["view"], t[2:4])
+    for key in ("__tuple__", "__tensor__"):
+        with pytest.raises(ValueError, match="reserved key"):
+            ckpt.split_state({"outer": {key: [1, 2]}}, "s", {})

@@ -71,14 +71,22 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 # ------------------------------------------------------------------------- nested state
 def split_state(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
-    """JSON form of a nested dict/list/tuple; tensors move into ``tensors`` under dotted keys."""
+    """JSON form of a nested dict/list/tuple; tensors move into ``tensors`` under dotted keys.
+
+    Each tensor is stored as its own copy, so a state holding one tensor twice (or a tensor
+    and a view of it) saves; dict keys ``__tensor__``/``__tuple__`` are reserved (refused)."""
     if isinstance(obj, torch.Tensor):
         key = prefix
         if key in tensors:
             raise ValueError(f"duplicate tensor key {key!r}")
-        tensors[key] = obj.detach().cpu().contiguous()
+        # a copy of its own: safetensors refuses tensors that share memory
+        tensors[key] = obj.detach().to("cpu", copy=True).contiguous()
         return {_TENSOR: key}
     if isinstance(obj, dict):
+        reserved = {_TENSOR, _TUPLE} & {str(k) for k in obj}
+        if reserved:
+            raise ValueError(f"state at {prefix!r} uses the reserved key(s) {sorted(reserved)}; "
+                             "rename them to store this state in a checkpoint")
         return {str(k): split_state(v, f"{prefix}.{k}", tensors) for k, v in obj.items()}
     if isinstance(obj, tuple):
         return {_TUPLE: [split_state(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]}
