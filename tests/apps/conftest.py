@@ -1,4 +1,4 @@
-"""Shared settings for the training tests: one torch thread (the CI machine is small and
+"""Shared settings for the app tests (LM and KWS): one torch thread (the CI machine is small and
 shared, and tiny models only lose from intra-op threads); the trainer's global
 determinism switch is restored after each test."""
 
