@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, settings
 
 #: Examples per fuzz test under the ``ci`` profile; a test may lower it for itself.
@@ -100,3 +101,15 @@ def _no_leaked_child_processes():
         lines = "\n".join(f"  pid {p}: {c}" for p, c in sorted(leaked.items()))
         pytest.fail(f"{len(leaked)} child process(es) outlived the test session by more than "
                     f"{LEAK_GRACE_S:.0f} s (killed now):\n{lines}", pytrace=False)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch intra-op thread for the test (tiny models only lose from threads on this small
+    shared machine); the thread count and the global determinism switch (which the Trainer
+    sets) are restored afterwards. Test folders of tiny models use it for every test."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
