@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from dualsparse.engine.kernels import accumulate_event, add_bias
+from dualsparse.engine.kernels import accumulate_event, active_lists, add_bias
 
 ONE = np.float32(1.0)
 ZERO = np.float32(0.0)
@@ -63,22 +63,6 @@ def sigmoid(v: np.float32) -> np.float32:
     return HALF + HALF * tanh(HALF * v)
 
 
-@njit(**_OPTS)
-def _compact(y: np.ndarray, idx: np.ndarray, cnt: np.ndarray) -> int:
-    """Per row ``b`` of ``y`` ``(B, H)``, its nonzero units into ``idx[b]`` / ``cnt[b]``."""
-    total = 0
-    for b in range(y.shape[0]):
-        n = 0
-        row = y[b]
-        for u in range(y.shape[1]):
-            if row[u] != ZERO:
-                idx[b, n] = u
-                n += 1
-        cnt[b] = n
-        total += n
-    return total
-
-
 @njit(**_GATE_OPTS)
 def egru_gates(gi: np.ndarray, gh: np.ndarray, y: np.ndarray, c: np.ndarray,
                theta: np.ndarray, reset_code: int, events: bool, zone_p: np.float32,
@@ -120,7 +104,7 @@ def egru_gates(gi: np.ndarray, gh: np.ndarray, y: np.ndarray, c: np.ndarray,
             cb[u] = zone_p * c_prev + zone_q * c_new
             evb[u] = o
             ctb[u] = c_t
-    return _compact(y, idx, cnt)
+    return active_lists(y, idx, cnt)
 
 
 @njit(**_GATE_OPTS)
@@ -137,7 +121,7 @@ def gru_gates(gi: np.ndarray, gh: np.ndarray, h: np.ndarray, zone_p: np.float32,
             g = tanh(gib[2 * hsz + u] + r * ghb[2 * hsz + u])
             h_prev = hb[u]
             hb[u] = zone_p * h_prev + zone_q * (g + z * (h_prev - g))
-    return _compact(h, idx, cnt)
+    return active_lists(h, idx, cnt)
 
 
 @njit(**_GATE_OPTS)
@@ -159,7 +143,7 @@ def lstm_gates(gi: np.ndarray, gh: np.ndarray, h: np.ndarray, c: np.ndarray,
             h_new = gate_o * tanh(c_new)
             hb[u] = zone_p * h_prev + zone_q * h_new
             cb[u] = zone_p * c_prev + zone_q * c_new
-    return _compact(h, idx, cnt)
+    return active_lists(h, idx, cnt)
 
 
 @njit(**_OPTS)
