@@ -50,11 +50,11 @@ def egru_fwd_step(gi_ptr, y_prev_ptr, c_prev_ptr, wt_ptr, b_ptr, theta_ptr, keep
         wm = mk[:, None] & mh[None, :]
         w_base = wt_ptr + rk[:, None] * (3 * H) + rh[None, :]
         acc_r = tl.dot(y, tl.load(w_base, mask=wm, other=0.0), acc_r,
-                       input_precision=PRECISION)
+                       input_precision=PRECISION, out_dtype=dt)
         acc_z = tl.dot(y, tl.load(w_base + H, mask=wm, other=0.0), acc_z,
-                       input_precision=PRECISION)
+                       input_precision=PRECISION, out_dtype=dt)
         acc_g = tl.dot(y, tl.load(w_base + 2 * H, mask=wm, other=0.0), acc_g,
-                       input_precision=PRECISION)
+                       input_precision=PRECISION, out_dtype=dt)
     if HAS_BIAS:
         acc_r += tl.load(b_ptr + rh, mask=mh, other=0.0)[None, :]
         acc_z += tl.load(b_ptr + H + rh, mask=mh, other=0.0)[None, :]
@@ -140,14 +140,15 @@ def egru_bwd_step(dgi_next_ptr, dghg_next_ptr, w_ptr, dys_ptr, dct_ptr, dc_ptr,
                 wm = mk[:, None] & mh[None, :]
                 w_base = w_ptr + rk[:, None] * H + rh[None, :]
                 dy = tl.dot(tl.load(dgi_next_ptr + a_off, mask=am, other=0.0),
-                            tl.load(w_base, mask=wm, other=0.0), dy, input_precision=PRECISION)
+                            tl.load(w_base, mask=wm, other=0.0), dy, input_precision=PRECISION,
+                            out_dtype=dt)
                 dy = tl.dot(tl.load(dgi_next_ptr + a_off + H, mask=am, other=0.0),
                             tl.load(w_base + H * H, mask=wm, other=0.0), dy,
-                            input_precision=PRECISION)
+                            input_precision=PRECISION, out_dtype=dt)
                 dy = tl.dot(tl.load(dghg_next_ptr + rb[:, None] * H + rk[None, :], mask=am,
                                     other=0.0),
                             tl.load(w_base + 2 * H * H, mask=wm, other=0.0), dy,
-                            input_precision=PRECISION)
+                            input_precision=PRECISION, out_dtype=dt)
         if RESET == 1:
             dy -= tl.load(dct_ptr + off, mask=m2, other=0.0)
     if HAS_DYS:
@@ -207,7 +208,8 @@ def weight_grad(d_ptr, y_ptr, dw_ptr, N, M, H,
     rh = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
     mm = rm < M
     mh = rh < H
-    acc = tl.zeros((BLOCK_M, BLOCK_H), dtype=dw_ptr.dtype.element_ty)
+    dt = dw_ptr.dtype.element_ty
+    acc = tl.zeros((BLOCK_M, BLOCK_H), dtype=dt)
     for k0 in range(0, N, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
         mk = rk < N
@@ -219,7 +221,7 @@ def weight_grad(d_ptr, y_ptr, dw_ptr, N, M, H,
         if run > 0.0:
             d_t = tl.load(d_ptr + rk[None, :] * M + rm[:, None], mask=mm[:, None] & mk[None, :],
                           other=0.0)
-            acc = tl.dot(d_t, y, acc, input_precision=PRECISION)
+            acc = tl.dot(d_t, y, acc, input_precision=PRECISION, out_dtype=dt)
     tl.store(dw_ptr + rm[:, None] * H + rh[None, :], acc, mask=mm[:, None] & mh[None, :])
 
 
