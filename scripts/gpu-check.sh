@@ -1,11 +1,13 @@
 #!/bin/sh
-# GPU check of issue 17 in one command: the CUDA test subset (tests/gpu) and the GPU
-# benchmarks (benchmarks/bench_gpu.py), then one JSON report. Sized for < 8 minutes on one GPU.
+# GPU check of issue 17 in one command: the CUDA test subset (tests/gpu), the GPU benchmarks
+# (benchmarks/bench_gpu.py, then bench_gpu_device_time.py), one JSON report. Sized for < 8
+# minutes on one GPU (about 2.5 minutes on an H100).
 #
 #   sh scripts/gpu-check.sh [OUT_DIR] [--quick]
 #
 # OUT_DIR (default gpu-check-<date>) must not exist; it receives tests.log, tests.xml,
-# bench.json, bench.log, nvidia-smi.txt and report.json. PYTHON (default: python3) must have
+# bench.json, bench.log, device-time.json, device-time.log, nvidia-smi.txt and report.json.
+# PYTHON (default: python3) must have
 # dualsparse and its gpu extra (triton) installed; DUALSPARSE_DATA may point at PTB for the
 # ptb-egru timing (a synthetic corpus of PTB's size is used otherwise).
 set -u
@@ -37,15 +39,22 @@ PYTHONUNBUFFERED=1 timeout 230 "$PY" benchmarks/bench_gpu.py --out "$OUT/bench.j
 bench_rc=$?
 bench_s=$(( $(date +%s) - start ))
 tail -n 20 "$OUT/bench.log"
-"$PY" - "$OUT" "$tests_rc" "$tests_s" "$bench_rc" "$bench_s" <<'PYEOF'
+start=$(date +%s)
+PYTHONUNBUFFERED=1 timeout 120 "$PY" benchmarks/bench_gpu_device_time.py \
+    --out "$OUT/device-time.json" >"$OUT/device-time.log" 2>&1
+device_rc=$?
+device_s=$(( $(date +%s) - start ))
+tail -n 5 "$OUT/device-time.log"
+"$PY" - "$OUT" "$tests_rc" "$tests_s" "$bench_rc" "$bench_s" "$device_rc" "$device_s" <<'PYEOF'
 import json
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-out, tests_rc, tests_s, bench_rc, bench_s = Path(sys.argv[1]), *sys.argv[2:]
+out, tests_rc, tests_s, bench_rc, bench_s, device_rc, device_s = Path(sys.argv[1]), *sys.argv[2:]
 report = {"tests": {"returncode": int(tests_rc), "seconds": int(tests_s)},
-          "bench": {"returncode": int(bench_rc), "seconds": int(bench_s)}}
+          "bench": {"returncode": int(bench_rc), "seconds": int(bench_s)},
+          "device_time": {"returncode": int(device_rc), "seconds": int(device_s)}}
 try:
     suite = ET.parse(out / "tests.xml").getroot()
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
@@ -60,7 +69,11 @@ try:
     report["bench"].update(json.loads((out / "bench.json").read_text()))
 except (OSError, ValueError) as exc:
     report["bench"]["parse_error"] = repr(exc)
+try:
+    report["device_time"].update(json.loads((out / "device-time.json").read_text()))
+except (OSError, ValueError) as exc:
+    report["device_time"]["parse_error"] = repr(exc)
 (out / "report.json").write_text(json.dumps(report, indent=2))
 print(f"gpu-check: report in {out / 'report.json'}: tests rc {tests_rc}, bench rc {bench_rc}")
 PYEOF
-[ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
+[ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ] && [ "$device_rc" -eq 0 ]

@@ -82,8 +82,10 @@ def test_event_inference_equals_cublas(triton_compiled):
     h = 1350
     w = torch.randn(3 * h, h, device="cuda") / h ** 0.5
     y = torch.randn(h, device="cuda") * (torch.rand(h, device="cuda") < 0.2)
-    got = triton_events.event_matvec(y, w.t().contiguous())
-    assert torch.allclose(got, w @ y, rtol=1e-4, atol=1e-4)
+    for split_k in (False, True):
+        got = triton_events.event_matvec(y, w.t().contiguous(), block_n=128, block_k=32,
+                                         split_k=split_k)
+        assert torch.allclose(got, w @ y, rtol=1e-4, atol=1e-4), split_k
     model = EGRU(32, [h, 256], threshold_mean=0.2).cuda().eval()
     x = torch.randn(6, 1, 32, device="cuda")
     with torch.no_grad():

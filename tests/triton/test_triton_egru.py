@@ -146,5 +146,6 @@ def test_backend_choice_is_checked_and_auto_keeps_cpu_on_torch():
     with pytest.raises(ValueError, match="backend"):
         EGRU(3, 4, backend="cuda")
     assert not uses_triton("auto", torch.device("cpu"))
+    assert EGRU(3, 4).backend == "auto"  # Triton on CUDA by default, PyTorch on CPU
     assert uses_triton("triton", torch.device("cpu")) and not uses_triton("torch",
                                                                           torch.device("cuda"))

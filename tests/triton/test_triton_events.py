@@ -19,18 +19,22 @@ def ev():
     return importlib.import_module("dualsparse.engine.triton_events")
 
 
+@pytest.mark.parametrize("split_k", [False, True], ids=["rows", "split-k"])
 @pytest.mark.parametrize("activity", [0.0, 0.1, 1.0])
-def test_event_matvec_equals_dense_matvec(ev, activity):
+def test_event_matvec_equals_dense_matvec(ev, activity, split_k):
     g = torch.Generator().manual_seed(0)
     k, n = 70, 45
     w = torch.randn(n, k, generator=g)
     b = torch.randn(n, generator=g)
+    b_before = b.clone()
     y = torch.randn(k, generator=g) * (torch.rand(k, generator=g) < activity)
     if activity < 1:
         y[:32] = 0.0  # a whole input block without events: skipped
-    got = ev.event_matvec(y, w.t().contiguous(), b)
+    got = ev.event_matvec(y, w.t().contiguous(), b, block_n=16, block_k=16, split_k=split_k)
     assert torch.allclose(got, torch.addmv(b, w, y), rtol=1e-5, atol=1e-5)
-    assert torch.allclose(ev.event_matvec(y, w.t().contiguous()), w @ y, rtol=1e-5, atol=1e-5)
+    got = ev.event_matvec(y, w.t().contiguous(), block_n=16, block_k=16, split_k=split_k)
+    assert torch.allclose(got, w @ y, rtol=1e-5, atol=1e-5)
+    assert torch.equal(b, b_before)  # the split-k bias is copied, never written
 
 
 @pytest.mark.parametrize("reset,zoneout", [("subtract_threshold", 0.0),

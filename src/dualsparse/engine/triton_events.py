@@ -56,6 +56,24 @@ def _event_matvec(y_ptr, wt_ptr, b_ptr, out_ptr, K, N, HAS_BIAS: tl.constexpr,
 
 
 @triton.jit
+def _event_matvec_split_k(y_ptr, wt_ptr, out_ptr, K, N, BLOCK_N: tl.constexpr,
+                          BLOCK_K: tl.constexpr):
+    # one program per (block of outputs, block of inputs): a block without events returns at
+    # once, the others add their partial sums atomically (out holds the bias beforehand)
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    y = tl.load(y_ptr + rk, mask=rk < K, other=0.0)
+    act = y != 0.0
+    if tl.max(act.to(tl.int32), axis=0) > 0:
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        mn = rn < N
+        w = tl.load(wt_ptr + rk[:, None] * N + rn[None, :], mask=act[:, None] & mn[None, :],
+                    other=0.0)
+        tl.atomic_add(out_ptr + rn, tl.sum(y[:, None] * w, axis=0), mask=mn)
+
+
+@triton.jit
 def _egru_event_step(gi_ptr, y_ptr, c_ptr, wt_ptr, b_ptr, theta_ptr, y_out_ptr, c_out_ptr,
                      H, keep_p, HAS_BIAS: tl.constexpr, RESET: tl.constexpr,
                      ZONEOUT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -109,14 +127,27 @@ def _check_device(*tensors: torch.Tensor) -> None:
 
 
 def event_matvec(y: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor | None = None,
-                 block_n: int = BLOCK_N, block_k: int = BLOCK_K) -> torch.Tensor:
+                 block_n: int = BLOCK_N, block_k: int = BLOCK_K,
+                 split_k: bool = False) -> torch.Tensor:
     """``bias + W @ y`` reading only the rows of ``w_t = W^T`` ``(K, N)`` where ``y`` ``(K,)``
-    is nonzero. Returns ``(N,)`` float32."""
+    is nonzero. Returns ``(N,)`` float32.
+
+    ``split_k``: one program per ``block_n`` outputs x ``block_k`` inputs, partial sums added
+    atomically (more parallelism and a short dependency chain per program, so the time falls
+    with the activity; the summation order, and so the last bits, vary between calls). The
+    default gives each program all inputs of its ``block_n`` outputs (deterministic)."""
     if y.dim() != 1 or w_t.dim() != 2 or w_t.shape[0] != y.shape[0]:
         raise ValueError(f"y must be (K,) and w_t (K, N), got y {tuple(y.shape)} and w_t "
                          f"{tuple(w_t.shape)}")
     _check_device(y, w_t)
     k, n = w_t.shape
+    if split_k:
+        out = bias.float().clone() if bias is not None else y.new_zeros(n)
+        block_n = check_int("block_n", block_n, low=1)
+        block_k = check_int("block_k", block_k, low=1)
+        _event_matvec_split_k[(triton.cdiv(n, block_n), triton.cdiv(k, block_k))](
+            y.contiguous(), w_t.contiguous(), out, k, n, BLOCK_N=block_n, BLOCK_K=block_k)
+        return out
     out = y.new_empty(n)
     _event_matvec[(triton.cdiv(n, block_n),)](
         y.contiguous(), w_t.contiguous(), bias if bias is not None else out, out, k, n,

@@ -166,9 +166,10 @@ class EGRU(RecurrentBase):
             backward (:mod:`dualsparse.models.egru_fused`, faster); False steps
             :func:`egru_step` under autograd (the reference). Both compute the same values
             and gradients.
-        backend: the fused layer's implementation: ``"torch"`` (default), ``"triton"``
-            (Triton kernels, CUDA; ``pip install dualsparse[gpu]``) or ``"auto"`` (triton on
-            CUDA when installed). An attribute that may be changed; not part of the config.
+        backend: the fused layer's implementation: ``"auto"`` (default: the Triton kernels
+            for CUDA tensors when triton is installed, else PyTorch), ``"torch"`` or
+            ``"triton"`` (Triton kernels, CUDA; ``pip install dualsparse[gpu]``). An
+            attribute that may be changed; not part of the config.
 
     Inputs/outputs: see :meth:`RecurrentBase.forward`. The state is one :class:`EGRUState`
     per layer; with ``return_sequences=True`` the events ``o_t`` and pre-reset ``c~_t`` of
@@ -202,7 +203,7 @@ class EGRU(RecurrentBase):
         fused: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
-        backend: str = "torch",
+        backend: str = "auto",
     ) -> None:
         self.fused = bool(fused)
         self.backend = check_backend(backend)
