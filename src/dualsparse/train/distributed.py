@@ -13,6 +13,7 @@ writes checkpoints, logs and results.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -89,8 +90,13 @@ def broadcast_flag(info: DistInfo, value: bool) -> bool:
 
 
 def cleanup(info: DistInfo) -> None:
-    """Leave the process group."""
+    """Leave the process group. Called normally (no exception in flight), the ranks first meet
+    at a barrier so they leave together: a rank that destroys a gloo group while a peer still
+    uses it can abort the peer ("terminate called without an active exception"). With an
+    exception in flight there is no barrier (the peers may never arrive)."""
     if info.enabled and dist.is_initialized():
+        if sys.exc_info()[0] is None:
+            dist.barrier()
         dist.destroy_process_group()
 
 
