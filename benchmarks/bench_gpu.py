@@ -119,46 +119,64 @@ def bench_layer(batch: int, steps: int, hidden: int, inp: int, repeats: int,
     return res
 
 
+def silenced_layer(frac: float, batch: int, steps: int, hidden: int, inp: int,
+                   device: str = "cuda") -> tuple:
+    """Arguments of :func:`triton_egru_sequence` for one EGRU layer (seed 0) whose first
+    ``round(frac * hidden)`` units are silenced (input bias -40 on z and g: z ~ 0, g ~ -1,
+    outside the surrogate support); ``gi`` and ``w_hh`` require grad."""
+    torch.manual_seed(0)
+    m = EGRU(inp, hidden, threshold_mean=0.3).to(device)
+    n = int(round(frac * hidden))
+    with torch.no_grad():
+        m.bias_ih_l0[hidden:hidden + n] = -40.0
+        m.bias_ih_l0[2 * hidden:2 * hidden + n] = -40.0
+    x = torch.randn(steps, batch, inp, device=device)
+    gi = torch.nn.functional.linear(x, m.weight_ih_l0, m.bias_ih_l0).detach()
+    gi.requires_grad_(True)
+    z = x.new_zeros(batch, hidden)
+    theta = m.threshold(0).detach()
+    w = m.weight_hh_l0.detach().requires_grad_(True)
+    return (gi, z, z, w, None, theta, None, m.surrogate, m.reset_mode)
+
+
+def backward_sparsity(call: tuple, **kw: Any) -> float:
+    """One minus the fraction of (step, row, unit) that the backward pass of ``call`` needs."""
+    outs = triton_egru_sequence(*call, **kw)
+    theta, surrogate = call[5], call[7]
+    return 1.0 - needed_units(outs[1], outs[2], theta, surrogate).float().mean().item()
+
+
+def backward_seconds(call: tuple, repeats: int, **kw: Any) -> float:
+    """Median seconds (CUDA events) of the backward pass of ``triton_egru_sequence(*call)``
+    over ``repeats`` runs after two warm-ups; each run does a fresh forward first."""
+    times = []
+    for i in range(repeats + 2):
+        loss = triton_egru_sequence(*call, **kw)[0].sum()
+        torch.cuda.synchronize()
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        loss.backward()
+        end.record()
+        end.synchronize()
+        if i >= 2:
+            times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
 def bench_sparse_backward(batch: int, steps: int, hidden: int, inp: int, repeats: int,
                           blocks: Blocks, fractions: list[float]) -> list[dict[str, Any]]:
     """Triton backward time, sparse vs dense, against the measured backward sparsity."""
     rows = []
     for frac in fractions:
-        torch.manual_seed(0)
-        m = EGRU(inp, hidden, threshold_mean=0.3).cuda()
-        n = int(round(frac * hidden))
-        with torch.no_grad():  # silenced units: z ~ 0, g ~ -1, outside the support
-            m.bias_ih_l0[hidden:hidden + n] = -40.0
-            m.bias_ih_l0[2 * hidden:2 * hidden + n] = -40.0
-        x = torch.randn(steps, batch, inp, device="cuda")
-        gi = torch.nn.functional.linear(x, m.weight_ih_l0, m.bias_ih_l0).detach()
-        gi.requires_grad_(True)
-        z = x.new_zeros(batch, hidden)
-        theta = m.threshold(0).detach()
-        w = m.weight_hh_l0.detach().requires_grad_(True)
+        call = silenced_layer(frac, batch, steps, hidden, inp)
         row: dict[str, Any] = {"silenced": frac}
         for sparse in (False, True):
             stats: dict = {}
-            call = (gi, z, z, w, None, theta, None, m.surrogate, m.reset_mode)
             kw = {"sparse_backward": sparse, "blocks": blocks, "stats": stats}
-            outs = triton_egru_sequence(*call, **kw)
             if sparse:
-                need = needed_units(outs[1], outs[2], theta, m.surrogate)
-                row["backward_sparsity"] = 1.0 - need.float().mean().item()
-            times = []
-            for i in range(repeats + 2):
-                ys = triton_egru_sequence(*call, **kw)[0]
-                loss = ys.sum()
-                torch.cuda.synchronize()
-                start = torch.cuda.Event(enable_timing=True)
-                end = torch.cuda.Event(enable_timing=True)
-                start.record()
-                loss.backward()
-                end.record()
-                end.synchronize()
-                if i >= 2:
-                    times.append(start.elapsed_time(end) / 1e3)
-            row["sparse_s" if sparse else "dense_s"] = statistics.median(times)
+                row["backward_sparsity"] = backward_sparsity(call, **kw)
+            row["sparse_s" if sparse else "dense_s"] = backward_seconds(call, repeats, **kw)
             if sparse:
                 row["skipped_tiles"] = stats.get("skipped_tiles")
         row["speedup"] = row["dense_s"] / row["sparse_s"]

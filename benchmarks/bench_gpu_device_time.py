@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from bench_gpu import backward_seconds, backward_sparsity, silenced_layer
 from torch.profiler import ProfilerActivity, profile
 
 from dualsparse.models import EGRU
-from dualsparse.models.egru_fused import needed_units
 from dualsparse.models.triton_egru import Blocks, triton_egru_sequence
 
 GRAPH_CALLS = 50
@@ -108,45 +108,21 @@ def bench_sparse_backward(repeats: int, fractions: list[float], blocks: Blocks
     batch, steps, hidden, inp = 64, 70, 1350, 750
     rows = []
     for frac in fractions:
-        torch.manual_seed(0)
-        m = EGRU(inp, hidden, threshold_mean=0.3).cuda()
-        n = int(round(frac * hidden))
-        with torch.no_grad():  # silenced units: z ~ 0, g ~ -1, outside the support
-            m.bias_ih_l0[hidden:hidden + n] = -40.0
-            m.bias_ih_l0[2 * hidden:2 * hidden + n] = -40.0
-        x = torch.randn(steps, batch, inp, device="cuda")
-        gi = torch.nn.functional.linear(x, m.weight_ih_l0, m.bias_ih_l0).detach()
-        gi.requires_grad_(True)
-        z = x.new_zeros(batch, hidden)
-        theta = m.threshold(0).detach()
-        w = m.weight_hh_l0.detach().requires_grad_(True)
+        call = silenced_layer(frac, batch, steps, hidden, inp)
         row: dict[str, Any] = {"silenced": frac}
         for sparse in (False, True):
-            call = (gi, z, z, w, None, theta, None, m.surrogate, m.reset_mode)
             kw = {"sparse_backward": sparse, "blocks": blocks}
-            outs = triton_egru_sequence(*call, **kw)
             if sparse:
-                need = needed_units(outs[1], outs[2], theta, m.surrogate)
-                row["backward_sparsity"] = 1.0 - need.float().mean().item()
-            walls, devs = [], []
-            for i in range(repeats + 2):
-                loss = triton_egru_sequence(*call, **kw)[0].sum()
-                torch.cuda.synchronize()
-                start = torch.cuda.Event(enable_timing=True)
-                end = torch.cuda.Event(enable_timing=True)
-                start.record()
-                loss.backward()
-                end.record()
-                end.synchronize()
-                if i >= 2:
-                    walls.append(start.elapsed_time(end) / 1e3)
+                row["backward_sparsity"] = backward_sparsity(call, **kw)
+            walls = backward_seconds(call, repeats, **kw)
+            devs = []
             for _ in range(3):
                 loss = triton_egru_sequence(*call, **kw)[0].sum()
                 torch.cuda.synchronize()
                 total, per = kernel_time(loss.backward)
                 devs.append(total)
             name = "sparse" if sparse else "dense"
-            row[f"{name}_wall_s"] = statistics.median(walls)
+            row[f"{name}_wall_s"] = walls
             row[f"{name}_device_s"] = statistics.median(devs)
             row[f"{name}_kernels"] = dict(sorted(per.items(), key=lambda kv: -kv[1])[:6])
         row["wall_speedup"] = row["dense_wall_s"] / row["sparse_wall_s"]

@@ -65,15 +65,13 @@ try:
         if case.find("failure") is not None or case.find("error") is not None]
 except (OSError, ET.ParseError, AttributeError) as exc:
     report["tests"]["parse_error"] = repr(exc)
-try:
-    report["bench"].update(json.loads((out / "bench.json").read_text()))
-except (OSError, ValueError) as exc:
-    report["bench"]["parse_error"] = repr(exc)
-try:
-    report["device_time"].update(json.loads((out / "device-time.json").read_text()))
-except (OSError, ValueError) as exc:
-    report["device_time"]["parse_error"] = repr(exc)
+for key, name in (("bench", "bench.json"), ("device_time", "device-time.json")):
+    try:
+        report[key].update(json.loads((out / name).read_text()))
+    except (OSError, ValueError) as exc:
+        report[key]["parse_error"] = repr(exc)
 (out / "report.json").write_text(json.dumps(report, indent=2))
-print(f"gpu-check: report in {out / 'report.json'}: tests rc {tests_rc}, bench rc {bench_rc}")
+print(f"gpu-check: report in {out / 'report.json'}: tests rc {tests_rc}, bench rc {bench_rc}, "
+      f"device-time rc {device_rc}")
 PYEOF
 [ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ] && [ "$device_rc" -eq 0 ]

@@ -140,19 +140,18 @@ def event_matvec(y: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor | None =
         raise ValueError(f"y must be (K,) and w_t (K, N), got y {tuple(y.shape)} and w_t "
                          f"{tuple(w_t.shape)}")
     _check_device(y, w_t)
+    block_n = check_int("block_n", block_n, low=1)
+    block_k = check_int("block_k", block_k, low=1)
     k, n = w_t.shape
     if split_k:
         out = bias.float().clone() if bias is not None else y.new_zeros(n)
-        block_n = check_int("block_n", block_n, low=1)
-        block_k = check_int("block_k", block_k, low=1)
         _event_matvec_split_k[(triton.cdiv(n, block_n), triton.cdiv(k, block_k))](
             y.contiguous(), w_t.contiguous(), out, k, n, BLOCK_N=block_n, BLOCK_K=block_k)
         return out
     out = y.new_empty(n)
     _event_matvec[(triton.cdiv(n, block_n),)](
         y.contiguous(), w_t.contiguous(), bias if bias is not None else out, out, k, n,
-        HAS_BIAS=bias is not None, BLOCK_N=check_int("block_n", block_n, low=1),
-        BLOCK_K=check_int("block_k", block_k, low=1))
+        HAS_BIAS=bias is not None, BLOCK_N=block_n, BLOCK_K=block_k)
     return out
 
 
