@@ -140,3 +140,39 @@ def test_empty_batches_are_skipped_and_an_empty_meter_says_so():
     meter.update_decoder(out)
     with pytest.raises(ValueError, match="nothing measured"):
         meter.report()
+
+
+@pytest.mark.parametrize("reset_mode", ["subtract_threshold", "subtract_output", "none"])
+def test_carried_distance_histogram_is_the_state_the_model_carries(reset_mode):
+    """The carried (post-reset) histogram bins exactly the ``c`` the EGRU hands to its next
+    step: fed one step per call, each call's returned state ``c_n`` is that value."""
+    torch.manual_seed(1)
+    m = EGRU(4, [6], threshold_mean=0.1, reset_mode=reset_mode).eval()
+    x = torch.randn(9, 2, 4)
+    meter = ActivityMeter(m, bins=40, distance_range=(-1.0, 1.0))
+    carried, state = [], None
+    with torch.no_grad():
+        for t in range(9):
+            _, state, seqs = m(x[t:t + 1], state, return_sequences=True)
+            meter.update(x[t:t + 1], seqs)
+            carried.append(state[0].c - m.threshold(0))
+    expected = torch.histc(torch.stack(carried).double().clamp(-1, 1), bins=40, min=-1, max=1)
+    rep = meter.report().layers[0]
+    assert rep.carried_distance_histogram["counts"] == expected.tolist()
+    pre, post = rep.distance_histogram["counts"], rep.carried_distance_histogram["counts"]
+    assert rep.activity > 0  # some units fired
+    assert sum(post) == sum(pre) == 9 * 2 * 6
+    if reset_mode == "subtract_threshold":
+        assert post != pre  # the reset moved the fired entries down by theta
+
+
+def test_carried_histogram_absent_without_reset_mode_and_checked():
+    m = EGRU(3, [4]).eval()
+    x = torch.randn(5, 1, 3)
+    _, _, seqs = m(x, return_sequences=True)
+    meter = ActivityMeter()
+    w_ih, w_hh, _, _ = m.layer_weights(0)
+    meter.update_layer(0, w_ih, w_hh, x, seqs[0], m.threshold(0), m.surrogate)
+    assert meter.report().layers[0].carried_distance_histogram is None
+    with pytest.raises(ValueError, match="reset_mode"):
+        meter.update_layer(0, w_ih, w_hh, x, seqs[0], m.threshold(0), reset_mode="zero")

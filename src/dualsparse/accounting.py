@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from dualsparse.models.egru import RESET_MODES
 from dualsparse.models.packed import PackedSequence, split_sequences
 from dualsparse.models.recurrent import RecurrentBase
 from dualsparse.models.states import LayerSequences
@@ -91,6 +92,7 @@ class LayerReport:
     per_neuron_activity: list[float] = field(default_factory=list)
     activity_histogram: dict = field(default_factory=dict)
     distance_histogram: dict | None = None
+    carried_distance_histogram: dict | None = None
 
 
 @dataclass
@@ -197,6 +199,7 @@ class _LayerAccumulator:
         self.density_ih = self.density_hh = 1.0
         self.outside_support = 0.0
         self.distance_counts: torch.Tensor | None = None
+        self.carried_counts: torch.Tensor | None = None
         self.distance_entries = 0
 
 
@@ -253,13 +256,14 @@ class ActivityMeter:
                 w_ih, w_hh, _, _ = rnn.layer_weights(k)
                 theta = rnn.threshold(k) if seq.events is not None else None
                 self.update_layer(k, w_ih, w_hh, layer_in, seq, theta, surrogate,
-                                  time_dim=time_dim)
+                                  time_dim=time_dim,
+                                  reset_mode=getattr(rnn, "reset_mode", None))
                 layer_in = seq.output
 
     def update_layer(self, layer: int, weight_ih: torch.Tensor, weight_hh: torch.Tensor,
                      inputs: torch.Tensor, seq: LayerSequences,
                      threshold: torch.Tensor | None = None, surrogate: Surrogate | None = None,
-                     time_dim: int = 0) -> None:
+                     time_dim: int = 0, reset_mode: str | None = None) -> None:
         """Add one sequence batch of one layer.
 
         Args:
@@ -268,7 +272,13 @@ class ActivityMeter:
             threshold, surrogate: for backward sparsity and the ``c~ - theta`` histogram
                 (EGRU layers; ignored when ``seq.internal`` is None).
             time_dim: 0 for time-first tensors, 1 for batch-first.
+            reset_mode: the EGRU's ``reset_mode``; given, the carried (post-reset) state
+                ``c_t - theta`` is histogrammed too: ``c_t = c~_t - o_t * theta`` for
+                ``"subtract_threshold"``, ``c~_t`` otherwise (``"subtract_output"`` has
+                already subtracted ``y_{t-1}`` inside ``c~_t``; ``"none"`` does not reset).
         """
+        if reset_mode is not None and reset_mode not in RESET_MODES:
+            raise ValueError(f"reset_mode must be one of {RESET_MODES}, got {reset_mode!r}")
         hidden = weight_hh.size(1)
         if weight_ih.size(0) != weight_hh.size(0) or weight_hh.size(0) % hidden:
             raise ValueError(f"inconsistent weights: weight_ih {tuple(weight_ih.shape)}, "
@@ -310,6 +320,14 @@ class ActivityMeter:
                 acc.distance_counts = counts if acc.distance_counts is None else (
                     acc.distance_counts + counts)
                 acc.distance_entries += dist.numel()
+                if reset_mode is not None and seq.events is not None:
+                    carried = dist
+                    if reset_mode == "subtract_threshold":
+                        carried = (seq.internal - seq.events * threshold - threshold
+                                   ).reshape(-1).to(torch.float64)
+                    counts = torch.histc(carried.clamp(lo, hi), bins=self.bins, min=lo, max=hi)
+                    acc.carried_counts = counts if acc.carried_counts is None else (
+                        acc.carried_counts + counts)
 
     def update_decoder(self, inputs: torch.Tensor, weight: torch.Tensor | None = None) -> None:
         """Add the decoder's MACs for ``inputs`` ``(..., E)`` (weight: ``(V, E)``)."""
@@ -351,6 +369,10 @@ class ActivityMeter:
             dist_hist = None
             if a.distance_counts is not None:
                 dist_hist = {"counts": a.distance_counts.tolist(), "edges": dist_edges.tolist()}
+            carried_hist = None
+            if a.carried_counts is not None:
+                carried_hist = {"counts": a.carried_counts.tolist(),
+                                "edges": dist_edges.tolist()}
             dense, effective = a.dense / a.tokens, a.effective / a.tokens
             layers.append(LayerReport(
                 layer=k, input_size=a.input_size, hidden_size=a.hidden_size,
@@ -364,6 +386,7 @@ class ActivityMeter:
                 per_neuron_activity=per_neuron.tolist(),
                 activity_histogram={"counts": hist.tolist(), "edges": edges.tolist()},
                 distance_histogram=dist_hist,
+                carried_distance_histogram=carried_hist,
             ))
         decoder = None
         st = self._decoder_stats

@@ -23,7 +23,10 @@ def _record(model, target, seed, ppl, red, act, steps=3, wd=0.0, wdb=0.0):
                         "weight_sparsity": target, "effective_macs": 1000.0 / red,
                         "layers": [{"activity_histogram": _hist([seed + 1, 1, 0, 0]),
                                     "distance_histogram": (_hist([1, seed, 2, 0], -2, 2)
-                                                           if model == "EGRU" else None)}]}}
+                                                           if model == "EGRU" else None),
+                                    "carried_distance_histogram": (
+                                        _hist([seed, 1, 1, 0], -2, 2)
+                                        if model == "EGRU" else None)}]}}
 
 
 @pytest.fixture
@@ -116,6 +119,12 @@ def test_histograms_pool_seeds(records, tmp_path):
     assert all(k.startswith("EGRU") for k in dist)  # LSTM has no c - theta
     assert dist["EGRU, prune_target=0.0"][0]["fraction"] == pytest.approx(
         [2 / 9, 3 / 9, 4 / 9, 0])
+    carried = figures.distance_histograms(records, tmp_path / "hc", state="carried")
+    # seeds 1 and 2 pooled: [1,1,1,0] + [2,1,1,0] = [3,2,2,0] -> fractions of 7
+    assert carried["EGRU, prune_target=0.0"][0]["fraction"] == pytest.approx(
+        [3 / 7, 2 / 7, 2 / 7, 0])
+    with pytest.raises(ValueError, match="state"):
+        figures.distance_histograms(records, tmp_path / "hx", state="post")
     only_lstm = [r for r in records if r["config"]["model"] == "LSTM"]
     assert figures.distance_histograms(only_lstm, tmp_path / "none") is None
     bad = [records[0], {**records[1], "metrics": {**records[1]["metrics"], "layers": [

@@ -318,17 +318,28 @@ def activity_histograms(records: Sequence[Any], path: str | Path, keys: Keys = D
 
 
 def distance_histograms(records: Sequence[Any], path: str | Path, keys: Keys = DEFAULT_KEYS,
-                        by: Sequence[str] | None = None
+                        by: Sequence[str] | None = None, state: str = "pre_reset"
                         ) -> dict[str, list[dict[str, list]]] | None:
-    """Per-layer histograms of ``c~ - theta`` (EGRU; runs without it are skipped).
+    """Per-layer histograms of the internal state minus the threshold (EGRU; runs without
+    it are skipped): ``state="pre_reset"`` the ``c~_t - theta`` the event is decided on,
+    ``"carried"`` the post-reset ``c_t - theta`` carried to the next step (after
+    ``subtract_threshold``'s ``- o_t * theta``).
 
     Returns ``{group label: [{"fraction", "edges"} per layer]}`` (fractions of entries;
     values beyond the histogram range are in the edge bins).
     """
-    return _histograms(records, path, "distance_histogram",
+    fields = {"pre_reset": ("distance_histogram",
+                            "c~ - theta (pre-reset internal state minus threshold)",
+                            "Pre-reset distance to threshold per layer"),
+              "carried": ("carried_distance_histogram",
+                          "c - theta (carried, post-reset internal state minus threshold)",
+                          "Carried (post-reset) distance to threshold per layer")}
+    if state not in fields:
+        raise ValueError(f"state must be one of {sorted(fields)}, got {state!r}")
+    field, xlabel, title = fields[state]
+    return _histograms(records, path, field,
                        list(by) if by is not None else [keys.model, keys.sparsity],
-                       "c~ - theta (pre-reset internal state minus threshold)",
-                       "Distance to threshold per layer (test set, seeds pooled)")
+                       xlabel, f"{title} (test set, seeds pooled)")
 
 
 def ppl_vs_prune_steps(records: Sequence[Any], path: str | Path, keys: Keys = DEFAULT_KEYS,

@@ -71,6 +71,7 @@ def summarize(accounting: dict[str, Any], test_ppl: float, val_ppl: float | None
         "layers": [{"layer": layer["layer"], "hidden_size": layer["hidden_size"],
                     "activity_histogram": layer.get("activity_histogram"),
                     "distance_histogram": layer.get("distance_histogram"),
+                    "carried_distance_histogram": layer.get("carried_distance_histogram"),
                     "per_neuron_activity": layer.get("per_neuron_activity")}
                    for layer in layers],
         "checkpoint": checkpoint,

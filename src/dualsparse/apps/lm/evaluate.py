@@ -66,7 +66,8 @@ def evaluate_lm(model: nn.Module, source: torch.Tensor, batch_size: int, bptt: i
                         is_egru = seqs.layers[k].events is not None
                         meter.update_layer(k, w_ih, w_hh, seqs.layer_inputs[k], seqs.layers[k],
                                            rnn.threshold(0) if is_egru else None,
-                                           getattr(rnn, "surrogate", None))
+                                           getattr(rnn, "surrogate", None),
+                                           reset_mode=getattr(rnn, "reset_mode", None))
                     meter.update_decoder(seqs.decoder_input, model.decoder.weight)
                 state = carry_state(state, carry)
     finally:
