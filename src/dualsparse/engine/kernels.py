@@ -21,6 +21,10 @@ Layouts: ``X`` ``(n, C)``, ``out`` ``(n, rows_padded)``, ``idx`` ``(n, >= max cn
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from types import FunctionType
+from typing import Any
+
 import numpy as np
 from numba import njit, prange
 
@@ -208,15 +212,31 @@ def _accumulate_dense_columns(data: np.ndarray, rows_padded: int, group_rows: in
                        out)
 
 
+def _parallel_build(fn: Callable) -> Any:
+    """``njit(parallel=True)`` of a copy of ``fn`` named ``<name>_parallel``.
+
+    Numba's on-disk cache keys a function by module, qualified name, first line and bytecode,
+    *not* by the compile flags: a serial and a ``parallel=True`` build of one Python function
+    share one cache entry, and whichever is compiled first is loaded for both (the "serial"
+    kernel then ran the 2-thread build, or the parallel one the serial build). The copy has
+    its own name, hence its own cache entry (tested in ``tests/engine/test_kernel_cache.py``).
+    """
+    copy = FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_parallel",
+                        fn.__defaults__, fn.__closure__)
+    copy.__qualname__ = fn.__qualname__ + "_parallel"
+    copy.__doc__ = fn.__doc__
+    return njit(parallel=True, **_OPTS)(copy)
+
+
 #: Serial and ``prange``-parallel builds of the same kernels (identical results).
 accumulate_tiles = njit(**_OPTS)(_accumulate_tiles)
-accumulate_tiles_parallel = njit(parallel=True, **_OPTS)(_accumulate_tiles)
+accumulate_tiles_parallel = _parallel_build(_accumulate_tiles)
 accumulate_dense = njit(**_OPTS)(_accumulate_dense)
-accumulate_dense_parallel = njit(parallel=True, **_OPTS)(_accumulate_dense)
+accumulate_dense_parallel = _parallel_build(_accumulate_dense)
 accumulate_dense_columns = njit(**_OPTS)(_accumulate_dense_columns)
-accumulate_dense_columns_parallel = njit(parallel=True, **_OPTS)(_accumulate_dense_columns)
+accumulate_dense_columns_parallel = _parallel_build(_accumulate_dense_columns)
 accumulate_rows = njit(**_OPTS)(_accumulate_rows)
-accumulate_rows_parallel = njit(parallel=True, **_OPTS)(_accumulate_rows)
+accumulate_rows_parallel = _parallel_build(_accumulate_rows)
 
 
 #: ``fmt`` codes of :func:`accumulate_event`, chosen by each format's ``kernel_args``:
