@@ -44,10 +44,13 @@ AUTO_SCATTER_COST = 3.0
 DENSE_MIN_DENSITY = 0.9
 #: Row panel height (rounded up to a multiple of the tile height).
 PANEL_ROWS = 64
-#: Target bytes of packed weights per work item when several vectors share them (they are
-#: re-read from cache for every vector; the L2 of our AMD EPYC is 1 MB per core; 1-4 MB
-#: groups measured fastest with 64 vectors).
-GROUP_BYTES = 1024 * 1024
+#: Most bytes of packed weights per work item when several vectors share them. Each group
+#: costs every vector a pointer lookup per active column, and a column's tiles are split
+#: over the groups, so small groups are slow: on our AMD EPYC (1 MB L2 per core) a 2.2 MB
+#: 16x1 matrix (4050 x 1350, 10%) was fastest as one group at 2, 8, 16 and 64 vectors
+#: (1.25-1.4x faster than 1 MB groups, idle machine, 2026-11-26), the weights then being
+#: re-read from L3 with prefetching. The bound keeps very large matrices in a few groups.
+GROUP_BYTES = 16 * 1024 * 1024
 #: Most rows per work item (their accumulator slice, 16 KB of float32, stays in L1).
 GROUP_MAX_ROWS = 4096
 #: Products of matrices with fewer packed bytes run on one thread even when ``threads > 1``

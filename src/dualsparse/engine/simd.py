@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
 _V16 = ir.VectorType(ir.FloatType(), 16)
@@ -93,4 +94,21 @@ def axpy16(typingctx, out, out_offset, data, data_offset, x):
     return types.void(out, types.int64, data, types.int64, types.float32), codegen
 
 
-__all__ = ["F32x16Type", "axpy16", "f32x16", "vload", "vmadd", "vstore"]
+@intrinsic
+def prefetch(typingctx, arr, offset):
+    """Hint the CPU to bring the cache line of ``arr[offset]`` into L1 (``llvm.prefetch``,
+    read, high locality); no effect on results, no fault on any address."""
+    def codegen(context, builder, signature, args):
+        a = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = builder.bitcast(builder.gep(a.data, [args[1]]), ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]),
+            "llvm.prefetch.p0")
+        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, types.int64), codegen
+
+
+__all__ = ["F32x16Type", "axpy16", "f32x16", "prefetch", "vload", "vmadd", "vstore"]
