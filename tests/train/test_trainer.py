@@ -14,7 +14,7 @@ from dualsparse.models.lm import RNNLanguageModel
 from dualsparse.train import checkpoint as ckpt
 from dualsparse.train.config import TrainConfig
 from dualsparse.train.loop import Trainer, set_seed
-from dualsparse.train.optim import lr_factor, parameter_groups
+from dualsparse.train.optim import build_optimizer, lr_factor, parameter_groups
 
 V = 24
 
@@ -44,6 +44,32 @@ def make(cell: str = "egru", *, random_bptt: bool = True, out_dir: Path | None =
                       out_dir=None if out_dir is None else str(out_dir), tensorboard=False,
                       progress=False, seed=seed, **settings)
     return Trainer(model, task, cfg)
+
+
+def test_adamw_is_fused_on_cpu_and_steps_like_the_foreach_adamw() -> None:
+    """The fused AdamW the Trainer builds makes the update of torch's foreach AdamW with the
+    same groups (to float rounding), decays each group by its own rate, and SGD is unchanged."""
+    torch.manual_seed(0)
+    model = RNNLanguageModel(V, 8, [12, 8], cell="egru")
+    twin = RNNLanguageModel(V, 8, [12, 8], cell="egru")
+    twin.load_state_dict(model.state_dict())
+    cfg = TrainConfig(max_steps=1, lr=0.01, wdecay=0.1, wdecay_bias=0.0, wdecay_thr=0.5,
+                      beta1=0.0)
+    opt = build_optimizer(model, cfg)
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["fused"]
+    ref = torch.optim.AdamW(parameter_groups(twin, cfg), lr=cfg.lr, betas=(0.0, cfg.beta2),
+                            eps=cfg.eps, foreach=True)
+    for step in range(3):
+        for m, o in ((model, opt), (twin, ref)):
+            o.zero_grad()
+            tokens = torch.randint(0, V, (5, 2), generator=torch.Generator().manual_seed(step))
+            logits, _ = m(tokens)
+            logits.square().mean().backward()
+            o.step()
+    for (name, a), b in zip(model.named_parameters(), twin.parameters(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), name
+    sgd = build_optimizer(model, TrainConfig(max_steps=1, optimizer="sgd"))
+    assert isinstance(sgd, torch.optim.SGD) and not sgd.defaults.get("fused")
 
 
 def test_parameter_groups_split_weights_biases_thresholds() -> None:
