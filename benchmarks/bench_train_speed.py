@@ -7,6 +7,10 @@ load average before and after; refuses to report when the 1-minute load exceeds 
 ``--allow-load``, and then marks the figures as taken on a loaded machine).
 
     python benchmarks/bench_train_speed.py [--steps 60] [--repeats 3] [--threads 1 2]
+
+``--foreach-adamw`` adds, for every AdamW preset, a variant ``<preset>/foreach`` that builds
+AdamW without the fused kernel (the Trainer's optimiser before it used ``fused=True``), so
+the two are compared in the same process, alternating.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 from dualsparse.apps.lm.config import LMConfig
 from dualsparse.apps.lm.presets import with_preset
 from dualsparse.apps.lm.task import LMTask
+from dualsparse.train import optim
 from dualsparse.train.loop import Trainer, set_seed
 
 MAX_LOAD = 1.5
@@ -33,8 +38,18 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
-def one_fit(config: LMConfig, data: tuple, steps: int) -> float:
-    """Tokens per second of ``steps`` training steps (after one warm-up step)."""
+def one_fit(config: LMConfig, data: tuple, steps: int, fused: bool = True) -> float:
+    """Tokens per second of ``steps`` training steps (after one warm-up step); ``fused=False``
+    builds AdamW without PyTorch's fused kernel."""
+    saved = optim.FUSED_DEVICES
+    optim.FUSED_DEVICES = saved if fused else ()
+    try:
+        return _timed_fit(config, data, steps)
+    finally:
+        optim.FUSED_DEVICES = saved
+
+
+def _timed_fit(config: LMConfig, data: tuple, steps: int) -> float:
     set_seed(config.run.seed, True)
     corpus, train, valid, test = data
     model = config.model.build(len(corpus.vocab))
@@ -56,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--allow-load", action="store_true")
+    p.add_argument("--foreach-adamw", action="store_true",
+                   help="also time each AdamW preset without the fused AdamW kernel")
     p.add_argument("--out", default=None, help="JSON file for the results (must not exist)")
     args = p.parse_args(argv)
     if args.out and os.path.exists(args.out):
@@ -69,14 +86,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configs = {name: LMConfig.from_dict(with_preset(name, {})) for name in args.presets}
     data = next(iter(configs.values())).data.load()
-    results: dict[str, dict[int, float]] = {name: {} for name in configs}
+    variants = {name: (config, True) for name, config in configs.items()}
+    if args.foreach_adamw:
+        for name, config in configs.items():
+            if config.run.optimizer == "adamw":
+                variants[f"{name}/foreach"] = (config, False)
+    results: dict[str, dict[int, float]] = {name: {} for name in variants}
     for threads in args.threads:
         torch.set_num_threads(threads)
-        samples: dict[str, list[float]] = {name: [] for name in configs}
+        samples: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(args.repeats):
-            for name, config in configs.items():  # alternate the presets
-                samples[name].append(one_fit(config, data, args.steps))
-        for name in configs:
+            for name, (config, fused) in variants.items():  # alternate the variants
+                samples[name].append(one_fit(config, data, args.steps, fused))
+        for name in variants:
             results[name][threads] = statistics.median(samples[name])
             print(f"{name:>16}  {threads} thread(s): {results[name][threads]:8.0f} tokens/s "
                   f"(median of {args.repeats}: {', '.join(f'{s:.0f}' for s in samples[name])})",
