@@ -158,3 +158,21 @@ def test_a_checkpoint_claiming_a_huge_model_is_refused(run: Path, tmp_path: Path
     assert cli.main(["eval", "--checkpoint", str(copy), "--tokens", "50"]) == 1
     err = capsys.readouterr().err
     assert "hidden_sizes [300000]" in err and "more than this machine's" in err
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--lr", "-1"], "--lr must be >= 0.0"),
+    (["--wdecay-bias", "-0.5"], "--wdecay-bias must be >= 0.0"),
+    (["--beta1", "1"], "--beta1 must be < 1.0"),
+    (["--clip", "-1"], "--clip must be >= 0.0"),
+])
+def test_bad_optimiser_flags_are_named_before_the_data_is_looked_for(
+        flags: list[str], message: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    """The optimiser settings are checked when the flags are read: a wrong flag is reported
+    (by its flag name) even when the data folder is missing too, and nothing is created."""
+    monkeypatch.setenv("DUALSPARSE_DATA", str(tmp_path / "no-data-here"))
+    out = tmp_path / "r"
+    assert cli.main(["train", "--preset", "ptb-small-egru", *flags, "--save", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "no-data-here" not in err and "Traceback" not in err
+    assert not out.exists()

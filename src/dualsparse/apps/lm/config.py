@@ -195,6 +195,25 @@ class RunConfig:
         for flag, value in (("--save-interval", self.save_interval),
                             ("--warmup-steps", self.warmup_steps)):
             check_int(flag, value, low=0)
+        self._check_optimizer_settings()
+
+    def _optimizer_settings(self) -> dict[str, Any]:
+        """The :class:`TrainConfig` fields that do not depend on the data."""
+        return dict(lr=self.lr, optimizer=self.optimizer, beta1=self.beta1, beta2=self.beta2,
+                    momentum=self.momentum, wdecay=self.wdecay, wdecay_bias=self.wdecay_bias,
+                    wdecay_thr=self.wdecay_thr, lr_bias=self.lr_bias, lr_thr=self.lr_thr,
+                    clip=self.clip, scale_lr_by_seq_len=self.random_bptt, seed=self.seed,
+                    deterministic=self.deterministic, schedule=self.schedule,
+                    min_lr_ratio=self.min_lr_ratio, gamma=self.gamma)
+
+    def _check_optimizer_settings(self) -> None:
+        """Validate the optimiser settings with :class:`TrainConfig`'s own checks now, before
+        any data is read (the Trainer's config needs the epoch length); errors name the flag."""
+        try:
+            TrainConfig(max_steps=1, **self._optimizer_settings())
+        except ValueError as e:
+            field, _, rest = str(e).partition(" ")
+            raise ValueError(f"--{field.replace('_', '-')} {rest}") from None
 
     def max_steps_for(self, steps_per_epoch: int) -> int:
         """``max_steps``, or ``epochs`` converted to optimiser steps."""
@@ -213,12 +232,7 @@ class RunConfig:
         With ``fine_tune_steps``: that many steps at the run's optimiser settings, with a
         constant LR, no validation and no output (``dualsparse prune`` fine-tuning).
         """
-        settings: dict[str, Any] = dict(
-            lr=self.lr, optimizer=self.optimizer, beta1=self.beta1, beta2=self.beta2,
-            momentum=self.momentum, wdecay=self.wdecay, wdecay_bias=self.wdecay_bias,
-            wdecay_thr=self.wdecay_thr, lr_bias=self.lr_bias, lr_thr=self.lr_thr,
-            clip=self.clip, scale_lr_by_seq_len=self.random_bptt, seed=self.seed,
-            deterministic=self.deterministic)
+        settings = self._optimizer_settings()
         if fine_tune_steps is not None:
             settings.update(max_steps=fine_tune_steps, eval_interval=0, out_dir=None,
                             progress=False)
