@@ -74,6 +74,17 @@ def test_ppl_vs_reduction_data_and_files(records, tmp_path):
     assert not list(tmp_path.glob(".*tmp"))  # no temporary files left behind
 
 
+def test_ppl_vs_reduction_on_the_papers_axis(records, tmp_path):
+    """``reduction="ideal_reduction"`` plots lambda_a x lambda_w, not the measured count."""
+    for r in records:
+        act, w = r["metrics"]["activity_sparsity"], r["metrics"]["weight_sparsity"]
+        r["metrics"]["ideal_reduction"] = 1 / ((1 - act) * (1 - w))
+    curves = figures.ppl_vs_reduction(records, tmp_path / "f2", reduction="ideal_reduction")
+    assert curves["EGRU"]["x"] == pytest.approx([5.0, 10.0, 50.0])  # seeds agree: no +1.5
+    assert curves["LSTM"]["x"] == pytest.approx([1.0, 2.0, 10.0])
+    assert (tmp_path / "f2.png").read_bytes().startswith(PNG)
+
+
 def test_tradeoff_map(records, tmp_path):
     panels = figures.tradeoff_map(records, tmp_path / "map")
     assert set(panels) == {"EGRU", "LSTM"}

@@ -82,11 +82,24 @@ def _relabel(skeys: Sequence[str], series: dict[tuple, Any]) -> dict[str, Any]:
     return {label([skeys[i] for i in keep], [k[i] for i in keep]): v for k, v in series.items()}
 
 
+#: x-axis labels of :func:`ppl_vs_reduction` per reduction metric.
+REDUCTION_LABELS = {
+    "mac_reduction": "measured MAC reduction of the RNN layers (dense / effective MACs per "
+                     "token; layer 0's dense input included)",
+    "ideal_reduction": "lambda_a x lambda_w = 1 / (activity density x weight density) "
+                       "(the papers' axis)",
+    "total_reduction": "measured MAC reduction, RNN layers and decoder",
+}
+
+
 def ppl_vs_reduction(records: Sequence[Any], path: str | Path, keys: Keys = DEFAULT_KEYS,
                      metric: str = "test_ppl", reduction: str = "mac_reduction",
                      title: str | None = None, min_points: int = 2
                      ) -> dict[str, dict[str, list]] | None:
     """Test perplexity vs MAC reduction, mean +- std over seeds; returns the curves.
+
+    ``reduction`` picks the x-axis (:data:`REDUCTION_LABELS`): the measured effective-MAC
+    reduction (default) or the papers' ``lambda_a * lambda_w`` (``"ideal_reduction"``).
 
     Series with fewer than ``min_points`` sparsity levels (settings from other parts of a
     sweep) are left out.
@@ -127,7 +140,7 @@ def ppl_vs_reduction(records: Sequence[Any], path: str | Path, keys: Keys = DEFA
                 ax.annotate(f"{s:g}", (x, y), textcoords="offset points", xytext=(4, 4),
                             fontsize=7)
     ax.set_xscale("log")
-    ax.set_xlabel("effective MAC reduction (dense / effective MACs per token, RNN layers)")
+    ax.set_xlabel(REDUCTION_LABELS.get(reduction, reduction))
     ax.set_ylabel("test perplexity")
     ax.set_title(title or "Perplexity vs MAC reduction (labels: weight-sparsity target)")
     ax.grid(True, which="both", alpha=0.3)

@@ -68,8 +68,15 @@ def write_report(records: Sequence[Any], out_dir: str | Path, title: str = "Swee
     summary: dict[str, Any] = {}
     sections = []
     specs = [
-        ("fig_ppl_vs_reduction", "Test perplexity vs effective MAC reduction (fig. 1A/B, 2)",
+        ("fig_ppl_vs_reduction",
+         "Test perplexity vs measured effective MAC reduction (fig. 1A/B, 2)",
          lambda p: figures.ppl_vs_reduction(runs, p, keys), "no run has both metrics"),
+        ("fig_ppl_vs_ideal_reduction",
+         "Test perplexity vs lambda_a x lambda_w, the papers' axis (fig. 1A/B)",
+         lambda p: figures.ppl_vs_reduction(
+             runs, p, keys, reduction="ideal_reduction",
+             title="Perplexity vs lambda_a x lambda_w (labels: weight-sparsity target)"),
+         "no run has both metrics"),
         ("fig_tradeoff_map", "Activity sparsity vs weight sparsity (fig. 1C/D)",
          lambda p: figures.tradeoff_map(runs, p, keys), "no run has the sparsity metrics"),
         ("fig_weight_decay", "Weight decay on weights and on biases (fig. 2 / 4)",
