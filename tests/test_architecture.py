@@ -37,6 +37,7 @@ LAYERS: dict[str, str] = {
     "data": "base",
     "embedded": "base",
     "accounting": "middle",
+    "accounting_report": "middle",
     "neurobench_metrics": "middle",
     "sparsity": "middle",
     "rtrl": "middle",

@@ -32,6 +32,17 @@ def test_split_config_separates_dense_training_from_pruning() -> None:
     assert not any(k.startswith("prune") for k in dense) and dense["hidden_sizes"] == [16, 16]
     with pytest.raises(ValueError, match="fine_tune_budget"):
         split_config({**TINY, "fine_tune_budget": -1})
+    # the fine-tuning's rate and schedule belong to the pruning, not to the dense model
+    dense2, prune2, _ = split_config({**TINY, "prune_target": 0.5, "fine_tune_lr": 1e-3,
+                                      "fine_tune_lr_schedule": "cosine"})
+    assert dense2 == split_config({**TINY, "prune_target": 0.5})[0]
+    assert prune2["fine_tune_lr"] == 1e-3 and prune2["fine_tune_lr_schedule"] == "cosine"
+    check_config({**TINY, "prune_target": 0.5, "fine_tune_lr": 1e-3,
+                  "fine_tune_lr_schedule": "cosine"})
+    with pytest.raises(ValueError, match="fine_tune_lr"):
+        split_config({**TINY, "fine_tune_lr": 0.0})
+    with pytest.raises(ValueError, match="fine_tune_lr_schedule"):
+        split_config({**TINY, "fine_tune_lr_schedule": "linear"})
     with pytest.raises(ValueError, match="--prune-method"):
         check_config({**TINY, "prune_method": "random"})
     with pytest.raises(ValueError, match="unknown LM run config keys"):

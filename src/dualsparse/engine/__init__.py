@@ -8,12 +8,17 @@
 * :mod:`~dualsparse.engine.runtime` -- :class:`SparseRuntime` (``step`` / ``run``).
 * :mod:`~dualsparse.engine.lm` -- :class:`~dualsparse.engine.lm.SparseLM` (whole language
   models: segments, streaming, batches, generation).
+* :mod:`~dualsparse.engine.numba_cache` -- drops the cached kernels when the sources change.
 """
 
-from dualsparse.engine.events import EventComparison, compare_events
-from dualsparse.engine.formats import DenseMatrix, PackedMatrix
-from dualsparse.engine.pack import PackedRNN, pack_dense, pack_matrix, pack_rnn
-from dualsparse.engine.runtime import SparseRuntime
+from dualsparse.engine import numba_cache
+
+numba_cache.refresh()  # before any kernel module is imported and its cache is read
+
+from dualsparse.engine.events import EventComparison, compare_events  # noqa: E402
+from dualsparse.engine.formats import DenseMatrix, PackedMatrix  # noqa: E402
+from dualsparse.engine.pack import PackedRNN, pack_dense, pack_matrix, pack_rnn  # noqa: E402
+from dualsparse.engine.runtime import SparseRuntime  # noqa: E402
 
 __all__ = ["DenseMatrix", "EventComparison", "PackedMatrix", "PackedRNN", "SparseRuntime",
            "compare_events", "pack_dense", "pack_matrix", "pack_rnn"]

@@ -10,6 +10,9 @@ module:
 * ``fine_tune_budget``: optimiser steps of fine-tuning in total, split equally over the rounds
   (``fine_tune_budget // prune_rounds`` after each round), so that runs with different numbers
   of rounds get the same budget (Fig. 3 of the papers).
+* ``fine_tune_lr``: the learning rate of that fine-tuning (default None: the dense run's peak
+  ``lr``); ``fine_tune_lr_schedule``: ``"constant"`` (default) or ``"cosine"`` (warm-up over a
+  tenth of each round, then cosine to 0; :func:`dualsparse.apps.lm.prune.prune_hooks`).
 
 The dense model is trained once per distinct dense config (seed included) into
 ``<sweep output>/dense/<id>/`` and shared by every run that prunes it: all sparsities and all
@@ -30,7 +33,12 @@ from typing import Any
 from dualsparse.apps.lm import commands
 from dualsparse.apps.lm.config import PruneConfig, canonical, field_names
 from dualsparse.apps.lm.evaluate import test_report
-from dualsparse.apps.lm.prune import PruneRunConfig, prune_hooks, prune_trained
+from dualsparse.apps.lm.prune import (
+    FINE_TUNE_LR_SCHEDULES,
+    PruneRunConfig,
+    prune_hooks,
+    prune_trained,
+)
 from dualsparse.apps.lm.runs import run_config
 from dualsparse.apps.lm.task import LMTask
 from dualsparse.atomic import atomic_write_json
@@ -40,21 +48,34 @@ from dualsparse.experiments.metrics import summarize
 from dualsparse.experiments.spec import run_id
 from dualsparse.train.checkpoint import read_checkpoint_meta
 from dualsparse.train.run_dir import RunLockedError
-from dualsparse.validation import check_int
+from dualsparse.validation import check_choice, check_int, check_real
 
-OWN_KEYS = {"fine_tune_budget": 0}
+OWN_KEYS = {"fine_tune_budget": 0, "fine_tune_lr": None, "fine_tune_lr_schedule": "constant"}
+#: keys of this module kept with the pruning keys (not part of the dense run's config)
+FINE_TUNE_KEYS = ("fine_tune_lr", "fine_tune_lr_schedule")
 PRUNE_KEYS = frozenset(f for f in field_names() if f.startswith("prune_")) | {"group_lasso"}
 #: seconds between looks at another worker's dense training
 POLL_S = 5.0
 
 
 def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], int]:
-    """``(dense run config, pruning keys, fine_tune_budget)`` of an ``lm_prune`` config."""
+    """``(dense run config, pruning keys, fine_tune_budget)`` of an ``lm_prune`` config
+    (``fine_tune_lr``, checked here, is left among the pruning keys)."""
     config = dict(config)
     budget = check_int("fine_tune_budget", config.pop("fine_tune_budget", 0), low=0)
+    lr = config.pop("fine_tune_lr", None)
+    if lr is not None:
+        lr = check_real("fine_tune_lr", lr, low=0.0, low_open=True)
+    schedule = check_choice("fine_tune_lr_schedule",
+                            config.pop("fine_tune_lr_schedule", "constant"),
+                            FINE_TUNE_LR_SCHEDULES)
     preset = config.pop("preset", None)
     given = canonical(config)
     prune = {k: given.pop(k) for k in list(given) if k in PRUNE_KEYS}
+    if lr is not None:
+        prune["fine_tune_lr"] = lr
+    if schedule != "constant":
+        prune["fine_tune_lr_schedule"] = schedule
     dense = {**({"preset": preset} if preset is not None else {}), **given}
     return dense, prune, budget
 
@@ -68,6 +89,7 @@ def check_config(config: dict[str, Any]) -> tuple[dict[str, Any], PruneConfig, i
 
 
 def _prune_config(prune: dict[str, Any]) -> PruneConfig:
+    prune = {k: v for k, v in prune.items() if k not in FINE_TUNE_KEYS}
     return PruneConfig(**{**prune, "prune_schedule": prune.get("prune_schedule", "iterative")})
 
 
@@ -100,7 +122,9 @@ def run_lm_prune(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     dense_dir = ensure_dense(dense, run_dir.parent.parent)
     dense_result = json.loads((dense_dir / "results.json").read_text())
-    model, fine_tune, evaluate = prune_hooks(dense_dir, "best")
+    model, fine_tune, evaluate = prune_hooks(
+        dense_dir, "best", fine_tune_lr=prune.get("fine_tune_lr"),
+        fine_tune_lr_schedule=prune.get("fine_tune_lr_schedule", "constant"))
     cfg = _prune_config(prune)
     pruning = None
     val_ppl = dense_result["train"].get("best_valid_ppl")
@@ -111,7 +135,10 @@ def run_lm_prune(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         atomic_write_json(run_dir / "prune.json", res)
         pruning = {"method": cfg.prune_method, "target": cfg.prune_target,
                    "rounds": cfg.prune_rounds, "schedule": cfg.prune_schedule,
-                   "fine_tune_steps_per_round": per_round, "history": res["rounds"]}
+                   "fine_tune_steps_per_round": per_round,
+                   "fine_tune_lr": prune.get("fine_tune_lr"),
+                   "fine_tune_lr_schedule": prune.get("fine_tune_lr_schedule", "constant"),
+                   "history": res["rounds"]}
         last = res["rounds"][-1]
         val_ppl = last.get("metric_fine_tuned", last["metric_pruned"])
     lm = run_config(read_checkpoint_meta(dense_dir, "best"))
@@ -123,5 +150,5 @@ def run_lm_prune(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
                      test_tokens=test_res["tokens"], pruning=pruning, flags=lm.flat())
 
 
-__all__ = ["OWN_KEYS", "PRUNE_KEYS", "check_config", "ensure_dense", "run_lm_prune",
-           "split_config"]
+__all__ = ["FINE_TUNE_KEYS", "OWN_KEYS", "PRUNE_KEYS", "check_config", "ensure_dense",
+           "run_lm_prune", "split_config"]

@@ -176,3 +176,45 @@ def test_bad_optimiser_flags_are_named_before_the_data_is_looked_for(
     err = capsys.readouterr().err
     assert message in err and "no-data-here" not in err and "Traceback" not in err
     assert not out.exists()
+
+
+@needs_data
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_prune_fine_tuning_learning_rate_and_schedule(run: Path, schedule: str, monkeypatch,
+                                                      tmp_path: Path) -> None:
+    """``--fine-tune-lr`` sets the fine-tuning's rate; ``--fine-tune-lr-schedule cosine``
+    warms a fresh AdamW up over a tenth of each round and decays the rate to 0 by its end."""
+    from dualsparse.apps.lm import prune as prune_mod
+    from dualsparse.train.optim import lr_factor
+
+    seen = []
+    real = prune_mod.Trainer
+
+    def spy(model, task, cfg, **kw):
+        seen.append(cfg)
+        return real(model, task, cfg, **kw)
+
+    monkeypatch.setattr(prune_mod, "Trainer", spy)
+    out = tmp_path / f"prune-{schedule}.json"
+    assert cli.main(["prune", "--checkpoint", str(run), "--prune-target", "0.5",
+                     "--prune-rounds", "2", "--fine-tune-steps", "20", "--fine-tune-lr",
+                     "1e-4", "--fine-tune-lr-schedule", schedule, "--output", str(out)]) == 0
+    assert len(seen) == 2  # one fine-tuning per round, each with a fresh optimiser
+    for cfg in seen:
+        assert cfg.lr == 1e-4 and cfg.max_steps == 20
+        factors = [lr_factor(step, cfg) for step in range(20)]
+        if schedule == "constant":
+            assert factors == [1.0] * 20
+        else:
+            assert factors[0] == pytest.approx(0.5) and factors[1] > 0.95  # warm-up: 2 steps
+            assert factors[-1] < 0.01
+            assert all(a >= b for a, b in zip(factors[1:-1], factors[2:], strict=True))
+    saved = json.loads(out.read_text())["config"]
+    assert saved["fine_tune_lr"] == 1e-4 and saved["fine_tune_lr_schedule"] == schedule
+
+
+@needs_data
+def test_prune_refuses_a_bad_fine_tuning_rate(run: Path, capsys) -> None:
+    assert cli.main(["prune", "--checkpoint", str(run), "--prune-target", "0.5",
+                     "--fine-tune-steps", "2", "--fine-tune-lr", "0"]) == 1
+    assert "--fine-tune-lr must be > 0" in capsys.readouterr().err

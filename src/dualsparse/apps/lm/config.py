@@ -203,14 +203,14 @@ class RunConfig:
                     momentum=self.momentum, wdecay=self.wdecay, wdecay_bias=self.wdecay_bias,
                     wdecay_thr=self.wdecay_thr, lr_bias=self.lr_bias, lr_thr=self.lr_thr,
                     clip=self.clip, scale_lr_by_seq_len=self.random_bptt, seed=self.seed,
-                    deterministic=self.deterministic, schedule=self.schedule,
-                    min_lr_ratio=self.min_lr_ratio, gamma=self.gamma)
+                    deterministic=self.deterministic)
 
     def _check_optimizer_settings(self) -> None:
         """Validate the optimiser settings with :class:`TrainConfig`'s own checks now, before
         any data is read (the Trainer's config needs the epoch length); errors name the flag."""
         try:
-            TrainConfig(max_steps=1, **self._optimizer_settings())
+            TrainConfig(max_steps=1, schedule=self.schedule, min_lr_ratio=self.min_lr_ratio,
+                        gamma=self.gamma, **self._optimizer_settings())
         except ValueError as e:
             field, _, rest = str(e).partition(" ")
             raise ValueError(f"--{field.replace('_', '-')} {rest}") from None

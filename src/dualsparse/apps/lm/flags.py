@@ -269,6 +269,12 @@ def add_prune_command_flags(parser: argparse.ArgumentParser) -> None:
     add_prune_flags(parser, command="prune")
     parser.add_argument("--fine-tune-steps", type=int, default=0,
                         help="optimiser steps of fine-tuning after each round (default 0)")
+    parser.add_argument("--fine-tune-lr", type=float, default=None,
+                        help="learning rate of the fine-tuning (default: the run's lr)")
+    parser.add_argument("--fine-tune-lr-schedule", choices=["constant", "cosine"],
+                        default="constant",
+                        help="fine-tuning learning rate: constant, or per round a warm-up over "
+                             "a tenth of the steps then cosine to 0 (default constant)")
     parser.add_argument("--output", default=None, help="write the results JSON here")
     parser.add_argument("--save", default=None, help="write the pruned checkpoint here")
     parser.add_argument("--finalize", action="store_true",

@@ -20,7 +20,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from torch import nn
@@ -41,7 +41,7 @@ from dualsparse.sparsity.scoring import Scoring
 from dualsparse.sparsity.spec import PruningSpec, TensorSpec
 from dualsparse.train.checkpoint import save_model
 from dualsparse.train.loop import Trainer
-from dualsparse.validation import check_int, check_real
+from dualsparse.validation import check_choice, check_int, check_real
 
 FineTune = Callable[[nn.Module, Pruner, int], Any]
 Evaluate = Callable[[nn.Module], float]
@@ -57,13 +57,16 @@ NARANG_UPDATES = 10
 class PruneRunConfig:
     """Settings of ``dualsparse prune`` besides the :class:`PruneConfig`: the trained run
     (``checkpoint`` folder, ``tag``; ``data_dir`` overrides the run's), optimiser steps of
-    fine-tuning after each round, and the outputs (results JSON, pruned checkpoint;
+    fine-tuning after each round, their learning rate (default: the run's peak ``lr``) and
+    its schedule (:data:`FINE_TUNE_LR_SCHEDULES`), and the outputs (results JSON, pruned checkpoint;
     ``finalize`` drops the masks before saving)."""
 
     checkpoint: str | None = None
     tag: str = "best"
     data_dir: str | None = None
     fine_tune_steps: int = 0
+    fine_tune_lr: float | None = None
+    fine_tune_lr_schedule: str = "constant"
     output: str | None = None
     save: str | None = None
     finalize: bool = False
@@ -246,18 +249,34 @@ def _metric(value: Any) -> float:
         raise ValueError(f"evaluate(model) must return a number, got {value!r}") from None
 
 
+#: Learning-rate schedules of the fine-tuning after each round: ``"constant"`` at the
+#: fine-tuning rate, or ``"cosine"``: linear warm-up over the first tenth of the round's steps
+#: (the optimiser state is fresh), then cosine decay to 0.
+FINE_TUNE_LR_SCHEDULES = ("constant", "cosine")
+
+
 def prune_hooks(checkpoint: str | os.PathLike[str], tag: str = "best",
-                data_dir: str | None = None
+                data_dir: str | None = None, fine_tune_lr: float | None = None,
+                fine_tune_lr_schedule: str = "constant"
                 ) -> tuple[nn.Module, FineTune, Evaluate]:
     """``(model, fine_tune, evaluate)`` for ``dualsparse prune`` on a trained LM run.
 
     ``fine_tune(model, pruner, steps)`` trains ``steps`` more optimiser steps with the run's
-    settings and the pruner attached; ``evaluate(model)`` returns the validation perplexity.
+    settings and the pruner attached, at the learning rate ``fine_tune_lr`` (default: the
+    run's peak ``lr``), constant or cosine-decayed to 0 over the round
+    (``fine_tune_lr_schedule``; a fresh AdamW held at the peak rate can undo a converged
+    model, see ``docs/results.md``); ``evaluate(model)`` returns the validation perplexity.
     """
+    fine_tune_lr_schedule = check_choice("--fine-tune-lr-schedule", fine_tune_lr_schedule,
+                                      FINE_TUNE_LR_SCHEDULES)
+    if fine_tune_lr is not None:
+        fine_tune_lr = check_real("--fine-tune-lr", fine_tune_lr, low=0.0, low_open=True)
     model, meta = load_model(checkpoint, tag)
     config = run_config(meta)
     if data_dir is not None:
         config.data.data_dir = data_dir
+    if fine_tune_lr is not None:
+        config.run.lr = fine_tune_lr
     _, train, valid, test = config.data.load()
 
     def make_task() -> LMTask:
@@ -266,6 +285,9 @@ def prune_hooks(checkpoint: str | os.PathLike[str], tag: str = "best",
     def fine_tune(model: nn.Module, pruner: Any, steps: int) -> dict[str, Any]:
         task = make_task()
         cfg = config.run.train_config(task.steps_per_epoch, fine_tune_steps=steps)
+        if fine_tune_lr_schedule == "cosine":  # a fresh AdamW: warm up over a tenth
+            cfg = replace(cfg, schedule="cosine", cosine_start=0, min_lr_ratio=0.0,
+                          warmup_steps=max(1, steps // 10))
         return Trainer(model, task, cfg, pruner=pruner).fit()
 
     def evaluate(model: nn.Module) -> float:
@@ -274,6 +296,6 @@ def prune_hooks(checkpoint: str | os.PathLike[str], tag: str = "best",
     return model, fine_tune, evaluate
 
 
-__all__ = ["NARANG_UPDATES", "PruneRunConfig", "build_pruner", "fine_tune_schedule",
-           "narang_schedule", "prune_hooks", "prune_trained", "pruner_for_training",
-           "training_schedule"]
+__all__ = ["FINE_TUNE_LR_SCHEDULES", "NARANG_UPDATES", "PruneRunConfig", "build_pruner",
+           "fine_tune_schedule", "narang_schedule", "prune_hooks", "prune_trained",
+           "pruner_for_training", "training_schedule"]
