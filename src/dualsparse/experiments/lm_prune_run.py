@@ -19,8 +19,9 @@ The dense model is trained once per distinct dense config (seed included) into
 round counts start from the same point. The run folder's lock lets one worker train it while
 others wait; a dense run whose worker died is resumed from its ``latest`` checkpoint.
 ``prune_target`` 0 (or no ``prune_method``) tests the dense model itself. Fine-tuning uses the
-dense run's optimiser settings at a constant learning rate (``dualsparse prune``'s rule); every
-round's fine-tuning starts from the beginning of the training data.
+dense run's optimiser settings (a fresh optimiser each round) at ``fine_tune_lr`` and
+``fine_tune_lr_schedule``; each round goes on through the training data where the previous
+round stopped (``dualsparse prune``'s rules).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from dualsparse import cli
 from dualsparse.train import checkpoint as ckpt
@@ -187,11 +188,12 @@ def test_prune_fine_tuning_learning_rate_and_schedule(run: Path, schedule: str, 
     from dualsparse.apps.lm import prune as prune_mod
     from dualsparse.train.optim import lr_factor
 
-    seen = []
+    seen, positions = [], []
     real = prune_mod.Trainer
 
     def spy(model, task, cfg, **kw):
         seen.append(cfg)
+        positions.append(task.next_batch().input.clone())  # where this round starts
         return real(model, task, cfg, **kw)
 
     monkeypatch.setattr(prune_mod, "Trainer", spy)
@@ -200,6 +202,8 @@ def test_prune_fine_tuning_learning_rate_and_schedule(run: Path, schedule: str, 
                      "--prune-rounds", "2", "--fine-tune-steps", "20", "--fine-tune-lr",
                      "1e-4", "--fine-tune-lr-schedule", schedule, "--output", str(out)]) == 0
     assert len(seen) == 2  # one fine-tuning per round, each with a fresh optimiser
+    # the second round goes on through the training data instead of starting it again
+    assert not torch.equal(positions[0], positions[1])
     for cfg in seen:
         assert cfg.lr == 1e-4 and cfg.max_steps == 20
         factors = [lr_factor(step, cfg) for step in range(20)]

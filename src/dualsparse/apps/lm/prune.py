@@ -262,10 +262,13 @@ def prune_hooks(checkpoint: str | os.PathLike[str], tag: str = "best",
     """``(model, fine_tune, evaluate)`` for ``dualsparse prune`` on a trained LM run.
 
     ``fine_tune(model, pruner, steps)`` trains ``steps`` more optimiser steps with the run's
-    settings and the pruner attached, at the learning rate ``fine_tune_lr`` (default: the
-    run's peak ``lr``), constant or cosine-decayed to 0 over the round
-    (``fine_tune_lr_schedule``; a fresh AdamW held at the peak rate can undo a converged
-    model, see ``docs/results.md``); ``evaluate(model)`` returns the validation perplexity.
+    settings and the pruner attached, each call going on through the training data where
+    the previous one stopped (restarting every round at the first tokens fine-tuned all
+    rounds on the same slice, and each round made the EGRU worse), at the learning rate
+    ``fine_tune_lr`` (default: the run's peak ``lr``), constant or cosine-decayed to 0 over
+    the round (``fine_tune_lr_schedule``; a fresh AdamW held at the peak rate can undo a
+    converged model, see ``docs/results.md``); ``evaluate(model)`` returns the validation
+    perplexity.
     """
     fine_tune_lr_schedule = check_choice("--fine-tune-lr-schedule", fine_tune_lr_schedule,
                                       FINE_TUNE_LR_SCHEDULES)
@@ -282,8 +285,10 @@ def prune_hooks(checkpoint: str | os.PathLike[str], tag: str = "best",
     def make_task() -> LMTask:
         return LMTask.from_config(config.run, train, valid, test)
 
+    fine_tune_task = make_task()  # shared: each round goes on through the training data
+
     def fine_tune(model: nn.Module, pruner: Any, steps: int) -> dict[str, Any]:
-        task = make_task()
+        task = fine_tune_task
         cfg = config.run.train_config(task.steps_per_epoch, fine_tune_steps=steps)
         if fine_tune_lr_schedule == "cosine":  # a fresh AdamW: warm up over a tenth
             cfg = replace(cfg, schedule="cosine", cosine_start=0, min_lr_ratio=0.0,
