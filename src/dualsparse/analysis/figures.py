@@ -342,7 +342,7 @@ def distance_histograms(records: Sequence[Any], path: str | Path, keys: Keys = D
     values beyond the histogram range are in the edge bins).
     """
     fields = {"pre_reset": ("distance_histogram",
-                            "c~ - theta (pre-reset internal state minus threshold)",
+                            "c~ - theta (pre-reset state)",
                             "Pre-reset distance to threshold per layer"),
               "carried": ("carried_distance_histogram",
                           "c - theta (carried, post-reset internal state minus threshold)",
