@@ -345,7 +345,7 @@ def distance_histograms(records: Sequence[Any], path: str | Path, keys: Keys = D
                             "c~ - theta (pre-reset state)",
                             "Pre-reset distance to threshold per layer"),
               "carried": ("carried_distance_histogram",
-                          "c - theta (carried, post-reset internal state minus threshold)",
+                          "c - theta (carried, post-reset state)",
                           "Carried (post-reset) distance to threshold per layer")}
     if state not in fields:
         raise ValueError(f"state must be one of {sorted(fields)}, got {state!r}")
