@@ -52,6 +52,8 @@ def test_records_helpers(records):
     assert len(pts) == 6 and pts[0].key == ("EGRU", 0.0) and pts[0].n == 2
     assert pts[0].values["test_ppl"] == (110.0, pytest.approx(math.sqrt(8)))
     assert as_runs([{"config": {}, "metrics": None}]) == []
+    # stores written before the rename: prune_steps reads as prune_rounds
+    assert as_runs([{"config": {"prune_steps": 3}, "metrics": {}}])[0].get("prune_rounds") == 3
     with pytest.raises(ValueError, match="must be dicts"):
         as_runs([{"config": [], "metrics": {}}])
 

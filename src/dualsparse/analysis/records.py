@@ -3,8 +3,9 @@
 A *record* is anything with ``config`` and ``metrics`` dicts (a
 :class:`~dualsparse.experiments.store.RunRecord`, or a plain ``{"config", "metrics"}`` dict).
 Which config keys mean what is given by a :class:`Keys` object (defaults: the names of
-``dualsparse train``: ``model``, ``prune_target``, ``prune_method``, ``prune_steps``,
-``wdecay``, ``wdecay_bias``, ``seed``). A key missing from a config reads as None.
+``dualsparse train``: ``model``, ``prune_target``, ``prune_method``, ``prune_rounds``,
+``wdecay``, ``wdecay_bias``, ``seed``). A key missing from a config reads as None; the older
+name ``prune_steps`` of stored configs reads as ``prune_rounds`` (:data:`OLD_NAMES`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+#: Config keys of older stores -> their current names (the sweep specs' ``prune_steps``).
+OLD_NAMES = {"prune_steps": "prune_rounds"}
+
 
 @dataclass(frozen=True)
 class Keys:
@@ -23,7 +27,7 @@ class Keys:
     model: str = "model"
     sparsity: str = "prune_target"
     method: str = "prune_method"
-    steps: str = "prune_steps"
+    steps: str = "prune_rounds"
     wdecay: str = "wdecay"
     wdecay_bias: str = "wdecay_bias"
     seed: str = "seed"
@@ -60,6 +64,9 @@ def as_runs(records: Iterable[Any]) -> list[Run]:
             continue
         if not isinstance(config, dict) or not isinstance(metrics, dict):
             raise ValueError(f"record {rid}: config and metrics must be dicts")
+        for old, new in OLD_NAMES.items():
+            if old in config and new not in config:
+                config = {new if k == old else k: v for k, v in config.items()}
         out.append(Run(rid, config, metrics))
     return out
 
