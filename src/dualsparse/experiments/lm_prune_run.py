@@ -123,9 +123,10 @@ def run_lm_prune(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     dense_dir = ensure_dense(dense, run_dir.parent.parent)
     dense_result = json.loads((dense_dir / "results.json").read_text())
-    model, fine_tune, evaluate = prune_hooks(
-        dense_dir, "best", fine_tune_lr=prune.get("fine_tune_lr"),
-        fine_tune_lr_schedule=prune.get("fine_tune_lr_schedule", "constant"))
+    lr = prune.get("fine_tune_lr")
+    lr_schedule = prune.get("fine_tune_lr_schedule", OWN_KEYS["fine_tune_lr_schedule"])
+    model, fine_tune, evaluate = prune_hooks(dense_dir, "best", fine_tune_lr=lr,
+                                             fine_tune_lr_schedule=lr_schedule)
     cfg = _prune_config(prune)
     pruning = None
     val_ppl = dense_result["train"].get("best_valid_ppl")
@@ -137,8 +138,7 @@ def run_lm_prune(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         pruning = {"method": cfg.prune_method, "target": cfg.prune_target,
                    "rounds": cfg.prune_rounds, "schedule": cfg.prune_schedule,
                    "fine_tune_steps_per_round": per_round,
-                   "fine_tune_lr": prune.get("fine_tune_lr"),
-                   "fine_tune_lr_schedule": prune.get("fine_tune_lr_schedule", "constant"),
+                   "fine_tune_lr": lr, "fine_tune_lr_schedule": lr_schedule,
                    "history": res["rounds"]}
         last = res["rounds"][-1]
         val_ppl = last.get("metric_fine_tuned", last["metric_pruned"])

@@ -27,6 +27,7 @@ from dualsparse.apps.lm.config import (
     RunConfig,
 )
 from dualsparse.apps.lm.presets import PRESETS, with_preset
+from dualsparse.apps.lm.prune import FINE_TUNE_LR_SCHEDULES
 from dualsparse.sparsity.scoring import SCOPES, STATS, parse_block
 
 T = TypeVar("T")
@@ -271,7 +272,7 @@ def add_prune_command_flags(parser: argparse.ArgumentParser) -> None:
                         help="optimiser steps of fine-tuning after each round (default 0)")
     parser.add_argument("--fine-tune-lr", type=float, default=None,
                         help="learning rate of the fine-tuning (default: the run's lr)")
-    parser.add_argument("--fine-tune-lr-schedule", choices=["constant", "cosine"],
+    parser.add_argument("--fine-tune-lr-schedule", choices=FINE_TUNE_LR_SCHEDULES,
                         default="constant",
                         help="fine-tuning learning rate: constant, or per round a warm-up over "
                              "a tenth of the steps then cosine to 0 (default constant)")

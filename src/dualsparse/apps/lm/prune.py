@@ -271,7 +271,7 @@ def prune_hooks(checkpoint: str | os.PathLike[str], tag: str = "best",
     perplexity.
     """
     fine_tune_lr_schedule = check_choice("--fine-tune-lr-schedule", fine_tune_lr_schedule,
-                                      FINE_TUNE_LR_SCHEDULES)
+                                         FINE_TUNE_LR_SCHEDULES)
     if fine_tune_lr is not None:
         fine_tune_lr = check_real("--fine-tune-lr", fine_tune_lr, low=0.0, low_open=True)
     model, meta = load_model(checkpoint, tag)
