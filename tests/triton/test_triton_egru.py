@@ -34,6 +34,12 @@ def _grads(fn, args, keep, surrogate, reset, **kw):
     return outs, torch.autograd.grad(loss, params)
 
 
+PATHS = [("fused", 0.5, "tiles"), ("split", 1.0, "split"), ("cublas", 1.0, "cublas_gather"),
+         ("cublas", 0.0, "cublas_dense")]
+"""(backward_matmul, sparse_density, the path the backward takes) for these small inputs."""
+
+
+@pytest.mark.parametrize("method,sparse_density,path", PATHS)
 @pytest.mark.parametrize("reset,keep,shape", [
     ("subtract_threshold", None, "triangle"),
     ("subtract_threshold", "mask", "rectangle"),
@@ -42,13 +48,17 @@ def _grads(fn, args, keep, surrogate, reset, **kw):
     ("none", None, "rectangle"),
     ("none", 0.3, "fast_sigmoid"),
 ])
-def test_forward_and_gradients_equal_the_pytorch_layer(reset, keep, shape):
+def test_forward_and_gradients_equal_the_pytorch_layer(reset, keep, shape, method,
+                                                       sparse_density, path):
     args = _inputs()
     if keep == "mask":
         keep = (torch.rand(4, 3, 20, generator=torch.Generator().manual_seed(5)) < 0.3).double()
     sur = Surrogate(shape, gamma=0.9, width=0.8)
     ref_out, ref_g = _grads(egru_sequence, args, keep, sur, reset)
-    out, g = _grads(triton_egru_sequence, args, keep, sur, reset, blocks=SMALL)
+    stats: dict = {}
+    out, g = _grads(triton_egru_sequence, args, keep, sur, reset, blocks=SMALL, stats=stats,
+                    sparse_density=sparse_density, backward_matmul=method)
+    assert stats["path"] == path
     for a, b in zip(out, ref_out, strict=True):
         assert torch.allclose(a, b, rtol=0, atol=1e-12)
     assert ref_out[1].sum() > 0 and (ref_out[1] == 0).any()  # some events, not all
@@ -92,15 +102,59 @@ def test_sparse_backward_skips_silent_tiles_with_the_same_gradients(reset):
                            stats=stats)
     need = needed_units(out[1], out[2], th, sur)
     assert not need[:, :, :16].any() and need[:, :, 16:].any()
+    assert stats["path"] == "tiles"
     assert stats["skipped_tiles"] == pytest.approx(0.5)  # one of the two unit tiles
     dense_stats: dict = {}
     _, g_dense = _grads(triton_egru_sequence, args, None, sur, reset, blocks=SMALL,
                         sparse_backward=False, stats=dense_stats)
-    assert dense_stats["skipped_tiles"] == 0.0
+    assert dense_stats["path"] == "dense" and dense_stats["weight_columns"] == 1.0
+    gathered = []
+    for method, path in (("split", "split"), ("cublas", "cublas_gather")):
+        split_stats: dict = {}  # default sparse_density 0.5: half the units are needed
+        gathered.append(_grads(triton_egru_sequence, args, None, sur, reset, blocks=SMALL,
+                               stats=split_stats, backward_matmul=method)[1])
+        assert split_stats["path"] == path
+        assert 0.3 < split_stats["needed_fraction"] <= 0.5  # the silent half is never needed
+        assert 0.3 < split_stats["weight_columns"] <= 0.5  # nor fires
     _, g_ref = _grads(egru_sequence, args, None, sur, reset)
-    for a, d, r in zip(g_sparse, g_dense, g_ref, strict=True):
+    for a, d, sp, cb, r in zip(g_sparse, g_dense, *gathered, g_ref, strict=True):
         assert torch.allclose(a, d, rtol=1e-10, atol=1e-12)
-        assert torch.allclose(a, r, rtol=1e-10, atol=1e-12)
+        for got in (a, sp, cb):
+            assert torch.allclose(got, r, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("method,path", [("split", "split"), ("cublas", "cublas_gather")])
+def test_split_backward_with_scattered_units_and_several_chunks(method, path):
+    """Every third unit silent, others at varying distances from threshold: the needed units
+    are scattered and change from step to step; H = 40 with k = 16 splits each gate's
+    reduction into three chunks (the last partial) and the needed units into several tiles."""
+    gi, y0, c0, w, b, th = _inputs(steps=6, batch=5, h=40, seed=3)
+    silent = torch.arange(0, 40, 3)
+    with torch.no_grad():
+        y0[:, silent] = 0.0
+        for gate in (1, 2):
+            gi[:, :, gate * 40 + silent] = -40.0
+    args = [gi, y0, c0, w, b, th]
+    sur = Surrogate("triangle", gamma=0.5, width=0.3)
+    stats: dict = {}
+    out, g = _grads(triton_egru_sequence, args, None, sur, "subtract_threshold",
+                    blocks=SMALL, stats=stats, sparse_density=1.0, backward_matmul=method)
+    need = needed_units(out[1], out[2], th, sur)[:-1].any(1)
+    assert stats["path"] == path and 0.2 < stats["needed_fraction"] < 0.67
+    assert not need[:, silent].any()
+    assert (need.sum(1) > 16).any()  # more than one tile of needed units in some step
+    assert len(set(map(tuple, need.tolist()))) > 1  # the needed set changes over time
+    _, g_ref = _grads(egru_sequence, args, None, sur, "subtract_threshold")
+    for name, a, r in zip("gi y0 c0 w_hh b_hh theta".split(), g, g_ref, strict=True):
+        assert torch.allclose(a, r, rtol=1e-10, atol=1e-12), name
+
+
+def test_sparse_density_is_checked():
+    args = _inputs()
+    with pytest.raises(ValueError, match="sparse_density"):
+        triton_egru_sequence(*args, None, Surrogate(), "none", sparse_density=1.5)
+    with pytest.raises(ValueError, match="backward_matmul"):
+        triton_egru_sequence(*args, None, Surrogate(), "none", backward_matmul="cudnn")
 
 
 def test_weight_gradient_skips_zero_blocks_exactly():

@@ -17,9 +17,9 @@ units that fired or lie inside the support (the union over the batch). Likewise 
 gradient ``d_gh^T @ y_{t-1}`` needs only the columns of units that fired at least once.
 :func:`needed_units` gives that mask; the backward computes only those columns in a step when
 their fraction is at most ``sparse_density`` (a compact surrogate is required: the
-``fast_sigmoid`` shape has unbounded support and always runs dense). This skipping runs on CPU
-tensors only: choosing the columns costs a device sync per step on a GPU, where the Triton
-backend skips per tile instead.
+``fast_sigmoid`` shape has unbounded support and always runs dense). This column skipping
+runs on CPU tensors only: choosing the columns costs a device sync per step on a GPU, where
+the Triton backend finds all steps' needed units at once and runs a split-K matmul over them.
 
 Backends of :func:`egru_sequence`: ``"torch"`` (this module), ``"triton"``
 (:mod:`dualsparse.models.triton_egru`, CUDA) and ``"auto"`` (triton for CUDA tensors when
@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 
 from dualsparse.models import triton_egru
-from dualsparse.models.surrogate import Surrogate
+from dualsparse.models.surrogate import Surrogate, needed_units
 from dualsparse.models.tracing import is_tracing
 from dualsparse.validation import check_choice, check_real
 
@@ -54,15 +54,6 @@ def uses_triton(backend: str, device: torch.device) -> bool:
     if check_backend(backend) == "auto":
         return device.type == "cuda" and triton_egru.available()
     return backend == "triton"
-
-
-def needed_units(events: torch.Tensor, c_tildes: torch.Tensor, theta: torch.Tensor,
-                 surrogate: Surrogate) -> torch.Tensor:
-    """Boolean ``(T, B, H)``: where ``dy_t/dc~_t`` can be nonzero (event or inside support).
-
-    Backward sparsity is ``1 - needed_units(...).float().mean()``.
-    """
-    return (events > 0) | surrogate.in_support(c_tildes - theta)
 
 
 def _columns(mask: torch.Tensor, sparse_density: float) -> torch.Tensor | None:
@@ -214,15 +205,17 @@ def egru_sequence(gi: torch.Tensor, y0: torch.Tensor, c0: torch.Tensor, w_hh: to
     ``sparse_density`` in ``[0, 1]``: skip the columns of units not needed by the backward
     pass in steps where at most this fraction of units is needed; 0 runs the dense BPTT.
     Values and gradients are the same either way (CPU only, see the module docstring).
-    ``backend``: one of :data:`BACKENDS`; the Triton path skips per tile and ignores
-    ``sparse_density``. Under autocast (AMP) the inputs are cast to
+    ``backend``: one of :data:`BACKENDS`; on the Triton path ``sparse_density`` chooses
+    between its split-K and per-tile sparse backward (0: dense; see
+    :mod:`dualsparse.models.triton_egru`). Under autocast (AMP) the inputs are cast to
     the dtype of ``w_hh`` and the recurrence runs in it, autocast off. Returns
     ``(ys, events, c_tildes, c_last)``; the final output is ``ys[-1]``.
     """
     sparse_density = check_real("sparse_density", sparse_density, low=0.0, high=1.0)
     if uses_triton(backend, gi.device):
         return triton_egru.triton_egru_sequence(gi, y0, c0, w_hh, b_hh, theta, keep, surrogate,
-                                                reset_mode)
+                                                reset_mode, sparse_backward=sparse_density > 0,
+                                                sparse_density=sparse_density)
     device = gi.device.type
     if torch.is_autocast_enabled(device):  # AMP: the recurrence runs in the weights' dtype
         dt = w_hh.dtype

@@ -87,6 +87,17 @@ class Surrogate:
         return asdict(self)
 
 
+def needed_units(events: torch.Tensor, c_tildes: torch.Tensor, theta: torch.Tensor,
+                 surrogate: Surrogate) -> torch.Tensor:
+    """Boolean ``(T, B, H)``: where an EGRU's ``dy_t/dc~_t`` can be nonzero (the unit fired, or
+    ``c~_t - theta`` lies inside the surrogate's support); elsewhere the gradient arriving at
+    ``y_t`` is never used (the backward sparsity of :mod:`dualsparse.models.egru_fused`).
+
+    Backward sparsity is ``1 - needed_units(...).float().mean()``.
+    """
+    return (events > 0) | surrogate.in_support(c_tildes - theta)
+
+
 class _HeavisideSurrogateFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, surrogate: Surrogate) -> torch.Tensor:  # type: ignore[override]

@@ -10,10 +10,23 @@ direction): a persistent kernel would need a grid-wide barrier between steps, wh
 does not provide (and its CPU interpreter, which runs programs one after another, could not
 test).
 
-Sparse backward: a tile of the backward step whose units all lie outside the surrogate support
-and did not fire skips its matmul (their ``dy`` is never used; see
-:mod:`dualsparse.models.egru_fused`); the weight gradient skips row blocks of ``y_{t-1}`` that
-are all zero. ``sparse_backward=False`` runs both dense (for measurements).
+Sparse backward: units that did not fire and lie outside the surrogate support need no ``dy``
+(see :mod:`dualsparse.models.egru_fused`). ``backward_matmul`` chooses how a BPTT step computes
+``dy_t = d_gh_{t+1} @ W_hh``:
+
+* ``"fused"`` (default): in the step kernel, which then computes the gate derivatives of its
+  tile; sparse, a tile whose units no batch row needs skips its matmul.
+* ``"split"``: a split-K Triton matmul over the needed units only (their ``W_hh^T`` rows,
+  the reduction split over many programs so that a few units still fill the GPU) writes
+  partial sums; the step kernel adds them in a fixed order (deterministic), then the gates.
+* ``"cublas"``: ``torch.mm`` per step (sparse: over the gathered rows of the needed units),
+  then the step kernel for the gates.
+
+The last two find every step's needed units first (one device sync per backward) and run
+sparse where at most ``sparse_density`` of (step, unit) pairs are needed. The weight gradient
+(cuBLAS) multiplies only the columns of units that fired at least once when they are at most
+``sparse_density`` of all. ``sparse_backward=False`` runs everything dense (for
+measurements).
 
 The kernels need CUDA tensors, or CPU tensors in a process started with
 ``TRITON_INTERPRET=1`` (Triton's interpreter, slow: for tests at small sizes). triton is an
@@ -32,11 +45,31 @@ from types import SimpleNamespace
 import torch
 
 from dualsparse.models import _triton_egru_kernels
-from dualsparse.models.surrogate import Surrogate
-from dualsparse.validation import check_int
+from dualsparse.models.surrogate import Surrogate, needed_units
+from dualsparse.validation import check_choice, check_int, check_real
 
 RESET_CODES = {"subtract_threshold": 0, "subtract_output": 1, "none": 2}
 SHAPE_CODES = {"triangle": 0, "rectangle": 1, "fast_sigmoid": 2}
+
+BACKWARD_MATMULS = ("fused", "split", "cublas")
+"""How the BPTT step computes ``dy_t = d_gh_{t+1} @ W_hh`` (see :func:`triton_egru_sequence`)."""
+
+SPARSE_DENSITY = 0.5
+"""Default ``sparse_density`` of the Triton backward: the split-K path runs when at most this
+fraction of (step, unit) pairs is needed, and the weight gradient gathers columns when at most
+this fraction of units fired."""
+
+SPLIT_PROGRAMS = 512
+"""Programs per step the split-K backward aims for (a few per streaming multiprocessor of a
+large GPU): the reduction is split into as many chunks as it takes, at most
+:data:`SPLIT_MAX_CHUNKS` per gate."""
+
+SPLIT_MAX_CHUNKS = 10
+"""Most reduction chunks per gate of the split-K backward: the gate-derivative kernel adds up
+``3 x`` this many partial sums per needed unit."""
+
+SPLIT_CHUNK = 8
+"""Partial sums the gate-derivative kernel loads at once (a compile-time constant)."""
 
 
 @dataclass(frozen=True)
@@ -101,13 +134,17 @@ def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
 class TritonEGRUSequenceFn(torch.autograd.Function):
     """``(gi, y0, c0, w_hh, b_hh, theta, keep) -> (ys, events, c_tildes, c_last)``; shapes as
     :class:`dualsparse.models.egru_fused.EGRUSequenceFn`. If a dict ``stats`` is given, the
-    backward stores in ``stats["skipped_tiles"]`` the fraction of backward step tiles (steps
-    ``0 .. T-2``) whose matmul was skipped (a device sync; for tests and benchmarks)."""
+    backward stores in it ``path`` (``"dense"``, ``"tiles"``, ``"split"``, ``"cublas_dense"``
+    or ``"cublas_gather"``),
+    ``needed_fraction`` (of (step, unit) pairs, steps ``0 .. T-2``; sparse paths),
+    ``skipped_tiles`` (the fraction of step tiles whose matmul was skipped; ``"tiles"``, a
+    device sync) and ``weight_columns`` (the fraction of ``W_hh`` columns computed)."""
 
     @staticmethod
     def forward(ctx, gi, y0, c0, w_hh, b_hh, theta, keep, surrogate: Surrogate,
                 reset_mode: str, sparse_backward: bool = True, blocks: Blocks | None = None,
-                stats: dict | None = None):  # type: ignore[override]
+                stats: dict | None = None, sparse_density: float = SPARSE_DENSITY,
+                backward_matmul: str = "fused"):  # type: ignore[override]
         blocks = blocks or Blocks()
         dt = _compute_dtype(gi, y0, c0, w_hh, theta)
         in_dtypes = (gi.dtype, y0.dtype, c0.dtype, w_hh.dtype,
@@ -140,20 +177,23 @@ class TritonEGRUSequenceFn(torch.autograd.Function):
                 HAS_BIAS=b_hh is not None, KEEP=keep_code, RESET=RESET_CODES[reset_mode],
                 PRECISION=prec, BLOCK_B=blocks.batch, BLOCK_H=blocks.hidden, BLOCK_K=blocks.k,
                 num_warps=blocks.num_warps)
-        ctx.save_for_backward(y0d, w, th, ys, events, c_tildes, cs, rs, zs, gs, ghg, keep_t)
+        ctx.save_for_backward(y0d, w, w_t, th, ys, events, c_tildes, cs, rs, zs, gs, ghg,
+                              keep_t)
         ctx.keep_code, ctx.keep_p, ctx.has_bias = keep_code, keep_p, b_hh is not None
         ctx.surrogate, ctx.reset_mode = surrogate, reset_mode
         ctx.sparse, ctx.blocks, ctx.in_dtypes = bool(sparse_backward), blocks, in_dtypes
-        ctx.stats = stats
+        ctx.stats, ctx.sparse_density = stats, float(sparse_density)
+        ctx.backward_matmul = backward_matmul
         out_dt = gi.dtype if gi.dtype == torch.float64 else torch.float32
         return (ys.to(out_dt), events.to(out_dt), c_tildes.to(out_dt),
                 cs[steps].clone().to(out_dt))
 
     @staticmethod
     def backward(ctx, d_ys, d_events, d_ctildes, d_clast):  # type: ignore[override]
-        (y0, w, th, ys, events, c_tildes, cs, rs, zs, gs, ghg, keep) = ctx.saved_tensors
+        (y0, w, w_t, th, ys, events, c_tildes, cs, rs, zs, gs, ghg, keep) = ctx.saved_tensors
         steps, batch, h = ys.shape
         dt, blocks, sur = ys.dtype, ctx.blocks, ctx.surrogate
+        stats = ctx.stats if ctx.stats is not None else {}
 
         def prep(x):
             return None if x is None else x.to(dt).contiguous()
@@ -168,38 +208,138 @@ class TritonEGRUSequenceFn(torch.autograd.Function):
         skipped = torch.zeros(steps, grid[0] * grid[1], dtype=torch.int32, device=ys.device)
         k = _kernels(ys.device)
         prec = _precision(dt)
+        method = ctx.backward_matmul
+        lists = None
+        if ctx.sparse and steps > 1 and method != "fused":
+            lists = _needed_lists(events, c_tildes, th, sur, ctx.sparse_density, stats)
+        if not ctx.sparse:
+            path = "cublas_dense" if method == "cublas" else "dense"
+        elif method == "cublas":
+            path = "cublas_gather" if lists is not None else "cublas_dense"
+        else:
+            path = "split" if lists is not None else "tiles"
+        stats["path"] = path
+        need, idx, counts = lists if lists is not None else (None, None, None)
+        n_split, part, split_b, k_chunk, chunks_per_gate = 0, None, 16, 0, 0
+        if path == "split":
+            # the split-K matmul takes the whole batch (up to 64 rows) per program
+            split_b = max(16, min(64, 1 << max(batch - 1, 1).bit_length()))
+            k_chunk, chunks_per_gate = _split_chunks(counts, triton_cdiv(batch, split_b), h,
+                                                     blocks)
+            n_split = 3 * chunks_per_gate
+            part = ys.new_empty(n_split, batch, h)
+        elif path.startswith("cublas"):  # dy of step t lands in part[0], read as one split
+            n_split, part = 1, ys.new_empty(1, batch, h)
+            if need is None:
+                need = torch.ones(max(steps - 1, 1), h, dtype=torch.int8, device=ys.device)
+            else:
+                idx = idx.long()
         for t in range(steps - 1, -1, -1):
             nxt = min(t + 1, steps - 1)
+            has_next = t < steps - 1
+            if has_next and path == "split" and counts[t] > 0:
+                k.egru_bwd_dy_split[(triton_cdiv(batch, split_b),
+                                     triton_cdiv(counts[t], blocks.hidden), n_split)](
+                    d_gi[nxt], d_ghg[nxt], w_t, idx[t], part, batch, h, counts[t], k_chunk,
+                    chunks_per_gate, PRECISION=prec, BLOCK_B=split_b,
+                    BLOCK_H=blocks.hidden, BLOCK_K=blocks.k, num_warps=blocks.num_warps)
+            elif has_next and path == "cublas_dense":
+                torch.mm(d_gi[nxt, :, :2 * h], w[:2 * h], out=part[0])
+                part[0].addmm_(d_ghg[nxt], w[2 * h:])
+            elif has_next and path == "cublas_gather" and counts[t] > 0:
+                cols = idx[t, :counts[t]]
+                w_sel = w_t.index_select(0, cols)  # (n, 3H): the needed units' rows of W_hh^T
+                dy_sel = torch.mm(d_gi[nxt, :, :2 * h], w_sel[:, :2 * h].t())
+                dy_sel.addmm_(d_ghg[nxt], w_sel[:, 2 * h:].t())
+                part[0].index_copy_(1, cols, dy_sel)
+            use_split = has_next and part is not None
             k.egru_bwd_step[grid](
                 d_gi[nxt], d_ghg[nxt], w, d_ys[t] if d_ys is not None else dc, d_ct, dc,
                 events[t], c_tildes[t], cs[t], rs[t], zs[t], gs[t], ghg[t], th,
                 keep[t] if keep is not None else th,
                 d_events[t] if d_events is not None else dc,
                 d_ctildes[t] if d_ctildes is not None else dc,
-                d_gi[t], d_ghg[t], d_th[t], skipped[t],
-                batch, h, ctx.keep_p, float(sur.gamma), float(sur.width),
-                HAS_NEXT=t < steps - 1, HAS_DYS=d_ys is not None, HAS_DEV=d_events is not None,
-                HAS_DCTL=d_ctildes is not None, SPARSE=ctx.sparse, SHAPE=SHAPE_CODES[sur.shape],
-                KEEP=ctx.keep_code, RESET=RESET_CODES[ctx.reset_mode], PRECISION=prec,
-                BLOCK_B=blocks.batch, BLOCK_H=blocks.hidden, BLOCK_K=blocks.k,
+                d_gi[t], d_ghg[t], d_th[t], skipped[t], part if use_split else dc,
+                need[t] if use_split else dc,
+                batch, h, n_split, ctx.keep_p, float(sur.gamma), float(sur.width),
+                HAS_NEXT=has_next, HAS_DYS=d_ys is not None, HAS_DEV=d_events is not None,
+                HAS_DCTL=d_ctildes is not None, SPARSE=ctx.sparse, SPLIT=use_split,
+                SHAPE=SHAPE_CODES[sur.shape], KEEP=ctx.keep_code,
+                RESET=RESET_CODES[ctx.reset_mode], PRECISION=prec, BLOCK_B=blocks.batch,
+                BLOCK_H=blocks.hidden, BLOCK_K=blocks.k, SPLIT_CHUNK=SPLIT_CHUNK,
                 num_warps=blocks.num_warps)
-        if ctx.stats is not None:
-            ctx.stats["skipped_tiles"] = skipped[:-1].float().mean().item() if steps > 1 else 0.0
+        if ctx.stats is not None and stats["path"] == "tiles":
+            stats["skipped_tiles"] = skipped[:-1].float().mean().item() if steps > 1 else 0.0
         d_gh0 = torch.cat([d_gi[0, :, :2 * h], d_ghg[0]], dim=1)
         dy0 = d_gh0 @ w
         if ctx.reset_mode == "subtract_output":
             dy0 = dy0 - d_ct
-        d_gh_all = torch.cat([d_gi[:, :, :2 * h], d_ghg], dim=2).reshape(steps * batch, 3 * h)
         y_prev_all = torch.cat([y0.unsqueeze(0), ys[:-1]], 0).reshape(steps * batch, h)
-        d_w = weight_gradient(d_gh_all, y_prev_all, ctx.sparse, blocks)
-        d_b = d_gh_all.sum(0) if ctx.has_bias else None
+        d_w = _recurrent_weight_grad(d_gi.view(steps * batch, 3 * h)[:, :2 * h],
+                                     d_ghg.view(steps * batch, h), y_prev_all,
+                                     ctx.sparse_density if ctx.sparse else 0.0, stats)
+        d_b = None
+        if ctx.has_bias:
+            d_b = torch.cat([d_gi[:, :, :2 * h].sum((0, 1)), d_ghg.sum((0, 1))])
         dtypes = ctx.in_dtypes
 
         def cast(x, i):
             return None if x is None or dtypes[i] is None else x.to(dtypes[i])
 
         return (cast(d_gi, 0), cast(dy0, 1), cast(dc, 2), cast(d_w, 3), cast(d_b, 4),
-                cast(d_th.sum((0, 1)), 5), None, None, None, None, None, None)
+                cast(d_th.sum((0, 1)), 5), None, None, None, None, None, None, None, None)
+
+
+def _needed_lists(events: torch.Tensor, c_tildes: torch.Tensor, theta: torch.Tensor,
+                  surrogate: Surrogate, sparse_density: float, stats: dict) -> tuple | None:
+    """The units each backward step ``0 .. T-2`` needs, or None when more than
+    ``sparse_density`` of (step, unit) pairs are needed (one device sync).
+
+    Returns ``(need, idx, counts)``: ``need`` ``(T-1, H)`` int8, 1 where some batch row needs
+    the unit's ``dy``; ``idx`` ``(T-1, H)`` int32, each row the needed units first
+    (ascending); ``counts`` their number per step (host ints).
+    """
+    need = needed_units(events[:-1], c_tildes[:-1], theta, surrogate).any(1)
+    counts = need.sum(1).tolist()
+    stats["needed_fraction"] = sum(counts) / max(need.numel(), 1)
+    if stats["needed_fraction"] > sparse_density:
+        return None
+    idx = torch.argsort(need.logical_not().to(torch.int8), dim=1, stable=True)
+    return need.to(torch.int8).contiguous(), idx.to(torch.int32).contiguous(), counts
+
+
+def _split_chunks(counts: list[int], batch_tiles: int, h: int, blocks: Blocks
+                  ) -> tuple[int, int]:
+    """``(k_chunk, chunks_per_gate)`` of the split-K matmul: the reduction chunk (a multiple of
+    ``blocks.k``) sized so that the busiest step runs about :data:`SPLIT_PROGRAMS` programs,
+    with at most :data:`SPLIT_MAX_CHUNKS` chunks per gate."""
+    base = batch_tiles * triton_cdiv(max(max(counts), 1), blocks.hidden)
+    chunks = min(triton_cdiv(triton_cdiv(SPLIT_PROGRAMS, base), 3), triton_cdiv(h, blocks.k),
+                 SPLIT_MAX_CHUNKS)
+    k_chunk = triton_cdiv(triton_cdiv(h, max(chunks, 1)), blocks.k) * blocks.k
+    return k_chunk, triton_cdiv(h, k_chunk)
+
+
+def _recurrent_weight_grad(d_rz: torch.Tensor, d_hg: torch.Tensor, y_prev: torch.Tensor,
+                           sparse_density: float, stats: dict) -> torch.Tensor:
+    """``dW_hh`` ``(3H, H) = [d_rz, d_hg]^T @ y_prev`` (cuBLAS) with ``d_rz`` ``(N, 2H)`` (a
+    strided view), ``d_hg`` ``(N, H)``, ``y_prev`` ``(N, H)``. Only the columns of units that
+    fired at least once are computed when they are at most ``sparse_density`` of all (the
+    others are zero)."""
+    n, h = y_prev.shape
+    cols = None
+    if sparse_density > 0.0:
+        cols = y_prev.ne(0).any(0).nonzero().squeeze(1)
+        if cols.numel() > sparse_density * h:
+            cols = None
+    y = y_prev if cols is None else y_prev.index_select(1, cols)
+    stats["weight_columns"] = y.shape[1] / max(h, 1)
+    part = y.new_empty(3 * h, y.shape[1])
+    torch.mm(d_rz.t(), y, out=part[:2 * h])
+    torch.mm(d_hg.t(), y, out=part[2 * h:])
+    if cols is None:
+        return part
+    return part.new_zeros(3 * h, h).index_copy_(1, cols, part)
 
 
 def triton_cdiv(a: int, b: int) -> int:
@@ -227,7 +367,8 @@ def triton_egru_sequence(gi: torch.Tensor, y0: torch.Tensor, c0: torch.Tensor,
                          w_hh: torch.Tensor, b_hh: torch.Tensor | None, theta: torch.Tensor,
                          keep: torch.Tensor | float | None, surrogate: Surrogate,
                          reset_mode: str, sparse_backward: bool = True,
-                         blocks: Blocks | None = None, stats: dict | None = None
+                         blocks: Blocks | None = None, stats: dict | None = None,
+                         sparse_density: float = SPARSE_DENSITY, backward_matmul: str = "fused"
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton counterpart of :func:`dualsparse.models.egru_fused.egru_sequence`.
 
@@ -235,20 +376,28 @@ def triton_egru_sequence(gi: torch.Tensor, y0: torch.Tensor, c0: torch.Tensor,
     ``(3H,)`` or None; ``theta`` ``(H,)``; ``keep`` ``(T, B, H)``, a float or None. Returns
     ``(ys, events, c_tildes, c_last)`` (float32, or float64 for float64 inputs).
     ``sparse_backward``: skip backward work of units outside the surrogate support;
-    ``blocks``: tile sizes; ``stats``: see :class:`TritonEGRUSequenceFn`.
+    ``backward_matmul``: how each BPTT step computes ``dy_t = d_gh_{t+1} @ W_hh``, one of
+    :data:`BACKWARD_MATMULS`: ``"fused"`` in the step kernel (sparse: tiles without needed
+    units skip it), ``"split"`` a split-K Triton matmul over the needed units, ``"cublas"``
+    ``torch.mm`` (sparse: over the gathered needed units); ``sparse_density`` in ``[0, 1]``:
+    the latter two (and the weight gradient's column gather) run sparse when at most this
+    fraction is needed (see the module docstring); ``blocks``: tile sizes; ``stats``: see
+    :class:`TritonEGRUSequenceFn`.
     """
+    sparse_density = check_real("sparse_density", sparse_density, low=0.0, high=1.0)
+    backward_matmul = check_choice("backward_matmul", backward_matmul, BACKWARD_MATMULS)
     if reset_mode not in RESET_CODES:
         raise ValueError(f"reset_mode must be one of {list(RESET_CODES)}, got {reset_mode!r}")
     if gi.dim() != 3 or gi.shape[2] % 3 or tuple(w_hh.shape) != (gi.shape[2], gi.shape[2] // 3):
         raise ValueError(f"gi must be (T, B, 3H) and w_hh (3H, H), got gi {tuple(gi.shape)} "
                          f"and w_hh {tuple(w_hh.shape)}")
     args = (gi, y0, c0, w_hh, b_hh, theta, keep, surrogate, reset_mode, sparse_backward,
-            blocks, stats)
+            blocks, stats, sparse_density, backward_matmul)
     if torch.is_autocast_enabled(gi.device.type):  # AMP: the kernels compute in float32
         with torch.autocast(gi.device.type, enabled=False):
             return TritonEGRUSequenceFn.apply(*args)
     return TritonEGRUSequenceFn.apply(*args)
 
 
-__all__ = ["Blocks", "TritonEGRUSequenceFn", "available", "interpreting", "triton_egru_sequence",
-           "weight_gradient"]
+__all__ = ["BACKWARD_MATMULS", "SPARSE_DENSITY", "Blocks", "TritonEGRUSequenceFn", "available",
+           "interpreting", "triton_egru_sequence", "weight_gradient"]
