@@ -10,11 +10,8 @@ kernel, and at these sizes is bound by it).
   device time of its kernels from ``torch.profiler``; the speed-up of each against the target
   ``0.5 / (1 - backward sparsity)``. Dense: the fused step kernel and ``cublas`` (``torch.mm``
   per step, then the gates kernel); sparse: ``tiles`` (the fused kernel skips tiles without
-  needed units), ``split`` (split-K Triton matmul over the needed units) and
-  ``cublas_gather`` (``torch.mm`` over the gathered needed units), the last two forced with
-  ``sparse_density`` 1 (see ``dualsparse.models.triton_egru``).
-* ``weight_grad``: ``dW_hh = d_gh^T @ y_prev`` at that size, the Triton kernel against cuBLAS.
-* ``split_tuning``: the split-K path's device time for a few sizings of its split.
+  needed units) and ``cublas_gather`` (``torch.mm`` over the gathered needed units, forced
+  with ``sparse_density`` 1; see ``dualsparse.models.triton_egru``).
 
     python benchmarks/bench_gpu_device_time.py --out device-time.json [--backward-only]
 """
@@ -112,7 +109,6 @@ def kernel_time(fn) -> tuple[float, dict[str, float]]:
 SPARSE_PATHS = {"dense": {"sparse_backward": False},
                 "cublas_dense": {"sparse_backward": False, "backward_matmul": "cublas"},
                 "tiles": {},
-                "split": {"sparse_density": 1.0, "backward_matmul": "split"},
                 "cublas_gather": {"sparse_density": 1.0, "backward_matmul": "cublas"}}
 """Keyword arguments of ``triton_egru_sequence`` for each backward path measured."""
 
@@ -141,7 +137,7 @@ def bench_sparse_backward(repeats: int, fractions: list[float], blocks: Blocks
             row[f"{name}_device_s"] = statistics.median(devs)
             row[f"{name}_kernels"] = dict(sorted(per.items(), key=lambda kv: -kv[1])[:6])
         best_dense = min(row["dense_device_s"], row["cublas_dense_device_s"])
-        for name in ("tiles", "split", "cublas_gather"):
+        for name in ("tiles", "cublas_gather"):
             row[f"{name}_wall_speedup"] = row["dense_wall_s"] / row[f"{name}_wall_s"]
             row[f"{name}_device_speedup"] = row["dense_device_s"] / row[f"{name}_device_s"]
             row[f"{name}_vs_best_dense"] = best_dense / row[f"{name}_device_s"]
@@ -150,67 +146,6 @@ def bench_sparse_backward(repeats: int, fractions: list[float], blocks: Blocks
         rows.append(row)
         print(f"[device_time] sparse_backward {json.dumps(row)}", flush=True)
     return rows
-
-
-SPLIT_CONFIGS = [(256, 4), (512, 10), (1024, 16), (2048, 32)]
-"""(``SPLIT_PROGRAMS``, ``SPLIT_MAX_CHUNKS``) of :mod:`dualsparse.models.triton_egru` tried in
-``split_tuning``."""
-
-
-def bench_split_tuning(fractions: list[float], blocks: Blocks) -> list[dict[str, Any]]:
-    """Device time of the split-K backward per fraction of silenced units and per
-    (programs aimed at, most chunks per gate): how the split should be sized."""
-    from dualsparse.models import triton_egru
-
-    saved = triton_egru.SPLIT_PROGRAMS, triton_egru.SPLIT_MAX_CHUNKS
-    rows = []
-    try:
-        for frac in fractions:
-            call = silenced_layer(frac, 64, 70, 1350, 750)
-            row: dict[str, Any] = {"silenced": frac}
-            for programs, chunks in SPLIT_CONFIGS:
-                triton_egru.SPLIT_PROGRAMS, triton_egru.SPLIT_MAX_CHUNKS = programs, chunks
-                kw = {"blocks": blocks, "sparse_density": 1.0, "backward_matmul": "split"}
-                triton_egru_sequence(*call, **kw)[0].sum().backward()  # compile
-                devs = []
-                for _ in range(3):
-                    loss = triton_egru_sequence(*call, **kw)[0].sum()
-                    torch.cuda.synchronize()
-                    devs.append(kernel_time(loss.backward)[0])
-                row[f"split_{programs}_{chunks}_device_s"] = statistics.median(devs)
-            rows.append(row)
-            print(f"[device_time] split_tuning {json.dumps(row)}", flush=True)
-    finally:
-        triton_egru.SPLIT_PROGRAMS, triton_egru.SPLIT_MAX_CHUNKS = saved
-    return rows
-
-
-def bench_weight_grad(repeats: int) -> dict[str, Any]:
-    """``d^T @ y`` with ``d`` (4480, 4050), ``y`` (4480, 1350) (batch 64 x bptt 70, 1350
-    units): the Triton kernel (dense) against cuBLAS, CUDA-event time, median."""
-    from dualsparse.models.triton_egru import weight_gradient
-
-    g = torch.Generator(device="cuda").manual_seed(0)
-    d = torch.randn(4480, 4050, device="cuda", generator=g)
-    y = torch.randn(4480, 1350, device="cuda", generator=g)
-    fns = {"triton": lambda: weight_gradient(d, y, sparse=False),
-           "cublas": lambda: d.t() @ y}
-    out: dict[str, Any] = {}
-    for name, fn in fns.items():
-        for _ in range(3):
-            fn()
-        times = []
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        out[f"{name}_s"] = statistics.median(times)
-    out["error"] = ((fns["triton"]() - fns["cublas"]()).norm() / fns["cublas"]().norm()).item()
-    print(f"[device_time] weight_grad {json.dumps(out)}", flush=True)
-    return out
 
 
 def main() -> None:
@@ -238,9 +173,7 @@ def main() -> None:
     fractions = [float(v) for v in args.fractions.split(",")]
     sections = {
         "inference": lambda: bench_inference(1350, args.repeats, [0.05, 0.1, 0.2, 0.5, 1.0]),
-        "weight_grad": lambda: bench_weight_grad(args.repeats),
-        "sparse_backward": lambda: bench_sparse_backward(args.repeats, fractions, blocks),
-        "split_tuning": lambda: bench_split_tuning(fractions, blocks)}
+        "sparse_backward": lambda: bench_sparse_backward(args.repeats, fractions, blocks)}
     if args.inference_only:
         sections = {"inference": sections["inference"]}
     if args.backward_only:

@@ -9,7 +9,7 @@ import torch
 from dualsparse.models import EGRU
 from dualsparse.models.egru_fused import egru_sequence, needed_units
 from dualsparse.models.surrogate import Surrogate
-from dualsparse.models.triton_egru import Blocks, triton_egru_sequence, weight_gradient
+from dualsparse.models.triton_egru import Blocks, triton_egru_sequence
 
 SMALL = Blocks(batch=16, hidden=16, k=16)  # H = 20 gives two unit tiles and a partial K block
 
@@ -34,8 +34,7 @@ def _grads(fn, args, keep, surrogate, reset, **kw):
     return outs, torch.autograd.grad(loss, params)
 
 
-PATHS = [("fused", 0.5, "tiles"), ("split", 1.0, "split"), ("cublas", 1.0, "cublas_gather"),
-         ("cublas", 0.0, "cublas_dense")]
+PATHS = [("fused", 0.5, "tiles"), ("cublas", 1.0, "cublas_gather"), ("cublas", 0.0, "cublas_dense")]
 """(backward_matmul, sparse_density, the path the backward takes) for these small inputs."""
 
 
@@ -108,26 +107,22 @@ def test_sparse_backward_skips_silent_tiles_with_the_same_gradients(reset):
     _, g_dense = _grads(triton_egru_sequence, args, None, sur, reset, blocks=SMALL,
                         sparse_backward=False, stats=dense_stats)
     assert dense_stats["path"] == "dense" and dense_stats["weight_columns"] == 1.0
-    gathered = []
-    for method, path in (("split", "split"), ("cublas", "cublas_gather")):
-        split_stats: dict = {}  # default sparse_density 0.5: half the units are needed
-        gathered.append(_grads(triton_egru_sequence, args, None, sur, reset, blocks=SMALL,
-                               stats=split_stats, backward_matmul=method)[1])
-        assert split_stats["path"] == path
-        assert 0.3 < split_stats["needed_fraction"] <= 0.5  # the silent half is never needed
-        assert 0.3 < split_stats["weight_columns"] <= 0.5  # nor fires
+    gather_stats: dict = {}  # default sparse_density 0.5: half the units are needed
+    _, g_gather = _grads(triton_egru_sequence, args, None, sur, reset, blocks=SMALL,
+                         stats=gather_stats, backward_matmul="cublas")
+    assert gather_stats["path"] == "cublas_gather"
+    assert 0.3 < gather_stats["needed_fraction"] <= 0.5  # the silent half is never needed
+    assert 0.3 < gather_stats["weight_columns"] <= 0.5  # nor fires
     _, g_ref = _grads(egru_sequence, args, None, sur, reset)
-    for a, d, sp, cb, r in zip(g_sparse, g_dense, *gathered, g_ref, strict=True):
+    for a, d, cb, r in zip(g_sparse, g_dense, g_gather, g_ref, strict=True):
         assert torch.allclose(a, d, rtol=1e-10, atol=1e-12)
-        for got in (a, sp, cb):
+        for got in (a, cb):
             assert torch.allclose(got, r, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("method,path", [("split", "split"), ("cublas", "cublas_gather")])
-def test_split_backward_with_scattered_units_and_several_chunks(method, path):
+def test_gathered_backward_with_scattered_units():
     """Every third unit silent, others at varying distances from threshold: the needed units
-    are scattered and change from step to step; H = 40 with k = 16 splits each gate's
-    reduction into three chunks (the last partial) and the needed units into several tiles."""
+    are scattered and change from step to step (more than one tile of them in some steps)."""
     gi, y0, c0, w, b, th = _inputs(steps=6, batch=5, h=40, seed=3)
     silent = torch.arange(0, 40, 3)
     with torch.no_grad():
@@ -138,9 +133,9 @@ def test_split_backward_with_scattered_units_and_several_chunks(method, path):
     sur = Surrogate("triangle", gamma=0.5, width=0.3)
     stats: dict = {}
     out, g = _grads(triton_egru_sequence, args, None, sur, "subtract_threshold",
-                    blocks=SMALL, stats=stats, sparse_density=1.0, backward_matmul=method)
+                    blocks=SMALL, stats=stats, sparse_density=1.0, backward_matmul="cublas")
     need = needed_units(out[1], out[2], th, sur)[:-1].any(1)
-    assert stats["path"] == path and 0.2 < stats["needed_fraction"] < 0.67
+    assert stats["path"] == "cublas_gather" and 0.2 < stats["needed_fraction"] < 0.67
     assert not need[:, silent].any()
     assert (need.sum(1) > 16).any()  # more than one tile of needed units in some step
     assert len(set(map(tuple, need.tolist()))) > 1  # the needed set changes over time
@@ -155,17 +150,6 @@ def test_sparse_density_is_checked():
         triton_egru_sequence(*args, None, Surrogate(), "none", sparse_density=1.5)
     with pytest.raises(ValueError, match="backward_matmul"):
         triton_egru_sequence(*args, None, Surrogate(), "none", backward_matmul="cudnn")
-
-
-def test_weight_gradient_skips_zero_blocks_exactly():
-    g = torch.Generator().manual_seed(1)
-    d = torch.randn(50, 48, generator=g, dtype=torch.float64)
-    y = torch.randn(50, 40, generator=g, dtype=torch.float64)
-    y[:, :32] = 0.0  # whole column tiles without events
-    y[10:20, 32:] = 0.0
-    for sparse in (True, False):
-        got = weight_gradient(d, y, sparse=sparse, blocks=SMALL)
-        assert torch.allclose(got, d.t() @ y, rtol=1e-12, atol=1e-12)
 
 
 def test_argument_errors_name_the_argument():

@@ -92,21 +92,21 @@ def egru_fwd_step(gi_ptr, y_prev_ptr, c_prev_ptr, wt_ptr, b_ptr, theta_ptr, keep
 
 def egru_bwd_step(dgi_next_ptr, dghg_next_ptr, w_ptr, dys_ptr, dct_ptr, dc_ptr,
                   o_ptr, ct_ptr, c_prev_ptr, r_ptr, z_ptr, g_ptr, ghg_ptr, theta_ptr, keep_ptr,
-                  dev_ptr, dctl_ptr, dgi_ptr, dghg_ptr, dth_ptr, skip_ptr, part_ptr, need_ptr,
-                  B, H, n_split, keep_p: tl.constexpr, gamma: tl.constexpr,
-                  width: tl.constexpr, HAS_NEXT: tl.constexpr, HAS_DYS: tl.constexpr,
-                  HAS_DEV: tl.constexpr, HAS_DCTL: tl.constexpr, SPARSE: tl.constexpr,
-                  SPLIT: tl.constexpr, SHAPE: tl.constexpr, KEEP: tl.constexpr,
-                  RESET: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
-                  BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_CHUNK: tl.constexpr):
+                  dev_ptr, dctl_ptr, dgi_ptr, dghg_ptr, dth_ptr, skip_ptr, dyg_ptr, need_ptr,
+                  B, H, keep_p: tl.constexpr, gamma: tl.constexpr, width: tl.constexpr,
+                  HAS_NEXT: tl.constexpr, HAS_DYS: tl.constexpr, HAS_DEV: tl.constexpr,
+                  HAS_DCTL: tl.constexpr, SPARSE: tl.constexpr, GIVEN_DY: tl.constexpr,
+                  SHAPE: tl.constexpr, KEEP: tl.constexpr, RESET: tl.constexpr,
+                  PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+                  BLOCK_K: tl.constexpr):
     """BPTT step t for one tile. ``dy_t = d_gh_{t+1} @ W_hh`` is computed only if some unit of
     the tile needs it (``SPARSE``: fired or inside the surrogate support); then the gate
     derivatives. ``dc`` (and ``d_ct`` for subtract_output) are updated in place: each tile
     reads and writes only its own entries. ``skip_ptr[tile]`` records 1 where the matmul was
-    skipped. With ``SPLIT`` the matmul is not done here: ``dy`` of the units flagged in
-    ``need_ptr`` (``(H,)`` int8) is the sum, in a fixed order, of the ``n_split`` partial
-    sums ``part_ptr`` ``(n_split, B, H)`` that :func:`egru_bwd_dy_split` wrote (the other
-    units' ``dy`` is never used, see :func:`dualsparse.models.surrogate.needed_units`)."""
+    skipped. With ``GIVEN_DY`` the matmul is not done here: ``dy`` ``(B, H)`` is read from
+    ``dyg_ptr`` for the units flagged in ``need_ptr`` (``(H,)`` int8), computed beforehand by
+    cuBLAS (the other units' ``dy`` is never used, see
+    :func:`dualsparse.models.surrogate.needed_units`)."""
     pid_b = tl.program_id(0)
     pid_h = tl.program_id(1)
     rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -127,15 +127,9 @@ def egru_bwd_step(dgi_next_ptr, dghg_next_ptr, w_ptr, dys_ptr, dct_ptr, dc_ptr,
     else:
         s = gamma / ((1.0 + a) * (1.0 + a))
     dy = tl.zeros((BLOCK_B, BLOCK_H), dtype=dt)
-    if HAS_NEXT and SPLIT:
+    if HAS_NEXT and GIVEN_DY:
         need = tl.load(need_ptr + rh, mask=mh, other=0)
-        if tl.max(need, axis=0) > 0:
-            nm = m2 & (need[None, :] > 0)
-            for i0 in range(0, n_split, SPLIT_CHUNK):  # SPLIT_CHUNK partial sums per load
-                rs = i0 + tl.arange(0, SPLIT_CHUNK)
-                p = tl.load(part_ptr + rs[:, None, None] * B * H + off[None, :, :],
-                            mask=(rs < n_split)[:, None, None] & nm[None, :, :], other=0.0)
-                dy += tl.sum(p, axis=0)
+        dy = tl.load(dyg_ptr + off, mask=m2 & (need[None, :] > 0), other=0.0)
         if RESET == 1:
             dy -= tl.load(dct_ptr + off, mask=m2, other=0.0)
     elif HAS_NEXT:
@@ -211,88 +205,16 @@ def egru_bwd_step(dgi_next_ptr, dghg_next_ptr, w_ptr, dys_ptr, dct_ptr, dc_ptr,
     tl.store(dth_ptr + off, d_th, mask=m2)
 
 
-def egru_bwd_dy_split(dgi_next_ptr, dghg_next_ptr, wt_ptr, idx_ptr, part_ptr,
-                      B, H, n_units, k_chunk, chunks_per_gate, PRECISION: tl.constexpr,
-                      BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Split-K partial sums of ``dy_t = d_gh_{t+1} @ W_hh`` for the needed units only.
-
-    ``idx_ptr`` ``(n_units,)`` int32 lists the units (ascending); program ``(b, n, s)`` owns
-    batch tile ``b``, the ``BLOCK_H`` listed units from ``n * BLOCK_H`` and reduction chunk
-    ``s``: gate ``s // chunks_per_gate``, inputs ``k_chunk * (s % chunks_per_gate)`` onwards.
-    It writes ``part[s, b_rows, units]`` (one slice per chunk, summed by
-    :func:`egru_bwd_step` with ``SPLIT``; no atomics, so the sum is deterministic). Reads
-    ``W_hh^T`` ``(H, 3H)`` row-major: a needed unit's weights are one contiguous row."""
-    pid_b = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    pid_s = tl.program_id(2)
-    rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    rn = pid_n * BLOCK_H + tl.arange(0, BLOCK_H)
-    mb = rb < B
-    mn = rn < n_units
-    units = tl.load(idx_ptr + rn, mask=mn, other=0)
-    gate = pid_s // chunks_per_gate
-    k_lo = (pid_s % chunks_per_gate) * k_chunk
-    # d_gh_{t+1} = [d_gi_r, d_gi_z (the first 2H of d_gi_{t+1}), d_ghg_{t+1}]: each chunk
-    # loads from one of the two; a masked-off load reads no memory
-    rows_gi = rb < tl.where(gate < 2, B, 0)
-    rows_hg = rb < tl.where(gate < 2, 0, B)
-    dt = part_ptr.dtype.element_ty
-    acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=dt)
-    for k0 in range(0, k_chunk, BLOCK_K):
-        rk = k_lo + k0 + tl.arange(0, BLOCK_K)
-        mk = (rk < H) & (rk < k_lo + k_chunk)
-        a = tl.load(dgi_next_ptr + rb[:, None] * (3 * H) + gate * H + rk[None, :],
-                    mask=rows_gi[:, None] & mk[None, :], other=0.0)
-        a += tl.load(dghg_next_ptr + rb[:, None] * H + rk[None, :],
-                     mask=rows_hg[:, None] & mk[None, :], other=0.0)
-        # (units, k) with k contiguous in memory (a (k, units) tile would load uncoalesced)
-        w = tl.load(wt_ptr + units[:, None] * (3 * H) + gate * H + rk[None, :],
-                    mask=mn[:, None] & mk[None, :], other=0.0)
-        acc = tl.dot(a, tl.trans(w), acc, input_precision=PRECISION, out_dtype=dt)
-    tl.store(part_ptr + pid_s * B * H + rb[:, None] * H + units[None, :], acc,
-             mask=mb[:, None] & mn[None, :])
-
-
-def weight_grad(d_ptr, y_ptr, dw_ptr, N, M, H,
-                SPARSE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
-    """``dW (M, H) = D^T @ Y`` with ``D`` ``(N, M)``, ``Y`` ``(N, H)`` row-major; with
-    ``SPARSE`` a K-block whose ``Y`` tile is all zero (no unit of the tile fired in those
-    rows) is skipped."""
-    pid_m = tl.program_id(0)
-    pid_h = tl.program_id(1)
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rh = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
-    mm = rm < M
-    mh = rh < H
-    dt = dw_ptr.dtype.element_ty
-    acc = tl.zeros((BLOCK_M, BLOCK_H), dtype=dt)
-    for k0 in range(0, N, BLOCK_K):
-        rk = k0 + tl.arange(0, BLOCK_K)
-        mk = rk < N
-        y = tl.load(y_ptr + rk[:, None] * H + rh[None, :], mask=mk[:, None] & mh[None, :],
-                    other=0.0)
-        run = 1.0
-        if SPARSE:
-            run = tl.max(tl.max(tl.abs(y), axis=1), axis=0)
-        if run > 0.0:
-            d_t = tl.load(d_ptr + rk[None, :] * M + rm[:, None], mask=mm[:, None] & mk[None, :],
-                          other=0.0)
-            acc = tl.dot(d_t, y, acc, input_precision=PRECISION, out_dtype=dt)
-    tl.store(dw_ptr + rm[:, None] * H + rh[None, :], acc, mask=mm[:, None] & mh[None, :])
-
-
-
 def load() -> SimpleNamespace:
-    """The jit-wrapped kernels (``egru_fwd_step``, ``egru_bwd_step``, ``egru_bwd_dy_split``,
-    ``weight_grad``) and ``INTERPRETED`` (True when they run in Triton's CPU interpreter)."""
+    """The jit-wrapped kernels (``egru_fwd_step``, ``egru_bwd_step``) and ``INTERPRETED``
+    (True when they run in Triton's CPU interpreter)."""
     global tl, _LOADED
     if _LOADED is None:
         import triton  # optional heavy dependency (extra "gpu"): imported when kernels run
         import triton.language as language  # the kernel bodies' ``tl``; same optional dependency
 
         tl = language
-        bodies = (egru_fwd_step, egru_bwd_step, egru_bwd_dy_split, weight_grad)
+        bodies = (egru_fwd_step, egru_bwd_step)
         kernels = {f.__name__: triton.jit(f) for f in bodies}
         _LOADED = SimpleNamespace(
             **kernels,

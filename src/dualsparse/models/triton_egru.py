@@ -16,14 +16,14 @@ Sparse backward: units that did not fire and lie outside the surrogate support n
 
 * ``"fused"`` (default): in the step kernel, which then computes the gate derivatives of its
   tile; sparse, a tile whose units no batch row needs skips its matmul.
-* ``"split"``: a split-K Triton matmul over the needed units only (their ``W_hh^T`` rows,
-  the reduction split over many programs so that a few units still fill the GPU) writes
-  partial sums; the step kernel adds them in a fixed order (deterministic), then the gates.
-* ``"cublas"``: ``torch.mm`` per step (sparse: over the gathered rows of the needed units),
-  then the step kernel for the gates.
-
-The last two find every step's needed units first (one device sync per backward) and run
-sparse where at most ``sparse_density`` of (step, unit) pairs are needed. The weight gradient
+* ``"cublas"``: ``torch.mm`` per step (sparse: over the gathered rows of ``W_hh^T`` of the
+  needed units), then the step kernel for the gates. It finds every step's needed units first
+  (one device sync per backward) and runs sparse where at most ``sparse_density`` of (step,
+  unit) pairs are needed. Its kernels take less device time than ``"fused"`` (dense: 4.8 vs
+  6.1 ms at the paper size on an H100), but its per-step host work (several launches from
+  Python) makes the wall time several times longer (docs/gpu.md): for now it is a measured
+  option, not the default; capturing the step loop in a CUDA graph would turn its device time
+  into wall time. The weight gradient
 (cuBLAS) multiplies only the columns of units that fired at least once when they are at most
 ``sparse_density`` of all. ``sparse_backward=False`` runs everything dense (for
 measurements).
@@ -51,25 +51,13 @@ from dualsparse.validation import check_choice, check_int, check_real
 RESET_CODES = {"subtract_threshold": 0, "subtract_output": 1, "none": 2}
 SHAPE_CODES = {"triangle": 0, "rectangle": 1, "fast_sigmoid": 2}
 
-BACKWARD_MATMULS = ("fused", "split", "cublas")
+BACKWARD_MATMULS = ("fused", "cublas")
 """How the BPTT step computes ``dy_t = d_gh_{t+1} @ W_hh`` (see :func:`triton_egru_sequence`)."""
 
 SPARSE_DENSITY = 0.5
-"""Default ``sparse_density`` of the Triton backward: the split-K path runs when at most this
-fraction of (step, unit) pairs is needed, and the weight gradient gathers columns when at most
-this fraction of units fired."""
-
-SPLIT_PROGRAMS = 512
-"""Programs per step the split-K backward aims for (a few per streaming multiprocessor of a
-large GPU): the reduction is split into as many chunks as it takes, at most
-:data:`SPLIT_MAX_CHUNKS` per gate."""
-
-SPLIT_MAX_CHUNKS = 10
-"""Most reduction chunks per gate of the split-K backward: the gate-derivative kernel adds up
-``3 x`` this many partial sums per needed unit."""
-
-SPLIT_CHUNK = 8
-"""Partial sums the gate-derivative kernel loads at once (a compile-time constant)."""
+"""Default ``sparse_density`` of the Triton backward: ``backward_matmul="cublas"`` gathers the
+needed units when at most this fraction of (step, unit) pairs is needed, and the weight
+gradient gathers columns when at most this fraction of units fired."""
 
 
 @dataclass(frozen=True)
@@ -134,9 +122,9 @@ def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
 class TritonEGRUSequenceFn(torch.autograd.Function):
     """``(gi, y0, c0, w_hh, b_hh, theta, keep) -> (ys, events, c_tildes, c_last)``; shapes as
     :class:`dualsparse.models.egru_fused.EGRUSequenceFn`. If a dict ``stats`` is given, the
-    backward stores in it ``path`` (``"dense"``, ``"tiles"``, ``"split"``, ``"cublas_dense"``
-    or ``"cublas_gather"``),
-    ``needed_fraction`` (of (step, unit) pairs, steps ``0 .. T-2``; sparse paths),
+    backward stores in it ``path`` (``"dense"``, ``"tiles"``, ``"cublas_dense"`` or
+    ``"cublas_gather"``),
+    ``needed_fraction`` (of (step, unit) pairs, steps ``0 .. T-2``; ``"cublas"``, sparse),
     ``skipped_tiles`` (the fraction of step tiles whose matmul was skipped; ``"tiles"``, a
     device sync) and ``weight_columns`` (the fraction of ``W_hh`` columns computed)."""
 
@@ -210,26 +198,17 @@ class TritonEGRUSequenceFn(torch.autograd.Function):
         prec = _precision(dt)
         method = ctx.backward_matmul
         lists = None
-        if ctx.sparse and steps > 1 and method != "fused":
+        if ctx.sparse and steps > 1 and method == "cublas":
             lists = _needed_lists(events, c_tildes, th, sur, ctx.sparse_density, stats)
-        if not ctx.sparse:
-            path = "cublas_dense" if method == "cublas" else "dense"
-        elif method == "cublas":
+        if method == "cublas":
             path = "cublas_gather" if lists is not None else "cublas_dense"
         else:
-            path = "split" if lists is not None else "tiles"
+            path = "tiles" if ctx.sparse else "dense"
         stats["path"] = path
         need, idx, counts = lists if lists is not None else (None, None, None)
-        n_split, part, split_b, k_chunk, chunks_per_gate = 0, None, 16, 0, 0
-        if path == "split":
-            # the split-K matmul takes the whole batch (up to 64 rows) per program
-            split_b = max(16, min(64, 1 << max(batch - 1, 1).bit_length()))
-            k_chunk, chunks_per_gate = _split_chunks(counts, triton_cdiv(batch, split_b), h,
-                                                     blocks)
-            n_split = 3 * chunks_per_gate
-            part = ys.new_empty(n_split, batch, h)
-        elif path.startswith("cublas"):  # dy of step t lands in part[0], read as one split
-            n_split, part = 1, ys.new_empty(1, batch, h)
+        dyg = None
+        if method == "cublas":  # dy of step t is computed into dyg, then read by the kernel
+            dyg = ys.new_empty(batch, h)
             if need is None:
                 need = torch.ones(max(steps - 1, 1), h, dtype=torch.int8, device=ys.device)
             else:
@@ -237,37 +216,30 @@ class TritonEGRUSequenceFn(torch.autograd.Function):
         for t in range(steps - 1, -1, -1):
             nxt = min(t + 1, steps - 1)
             has_next = t < steps - 1
-            if has_next and path == "split" and counts[t] > 0:
-                k.egru_bwd_dy_split[(triton_cdiv(batch, split_b),
-                                     triton_cdiv(counts[t], blocks.hidden), n_split)](
-                    d_gi[nxt], d_ghg[nxt], w_t, idx[t], part, batch, h, counts[t], k_chunk,
-                    chunks_per_gate, PRECISION=prec, BLOCK_B=split_b,
-                    BLOCK_H=blocks.hidden, BLOCK_K=blocks.k, num_warps=blocks.num_warps)
-            elif has_next and path == "cublas_dense":
-                torch.mm(d_gi[nxt, :, :2 * h], w[:2 * h], out=part[0])
-                part[0].addmm_(d_ghg[nxt], w[2 * h:])
+            if has_next and path == "cublas_dense":
+                torch.mm(d_gi[nxt, :, :2 * h], w[:2 * h], out=dyg)
+                dyg.addmm_(d_ghg[nxt], w[2 * h:])
             elif has_next and path == "cublas_gather" and counts[t] > 0:
                 cols = idx[t, :counts[t]]
                 w_sel = w_t.index_select(0, cols)  # (n, 3H): the needed units' rows of W_hh^T
                 dy_sel = torch.mm(d_gi[nxt, :, :2 * h], w_sel[:, :2 * h].t())
                 dy_sel.addmm_(d_ghg[nxt], w_sel[:, 2 * h:].t())
-                part[0].index_copy_(1, cols, dy_sel)
-            use_split = has_next and part is not None
+                dyg.index_copy_(1, cols, dy_sel)
+            given = has_next and dyg is not None
             k.egru_bwd_step[grid](
                 d_gi[nxt], d_ghg[nxt], w, d_ys[t] if d_ys is not None else dc, d_ct, dc,
                 events[t], c_tildes[t], cs[t], rs[t], zs[t], gs[t], ghg[t], th,
                 keep[t] if keep is not None else th,
                 d_events[t] if d_events is not None else dc,
                 d_ctildes[t] if d_ctildes is not None else dc,
-                d_gi[t], d_ghg[t], d_th[t], skipped[t], part if use_split else dc,
-                need[t] if use_split else dc,
-                batch, h, n_split, ctx.keep_p, float(sur.gamma), float(sur.width),
+                d_gi[t], d_ghg[t], d_th[t], skipped[t], dyg if given else dc,
+                need[t] if given else dc,
+                batch, h, ctx.keep_p, float(sur.gamma), float(sur.width),
                 HAS_NEXT=has_next, HAS_DYS=d_ys is not None, HAS_DEV=d_events is not None,
-                HAS_DCTL=d_ctildes is not None, SPARSE=ctx.sparse, SPLIT=use_split,
+                HAS_DCTL=d_ctildes is not None, SPARSE=ctx.sparse, GIVEN_DY=given,
                 SHAPE=SHAPE_CODES[sur.shape], KEEP=ctx.keep_code,
                 RESET=RESET_CODES[ctx.reset_mode], PRECISION=prec, BLOCK_B=blocks.batch,
-                BLOCK_H=blocks.hidden, BLOCK_K=blocks.k, SPLIT_CHUNK=SPLIT_CHUNK,
-                num_warps=blocks.num_warps)
+                BLOCK_H=blocks.hidden, BLOCK_K=blocks.k, num_warps=blocks.num_warps)
         if ctx.stats is not None and stats["path"] == "tiles":
             stats["skipped_tiles"] = skipped[:-1].float().mean().item() if steps > 1 else 0.0
         d_gh0 = torch.cat([d_gi[0, :, :2 * h], d_ghg[0]], dim=1)
@@ -308,18 +280,6 @@ def _needed_lists(events: torch.Tensor, c_tildes: torch.Tensor, theta: torch.Ten
     return need.to(torch.int8).contiguous(), idx.to(torch.int32).contiguous(), counts
 
 
-def _split_chunks(counts: list[int], batch_tiles: int, h: int, blocks: Blocks
-                  ) -> tuple[int, int]:
-    """``(k_chunk, chunks_per_gate)`` of the split-K matmul: the reduction chunk (a multiple of
-    ``blocks.k``) sized so that the busiest step runs about :data:`SPLIT_PROGRAMS` programs,
-    with at most :data:`SPLIT_MAX_CHUNKS` chunks per gate."""
-    base = batch_tiles * triton_cdiv(max(max(counts), 1), blocks.hidden)
-    chunks = min(triton_cdiv(triton_cdiv(SPLIT_PROGRAMS, base), 3), triton_cdiv(h, blocks.k),
-                 SPLIT_MAX_CHUNKS)
-    k_chunk = triton_cdiv(triton_cdiv(h, max(chunks, 1)), blocks.k) * blocks.k
-    return k_chunk, triton_cdiv(h, k_chunk)
-
-
 def _recurrent_weight_grad(d_rz: torch.Tensor, d_hg: torch.Tensor, y_prev: torch.Tensor,
                            sparse_density: float, stats: dict) -> torch.Tensor:
     """``dW_hh`` ``(3H, H) = [d_rz, d_hg]^T @ y_prev`` (cuBLAS) with ``d_rz`` ``(N, 2H)`` (a
@@ -347,22 +307,6 @@ def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def weight_gradient(d: torch.Tensor, y: torch.Tensor, sparse: bool = True,
-                    blocks: Blocks | None = None) -> torch.Tensor:
-    """``d^T @ y``: ``d`` ``(N, M)``, ``y`` ``(N, H)`` -> ``(M, H)``; with ``sparse`` the
-    all-zero row blocks of ``y`` (per column tile) are skipped."""
-    blocks = blocks or Blocks()
-    n, m = d.shape
-    h = y.shape[1]
-    out = d.new_empty(m, h)
-    grid = (triton_cdiv(m, 2 * blocks.hidden), triton_cdiv(h, 2 * blocks.hidden))
-    _kernels(d.device).weight_grad[grid](
-        d.contiguous(), y.contiguous(), out, n, m, h, SPARSE=bool(sparse),
-        PRECISION=_precision(d.dtype), BLOCK_M=2 * blocks.hidden, BLOCK_H=2 * blocks.hidden,
-        BLOCK_K=blocks.k, num_warps=blocks.num_warps)
-    return out
-
-
 def triton_egru_sequence(gi: torch.Tensor, y0: torch.Tensor, c0: torch.Tensor,
                          w_hh: torch.Tensor, b_hh: torch.Tensor | None, theta: torch.Tensor,
                          keep: torch.Tensor | float | None, surrogate: Surrogate,
@@ -378,11 +322,10 @@ def triton_egru_sequence(gi: torch.Tensor, y0: torch.Tensor, c0: torch.Tensor,
     ``sparse_backward``: skip backward work of units outside the surrogate support;
     ``backward_matmul``: how each BPTT step computes ``dy_t = d_gh_{t+1} @ W_hh``, one of
     :data:`BACKWARD_MATMULS`: ``"fused"`` in the step kernel (sparse: tiles without needed
-    units skip it), ``"split"`` a split-K Triton matmul over the needed units, ``"cublas"``
-    ``torch.mm`` (sparse: over the gathered needed units); ``sparse_density`` in ``[0, 1]``:
-    the latter two (and the weight gradient's column gather) run sparse when at most this
-    fraction is needed (see the module docstring); ``blocks``: tile sizes; ``stats``: see
-    :class:`TritonEGRUSequenceFn`.
+    units skip it), ``"cublas"`` ``torch.mm`` (sparse: over the gathered needed units);
+    ``sparse_density`` in ``[0, 1]``: ``"cublas"`` (and the weight gradient's column gather)
+    runs sparse when at most this fraction is needed (see the module docstring); ``blocks``:
+    tile sizes; ``stats``: see :class:`TritonEGRUSequenceFn`.
     """
     sparse_density = check_real("sparse_density", sparse_density, low=0.0, high=1.0)
     backward_matmul = check_choice("backward_matmul", backward_matmul, BACKWARD_MATMULS)
@@ -400,4 +343,4 @@ def triton_egru_sequence(gi: torch.Tensor, y0: torch.Tensor, c0: torch.Tensor,
 
 
 __all__ = ["BACKWARD_MATMULS", "SPARSE_DENSITY", "Blocks", "TritonEGRUSequenceFn", "available",
-           "interpreting", "triton_egru_sequence", "weight_gradient"]
+           "interpreting", "triton_egru_sequence"]
