@@ -144,6 +144,21 @@ def test_gathered_backward_with_scattered_units():
         assert torch.allclose(a, r, rtol=1e-10, atol=1e-12), name
 
 
+def test_gathered_backward_when_no_unit_is_ever_needed():
+    gi, y0, c0, w, b, th = _inputs(steps=4, batch=2, h=20, seed=4)
+    with torch.no_grad():
+        y0.zero_()
+        gi[:, :, 20:] = -40.0  # every unit silent and far below threshold
+    args = [gi, y0, c0, w, b, th]
+    stats: dict = {}
+    _, g = _grads(triton_egru_sequence, args, None, Surrogate(), "subtract_threshold",
+                  blocks=SMALL, stats=stats, backward_matmul="cublas")
+    assert stats["path"] == "cublas_gather" and stats["dy_columns"] == 0.0
+    _, g_ref = _grads(egru_sequence, args, None, Surrogate(), "subtract_threshold")
+    for a, r in zip(g, g_ref, strict=True):
+        assert torch.allclose(a, r, rtol=1e-10, atol=1e-12)
+
+
 def test_sparse_density_is_checked():
     args = _inputs()
     with pytest.raises(ValueError, match="sparse_density"):

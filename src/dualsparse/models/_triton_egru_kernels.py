@@ -92,8 +92,8 @@ def egru_fwd_step(gi_ptr, y_prev_ptr, c_prev_ptr, wt_ptr, b_ptr, theta_ptr, keep
 
 def egru_bwd_step(dgi_next_ptr, dghg_next_ptr, w_ptr, dys_ptr, dct_ptr, dc_ptr,
                   o_ptr, ct_ptr, c_prev_ptr, r_ptr, z_ptr, g_ptr, ghg_ptr, theta_ptr, keep_ptr,
-                  dev_ptr, dctl_ptr, dgi_ptr, dghg_ptr, dth_ptr, skip_ptr, dyg_ptr, need_ptr,
-                  B, H, keep_p: tl.constexpr, gamma: tl.constexpr, width: tl.constexpr,
+                  dev_ptr, dctl_ptr, dgi_ptr, dghg_ptr, dth_ptr, skip_ptr, dyg_ptr, pos_ptr,
+                  B, H, dy_stride, keep_p: tl.constexpr, gamma: tl.constexpr, width: tl.constexpr,
                   HAS_NEXT: tl.constexpr, HAS_DYS: tl.constexpr, HAS_DEV: tl.constexpr,
                   HAS_DCTL: tl.constexpr, SPARSE: tl.constexpr, GIVEN_DY: tl.constexpr,
                   SHAPE: tl.constexpr, KEEP: tl.constexpr, RESET: tl.constexpr,
@@ -103,9 +103,9 @@ def egru_bwd_step(dgi_next_ptr, dghg_next_ptr, w_ptr, dys_ptr, dct_ptr, dc_ptr,
     the tile needs it (``SPARSE``: fired or inside the surrogate support); then the gate
     derivatives. ``dc`` (and ``d_ct`` for subtract_output) are updated in place: each tile
     reads and writes only its own entries. ``skip_ptr[tile]`` records 1 where the matmul was
-    skipped. With ``GIVEN_DY`` the matmul is not done here: ``dy`` ``(B, H)`` is read from
-    ``dyg_ptr`` for the units flagged in ``need_ptr`` (``(H,)`` int8), computed beforehand by
-    cuBLAS (the other units' ``dy`` is never used, see
+    skipped. With ``GIVEN_DY`` the matmul is not done here: ``dy`` was computed beforehand
+    (cuBLAS) into ``dyg_ptr`` ``(B, dy_stride)``; unit ``u``'s column is ``pos_ptr[u]``
+    (int32), or -1 for a unit whose ``dy`` was not computed because it is never used (see
     :func:`dualsparse.models.surrogate.needed_units`)."""
     pid_b = tl.program_id(0)
     pid_h = tl.program_id(1)
@@ -128,8 +128,9 @@ def egru_bwd_step(dgi_next_ptr, dghg_next_ptr, w_ptr, dys_ptr, dct_ptr, dc_ptr,
         s = gamma / ((1.0 + a) * (1.0 + a))
     dy = tl.zeros((BLOCK_B, BLOCK_H), dtype=dt)
     if HAS_NEXT and GIVEN_DY:
-        need = tl.load(need_ptr + rh, mask=mh, other=0)
-        dy = tl.load(dyg_ptr + off, mask=m2 & (need[None, :] > 0), other=0.0)
+        pos = tl.load(pos_ptr + rh, mask=mh, other=-1)
+        dy = tl.load(dyg_ptr + rb[:, None] * dy_stride + pos[None, :],
+                     mask=m2 & (pos[None, :] >= 0), other=0.0)
         if RESET == 1:
             dy -= tl.load(dct_ptr + off, mask=m2, other=0.0)
     elif HAS_NEXT:

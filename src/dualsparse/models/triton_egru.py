@@ -16,17 +16,18 @@ Sparse backward: units that did not fire and lie outside the surrogate support n
 
 * ``"fused"`` (default): in the step kernel, which then computes the gate derivatives of its
   tile; sparse, a tile whose units no batch row needs skips its matmul.
-* ``"cublas"``: ``torch.mm`` per step (sparse: over the gathered rows of ``W_hh^T`` of the
-  needed units), then the step kernel for the gates. It finds every step's needed units first
-  (one device sync per backward) and runs sparse where at most ``sparse_density`` of (step,
-  unit) pairs are needed. Its kernels take less device time than ``"fused"`` (dense: 4.8 vs
-  6.1 ms at the paper size on an H100), but its per-step host work (several launches from
-  Python) makes the wall time several times longer (docs/gpu.md): for now it is a measured
-  option, not the default; capturing the step loop in a CUDA graph would turn its device time
-  into wall time. The weight gradient
-(cuBLAS) multiplies only the columns of units that fired at least once when they are at most
-``sparse_density`` of all. ``sparse_backward=False`` runs everything dense (for
-measurements).
+* ``"cublas"``: ``torch.mm`` per step, then the step kernel for the gates. Sparse, it first
+  finds the units that some step needs (one device sync per backward); where they are at most
+  ``sparse_density`` of all, it gathers their columns of ``W_hh`` once and multiplies only
+  those in every step (a unit needed in one step is computed in all: the union over time).
+  Its kernels take less device time than ``"fused"`` (dense: 4.5 vs 6.1 ms at the paper size
+  on an H100), but its per-step host work (more launches from Python) makes the wall time
+  longer (docs/gpu.md): it is a measured option, not the default; capturing the step loop in
+  a CUDA graph would turn its device time into wall time.
+
+The weight gradient (cuBLAS) multiplies only the columns of units that fired at least once
+when they are at most ``sparse_density`` of all. ``sparse_backward=False`` runs everything
+dense (for measurements).
 
 The kernels need CUDA tensors, or CPU tensors in a process started with
 ``TRITON_INTERPRET=1`` (Triton's interpreter, slow: for tests at small sizes). triton is an
@@ -56,7 +57,7 @@ BACKWARD_MATMULS = ("fused", "cublas")
 
 SPARSE_DENSITY = 0.5
 """Default ``sparse_density`` of the Triton backward: ``backward_matmul="cublas"`` gathers the
-needed units when at most this fraction of (step, unit) pairs is needed, and the weight
+needed units when at most this fraction of units is needed in some step, and the weight
 gradient gathers columns when at most this fraction of units fired."""
 
 
@@ -124,7 +125,8 @@ class TritonEGRUSequenceFn(torch.autograd.Function):
     :class:`dualsparse.models.egru_fused.EGRUSequenceFn`. If a dict ``stats`` is given, the
     backward stores in it ``path`` (``"dense"``, ``"tiles"``, ``"cublas_dense"`` or
     ``"cublas_gather"``),
-    ``needed_fraction`` (of (step, unit) pairs, steps ``0 .. T-2``; ``"cublas"``, sparse),
+    ``needed_fraction`` (of (step, unit) pairs, steps ``0 .. T-2``) and ``dy_columns`` (the
+    fraction of units whose ``dy`` is computed; both ``"cublas"``, sparse),
     ``skipped_tiles`` (the fraction of step tiles whose matmul was skipped; ``"tiles"``, a
     device sync) and ``weight_columns`` (the fraction of ``W_hh`` columns computed)."""
 
@@ -165,8 +167,7 @@ class TritonEGRUSequenceFn(torch.autograd.Function):
                 HAS_BIAS=b_hh is not None, KEEP=keep_code, RESET=RESET_CODES[reset_mode],
                 PRECISION=prec, BLOCK_B=blocks.batch, BLOCK_H=blocks.hidden, BLOCK_K=blocks.k,
                 num_warps=blocks.num_warps)
-        ctx.save_for_backward(y0d, w, w_t, th, ys, events, c_tildes, cs, rs, zs, gs, ghg,
-                              keep_t)
+        ctx.save_for_backward(y0d, w, th, ys, events, c_tildes, cs, rs, zs, gs, ghg, keep_t)
         ctx.keep_code, ctx.keep_p, ctx.has_bias = keep_code, keep_p, b_hh is not None
         ctx.surrogate, ctx.reset_mode = surrogate, reset_mode
         ctx.sparse, ctx.blocks, ctx.in_dtypes = bool(sparse_backward), blocks, in_dtypes
@@ -178,7 +179,7 @@ class TritonEGRUSequenceFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, d_ys, d_events, d_ctildes, d_clast):  # type: ignore[override]
-        (y0, w, w_t, th, ys, events, c_tildes, cs, rs, zs, gs, ghg, keep) = ctx.saved_tensors
+        (y0, w, th, ys, events, c_tildes, cs, rs, zs, gs, ghg, keep) = ctx.saved_tensors
         steps, batch, h = ys.shape
         dt, blocks, sur = ys.dtype, ctx.blocks, ctx.surrogate
         stats = ctx.stats if ctx.stats is not None else {}
@@ -197,35 +198,30 @@ class TritonEGRUSequenceFn(torch.autograd.Function):
         k = _kernels(ys.device)
         prec = _precision(dt)
         method = ctx.backward_matmul
-        lists = None
+        cols = None
         if ctx.sparse and steps > 1 and method == "cublas":
-            lists = _needed_lists(events, c_tildes, th, sur, ctx.sparse_density, stats)
+            cols = _needed_columns(events, c_tildes, th, sur, ctx.sparse_density, stats)
         if method == "cublas":
-            path = "cublas_gather" if lists is not None else "cublas_dense"
+            path = "cublas_gather" if cols is not None else "cublas_dense"
         else:
             path = "tiles" if ctx.sparse else "dense"
         stats["path"] = path
-        need, idx, counts = lists if lists is not None else (None, None, None)
-        dyg = None
+        dyg = pos = w_sub = None
         if method == "cublas":  # dy of step t is computed into dyg, then read by the kernel
-            dyg = ys.new_empty(batch, h)
-            if need is None:
-                need = torch.ones(max(steps - 1, 1), h, dtype=torch.int8, device=ys.device)
-            else:
-                idx = idx.long()
+            if cols is None:
+                w_sub, pos = w, torch.arange(h, dtype=torch.int32, device=ys.device)
+            else:  # the columns of W_hh of the units needed in some step, gathered once
+                w_sub = w.index_select(1, cols)
+                pos = torch.full((h,), -1, dtype=torch.int32, device=ys.device)
+                pos[cols] = torch.arange(cols.numel(), dtype=torch.int32, device=ys.device)
+            dyg = ys.new_empty(batch, max(w_sub.shape[1], 1))  # no unit needed: never read
         for t in range(steps - 1, -1, -1):
             nxt = min(t + 1, steps - 1)
             has_next = t < steps - 1
-            if has_next and path == "cublas_dense":
-                torch.mm(d_gi[nxt, :, :2 * h], w[:2 * h], out=dyg)
-                dyg.addmm_(d_ghg[nxt], w[2 * h:])
-            elif has_next and path == "cublas_gather" and counts[t] > 0:
-                cols = idx[t, :counts[t]]
-                w_sel = w_t.index_select(0, cols)  # (n, 3H): the needed units' rows of W_hh^T
-                dy_sel = torch.mm(d_gi[nxt, :, :2 * h], w_sel[:, :2 * h].t())
-                dy_sel.addmm_(d_ghg[nxt], w_sel[:, 2 * h:].t())
-                dyg.index_copy_(1, cols, dy_sel)
             given = has_next and dyg is not None
+            if given and w_sub.shape[1] > 0:  # dy (B, n) = d_gh_{t+1} @ W_hh[:, units]
+                torch.mm(d_gi[nxt, :, :2 * h], w_sub[:2 * h], out=dyg)
+                dyg.addmm_(d_ghg[nxt], w_sub[2 * h:])
             k.egru_bwd_step[grid](
                 d_gi[nxt], d_ghg[nxt], w, d_ys[t] if d_ys is not None else dc, d_ct, dc,
                 events[t], c_tildes[t], cs[t], rs[t], zs[t], gs[t], ghg[t], th,
@@ -233,8 +229,8 @@ class TritonEGRUSequenceFn(torch.autograd.Function):
                 d_events[t] if d_events is not None else dc,
                 d_ctildes[t] if d_ctildes is not None else dc,
                 d_gi[t], d_ghg[t], d_th[t], skipped[t], dyg if given else dc,
-                need[t] if given else dc,
-                batch, h, ctx.keep_p, float(sur.gamma), float(sur.width),
+                pos if given else dc, batch, h, dyg.shape[1] if given else h, ctx.keep_p,
+                float(sur.gamma), float(sur.width),
                 HAS_NEXT=has_next, HAS_DYS=d_ys is not None, HAS_DEV=d_events is not None,
                 HAS_DCTL=d_ctildes is not None, SPARSE=ctx.sparse, GIVEN_DY=given,
                 SHAPE=SHAPE_CODES[sur.shape], KEEP=ctx.keep_code,
@@ -262,22 +258,18 @@ class TritonEGRUSequenceFn(torch.autograd.Function):
                 cast(d_th.sum((0, 1)), 5), None, None, None, None, None, None, None, None)
 
 
-def _needed_lists(events: torch.Tensor, c_tildes: torch.Tensor, theta: torch.Tensor,
-                  surrogate: Surrogate, sparse_density: float, stats: dict) -> tuple | None:
-    """The units each backward step ``0 .. T-2`` needs, or None when more than
-    ``sparse_density`` of (step, unit) pairs are needed (one device sync).
-
-    Returns ``(need, idx, counts)``: ``need`` ``(T-1, H)`` int8, 1 where some batch row needs
-    the unit's ``dy``; ``idx`` ``(T-1, H)`` int32, each row the needed units first
-    (ascending); ``counts`` their number per step (host ints).
-    """
-    need = needed_units(events[:-1], c_tildes[:-1], theta, surrogate).any(1)
-    counts = need.sum(1).tolist()
-    stats["needed_fraction"] = sum(counts) / max(need.numel(), 1)
-    if stats["needed_fraction"] > sparse_density:
-        return None
-    idx = torch.argsort(need.logical_not().to(torch.int8), dim=1, stable=True)
-    return need.to(torch.int8).contiguous(), idx.to(torch.int32).contiguous(), counts
+def _needed_columns(events: torch.Tensor, c_tildes: torch.Tensor, theta: torch.Tensor,
+                    surrogate: Surrogate, sparse_density: float, stats: dict
+                    ) -> torch.Tensor | None:
+    """The units some backward step ``0 .. T-2`` needs (int64, ascending), or None when they
+    are more than ``sparse_density`` of all (one device sync). Stores ``needed_fraction`` (of
+    (step, unit) pairs) and ``dy_columns`` (the fraction of units returned) in ``stats``."""
+    need = needed_units(events[:-1], c_tildes[:-1], theta, surrogate).any(1)  # (T-1, H)
+    union = need.any(0)
+    cols = union.nonzero().squeeze(1)
+    stats["needed_fraction"] = need.float().mean().item()
+    stats["dy_columns"] = cols.numel() / max(union.numel(), 1)
+    return cols if stats["dy_columns"] <= sparse_density else None
 
 
 def _recurrent_weight_grad(d_rz: torch.Tensor, d_hg: torch.Tensor, y_prev: torch.Tensor,
