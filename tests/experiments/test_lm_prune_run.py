@@ -43,6 +43,12 @@ def test_split_config_separates_dense_training_from_pruning() -> None:
         split_config({**TINY, "fine_tune_lr": 0.0})
     with pytest.raises(ValueError, match="fine_tune_lr_schedule"):
         split_config({**TINY, "fine_tune_lr_schedule": "linear"})
+    _, prune3, _ = split_config({**TINY, "prune_target": 0.5, "fine_tune_optimizer": "carry"})
+    assert prune3["fine_tune_optimizer"] == "carry"
+    assert "fine_tune_optimizer" not in split_config({**TINY, "prune_target": 0.5,
+                                                       "fine_tune_optimizer": "fresh"})[1]
+    with pytest.raises(ValueError, match="fine_tune_optimizer"):
+        split_config({**TINY, "fine_tune_optimizer": "adam"})
     with pytest.raises(ValueError, match="--prune-method"):
         check_config({**TINY, "prune_method": "random"})
     with pytest.raises(ValueError, match="unknown LM run config keys"):

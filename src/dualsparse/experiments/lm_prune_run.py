@@ -12,15 +12,17 @@ module:
   of rounds get the same budget (Fig. 3 of the papers).
 * ``fine_tune_lr``: the learning rate of that fine-tuning (default None: the dense run's peak
   ``lr``); ``fine_tune_lr_schedule``: ``"constant"`` (default) or ``"cosine"`` (warm-up over a
-  tenth of each round, then cosine to 0; :func:`dualsparse.apps.lm.prune.prune_hooks`).
+  tenth of each round, then cosine to 0; :func:`dualsparse.apps.lm.prune.prune_hooks`);
+  ``fine_tune_optimizer``: ``"fresh"`` (default: a new optimiser each round) or ``"carry"``
+  (the dense run's optimiser moments, then each round's).
 
 The dense model is trained once per distinct dense config (seed included) into
 ``<sweep output>/dense/<id>/`` and shared by every run that prunes it: all sparsities and all
 round counts start from the same point. The run folder's lock lets one worker train it while
 others wait; a dense run whose worker died is resumed from its ``latest`` checkpoint.
 ``prune_target`` 0 (or no ``prune_method``) tests the dense model itself. Fine-tuning uses the
-dense run's optimiser settings (a fresh optimiser each round) at ``fine_tune_lr`` and
-``fine_tune_lr_schedule``; each round goes on through the training data where the previous
+dense run's optimiser settings at ``fine_tune_lr``, ``fine_tune_lr_schedule`` and
+``fine_tune_optimizer``; each round goes on through the training data where the previous
 round stopped (``dualsparse prune``'s rules).
 """
 
@@ -36,6 +38,7 @@ from dualsparse.apps.lm.config import PruneConfig, canonical, field_names
 from dualsparse.apps.lm.evaluate import test_report
 from dualsparse.apps.lm.prune import (
     FINE_TUNE_LR_SCHEDULES,
+    FINE_TUNE_OPTIMIZERS,
     PruneRunConfig,
     prune_hooks,
     prune_trained,
@@ -51,9 +54,10 @@ from dualsparse.train.checkpoint import read_checkpoint_meta
 from dualsparse.train.run_dir import RunLockedError
 from dualsparse.validation import check_choice, check_int, check_real
 
-OWN_KEYS = {"fine_tune_budget": 0, "fine_tune_lr": None, "fine_tune_lr_schedule": "constant"}
+OWN_KEYS = {"fine_tune_budget": 0, "fine_tune_lr": None, "fine_tune_lr_schedule": "constant",
+            "fine_tune_optimizer": "fresh"}
 #: keys of this module kept with the pruning keys (not part of the dense run's config)
-FINE_TUNE_KEYS = ("fine_tune_lr", "fine_tune_lr_schedule")
+FINE_TUNE_KEYS = ("fine_tune_lr", "fine_tune_lr_schedule", "fine_tune_optimizer")
 PRUNE_KEYS = frozenset(f for f in field_names() if f.startswith("prune_")) | {"group_lasso"}
 #: seconds between looks at another worker's dense training
 POLL_S = 5.0
@@ -70,6 +74,8 @@ def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
     schedule = check_choice("fine_tune_lr_schedule",
                             config.pop("fine_tune_lr_schedule", "constant"),
                             FINE_TUNE_LR_SCHEDULES)
+    optimizer = check_choice("fine_tune_optimizer", config.pop("fine_tune_optimizer", "fresh"),
+                             FINE_TUNE_OPTIMIZERS)
     preset = config.pop("preset", None)
     given = canonical(config)
     prune = {k: given.pop(k) for k in list(given) if k in PRUNE_KEYS}
@@ -77,6 +83,8 @@ def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
         prune["fine_tune_lr"] = lr
     if schedule != "constant":
         prune["fine_tune_lr_schedule"] = schedule
+    if optimizer != "fresh":  # the default is left out: run ids of earlier runs stay valid
+        prune["fine_tune_optimizer"] = optimizer
     dense = {**({"preset": preset} if preset is not None else {}), **given}
     return dense, prune, budget
 
@@ -125,8 +133,10 @@ def run_lm_prune(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     dense_result = json.loads((dense_dir / "results.json").read_text())
     lr = prune.get("fine_tune_lr")
     lr_schedule = prune.get("fine_tune_lr_schedule", OWN_KEYS["fine_tune_lr_schedule"])
+    optimizer = prune.get("fine_tune_optimizer", OWN_KEYS["fine_tune_optimizer"])
     model, fine_tune, evaluate = prune_hooks(dense_dir, "best", fine_tune_lr=lr,
-                                             fine_tune_lr_schedule=lr_schedule)
+                                             fine_tune_lr_schedule=lr_schedule,
+                                             fine_tune_optimizer=optimizer)
     cfg = _prune_config(prune)
     pruning = None
     val_ppl = dense_result["train"].get("best_valid_ppl")
@@ -139,6 +149,7 @@ def run_lm_prune(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
                    "rounds": cfg.prune_rounds, "schedule": cfg.prune_schedule,
                    "fine_tune_steps_per_round": per_round,
                    "fine_tune_lr": lr, "fine_tune_lr_schedule": lr_schedule,
+                   "fine_tune_optimizer": optimizer,
                    "history": res["rounds"]}
         last = res["rounds"][-1]
         val_ppl = last.get("metric_fine_tuned", last["metric_pruned"])

@@ -3,6 +3,7 @@ the work: ``train --save`` onto a run, ``prune --save`` onto its source, ``eval`
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -215,6 +216,50 @@ def test_prune_fine_tuning_learning_rate_and_schedule(run: Path, schedule: str, 
             assert all(a >= b for a, b in zip(factors[1:-1], factors[2:], strict=True))
     saved = json.loads(out.read_text())["config"]
     assert saved["fine_tune_lr"] == 1e-4 and saved["fine_tune_lr_schedule"] == schedule
+
+
+@needs_data
+@pytest.mark.parametrize("start", ["fresh", "carry"])
+def test_prune_fine_tuning_optimiser_fresh_or_carried(run: Path, start: str, monkeypatch,
+                                                      tmp_path: Path) -> None:
+    """``--fine-tune-optimizer carry`` starts round 1 from the checkpoint's AdamW moments and
+    round 2 from round 1's; ``fresh`` starts every round with empty moments. The rate and
+    weight decay are this fine-tuning's in both."""
+    from dualsparse.apps.lm import prune as prune_mod
+    from dualsparse.train.optim import build_optimizer
+
+    starts, ends, groups = [], [], []
+
+    def settings(optimizer):
+        return [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+
+    class Spy(prune_mod.Trainer):
+        def fit(self):
+            starts.append(copy.deepcopy(self.optimizer.state_dict()["state"]))
+            groups.append(settings(self.optimizer) == settings(
+                build_optimizer(self.model, self.cfg)))
+            result = super().fit()
+            ends.append(copy.deepcopy(self.optimizer.state_dict()["state"]))
+            return result
+
+    monkeypatch.setattr(prune_mod, "Trainer", Spy)
+    out = tmp_path / f"prune-{start}.json"
+    assert cli.main(["prune", "--checkpoint", str(run), "--prune-target", "0.5",
+                     "--prune-rounds", "2", "--fine-tune-steps", "3", "--fine-tune-lr", "1e-4",
+                     "--fine-tune-optimizer", start, "--output", str(out)]) == 0
+    assert len(starts) == 2
+    if start == "fresh":
+        assert starts[0] == {} and starts[1] == {}
+    else:
+        tensors, meta = ckpt.load_checkpoint(run, "best")
+        saved = ckpt.join_state(meta["optimizer"], tensors)["state"]
+        first = starts[0][0]
+        assert torch.equal(first["exp_avg_sq"], saved["0"]["exp_avg_sq"])
+        assert first["exp_avg_sq"].abs().sum() > 0
+        for key, value in ends[0].items():  # round 2 begins where round 1 ended
+            assert torch.equal(starts[1][key]["exp_avg"], value["exp_avg"])
+    assert groups == [True, True]  # lr, betas, weight decay: this fine-tuning's
+    assert json.loads(out.read_text())["config"]["fine_tune_optimizer"] == start
 
 
 @needs_data

@@ -209,7 +209,8 @@ def prune_checkpoint(cfg: PruneConfig, opts: PruneRunConfig) -> dict[str, Any]:
         raise ValueError("--checkpoint is required")
     check_prune_outputs(opts)
     model, fine_tune, evaluate = prune_hooks(opts.checkpoint, opts.tag, opts.data_dir,
-                                             opts.fine_tune_lr, opts.fine_tune_lr_schedule)
+                                             opts.fine_tune_lr, opts.fine_tune_lr_schedule,
+                                             opts.fine_tune_optimizer)
     return prune_trained(model, cfg, opts, fine_tune, evaluate,
                          save=pruned_run_saver(opts.checkpoint, opts.tag))
 

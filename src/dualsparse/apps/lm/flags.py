@@ -27,7 +27,7 @@ from dualsparse.apps.lm.config import (
     RunConfig,
 )
 from dualsparse.apps.lm.presets import PRESETS, with_preset
-from dualsparse.apps.lm.prune import FINE_TUNE_LR_SCHEDULES
+from dualsparse.apps.lm.prune import FINE_TUNE_LR_SCHEDULES, FINE_TUNE_OPTIMIZERS
 from dualsparse.sparsity.scoring import SCOPES, STATS, parse_block
 
 T = TypeVar("T")
@@ -276,6 +276,9 @@ def add_prune_command_flags(parser: argparse.ArgumentParser) -> None:
                         default="constant",
                         help="fine-tuning learning rate: constant, or per round a warm-up over "
                              "a tenth of the steps then cosine to 0 (default constant)")
+    parser.add_argument("--fine-tune-optimizer", choices=FINE_TUNE_OPTIMIZERS, default="fresh",
+                        help="fresh: a new optimiser each round; carry: start from the "
+                             "checkpoint's optimiser moments, then each round's (default fresh)")
     parser.add_argument("--output", default=None, help="write the results JSON here")
     parser.add_argument("--save", default=None, help="write the pruned checkpoint here")
     parser.add_argument("--finalize", action="store_true",

@@ -39,6 +39,7 @@ from dualsparse.sparsity.schedules import (
 )
 from dualsparse.sparsity.scoring import Scoring
 from dualsparse.sparsity.spec import PruningSpec, TensorSpec
+from dualsparse.train import checkpoint as ckpt
 from dualsparse.train.checkpoint import save_model
 from dualsparse.train.loop import Trainer
 from dualsparse.validation import check_choice, check_int, check_real
@@ -57,9 +58,10 @@ NARANG_UPDATES = 10
 class PruneRunConfig:
     """Settings of ``dualsparse prune`` besides the :class:`PruneConfig`: the trained run
     (``checkpoint`` folder, ``tag``; ``data_dir`` overrides the run's), optimiser steps of
-    fine-tuning after each round, their learning rate (default: the run's peak ``lr``) and
-    its schedule (:data:`FINE_TUNE_LR_SCHEDULES`), and the outputs (results JSON, pruned checkpoint;
-    ``finalize`` drops the masks before saving)."""
+    fine-tuning after each round, their learning rate (default: the run's peak ``lr``), its
+    schedule (:data:`FINE_TUNE_LR_SCHEDULES`) and optimiser start (:data:`FINE_TUNE_OPTIMIZERS`),
+    and the outputs (results JSON, pruned checkpoint; ``finalize`` drops the masks before
+    saving)."""
 
     checkpoint: str | None = None
     tag: str = "best"
@@ -67,6 +69,7 @@ class PruneRunConfig:
     fine_tune_steps: int = 0
     fine_tune_lr: float | None = None
     fine_tune_lr_schedule: str = "constant"
+    fine_tune_optimizer: str = "fresh"
     output: str | None = None
     save: str | None = None
     finalize: bool = False
@@ -253,11 +256,15 @@ def _metric(value: Any) -> float:
 #: fine-tuning rate, or ``"cosine"``: linear warm-up over the first tenth of the round's steps
 #: (the optimiser state is fresh), then cosine decay to 0.
 FINE_TUNE_LR_SCHEDULES = ("constant", "cosine")
+FINE_TUNE_OPTIMIZERS = ("fresh", "carry")
+"""``fresh``: a new optimiser each fine-tuning round (moments zero); ``carry``: the first round
+starts from the trained run's optimiser state (the checkpoint's moments), each later round
+from the previous round's."""
 
 
 def prune_hooks(checkpoint: str | os.PathLike[str], tag: str = "best",
                 data_dir: str | None = None, fine_tune_lr: float | None = None,
-                fine_tune_lr_schedule: str = "constant"
+                fine_tune_lr_schedule: str = "constant", fine_tune_optimizer: str = "fresh"
                 ) -> tuple[nn.Module, FineTune, Evaluate]:
     """``(model, fine_tune, evaluate)`` for ``dualsparse prune`` on a trained LM run.
 
@@ -267,11 +274,15 @@ def prune_hooks(checkpoint: str | os.PathLike[str], tag: str = "best",
     rounds on the same slice, and each round made the EGRU worse), at the learning rate
     ``fine_tune_lr`` (default: the run's peak ``lr``), constant or cosine-decayed to 0 over
     the round (``fine_tune_lr_schedule``; a fresh AdamW held at the peak rate can undo a
-    converged model, see ``docs/results.md``); ``evaluate(model)`` returns the validation
-    perplexity.
+    converged model, see ``docs/results.md``), with a fresh optimiser each round or the
+    moments carried over from the trained run and from round to round
+    (``fine_tune_optimizer``, :data:`FINE_TUNE_OPTIMIZERS`; the hyperparameters are this
+    fine-tuning's either way); ``evaluate(model)`` returns the validation perplexity.
     """
     fine_tune_lr_schedule = check_choice("--fine-tune-lr-schedule", fine_tune_lr_schedule,
                                          FINE_TUNE_LR_SCHEDULES)
+    fine_tune_optimizer = check_choice("--fine-tune-optimizer", fine_tune_optimizer,
+                                       FINE_TUNE_OPTIMIZERS)
     if fine_tune_lr is not None:
         fine_tune_lr = check_real("--fine-tune-lr", fine_tune_lr, low=0.0, low_open=True)
     model, meta = load_model(checkpoint, tag)
@@ -286,6 +297,13 @@ def prune_hooks(checkpoint: str | os.PathLike[str], tag: str = "best",
         return LMTask.from_config(config.run, train, valid, test)
 
     fine_tune_task = make_task()  # shared: each round goes on through the training data
+    carried: list[dict[str, Any] | None] = [None]
+    if fine_tune_optimizer == "carry":
+        tensors, full_meta = ckpt.load_checkpoint(checkpoint, tag)
+        if not isinstance(full_meta.get("optimizer"), dict):
+            raise ckpt.CheckpointError(f"checkpoint {tag!r} in {checkpoint} has no optimiser "
+                                       "state to carry (--fine-tune-optimizer carry)")
+        carried[0] = ckpt.join_state(full_meta["optimizer"], tensors)
 
     def fine_tune(model: nn.Module, pruner: Any, steps: int) -> dict[str, Any]:
         task = fine_tune_task
@@ -293,7 +311,17 @@ def prune_hooks(checkpoint: str | os.PathLike[str], tag: str = "best",
         if fine_tune_lr_schedule == "cosine":  # a fresh AdamW: warm up over a tenth
             cfg = replace(cfg, schedule="cosine", cosine_start=0, min_lr_ratio=0.0,
                           warmup_steps=max(1, steps // 10))
-        return Trainer(model, task, cfg, pruner=pruner).fit()
+        trainer = Trainer(model, task, cfg, pruner=pruner)
+        if carried[0] is not None:  # the moments only; lr, betas, decay stay this run's
+            settings = [{k: v for k, v in g.items() if k != "params"}
+                        for g in trainer.optimizer.param_groups]
+            ckpt.load_optimizer_state(trainer.optimizer, carried[0])
+            for group, kept in zip(trainer.optimizer.param_groups, settings, strict=True):
+                group.update(kept)
+        result = trainer.fit()
+        if fine_tune_optimizer == "carry":
+            carried[0] = ckpt.optimizer_state(trainer.optimizer)
+        return result
 
     def evaluate(model: nn.Module) -> float:
         return make_task().evaluate(model, "valid")["ppl"]
@@ -301,6 +329,6 @@ def prune_hooks(checkpoint: str | os.PathLike[str], tag: str = "best",
     return model, fine_tune, evaluate
 
 
-__all__ = ["FINE_TUNE_LR_SCHEDULES", "NARANG_UPDATES", "PruneRunConfig", "build_pruner",
-           "fine_tune_schedule", "narang_schedule", "prune_hooks", "prune_trained",
-           "pruner_for_training", "training_schedule"]
+__all__ = ["FINE_TUNE_LR_SCHEDULES", "FINE_TUNE_OPTIMIZERS", "NARANG_UPDATES", "PruneRunConfig",
+           "build_pruner", "fine_tune_schedule", "narang_schedule", "prune_hooks",
+           "prune_trained", "pruner_for_training", "training_schedule"]
