@@ -215,8 +215,7 @@ def load() -> SimpleNamespace:
         import triton.language as language  # the kernel bodies' ``tl``; same optional dependency
 
         tl = language
-        bodies = (egru_fwd_step, egru_bwd_step)
-        kernels = {f.__name__: triton.jit(f) for f in bodies}
+        kernels = {f.__name__: triton.jit(f) for f in (egru_fwd_step, egru_bwd_step)}
         _LOADED = SimpleNamespace(
             **kernels,
             INTERPRETED=not isinstance(kernels["egru_fwd_step"], triton.runtime.JITFunction))

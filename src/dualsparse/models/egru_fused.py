@@ -19,7 +19,8 @@ gradient ``d_gh^T @ y_{t-1}`` needs only the columns of units that fired at leas
 their fraction is at most ``sparse_density`` (a compact surrogate is required: the
 ``fast_sigmoid`` shape has unbounded support and always runs dense). This column skipping
 runs on CPU tensors only: choosing the columns costs a device sync per step on a GPU, where
-the Triton backend finds all steps' needed units at once and runs a split-K matmul over them.
+the Triton backend skips per tile (or, with ``backward_matmul="cublas"``, finds all steps'
+needed units at once; :mod:`dualsparse.models.triton_egru`).
 
 Backends of :func:`egru_sequence`: ``"torch"`` (this module), ``"triton"``
 (:mod:`dualsparse.models.triton_egru`, CUDA) and ``"auto"`` (triton for CUDA tensors when
@@ -205,8 +206,8 @@ def egru_sequence(gi: torch.Tensor, y0: torch.Tensor, c0: torch.Tensor, w_hh: to
     ``sparse_density`` in ``[0, 1]``: skip the columns of units not needed by the backward
     pass in steps where at most this fraction of units is needed; 0 runs the dense BPTT.
     Values and gradients are the same either way (CPU only, see the module docstring).
-    ``backend``: one of :data:`BACKENDS`; on the Triton path ``sparse_density`` chooses
-    between its split-K and per-tile sparse backward (0: dense; see
+    ``backend``: one of :data:`BACKENDS`; the Triton path skips per tile and uses
+    ``sparse_density`` for its weight gradient's column gather (0: dense; see
     :mod:`dualsparse.models.triton_egru`). Under autocast (AMP) the inputs are cast to
     the dtype of ``w_hh`` and the recurrence runs in it, autocast off. Returns
     ``(ys, events, c_tildes, c_last)``; the final output is ``ys[-1]``.

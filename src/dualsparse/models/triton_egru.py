@@ -197,17 +197,13 @@ class TritonEGRUSequenceFn(torch.autograd.Function):
         skipped = torch.zeros(steps, grid[0] * grid[1], dtype=torch.int32, device=ys.device)
         k = _kernels(ys.device)
         prec = _precision(dt)
-        method = ctx.backward_matmul
-        cols = None
-        if ctx.sparse and steps > 1 and method == "cublas":
-            cols = _needed_columns(events, c_tildes, th, sur, ctx.sparse_density, stats)
-        if method == "cublas":
-            path = "cublas_gather" if cols is not None else "cublas_dense"
-        else:
-            path = "tiles" if ctx.sparse else "dense"
-        stats["path"] = path
+        path = "tiles" if ctx.sparse else "dense"
         dyg = pos = w_sub = None
-        if method == "cublas":  # dy of step t is computed into dyg, then read by the kernel
+        if ctx.backward_matmul == "cublas":  # dy of step t goes to dyg, read by the kernel
+            cols = None
+            if ctx.sparse and steps > 1:
+                cols = _needed_columns(events, c_tildes, th, sur, ctx.sparse_density, stats)
+            path = "cublas_gather" if cols is not None else "cublas_dense"
             if cols is None:
                 w_sub, pos = w, torch.arange(h, dtype=torch.int32, device=ys.device)
             else:  # the columns of W_hh of the units needed in some step, gathered once
@@ -215,6 +211,7 @@ class TritonEGRUSequenceFn(torch.autograd.Function):
                 pos = torch.full((h,), -1, dtype=torch.int32, device=ys.device)
                 pos[cols] = torch.arange(cols.numel(), dtype=torch.int32, device=ys.device)
             dyg = ys.new_empty(batch, max(w_sub.shape[1], 1))  # no unit needed: never read
+        stats["path"] = path
         for t in range(steps - 1, -1, -1):
             nxt = min(t + 1, steps - 1)
             has_next = t < steps - 1
@@ -236,7 +233,7 @@ class TritonEGRUSequenceFn(torch.autograd.Function):
                 SHAPE=SHAPE_CODES[sur.shape], KEEP=ctx.keep_code,
                 RESET=RESET_CODES[ctx.reset_mode], PRECISION=prec, BLOCK_B=blocks.batch,
                 BLOCK_H=blocks.hidden, BLOCK_K=blocks.k, num_warps=blocks.num_warps)
-        if ctx.stats is not None and stats["path"] == "tiles":
+        if ctx.stats is not None and path == "tiles":
             stats["skipped_tiles"] = skipped[:-1].float().mean().item() if steps > 1 else 0.0
         d_gh0 = torch.cat([d_gi[0, :, :2 * h], d_ghg[0]], dim=1)
         dy0 = d_gh0 @ w

@@ -128,13 +128,7 @@ class Trainer:
                 f"checkpoint in {directory} was made for a different model (config keys that "
                 f"differ: {diff})")
         ckpt.load_model_part(self.model, tensors, meta)
-        # the moments come from the checkpoint; the hyperparameters (weight decay, betas,
-        # momentum, lr multipliers) stay those of this run's config, as the flags say
-        settings = [{k: v for k, v in g.items() if k != "params"}
-                    for g in self.optimizer.param_groups]
-        ckpt.load_optimizer_state(self.optimizer, ckpt.join_state(meta["optimizer"], tensors))
-        for group, kept in zip(self.optimizer.param_groups, settings, strict=True):
-            group.update(kept)
+        self.load_optimizer_moments(ckpt.join_state(meta["optimizer"], tensors))
         self.task.load_state_dict(ckpt.join_state(meta["task"], tensors))
         if self.pruner is not None:
             if meta.get("pruner") is None:
@@ -148,6 +142,16 @@ class Trainer:
         self.log_window = [float(v) for v in meta.get("log_window", [])]
         if self.out_dir is not None and Path(directory).resolve() == self.out_dir.resolve():
             ckpt.adopt_checkpoint_files(directory)  # this run's files: replaced as it goes on
+
+    def load_optimizer_moments(self, state: dict[str, Any]) -> None:
+        """Load the optimiser's moments from ``state`` (:func:`~dualsparse.train.checkpoint.
+        optimizer_state` form); the hyperparameters (lr, weight decay, betas, momentum, lr
+        multipliers) stay those of this run's config, as the flags say."""
+        settings = [{k: v for k, v in g.items() if k != "params"}
+                    for g in self.optimizer.param_groups]
+        ckpt.load_optimizer_state(self.optimizer, state)
+        for group, kept in zip(self.optimizer.param_groups, settings, strict=True):
+            group.update(kept)
 
     # ------------------------------------------------------------------ training
     def _set_lr(self, scale: float) -> float:

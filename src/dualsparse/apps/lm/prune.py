@@ -313,11 +313,7 @@ def prune_hooks(checkpoint: str | os.PathLike[str], tag: str = "best",
                           warmup_steps=max(1, steps // 10))
         trainer = Trainer(model, task, cfg, pruner=pruner)
         if carried[0] is not None:  # the moments only; lr, betas, decay stay this run's
-            settings = [{k: v for k, v in g.items() if k != "params"}
-                        for g in trainer.optimizer.param_groups]
-            ckpt.load_optimizer_state(trainer.optimizer, carried[0])
-            for group, kept in zip(trainer.optimizer.param_groups, settings, strict=True):
-                group.update(kept)
+            trainer.load_optimizer_moments(carried[0])
         result = trainer.fit()
         if fine_tune_optimizer == "carry":
             carried[0] = ckpt.optimizer_state(trainer.optimizer)
