@@ -80,6 +80,13 @@ def test_accumulate_matches_numpy_per_vector(fmt, n, monkeypatch):
         out16 = np.tile(bias, (n, 1))
         pack_matrix(w, block=(16, 1)).accumulate(x, idx, cnt, out16)
         np.testing.assert_array_equal(out16, out)
+    if fmt == "dense" and n == 1:  # the single-vector kernel of large (streamed) matrices
+        monkeypatch.setattr(FM, "COLUMNS_MIN_BYTES", 0)
+        assert p.kernel_args(1)[0] == KA.FORMAT_CODES["dense_columns"]
+        for threads in (1, 2):
+            out4 = np.tile(bias, (n, 1))
+            p.accumulate(x, idx, cnt, out4, threads=threads)
+            np.testing.assert_array_equal(out4, out)
     if fmt not in ("dense", "rows"):
         for group in (1, 2, p.n_panels):
             out3 = np.tile(bias, (n, 1))

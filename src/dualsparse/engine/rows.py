@@ -48,11 +48,10 @@ class RowMatrix(PackedFormat):
         """Stored values per input column ``(cols,)``."""
         return np.bincount(self.col_index, minlength=self.shape[1]).astype(np.int64) * 16
 
-    def accumulate(self, x: np.ndarray, idx: np.ndarray, cnt: np.ndarray, out: np.ndarray,
-                   threads: int = 1) -> None:
+    def accumulate_unchecked(self, x: np.ndarray, idx: np.ndarray, cnt: np.ndarray,
+                             out: np.ndarray, threads: int = 1) -> None:
         """``out[v] += W @ x[v]`` for every vector (all stored tiles; ``idx``/``cnt`` are
-        checked but not needed). Same arguments as :meth:`PackedMatrix.accumulate`."""
-        self._check_accumulate_args(x, idx, cnt, out)
+        not needed)."""
         fn = K.accumulate_rows_parallel if use_threads(self, threads) else K.accumulate_rows
         fn(self.rowptr, self.col_index, self.data, x, out)
 

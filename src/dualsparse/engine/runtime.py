@@ -70,6 +70,28 @@ class _LayerState:
                       layer.b_hh)
         self.gate_const = (layer.threshold, RESET_CODES[layer.reset_mode], layer.events, zp,
                            np.float32(1.0) - zp)
+        # one step's outputs, reused by every streaming step (allocation costs more than
+        # the kernels at small sizes)
+        self.step_buffers = self._new_buffers(layer, 1, batch, True)
+
+    @staticmethod
+    def _new_buffers(layer: PackedLayer, steps: int, batch: int, record: bool) -> tuple:
+        """``gi`` ``(steps * B, rows)``, ``y``/``idx`` ``(steps, B, H)``, ``cnt`` ``(steps,
+        B)``, and events/``c~`` ``(steps, B, H)`` (``(1, 1, 1)`` unless ``record``)."""
+        h = layer.hidden_size
+        seq = (steps, batch, h) if record else (1, 1, 1)
+        return (np.empty((steps * batch, layer.w_ih.rows_padded), dtype=np.float32),
+                np.empty((steps, batch, h), dtype=np.float32),
+                np.empty((steps, batch, h), dtype=np.int32),
+                np.empty((steps, batch), dtype=np.int32),
+                np.empty(seq, dtype=np.float32), np.empty(seq, dtype=np.float32))
+
+    def buffers(self, layer: PackedLayer, steps: int, reuse: bool, record: bool) -> tuple:
+        """Output buffers of a segment (:meth:`_new_buffers`); the layer's own one-step
+        buffers when ``reuse`` and ``steps == 1`` (overwritten by the next step)."""
+        if reuse and steps == 1:
+            return self.step_buffers
+        return self._new_buffers(layer, steps, self.y.shape[0], record)
 
 
 @dataclass
@@ -213,14 +235,18 @@ class SparseRuntime:
 
     # --------------------------------------------------------------- compute
     def run_columns(self, x: np.ndarray, idx: np.ndarray, cnt: np.ndarray, steps: int,
-                    record: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+                    active: int, record: bool = False,
+                    reuse: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
         """Advance all layers ``steps`` steps, layer by layer (no input checks; for callers
         that build inputs themselves, such as :class:`dualsparse.engine.lm.SparseLM`).
 
         Args:
             x: ``(steps * B, I)`` float32 C-contiguous inputs, step-major.
             idx, cnt: their active columns (:func:`dualsparse.engine.kernels.active_lists`).
+            active: ``cnt.sum()`` (what ``active_lists`` returns).
             record: also return each layer's ``(y, events, c~)``, each ``(steps, B, H)``.
+            reuse: a single step writes into buffers owned by the runtime, which the next
+                step overwrites (streaming callers that copy what they keep).
 
         Returns:
             the last layer's ``y`` ``(steps, B, H)``, its active lists ``idx`` ``(steps, B,
@@ -234,25 +260,22 @@ class SparseRuntime:
         try:
             for k, (lay, st) in enumerate(zip(self.packed.layers, self._layers, strict=True)):
                 t0 = self.clock()
-                gi = np.empty((steps * batch, lay.w_ih.rows_padded), dtype=np.float32)
+                gi, y_seq, idx_seq, cnt_seq, ev_seq, ct_seq = st.buffers(lay, steps, reuse,
+                                                                         record)
                 K.add_bias(gi, lay.b_ih)
-                lay.w_ih.accumulate(x, idx, cnt, gi, threads)
+                lay.w_ih.accumulate_unchecked(x, idx, cnt, gi, threads)
                 t1 = self.clock()
                 h = lay.hidden_size
-                y_seq = np.empty((steps, batch, h), dtype=np.float32)
-                idx_seq = np.empty((steps, batch, h), dtype=np.int32)
-                cnt_seq = np.empty((steps, batch), dtype=np.int32)
-                ev_seq = np.empty((steps, batch, h) if record else (1, 1, 1), dtype=np.float32)
-                ct_seq = np.empty_like(ev_seq)
                 nonzero, columns = recurrent_segment(
                     *st.const, gi.reshape(steps, batch, -1), st.gh, st.y, st.c, *st.gate_const,
                     st.ev, st.ct, st.idx, st.cnt, y_seq, idx_seq, cnt_seq, record, ev_seq,
                     ct_seq)
                 stats.seconds["input"] += t1 - t0
                 stats.seconds["recurrent"] += self.clock() - t1
-                stats.active_inputs[k] += int(cnt.sum())
+                stats.active_inputs[k] += active
                 stats.active_recurrent[k] += columns
                 stats.nonzero_outputs[k] += nonzero
+                active = nonzero  # the next layer's active inputs
                 if record:
                     recs.append((y_seq, ev_seq, ct_seq))
                 x = y_seq.reshape(steps * batch, h)
@@ -284,8 +307,8 @@ class SparseRuntime:
         xt, unbatched = self._check_step_input(x)
         idx = np.empty(xt.shape, dtype=np.int32)
         cnt = np.empty(xt.shape[0], dtype=np.int32)
-        K.active_lists(xt, idx, cnt)
-        y = torch.from_numpy(self.run_columns(xt, idx, cnt, 1)[0][0])
+        active = K.active_lists(xt, idx, cnt)
+        y = torch.from_numpy(self.run_columns(xt, idx, cnt, 1, active, reuse=True)[0][0].copy())
         return y.reshape(-1) if unbatched else y
 
     def run(self, sequence: torch.Tensor | np.ndarray, reset: bool = True,
@@ -318,8 +341,8 @@ class SparseRuntime:
         xs = np.ascontiguousarray(seq.reshape(steps * batch, -1), dtype=np.float32)
         idx = np.empty(xs.shape, dtype=np.int32)
         cnt = np.empty(xs.shape[0], dtype=np.int32)
-        K.active_lists(xs, idx, cnt)
-        out, _, _, recs = self.run_columns(xs, idx, cnt, steps, record=return_sequences)
+        active = K.active_lists(xs, idx, cnt)
+        out, _, _, recs = self.run_columns(xs, idx, cnt, steps, active, record=return_sequences)
         if not return_sequences:
             return torch.from_numpy(out[:, 0] if unbatched else out)
         seqs = []

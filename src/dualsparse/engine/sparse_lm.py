@@ -147,13 +147,14 @@ class SparseLM:
         x = self.embedding[ids.reshape(-1)]
         idx = np.empty(x.shape, dtype=np.int32)
         cnt = np.empty(x.shape[0], dtype=np.int32)
-        K.active_lists(x, idx, cnt)
-        y, y_idx, y_cnt, _ = self.runtime.run_columns(x, idx, cnt, steps)
+        active = K.active_lists(x, idx, cnt)
+        y, y_idx, y_cnt, _ = self.runtime.run_columns(x, idx, cnt, steps, active, reuse=True)
         t0 = self.runtime.clock()
         logits = np.empty((steps * batch, self.decoder.rows_padded), dtype=np.float32)
         K.add_bias(logits, self.decoder_bias)
-        self.decoder.accumulate(y.reshape(steps * batch, -1), y_idx.reshape(steps * batch, -1),
-                                y_cnt.reshape(-1), logits, self.runtime.threads)
+        self.decoder.accumulate_unchecked(y.reshape(steps * batch, -1),
+                                          y_idx.reshape(steps * batch, -1), y_cnt.reshape(-1),
+                                          logits, self.runtime.threads)
         self.runtime.stats.seconds["decoder"] += self.runtime.clock() - t0
         return logits
 
