@@ -390,6 +390,6 @@ def as_matrix(weight: torch.Tensor | np.ndarray, name: str) -> np.ndarray:
     return w
 
 
-__all__ = ["AUTO_SCATTER_COST", "COLUMNS_MIN_BYTES", "DENSE_MIN_DENSITY", "GEMM_MIN_ACTIVITY", "PANEL_ROWS",
-           "PARALLEL_MIN_BYTES", "use_threads",
+__all__ = ["AUTO_SCATTER_COST", "COLUMNS_MIN_BYTES", "DENSE_MIN_DENSITY", "GEMM_MIN_ACTIVITY",
+           "PANEL_ROWS", "PARALLEL_MIN_BYTES", "use_threads",
            "Block", "DenseMatrix", "PackedFormat", "PackedMatrix", "as_matrix"]
