@@ -83,6 +83,8 @@ def test_accumulate_matches_numpy_per_vector(fmt, n, monkeypatch):
     if fmt == "dense" and n == 1:  # the single-vector kernel of large (streamed) matrices
         monkeypatch.setattr(FM, "COLUMNS_MIN_BYTES", 0)
         assert p.kernel_args(1)[0] == KA.FORMAT_CODES["dense_columns"]
+        assert p.nbytes == 2 * p.data.nbytes  # the column-major copy, kept
+        np.testing.assert_array_equal(p.columns().reshape(45, -1)[:, :150], w.T)
         for threads in (1, 2):
             out4 = np.tile(bias, (n, 1))
             p.accumulate(x, idx, cnt, out4, threads=threads)

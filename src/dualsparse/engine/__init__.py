@@ -1,6 +1,6 @@
 """dualsparse.engine: event-driven, weight-sparse CPU inference (numba kernels).
 
-* :mod:`~dualsparse.engine.formats` -- packed formats (tiles/CSC, dense column-major), each
+* :mod:`~dualsparse.engine.formats` -- packed formats (tiles/CSC, dense in row panels), each
   with ``accumulate`` and ``check``.
 * :mod:`~dualsparse.engine.pack` -- trained recurrent stacks -> packed layers.
 * :mod:`~dualsparse.engine.kernels`, :mod:`~dualsparse.engine.gates` -- the multi-vector

@@ -105,11 +105,12 @@ def _group_tiles(panel_ptr: np.ndarray, indices: np.ndarray, data: np.ndarray, b
 @njit(**_OPTS)
 def _panel_dense(data: np.ndarray, rows_padded: int, p: int, x: np.ndarray, idx: np.ndarray,
                  cnt: np.ndarray, out: np.ndarray) -> None:
-    """Row panel ``p`` (64 rows) of a dense column-major matrix ``data`` ``(C * rows_padded,)``
+    """Row panel ``p`` (64 rows) of a dense panel-major matrix ``data`` ``(n_panels, C, 64)``
     for every vector: its 64 outputs stay in four SIMD registers while the active columns
     are added, so the outputs are read and written once per vector, and the panel's weights
-    (``64 * C`` floats) stay in cache from one vector to the next."""
+    (``64 * C`` floats, contiguous) stay in cache from one vector to the next."""
     s = np.int64(p) * 64
+    base = s * x.shape[1]
     for v in range(x.shape[0]):
         o = out[v]
         xv = x[v]
@@ -120,14 +121,14 @@ def _panel_dense(data: np.ndarray, rows_padded: int, p: int, x: np.ndarray, idx:
         n = cnt[v]
         for a in range(n):
             if a + PREFETCH_COLUMNS < n:  # a later column's 64 panel rows: 4 cache lines
-                nxt = np.int64(idx[v, a + PREFETCH_COLUMNS]) * rows_padded + s
+                nxt = base + np.int64(idx[v, a + PREFETCH_COLUMNS]) * 64
                 prefetch(data, nxt)
                 prefetch(data, nxt + 16)
                 prefetch(data, nxt + 32)
                 prefetch(data, nxt + 48)
             j = idx[v, a]
             xj = xv[j]
-            col = np.int64(j) * rows_padded + s
+            col = base + np.int64(j) * 64
             a0 = vmadd(a0, data, col, xj)
             a1 = vmadd(a1, data, col + 16, xj)
             a2 = vmadd(a2, data, col + 32, xj)
@@ -153,7 +154,7 @@ def _accumulate_tiles(panel_ptr: np.ndarray, indices: np.ndarray, data: np.ndarr
 
 def _accumulate_dense(data: np.ndarray, rows_padded: int, x: np.ndarray, idx: np.ndarray,
                       cnt: np.ndarray, out: np.ndarray) -> None:
-    """Dense column-major matrix (``rows_padded`` a multiple of 64): as
+    """Dense panel-major matrix (``rows_padded`` a multiple of 64): as
     :func:`accumulate_tiles`, one 64-row panel per work item (:func:`_panel_dense`)."""
     for p in prange(rows_padded // 64):
         _panel_dense(data, rows_padded, p, x, idx, cnt, out)
@@ -207,9 +208,10 @@ def _accumulate_rows(rowptr: np.ndarray, cols: np.ndarray, data: np.ndarray, x: 
 @njit(**_OPTS)
 def _columns_dense(data: np.ndarray, rows_padded: int, r0: int, r1: int, x: np.ndarray,
                    idx: np.ndarray, cnt: np.ndarray, out: np.ndarray) -> None:
-    """Rows ``[r0, r1)`` of a dense column-major matrix for every vector, column by column:
-    each active column's rows are one contiguous run (streams from memory well; for single
-    vectors, whose weights are not reused)."""
+    """Rows ``[r0, r1)`` of a dense **column-major** matrix ``data`` ``(C * rows_padded,)``
+    (``W^T``) for every vector, column by column: each active column's rows are one
+    contiguous run (streams from memory well; for single vectors, whose weights are not
+    reused)."""
     for v in range(x.shape[0]):
         o = out[v]
         xv = x[v]
@@ -229,8 +231,9 @@ def _columns_dense(data: np.ndarray, rows_padded: int, r0: int, r1: int, x: np.n
 def _accumulate_dense_columns(data: np.ndarray, rows_padded: int, group_rows: int,
                               x: np.ndarray, idx: np.ndarray, cnt: np.ndarray,
                               out: np.ndarray) -> None:
-    """As :func:`accumulate_dense`, column by column over row groups of ``group_rows`` (a
-    multiple of 64) per work item (:func:`_columns_dense`)."""
+    """As :func:`accumulate_dense` for the column-major copy ``data`` (``W^T``), column by
+    column over row groups of ``group_rows`` (a multiple of 64) per work item
+    (:func:`_columns_dense`)."""
     for g in prange((rows_padded + group_rows - 1) // group_rows):
         r0 = g * group_rows
         _columns_dense(data, rows_padded, r0, min(r0 + group_rows, rows_padded), x, idx, cnt,
@@ -265,8 +268,9 @@ accumulate_rows_parallel = _parallel_build(_accumulate_rows)
 
 
 #: ``fmt`` codes of :func:`accumulate_event`, chosen by each format's ``kernel_args``:
-#: tiles/CSC (:class:`~dualsparse.engine.formats.PackedMatrix`), dense column-major in
-#: register panels, dense column by column (:class:`~dualsparse.engine.formats.DenseMatrix`).
+#: tiles/CSC (:class:`~dualsparse.engine.formats.PackedMatrix`); dense panel-major in
+#: register panels, and its column-major copy column by column
+#: (:class:`~dualsparse.engine.formats.DenseMatrix`).
 FORMAT_CODES = {"tiles": 0, "dense": 1, "dense_columns": 2}
 
 

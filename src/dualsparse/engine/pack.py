@@ -1,6 +1,6 @@
 """Pack weights into the engine's formats, and trained recurrent stacks for the runtime.
 
-* :func:`pack_matrix` (tiles / CSC), :func:`pack_dense` (dense column-major),
+* :func:`pack_matrix` (tiles / CSC), :func:`pack_dense` (dense, 64-row panels),
   :func:`choose_format` (``block="auto"``: one format per matrix, by the cost model of
   :func:`choose_block` and :data:`DENSE_MIN_DENSITY`);
 * :func:`pack_rnn` -- EGRU/GRU/LSTM, ``torch.nn.GRU``/``LSTM`` -> :class:`PackedRNN`.
@@ -55,13 +55,13 @@ def choose_block(weight: torch.Tensor | np.ndarray, scatter_cost: float = AUTO_S
 
 
 def pack_dense(weight: torch.Tensor | np.ndarray, name: str = "weight") -> DenseMatrix:
-    """All of ``weight`` ``(rows, cols)`` column-major (:class:`DenseMatrix`), checked."""
+    """All of ``weight`` ``(rows, cols)`` in 64-row panels (:class:`DenseMatrix`), checked."""
     w = as_matrix(weight, name)
     rows, cols = w.shape
     mat = DenseMatrix((rows, cols), int(np.count_nonzero(w)))
-    data = np.zeros((cols, mat.rows_padded), dtype=np.float32)
-    data[:, :rows] = w.T
-    mat.data = data.reshape(-1)
+    padded = np.zeros((mat.rows_padded, cols), dtype=np.float32)
+    padded[:rows] = w
+    mat.data = np.ascontiguousarray(padded.reshape(-1, 64, cols).transpose(0, 2, 1)).reshape(-1)
     mat.check()
     return mat
 
