@@ -232,6 +232,7 @@ def run_threads(quick: bool, repeats: int, seed: int) -> list[dict]:
                                                                       rng), (16, 1))})
     rows = []
     for name, mat in mats.items():
+        size = mat.nbytes  # the weights (a DenseMatrix adds its column copy at one vector)
         for n in (64, 1):
             x = (rng.standard_normal((n, mat.cols)) * (rng.random((n, mat.cols)) < 0.25)
                  ).astype(np.float32)
@@ -242,9 +243,9 @@ def run_threads(quick: bool, repeats: int, seed: int) -> list[dict]:
             numba.set_num_threads(2)
             t = interleaved(fns, repeats, "wall")
             speed = t["t1"] / t["t2"]
-            rows.append({"matrix": name, "vectors": n, "mbytes": mat.nbytes / 1e6,
+            rows.append({"matrix": name, "vectors": n, "mbytes": size / 1e6,
                          "t1_us": t["t1"] * 1e6, "t2_us": t["t2"] * 1e6, "speedup": speed,
-                         "met": speed >= 1.6 if mat.nbytes >= 4e6 else None})
+                         "met": speed >= 1.6 if size >= 4e6 else None})
             met = {True: "2 threads >= 1.6x met", False: "2 threads >= 1.6x MISSED",
                    None: "- (< 4 MB)"}[rows[-1]["met"]]
             print(f"| {name} | {n} | {t['t1'] * 1e6:.0f} | {t['t2'] * 1e6:.0f} | {speed:.2f} "
