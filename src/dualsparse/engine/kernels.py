@@ -32,9 +32,10 @@ from dualsparse.engine.simd import axpy16, prefetch, vload, vmadd, vstore
 
 ZERO = np.float32(0.0)
 _OPTS = {"cache": True, "fastmath": False, "nogil": True}
-#: Active columns ahead whose first weights the kernels prefetch (``llvm.prefetch``): a
-#: column's tiles are one short contiguous run that the hardware prefetcher does not catch
-#: early; measured 15-30% less time per 16x1 product at 1 and 8 vectors (docs/engine.md).
+#: Active columns ahead whose weights the kernels prefetch (``llvm.prefetch``; all of the
+#: column's tiles for 16x1 and CSC, its first lines otherwise): a column's tiles are one
+#: short contiguous run that the hardware prefetcher does not catch early; measured 15-30%
+#: less time per 16x1 product at 1 and 8 vectors (docs/engine.md).
 PREFETCH_COLUMNS = 2
 
 
@@ -56,16 +57,81 @@ def active_lists(x: np.ndarray, idx: np.ndarray, cnt: np.ndarray) -> int:
 
 
 @njit(**_OPTS)
+def _group_16x1(panel_ptr: np.ndarray, indices: np.ndarray, data: np.ndarray, p0: int,
+                p1: int, x: np.ndarray, idx: np.ndarray, cnt: np.ndarray,
+                out: np.ndarray) -> None:
+    """Panels ``[p0, p1)`` of a ``(16, 1)``-tiled matrix for every vector: one
+    :func:`dualsparse.engine.simd.axpy16` per tile. All tiles (in this row range) of the
+    column :data:`PREFETCH_COLUMNS` ahead are prefetched, with their row indices."""
+    for v in range(x.shape[0]):
+        o = out[v]
+        xv = x[v]
+        n = cnt[v]
+        for a in range(n):
+            if a + PREFETCH_COLUMNS < n:
+                jn = idx[v, a + PREFETCH_COLUMNS]
+                tn = np.int64(panel_ptr[p0, jn])
+                for q in range(tn * 16, np.int64(panel_ptr[p1, jn]) * 16, 16):
+                    prefetch(data, q)
+                prefetch(indices, tn)
+            j = idx[v, a]
+            xj = xv[j]
+            for t in range(panel_ptr[p0, j], panel_ptr[p1, j]):
+                axpy16(o, np.int64(indices[t]) * 16, data, np.int64(t) * 16, xj)
+
+
+@njit(**_OPTS)
+def _group_csc(panel_ptr: np.ndarray, indices: np.ndarray, data: np.ndarray, p0: int,
+               p1: int, x: np.ndarray, idx: np.ndarray, cnt: np.ndarray,
+               out: np.ndarray) -> None:
+    """Panels ``[p0, p1)`` of a CSC matrix (``(1, 1)`` tiles) for every vector: a scalar
+    scatter per stored value, over array slices (no negative-index checks). All values and
+    row indices (in this row range) of the column :data:`PREFETCH_COLUMNS` ahead are
+    prefetched, one hint per cache line (``uint16`` indices; every other line of ``int32``
+    ones): 11-27% less time than prefetching its first two lines at 1 and 8 vectors
+    (4050 x 1350 at 10%, A/B in one process, 2026-11-26)."""
+    for v in range(x.shape[0]):
+        o = out[v]
+        xv = x[v]
+        n = cnt[v]
+        for a in range(n):
+            if a + PREFETCH_COLUMNS < n:
+                jn = idx[v, a + PREFETCH_COLUMNS]
+                tn = np.int64(panel_ptr[p0, jn])
+                te = np.int64(panel_ptr[p1, jn])
+                for q in range(tn, te, 16):
+                    prefetch(data, q)
+                for q in range(tn, te, 32):
+                    prefetch(indices, q)
+            j = idx[v, a]
+            xj = xv[j]
+            t0 = panel_ptr[p0, j]
+            t1 = panel_ptr[p1, j]
+            d1 = data[t0:t1]
+            i1 = indices[t0:t1]
+            for k in range(t1 - t0):
+                o[i1[k]] += d1[k] * xj
+
+
+@njit(**_OPTS)
 def _group_tiles(panel_ptr: np.ndarray, indices: np.ndarray, data: np.ndarray, br: int,
                  bc: int, p0: int, p1: int, x: np.ndarray, idx: np.ndarray, cnt: np.ndarray,
                  out: np.ndarray) -> None:
     """Panels ``[p0, p1)`` of a tiled matrix (any tile shape) for every vector.
 
-    ``(16, 1)`` tiles use :func:`dualsparse.engine.simd.axpy16`; other shapes an axpy over
-    array *slices* with a run-time length ``br``, which LLVM vectorises behind a run-time
-    alias check (plain indexing adds negative-index checks that block vectorisation).
-    The first weights and indices of the column :data:`PREFETCH_COLUMNS` ahead are
-    prefetched."""
+    ``(16, 1)`` tiles and CSC go to their own loops (:func:`_group_16x1`,
+    :func:`_group_csc`): a shape test and a division by ``bc`` per column inside one
+    generic loop cost them 25-30% (W_hh 4050 x 1350 in 16x1 tiles at 10%, 1 and 8 vectors,
+    A/B in one process, 2026-11-26). Other shapes: an axpy over array *slices* with a
+    run-time length ``br``, which LLVM vectorises behind a run-time alias check (plain
+    indexing adds negative-index checks that block vectorisation); the first weights and
+    indices of the column :data:`PREFETCH_COLUMNS` ahead are prefetched."""
+    if br == 16 and bc == 1:
+        _group_16x1(panel_ptr, indices, data, p0, p1, x, idx, cnt, out)
+        return
+    if br == 1 and bc == 1:
+        _group_csc(panel_ptr, indices, data, p0, p1, x, idx, cnt, out)
+        return
     tile = np.int64(br) * bc
     for v in range(x.shape[0]):
         o = out[v]
@@ -81,19 +147,7 @@ def _group_tiles(panel_ptr: np.ndarray, indices: np.ndarray, data: np.ndarray, b
             xj = xv[j]
             bj = j // bc
             c = j - bj * bc
-            t0 = panel_ptr[p0, bj]
-            t1 = panel_ptr[p1, bj]
-            if br == 16 and bc == 1:
-                for t in range(t0, t1):
-                    axpy16(o, np.int64(indices[t]) * 16, data, np.int64(t) * 16, xj)
-                continue
-            if br == 1 and bc == 1:  # CSC: one value per tile
-                d1 = data[t0:t1]
-                i1 = indices[t0:t1]
-                for k in range(t1 - t0):
-                    o[i1[k]] += d1[k] * xj
-                continue
-            for t in range(t0, t1):
+            for t in range(panel_ptr[p0, bj], panel_ptr[p1, bj]):
                 r0 = np.int64(indices[t]) * br
                 base = (np.int64(t) * bc + c) * br
                 ov = o[r0:r0 + br]
