@@ -160,18 +160,82 @@ def _group_tiles(panel_ptr: np.ndarray, indices: np.ndarray, data: np.ndarray, b
 def _panel_dense(data: np.ndarray, rows_padded: int, p: int, x: np.ndarray, idx: np.ndarray,
                  cnt: np.ndarray, out: np.ndarray) -> None:
     """Row panel ``p`` (64 rows) of a dense panel-major matrix ``data`` ``(n_panels, C, 64)``
-    for every vector: its 64 outputs stay in four SIMD registers while the active columns
-    are added, so the outputs are read and written once per vector, and the panel's weights
-    (``64 * C`` floats, contiguous) stay in cache from one vector to the next."""
+    for every vector: the panel's 64 outputs of a vector stay in four SIMD registers while
+    its active columns are added, so the outputs are read and written once per vector, and
+    the panel's weights (``64 * C`` floats, contiguous) stay in cache from one vector to the
+    next. Vectors go in pairs, the two active lists stepped together (two independent
+    chains of loads and adds; each vector's sum in its own order, so the floats are those
+    of one vector at a time): 6-40% more MACs per second at 512 vectors (A/B in one
+    process, 2026-11-26). An odd last vector goes alone (:func:`_panel_from`), and so does
+    a single one (:func:`_accumulate_dense` calls it directly: behind the pair loop it ran
+    1.3-1.5x slower)."""
     s = np.int64(p) * 64
     base = s * x.shape[1]
-    for v in range(x.shape[0]):
+    nv = x.shape[0]
+    v = 0
+    while v + 2 <= nv:
+        o, q = out[v], out[v + 1]
+        xv, xw = x[v], x[v + 1]
+        a0, a1, a2, a3 = vload(o, s), vload(o, s + 16), vload(o, s + 32), vload(o, s + 48)
+        b0, b1, b2, b3 = vload(q, s), vload(q, s + 16), vload(q, s + 32), vload(q, s + 48)
+        n, m = cnt[v], cnt[v + 1]
+        both = min(n, m)
+        for a in range(both):
+            j = idx[v, a]
+            xj = xv[j]
+            col = base + np.int64(j) * 64
+            i = idx[v + 1, a]
+            xi = xw[i]
+            cw = base + np.int64(i) * 64
+            a0 = vmadd(a0, data, col, xj)
+            b0 = vmadd(b0, data, cw, xi)
+            a1 = vmadd(a1, data, col + 16, xj)
+            b1 = vmadd(b1, data, cw + 16, xi)
+            a2 = vmadd(a2, data, col + 32, xj)
+            b2 = vmadd(b2, data, cw + 32, xi)
+            a3 = vmadd(a3, data, col + 48, xj)
+            b3 = vmadd(b3, data, cw + 48, xi)
+        for a in range(both, n):
+            j = idx[v, a]
+            xj = xv[j]
+            col = base + np.int64(j) * 64
+            a0 = vmadd(a0, data, col, xj)
+            a1 = vmadd(a1, data, col + 16, xj)
+            a2 = vmadd(a2, data, col + 32, xj)
+            a3 = vmadd(a3, data, col + 48, xj)
+        for a in range(both, m):
+            i = idx[v + 1, a]
+            xi = xw[i]
+            cw = base + np.int64(i) * 64
+            b0 = vmadd(b0, data, cw, xi)
+            b1 = vmadd(b1, data, cw + 16, xi)
+            b2 = vmadd(b2, data, cw + 32, xi)
+            b3 = vmadd(b3, data, cw + 48, xi)
+        vstore(o, s, a0)
+        vstore(o, s + 16, a1)
+        vstore(o, s + 32, a2)
+        vstore(o, s + 48, a3)
+        vstore(q, s, b0)
+        vstore(q, s + 16, b1)
+        vstore(q, s + 32, b2)
+        vstore(q, s + 48, b3)
+        v += 2
+    if v < nv:
+        _panel_from(data, p, v, x, idx, cnt, out)
+
+
+@njit(**_OPTS)
+def _panel_from(data: np.ndarray, p: int, v0: int, x: np.ndarray, idx: np.ndarray,
+                cnt: np.ndarray, out: np.ndarray) -> None:
+    """Row panel ``p`` of a dense panel-major matrix for vectors ``v0, v0 + 1, ...`` one at a
+    time (a single vector, or the odd last one of :func:`_panel_dense`), the weights of the
+    column :data:`PREFETCH_COLUMNS` ahead prefetched."""
+    s = np.int64(p) * 64
+    base = s * x.shape[1]
+    for v in range(v0, x.shape[0]):
         o = out[v]
         xv = x[v]
-        a0 = vload(o, s)
-        a1 = vload(o, s + 16)
-        a2 = vload(o, s + 32)
-        a3 = vload(o, s + 48)
+        a0, a1, a2, a3 = vload(o, s), vload(o, s + 16), vload(o, s + 32), vload(o, s + 48)
         n = cnt[v]
         for a in range(n):
             if a + PREFETCH_COLUMNS < n:  # a later column's 64 panel rows: 4 cache lines
@@ -210,8 +274,12 @@ def _accumulate_dense(data: np.ndarray, rows_padded: int, x: np.ndarray, idx: np
                       cnt: np.ndarray, out: np.ndarray) -> None:
     """Dense panel-major matrix (``rows_padded`` a multiple of 64): as
     :func:`accumulate_tiles`, one 64-row panel per work item (:func:`_panel_dense`)."""
-    for p in prange(rows_padded // 64):
-        _panel_dense(data, rows_padded, p, x, idx, cnt, out)
+    if x.shape[0] == 1:
+        for p in prange(rows_padded // 64):
+            _panel_from(data, p, 0, x, idx, cnt, out)
+    else:
+        for p in prange(rows_padded // 64):
+            _panel_dense(data, rows_padded, p, x, idx, cnt, out)
 
 
 @njit(**_OPTS)
