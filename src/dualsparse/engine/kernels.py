@@ -121,8 +121,9 @@ def _group_tiles(panel_ptr: np.ndarray, indices: np.ndarray, data: np.ndarray, b
 
     ``(16, 1)`` tiles and CSC go to their own loops (:func:`_group_16x1`,
     :func:`_group_csc`): a shape test and a division by ``bc`` per column inside one
-    generic loop cost them 25-30% (W_hh 4050 x 1350 in 16x1 tiles at 10%, 1 and 8 vectors,
-    A/B in one process, 2026-11-26). Other shapes: an axpy over array *slices* with a
+    generic loop, with the first lines of the next column prefetched, cost 16x1 products
+    10-24% at 1 and 8 vectors (W_hh 4050 x 1350 in 16x1 tiles at 10%, A/B in one process,
+    2026-11-26; whole-column prefetching included). Other shapes: an axpy over array *slices* with a
     run-time length ``br``, which LLVM vectorises behind a run-time alias check (plain
     indexing adds negative-index checks that block vectorisation); the first weights and
     indices of the column :data:`PREFETCH_COLUMNS` ahead are prefetched."""
@@ -165,8 +166,8 @@ def _panel_dense(data: np.ndarray, rows_padded: int, p: int, x: np.ndarray, idx:
     the panel's weights (``64 * C`` floats, contiguous) stay in cache from one vector to the
     next. Vectors go in pairs, the two active lists stepped together (two independent
     chains of loads and adds; each vector's sum in its own order, so the floats are those
-    of one vector at a time): 6-40% more MACs per second at 512 vectors (A/B in one
-    process, 2026-11-26). An odd last vector goes alone (:func:`_panel_from`), and so does
+    of one vector at a time): 0.80-0.95 of the one-at-a-time time at 8-512 vectors (A/B in
+    one process, 2026-11-26). An odd last vector goes alone (:func:`_panel_from`), and so does
     a single one (:func:`_accumulate_dense` calls it directly: behind the pair loop it ran
     1.3-1.5x slower)."""
     s = np.int64(p) * 64
