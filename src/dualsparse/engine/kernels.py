@@ -157,6 +157,28 @@ def _group_tiles(panel_ptr: np.ndarray, indices: np.ndarray, data: np.ndarray, b
                     ov[r] += d[r] * xj
 
 
+@njit(inline="always", **_OPTS)
+def _add_column(a0, a1, a2, a3, data: np.ndarray, col: int, xj: np.float32) -> tuple:
+    """The four 16-row accumulators of a 64-row panel plus ``data[col:col + 64] * xj``."""
+    return (vmadd(a0, data, col, xj), vmadd(a1, data, col + 16, xj),
+            vmadd(a2, data, col + 32, xj), vmadd(a3, data, col + 48, xj))
+
+
+@njit(inline="always", **_OPTS)
+def _load_panel(o: np.ndarray, s: int) -> tuple:
+    """``o[s:s + 64]`` as four :data:`~dualsparse.engine.simd.f32x16` accumulators."""
+    return vload(o, s), vload(o, s + 16), vload(o, s + 32), vload(o, s + 48)
+
+
+@njit(inline="always", **_OPTS)
+def _store_panel(o: np.ndarray, s: int, a0, a1, a2, a3) -> None:
+    """``o[s:s + 64] =`` the four accumulators."""
+    vstore(o, s, a0)
+    vstore(o, s + 16, a1)
+    vstore(o, s + 32, a2)
+    vstore(o, s + 48, a3)
+
+
 @njit(**_OPTS)
 def _panel_dense(data: np.ndarray, rows_padded: int, p: int, x: np.ndarray, idx: np.ndarray,
                  cnt: np.ndarray, out: np.ndarray) -> None:
@@ -177,49 +199,23 @@ def _panel_dense(data: np.ndarray, rows_padded: int, p: int, x: np.ndarray, idx:
     while v + 2 <= nv:
         o, q = out[v], out[v + 1]
         xv, xw = x[v], x[v + 1]
-        a0, a1, a2, a3 = vload(o, s), vload(o, s + 16), vload(o, s + 32), vload(o, s + 48)
-        b0, b1, b2, b3 = vload(q, s), vload(q, s + 16), vload(q, s + 32), vload(q, s + 48)
+        a0, a1, a2, a3 = _load_panel(o, s)
+        b0, b1, b2, b3 = _load_panel(q, s)
         n, m = cnt[v], cnt[v + 1]
         both = min(n, m)
         for a in range(both):
             j = idx[v, a]
-            xj = xv[j]
-            col = base + np.int64(j) * 64
             i = idx[v + 1, a]
-            xi = xw[i]
-            cw = base + np.int64(i) * 64
-            a0 = vmadd(a0, data, col, xj)
-            b0 = vmadd(b0, data, cw, xi)
-            a1 = vmadd(a1, data, col + 16, xj)
-            b1 = vmadd(b1, data, cw + 16, xi)
-            a2 = vmadd(a2, data, col + 32, xj)
-            b2 = vmadd(b2, data, cw + 32, xi)
-            a3 = vmadd(a3, data, col + 48, xj)
-            b3 = vmadd(b3, data, cw + 48, xi)
+            a0, a1, a2, a3 = _add_column(a0, a1, a2, a3, data, base + np.int64(j) * 64, xv[j])
+            b0, b1, b2, b3 = _add_column(b0, b1, b2, b3, data, base + np.int64(i) * 64, xw[i])
         for a in range(both, n):
             j = idx[v, a]
-            xj = xv[j]
-            col = base + np.int64(j) * 64
-            a0 = vmadd(a0, data, col, xj)
-            a1 = vmadd(a1, data, col + 16, xj)
-            a2 = vmadd(a2, data, col + 32, xj)
-            a3 = vmadd(a3, data, col + 48, xj)
+            a0, a1, a2, a3 = _add_column(a0, a1, a2, a3, data, base + np.int64(j) * 64, xv[j])
         for a in range(both, m):
             i = idx[v + 1, a]
-            xi = xw[i]
-            cw = base + np.int64(i) * 64
-            b0 = vmadd(b0, data, cw, xi)
-            b1 = vmadd(b1, data, cw + 16, xi)
-            b2 = vmadd(b2, data, cw + 32, xi)
-            b3 = vmadd(b3, data, cw + 48, xi)
-        vstore(o, s, a0)
-        vstore(o, s + 16, a1)
-        vstore(o, s + 32, a2)
-        vstore(o, s + 48, a3)
-        vstore(q, s, b0)
-        vstore(q, s + 16, b1)
-        vstore(q, s + 32, b2)
-        vstore(q, s + 48, b3)
+            b0, b1, b2, b3 = _add_column(b0, b1, b2, b3, data, base + np.int64(i) * 64, xw[i])
+        _store_panel(o, s, a0, a1, a2, a3)
+        _store_panel(q, s, b0, b1, b2, b3)
         v += 2
     if v < nv:
         _panel_from(data, p, v, x, idx, cnt, out)
@@ -236,7 +232,7 @@ def _panel_from(data: np.ndarray, p: int, v0: int, x: np.ndarray, idx: np.ndarra
     for v in range(v0, x.shape[0]):
         o = out[v]
         xv = x[v]
-        a0, a1, a2, a3 = vload(o, s), vload(o, s + 16), vload(o, s + 32), vload(o, s + 48)
+        a0, a1, a2, a3 = _load_panel(o, s)
         n = cnt[v]
         for a in range(n):
             if a + PREFETCH_COLUMNS < n:  # a later column's 64 panel rows: 4 cache lines
@@ -246,16 +242,8 @@ def _panel_from(data: np.ndarray, p: int, v0: int, x: np.ndarray, idx: np.ndarra
                 prefetch(data, nxt + 32)
                 prefetch(data, nxt + 48)
             j = idx[v, a]
-            xj = xv[j]
-            col = base + np.int64(j) * 64
-            a0 = vmadd(a0, data, col, xj)
-            a1 = vmadd(a1, data, col + 16, xj)
-            a2 = vmadd(a2, data, col + 32, xj)
-            a3 = vmadd(a3, data, col + 48, xj)
-        vstore(o, s, a0)
-        vstore(o, s + 16, a1)
-        vstore(o, s + 32, a2)
-        vstore(o, s + 48, a3)
+            a0, a1, a2, a3 = _add_column(a0, a1, a2, a3, data, base + np.int64(j) * 64, xv[j])
+        _store_panel(o, s, a0, a1, a2, a3)
 
 
 def _accumulate_tiles(panel_ptr: np.ndarray, indices: np.ndarray, data: np.ndarray, br: int,
