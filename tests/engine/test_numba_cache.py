@@ -1,56 +1,81 @@
-"""The engine's numba cache is dropped when any engine source changes (a stale cached caller
-keeps its old callees linked in)."""
+"""The engine's numba cache lives in one directory per version of the engine's sources, so a
+process running other sources (a sweep started before an edit) can never hand its compiled
+callers to a later process (a stale cached caller keeps its old callees linked in)."""
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
-import pytest
+from numba.core import config
 
 import dualsparse.engine
-from dualsparse.engine import numba_cache
+from dualsparse.engine import gates, kernels, numba_cache
 
 
-def _cached(folder: Path) -> list[str]:
-    return sorted(p.name for p in (folder / "__pycache__").glob("*.nb*"))
+def _sources(folder: Path) -> None:
+    (folder / "kernels.py").write_text("A = 1\n")
+    (folder / "gates.py").write_text("B = 2\n")
 
 
-def test_cache_files_are_dropped_exactly_when_a_source_changes(tmp_path: Path) -> None:
+def test_the_cache_directory_changes_exactly_when_a_source_changes(tmp_path: Path) -> None:
+    _sources(tmp_path)
+    first = numba_cache.cache_dir(tmp_path)
+    assert first.parent == tmp_path / "__pycache__"
+    assert first.name.startswith(numba_cache.PREFIX)
+    assert numba_cache.cache_dir(tmp_path) == first  # same sources, same directory
+    (tmp_path / "kernels.py").write_text("A = 3\n")  # another module than a cached caller's
+    assert numba_cache.cache_dir(tmp_path) != first
     (tmp_path / "kernels.py").write_text("A = 1\n")
-    (tmp_path / "gates.py").write_text("B = 2\n")
+    assert numba_cache.cache_dir(tmp_path) == first
+    user = numba_cache.cache_dir(tmp_path, user_root=str(tmp_path / "user"))
+    assert user.parent == tmp_path / "user" / "dualsparse-engine" and user.name == first.name
+
+
+def test_prune_keeps_the_current_and_recent_versions(tmp_path: Path) -> None:
+    _sources(tmp_path)
     cache = tmp_path / "__pycache__"
-    cache.mkdir()
-    for name in ("gates.f-1.py311.nbi", "gates.f-1.py311.1.nbc", "gates.cpython-311.pyc"):
+    current = numba_cache.cache_dir(tmp_path)
+    old, recent = cache / f"{numba_cache.PREFIX}0000", cache / f"{numba_cache.PREFIX}1111"
+    for d in (current, old, recent):
+        (d / "sub").mkdir(parents=True)
+        (d / "sub" / "k.nbi").write_text("x")
+    day_ago = time.time() - 2 * numba_cache.MAX_AGE_S
+    for p in (old, old / "sub", old / "sub" / "k.nbi"):
+        os.utime(p, (day_ago, day_ago))
+    for name in ("gates.f-1.py311.nbi", "gates.f-1.py311.1.nbc", numba_cache.LEGACY_STAMP,
+                 "gates.cpython-311.pyc"):
         (cache / name).write_text("x")
-    assert numba_cache.refresh(tmp_path)  # no digest yet: the files' origin is unknown
-    assert _cached(tmp_path) == [] and (cache / "gates.cpython-311.pyc").exists()
-    (cache / "gates.f-1.py311.nbi").write_text("compiled from these sources")
-    assert not numba_cache.refresh(tmp_path)  # same sources: kept
-    assert _cached(tmp_path) == ["gates.f-1.py311.nbi"]
-    (tmp_path / "kernels.py").write_text("A = 3\n")  # another module than the cached one
-    assert numba_cache.refresh(tmp_path)
-    assert _cached(tmp_path) == []
-    assert (cache / numba_cache.STAMP).read_text() == numba_cache.sources_digest(tmp_path)
+    gone = numba_cache.prune(tmp_path)
+    assert old in gone and not old.exists()
+    assert current.exists() and recent.exists()  # a running older process may write there
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        [current.name, recent.name, "gates.cpython-311.pyc"])
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_a_read_only_installation_is_left_alone(tmp_path: Path) -> None:
-    (tmp_path / "kernels.py").write_text("A = 1\n")
-    cache = tmp_path / "__pycache__"
-    cache.mkdir()
-    (cache / "k.nbi").write_text("x")
-    cache.chmod(0o555)
+def test_engine_cache_sets_numba_cache_dir_only_inside_the_block(tmp_path: Path) -> None:
+    _sources(tmp_path)
+    before = config.CACHE_DIR
     try:
-        assert not numba_cache.refresh(tmp_path)
-        assert _cached(tmp_path) == ["k.nbi"]
+        config.CACHE_DIR = ""
+        with numba_cache.engine_cache(tmp_path) as path:
+            assert config.CACHE_DIR == str(path) == str(numba_cache.cache_dir(tmp_path))
+        assert config.CACHE_DIR == ""
+        config.CACHE_DIR = str(tmp_path / "user")  # a user's NUMBA_CACHE_DIR stays the root
+        with numba_cache.engine_cache(tmp_path) as path:
+            assert path.parent == tmp_path / "user" / "dualsparse-engine"
+        assert config.CACHE_DIR == str(tmp_path / "user")
     finally:
-        cache.chmod(0o755)
+        config.CACHE_DIR = before
 
 
-def test_the_engine_import_left_its_digest() -> None:
+def test_the_engine_kernels_are_cached_under_the_digest_of_its_sources() -> None:
     folder = Path(dualsparse.engine.__file__).parent
-    stamp = folder / "__pycache__" / numba_cache.STAMP
-    if not os.access(folder, os.W_OK):
-        pytest.skip("read-only installation")
-    assert stamp.read_text() == numba_cache.sources_digest(folder)
+    want = numba_cache.cache_dir(folder, config.CACHE_DIR)
+    for fn in (kernels.accumulate_event, kernels.accumulate_tiles_parallel,
+               gates.recurrent_segment):
+        path = Path(fn._cache._cache_path)
+        if os.access(folder, os.W_OK) or config.CACHE_DIR:
+            assert path.parent == want, fn
+    assert config.CACHE_DIR == os.environ.get("NUMBA_CACHE_DIR", "")  # restored

@@ -8,12 +8,14 @@
 * :mod:`~dualsparse.engine.runtime` -- :class:`SparseRuntime` (``step`` / ``run``).
 * :mod:`~dualsparse.engine.lm` -- :class:`~dualsparse.engine.lm.SparseLM` (whole language
   models: segments, streaming, batches, generation).
-* :mod:`~dualsparse.engine.numba_cache` -- drops the cached kernels when the sources change.
+* :mod:`~dualsparse.engine.numba_cache` -- one numba cache directory per version of the sources.
 """
 
 from dualsparse.engine import numba_cache
 
-numba_cache.refresh()  # before any kernel module is imported and its cache is read
+# the kernel modules are decorated (and their cache directory chosen) inside this block
+with numba_cache.engine_cache():
+    from dualsparse.engine import gates, kernels  # noqa: F401
 
 from dualsparse.engine.events import EventComparison, compare_events  # noqa: E402
 from dualsparse.engine.formats import DenseMatrix, PackedMatrix  # noqa: E402

@@ -1,22 +1,39 @@
-"""Numba's on-disk cache of the engine's kernels, kept in step with the engine's sources.
+"""Numba's on-disk cache of the engine's kernels, one directory per version of the sources.
 
 Numba checks a cached function against its own source file only. A cached caller (e.g.
 ``gates.recurrent_segment``) has its callees (``kernels.accumulate_event`` and below) linked
-in, so after ``kernels.py`` or ``simd.py`` changes the caller still runs the old callees; a
-stale caller once crashed the test suite with a segmentation fault. :func:`refresh`, called
-when :mod:`dualsparse.engine` is imported, deletes the cached kernels whenever any source
-file of the engine differs from the ones they were compiled from (a digest kept beside
-them). A read-only installation is left alone.
+in, so after ``kernels.py`` changes the caller still runs the old callees; a stale caller
+crashed the test suite with a segmentation fault twice. Deleting the cache when the sources
+change is not enough: a process started before the edit (a sweep in the background) still
+runs, compiles and writes the *old* code's entries after the deletion, and they look valid
+to every later process (gates.py did not change).
+
+So the kernels are cached in a directory named after a SHA-256 of all the engine's source
+files (:func:`cache_dir`): processes running different sources never share entries.
+:func:`engine_cache` sets it while :mod:`dualsparse.engine` imports its kernel modules (numba
+picks a function's cache directory when the function is decorated) and restores numba's
+setting afterwards; :func:`prune` deletes the directories of other versions once unused for
+a day. A user's
+``NUMBA_CACHE_DIR`` is kept as the root. Where the directory cannot be written (a read-only
+installation), numba falls back to its usual locations.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import shutil
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
-#: Name of the digest file in the engine's ``__pycache__``.
-STAMP = "numba-sources.sha256"
+#: Prefix of the per-version cache directories.
+PREFIX = "numba-"
+#: The digest file of the single cache directory used before (deleted by :func:`prune`).
+LEGACY_STAMP = "numba-sources.sha256"
+#: :func:`prune` keeps other versions' directories written to within this many seconds.
+MAX_AGE_S = 24 * 3600.0
 
 
 def sources_digest(folder: Path) -> str:
@@ -28,31 +45,62 @@ def sources_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def refresh(folder: str | os.PathLike[str] | None = None) -> bool:
-    """Delete ``folder/__pycache__/*.nbi|*.nbc`` if the sources of ``folder`` (default: the
-    engine) changed since the digest was last written, then write the digest; return whether
-    anything was deleted. Errors writing (a read-only installation) are ignored."""
+def _last_write(path: Path) -> float:
+    """Latest modification time of ``path`` and everything below it."""
+    return max([path.stat().st_mtime, *(p.stat().st_mtime for p in path.rglob("*"))])
+
+
+def _root(folder: Path, user_root: str) -> Path:
+    return Path(user_root) / "dualsparse-engine" if user_root else folder / "__pycache__"
+
+
+def cache_dir(folder: str | os.PathLike[str] | None = None, user_root: str = "") -> Path:
+    """The cache directory of the current sources of ``folder`` (default: the engine):
+    ``<root>/numba-<first 16 hex digits of the digest>``, the root being ``folder/__pycache__``
+    or ``<user_root>/dualsparse-engine``."""
     folder = Path(folder) if folder is not None else Path(__file__).parent
-    cache = folder / "__pycache__"
-    digest = sources_digest(folder)
-    stamp = cache / STAMP
-    try:
-        if stamp.read_text() == digest:
-            return False
-    except OSError:
-        pass
-    removed = False
-    try:
-        for path in [*cache.glob("*.nbi"), *cache.glob("*.nbc")]:
-            path.unlink(missing_ok=True)
-            removed = True
-        cache.mkdir(exist_ok=True)
-        tmp = cache / f".{STAMP}.{os.getpid()}"
-        tmp.write_text(digest)
-        os.replace(tmp, stamp)
-    except OSError:
-        pass
-    return removed
+    return _root(folder, user_root) / f"{PREFIX}{sources_digest(folder)[:16]}"
 
 
-__all__ = ["STAMP", "refresh", "sources_digest"]
+def prune(folder: str | os.PathLike[str] | None = None, user_root: str = "",
+          max_age_s: float = MAX_AGE_S) -> list[Path]:
+    """Delete the cache directories of other source versions unused for ``max_age_s``
+    seconds (a process still running older sources may be writing into its own), and
+    numba's cache files of the engine left directly in ``folder/__pycache__`` (from before
+    per-version directories); return what was deleted. Errors (a read-only installation)
+    are ignored."""
+    folder = Path(folder) if folder is not None else Path(__file__).parent
+    keep = cache_dir(folder, user_root)
+    gone: list[Path] = []
+    now = time.time()
+    for path in sorted(_root(folder, user_root).glob(f"{PREFIX}*")):
+        with contextlib.suppress(OSError):
+            if path != keep and path.is_dir() and now - _last_write(path) > max_age_s:
+                shutil.rmtree(path, ignore_errors=True)
+                gone.append(path)
+    legacy = folder / "__pycache__"
+    for path in [*legacy.glob("*.nbi"), *legacy.glob("*.nbc"), *legacy.glob(LEGACY_STAMP)]:
+        with contextlib.suppress(OSError):
+            path.unlink()
+            gone.append(path)
+    return gone
+
+
+@contextlib.contextmanager
+def engine_cache(folder: str | os.PathLike[str] | None = None) -> Iterator[Path]:
+    """Within the block, numba caches newly decorated functions in :func:`cache_dir` (the
+    previous ``numba.config.CACHE_DIR`` is restored on exit); other versions' directories
+    are pruned first."""
+    from numba.core import config
+
+    user_root = config.CACHE_DIR or ""
+    path = cache_dir(folder, user_root)
+    prune(folder, user_root)
+    config.CACHE_DIR = str(path)
+    try:
+        yield path
+    finally:
+        config.CACHE_DIR = user_root
+
+
+__all__ = ["MAX_AGE_S", "PREFIX", "cache_dir", "engine_cache", "prune", "sources_digest"]
