@@ -5,17 +5,12 @@ columns = input features or recurrent units) is stored *by column*: for an activ
 ``x_j`` the engine adds ``x_j * W[:, j]`` to the pre-activations, touching only the stored
 weights of that column. Two formats share :class:`PackedFormat`:
 
-* :class:`PackedMatrix` -- block-compressed columns: the matrix is cut into ``br x bc`` tiles;
-  a tile is stored (densely, zeros included) when any of its weights is nonzero. ``(1, 1)`` is
-  CSC; ``(16, 1)`` suits row-block pruning (the inner loop is a 16-long SIMD axpy); ``(4, 4)``
-  Narang-style block pruning. Tiles of a block column are contiguous and sorted by row;
-  ``panel_ptr`` cuts every block column at the row panels (``panel_rows`` rows), so that a
-  kernel can process a group of panels for many vectors while their weights stay in cache,
-  and threads can own disjoint row groups.
-* :class:`DenseMatrix` -- all weights in 64-row panels (each panel ``(cols, 64)``, contiguous;
-  rows padded to 64): the 64 outputs of a panel stay in SIMD registers while the active
-  columns of a vector are added, when the inputs are sparse; one GEMM (PyTorch/oneDNN) when
-  most inputs of many vectors are active (dense inputs such as an embedding).
+* :class:`PackedMatrix` -- block-compressed columns: ``br x bc`` tiles, stored whole when any
+  weight is nonzero (``(1, 1)`` is CSC, ``(16, 1)`` row blocks, ``(4, 4)`` Narang blocks),
+  sorted by row within a block column; ``panel_ptr`` cuts every block column at row panels,
+  so that threads own disjoint row groups.
+* :class:`DenseMatrix` -- all weights, in 64-row panels (register-panel kernels, a GEMM for
+  mostly active inputs) and, for single vectors, a column-major copy.
 
 :func:`dualsparse.engine.pack.choose_format` picks one per matrix (``block="auto"``); the
 kernels are in :mod:`dualsparse.engine.kernels`.
@@ -33,42 +28,31 @@ import torch
 from dualsparse.engine import kernels as K
 from dualsparse.validation import check_block, check_int
 
-#: Cost of one scattered CSC update (index load, read-modify-write) relative to one stored
-#: value of a contiguous 16-long SIMD axpy: ``benchmarks/bench_engine.py`` measured 0.96 ns per
-#: nonzero (CSC, 10% unstructured, 4050x1350) vs 0.35-0.62 ns per stored value ((16, 1)
-#: tiles) on our AMD EPYC (docs/engine.md), i.e. 1.5-2.7x. ``choose_format`` uses ``(16, 1)``
-#: tiles when they store at most this many values per nonzero weight, else CSC.
+#: Cost of one scattered CSC update relative to one stored value of a 16-long SIMD axpy
+#: (measured 1.5-2.7x, docs/engine.md): ``choose_format`` uses ``(16, 1)`` tiles when they
+#: store at most this many values per nonzero weight, else CSC.
 AUTO_SCATTER_COST = 3.0
-#: ``choose_format`` stores a matrix densely when at least this fraction of its weights is
-#: nonzero (16x1 tiles would store every value plus an index per tile).
+#: ``choose_format`` stores a matrix densely from this fraction of nonzero weights on.
 DENSE_MIN_DENSITY = 0.9
 #: Row panel height (rounded up to a multiple of the tile height).
 PANEL_ROWS = 64
 #: Most bytes of packed weights per work item when several vectors share them. Each group
-#: costs every vector a pointer lookup per active column, and a column's tiles are split
-#: over the groups, so small groups are slow: on our AMD EPYC (1 MB L2 per core) a 2.2 MB
-#: 16x1 matrix (4050 x 1350, 10%) was fastest as one group at 2, 8, 16 and 64 vectors
-#: (1.25-1.4x faster than 1 MB groups, idle machine, 2026-11-26), the weights then being
-#: re-read from L3 with prefetching. The bound keeps very large matrices in a few groups.
+#: costs every vector a pointer lookup per active column: a 2.2 MB 16x1 matrix was 1.25-1.4x
+#: faster as one group than in 1 MB groups (2-64 vectors; docs/engine.md).
 GROUP_BYTES = 16 * 1024 * 1024
 #: Most rows per work item (their accumulator slice, 16 KB of float32, stays in L1).
 GROUP_MAX_ROWS = 4096
 #: Products of matrices with fewer packed bytes run on one thread even when ``threads > 1``
 #: (a parallel region costs a few microseconds).
 PARALLEL_MIN_BYTES = 512 * 1024
-#: :class:`DenseMatrix` uses one GEMM instead of event columns when the active fraction of
-#: the inputs is at least this (for ``n >= GEMM_MIN_VECTORS`` vectors; a single vector:
-#: ``GEMV_MIN_ACTIVITY``): a blocked GEMM does about 3x the MACs per cycle of the column
-#: kernel, a GEMV is memory bound like it.
+#: :class:`DenseMatrix` uses one GEMM when at least this fraction of the inputs of
+#: ``n >= GEMM_MIN_VECTORS`` vectors is active (``GEMV_MIN_ACTIVITY`` for fewer vectors).
 GEMM_MIN_ACTIVITY = 0.35
 GEMM_MIN_VECTORS = 4
 GEMV_MIN_ACTIVITY = 0.9
 #: A single vector through a :class:`DenseMatrix` of at least this many bytes goes column by
-#: column over its column-major copy (each active column one contiguous run: weights
-#: streamed from memory, no reuse); a smaller matrix, which stays in the last-level cache
-#: from one step to the next, in register panels (no accumulator traffic, no copy). Demo
-#: decoder (10000 x 128, 5 MB, 30% active): 18.8 us in panels vs 22.1 us by columns
-#: (A/B in one process, machine otherwise idle, 2026-11-26).
+#: column over its column-major copy (streamed from memory); a smaller, cache-resident one
+#: in register panels (demo decoder, 5 MB: 18.8 vs 22.1 us by columns).
 COLUMNS_MIN_BYTES = 8 * 1024 * 1024
 
 Block = tuple[int, int] | str
@@ -293,15 +277,11 @@ class DenseMatrix(PackedFormat):
 
     * ``data`` ``(n_panels * cols * 64,)`` float32, **panel-major** ``(n_panels, cols, 64)``:
       panel ``P`` holds ``W[64P:64P+64, :]`` transposed, one contiguous block that the
-      register-panel kernel reads for all vectors of a product while it stays in cache.
-      Column-major ``W^T`` put consecutive columns' 64 rows ``4 * rows_padded`` bytes apart
-      (a page per column; at 4096 rows all in the same cache sets): 8.2 vs 16.5 GMAC/s on a
-      4050 x 1350 matrix, 512 vectors at 25% activity (A/B in one process).
-    * :meth:`columns` ``(cols * rows_padded,)``, **column-major** ``W^T``, built from
-      ``data`` the first time a single vector meets a matrix of at least
-      :data:`COLUMNS_MIN_BYTES` and then kept (the matrix then holds twice its bytes): one
-      contiguous run per active column streams from memory best (paper LM streaming:
-      decoder 380 us/token column-major vs 880 us from panels).
+      register-panel kernel reads for all vectors while it stays in cache (column-major put
+      each column on its own page and, at 4096 rows, in the same cache sets: 2x slower).
+    * :meth:`columns` ``(cols * rows_padded,)``, **column-major** ``W^T``, built the first
+      time a single vector meets a matrix of at least :data:`COLUMNS_MIN_BYTES`, then kept
+      (twice the bytes): one contiguous run per active column streams from memory best.
     """
 
     data: np.ndarray | None = None

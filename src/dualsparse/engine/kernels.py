@@ -7,13 +7,9 @@ tokens of a segment, the sequences of a batch, or one vector when streaming)::
 
 Each vector has its own list of active (nonzero) columns, so the work is proportional to the
 nonzeros of each vector. The rows are processed in *groups* of row panels (parallel over
-groups with ``prange``); inside a group every vector is finished before the next, so the
-weights of the group (sized to stay in L2) are read from memory once for all vectors and
-the group's slice of each output row stays in L1.
-
-Within a vector, the columns are added in the order of its active list, to each output row
-in ascending column order, whatever the group size or thread count: the results are
-bitwise identical across groupings and threads.
+groups with ``prange``), every vector finished inside a group before the next. Each output
+receives its terms in the order of the vector's active list whatever the grouping, thread
+count or mode: the results are bitwise identical across them.
 
 Layouts: ``X`` ``(n, C)``, ``out`` ``(n, rows_padded)``, ``idx`` ``(n, >= max cnt)`` int32,
 ``cnt`` ``(n,)`` int32, all C-contiguous. Packed formats: :mod:`dualsparse.engine.formats`.
@@ -32,10 +28,8 @@ from dualsparse.engine.simd import axpy16, prefetch, vload, vmadd, vstore
 
 ZERO = np.float32(0.0)
 _OPTS = {"cache": True, "fastmath": False, "nogil": True}
-#: Active columns ahead whose weights the kernels prefetch (``llvm.prefetch``; all of the
-#: column's tiles for 16x1 and CSC, its first lines otherwise): a column's tiles are one
-#: short contiguous run that the hardware prefetcher does not catch early; measured 15-30%
-#: less time per 16x1 product at 1 and 8 vectors (docs/engine.md).
+#: Active columns ahead whose weights the kernels prefetch (``llvm.prefetch``): a column's
+#: tiles are one short run that the hardware prefetcher does not catch early.
 PREFETCH_COLUMNS = 2
 
 
@@ -60,9 +54,8 @@ def active_lists(x: np.ndarray, idx: np.ndarray, cnt: np.ndarray) -> int:
 def _group_16x1(panel_ptr: np.ndarray, indices: np.ndarray, data: np.ndarray, p0: int,
                 p1: int, x: np.ndarray, idx: np.ndarray, cnt: np.ndarray,
                 out: np.ndarray) -> None:
-    """Panels ``[p0, p1)`` of a ``(16, 1)``-tiled matrix for every vector: one
-    :func:`dualsparse.engine.simd.axpy16` per tile. All tiles (in this row range) of the
-    column :data:`PREFETCH_COLUMNS` ahead are prefetched, with their row indices."""
+    """Panels ``[p0, p1)`` of a ``(16, 1)``-tiled matrix for every vector, one ``axpy16``
+    per tile; all tiles of the column :data:`PREFETCH_COLUMNS` ahead are prefetched."""
     for v in range(x.shape[0]):
         o = out[v]
         xv = x[v]
@@ -85,11 +78,9 @@ def _group_csc(panel_ptr: np.ndarray, indices: np.ndarray, data: np.ndarray, p0:
                p1: int, x: np.ndarray, idx: np.ndarray, cnt: np.ndarray,
                out: np.ndarray) -> None:
     """Panels ``[p0, p1)`` of a CSC matrix (``(1, 1)`` tiles) for every vector: a scalar
-    scatter per stored value, over array slices (no negative-index checks). All values and
-    row indices (in this row range) of the column :data:`PREFETCH_COLUMNS` ahead are
-    prefetched, one hint per cache line (``uint16`` indices; every other line of ``int32``
-    ones): 11-27% less time than prefetching its first two lines at 1 and 8 vectors
-    (4050 x 1350 at 10%, A/B in one process, 2026-11-26)."""
+    scatter per stored value, over array slices (no negative-index checks). The values and
+    row indices of the column :data:`PREFETCH_COLUMNS` ahead are prefetched, one hint per
+    cache line (11-27% less time than two lines, docs/engine.md)."""
     for v in range(x.shape[0]):
         o = out[v]
         xv = x[v]
@@ -120,13 +111,10 @@ def _group_tiles(panel_ptr: np.ndarray, indices: np.ndarray, data: np.ndarray, b
     """Panels ``[p0, p1)`` of a tiled matrix (any tile shape) for every vector.
 
     ``(16, 1)`` tiles and CSC go to their own loops (:func:`_group_16x1`,
-    :func:`_group_csc`): a shape test and a division by ``bc`` per column inside one
-    generic loop, with the first lines of the next column prefetched, cost 16x1 products
-    10-24% at 1 and 8 vectors (W_hh 4050 x 1350 in 16x1 tiles at 10%, A/B in one process,
-    2026-11-26; whole-column prefetching included). Other shapes: an axpy over array *slices* with a
-    run-time length ``br``, which LLVM vectorises behind a run-time alias check (plain
-    indexing adds negative-index checks that block vectorisation); the first weights and
-    indices of the column :data:`PREFETCH_COLUMNS` ahead are prefetched."""
+    :func:`_group_csc`; in this loop a shape test and a division per column cost them
+    10-24%). Other shapes: an axpy over array *slices* of run-time length ``br``, which LLVM
+    vectorises behind a run-time alias check; the first weights and indices of the column
+    :data:`PREFETCH_COLUMNS` ahead are prefetched."""
     if br == 16 and bc == 1:
         _group_16x1(panel_ptr, indices, data, p0, p1, x, idx, cnt, out)
         return
@@ -186,12 +174,9 @@ def _panel_dense(data: np.ndarray, rows_padded: int, p: int, x: np.ndarray, idx:
     for every vector: the panel's 64 outputs of a vector stay in four SIMD registers while
     its active columns are added, so the outputs are read and written once per vector, and
     the panel's weights (``64 * C`` floats, contiguous) stay in cache from one vector to the
-    next. Vectors go in pairs, the two active lists stepped together (two independent
-    chains of loads and adds; each vector's sum in its own order, so the floats are those
-    of one vector at a time): 0.80-0.95 of the one-at-a-time time at 8-512 vectors (A/B in
-    one process, 2026-11-26). An odd last vector goes alone (:func:`_panel_from`), and so does
-    a single one (:func:`_accumulate_dense` calls it directly: behind the pair loop it ran
-    1.3-1.5x slower)."""
+    next. Vectors go in pairs, their active lists stepped together (two independent chains,
+    each vector's sum in its own order; 5-20% faster). An odd last vector, or a single one,
+    goes alone (:func:`_panel_from`)."""
     s = np.int64(p) * 64
     base = s * x.shape[1]
     nv = x.shape[0]
@@ -225,8 +210,7 @@ def _panel_dense(data: np.ndarray, rows_padded: int, p: int, x: np.ndarray, idx:
 def _panel_from(data: np.ndarray, p: int, v0: int, x: np.ndarray, idx: np.ndarray,
                 cnt: np.ndarray, out: np.ndarray) -> None:
     """Row panel ``p`` of a dense panel-major matrix for vectors ``v0, v0 + 1, ...`` one at a
-    time (a single vector, or the odd last one of :func:`_panel_dense`), the weights of the
-    column :data:`PREFETCH_COLUMNS` ahead prefetched."""
+    time, the weights of the column :data:`PREFETCH_COLUMNS` ahead prefetched."""
     s = np.int64(p) * 64
     base = s * x.shape[1]
     for v in range(v0, x.shape[0]):
@@ -321,8 +305,7 @@ def _columns_dense(data: np.ndarray, rows_padded: int, r0: int, r1: int, x: np.n
                    idx: np.ndarray, cnt: np.ndarray, out: np.ndarray) -> None:
     """Rows ``[r0, r1)`` of a dense **column-major** matrix ``data`` ``(C * rows_padded,)``
     (``W^T``) for every vector, column by column: each active column's rows are one
-    contiguous run (streams from memory well; for single vectors, whose weights are not
-    reused)."""
+    contiguous run (streams from memory well: for single vectors)."""
     for v in range(x.shape[0]):
         o = out[v]
         xv = x[v]
@@ -342,9 +325,8 @@ def _columns_dense(data: np.ndarray, rows_padded: int, r0: int, r1: int, x: np.n
 def _accumulate_dense_columns(data: np.ndarray, rows_padded: int, group_rows: int,
                               x: np.ndarray, idx: np.ndarray, cnt: np.ndarray,
                               out: np.ndarray) -> None:
-    """As :func:`accumulate_dense` for the column-major copy ``data`` (``W^T``), column by
-    column over row groups of ``group_rows`` (a multiple of 64) per work item
-    (:func:`_columns_dense`)."""
+    """As :func:`accumulate_dense` for the column-major copy ``data``, column by column over
+    row groups of ``group_rows`` (a multiple of 64) per work item (:func:`_columns_dense`)."""
     for g in prange((rows_padded + group_rows - 1) // group_rows):
         r0 = g * group_rows
         _columns_dense(data, rows_padded, r0, min(r0 + group_rows, rows_padded), x, idx, cnt,
@@ -352,13 +334,9 @@ def _accumulate_dense_columns(data: np.ndarray, rows_padded: int, group_rows: in
 
 
 def _parallel_build(fn: Callable) -> Any:
-    """``njit(parallel=True)`` of a copy of ``fn`` named ``<name>_parallel``.
-
-    Numba's on-disk cache keys a function by module, qualified name, first line and bytecode,
-    *not* by the compile flags: a serial and a ``parallel=True`` build of one Python function
-    share one cache entry, and whichever is compiled first is loaded for both (the "serial"
-    kernel then ran the 2-thread build, or the parallel one the serial build). The copy has
-    its own name, hence its own cache entry (tested in ``tests/engine/test_kernel_cache.py``).
+    """``njit(parallel=True)`` of a copy of ``fn`` named ``<name>_parallel``: numba's cache
+    keys a function by name and bytecode, not by its compile flags, so a serial and a
+    parallel build of one function would share one entry (``tests/engine/test_kernel_cache.py``).
     """
     copy = FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_parallel",
                         fn.__defaults__, fn.__closure__)
@@ -378,10 +356,8 @@ accumulate_rows = njit(**_OPTS)(_accumulate_rows)
 accumulate_rows_parallel = _parallel_build(_accumulate_rows)
 
 
-#: ``fmt`` codes of :func:`accumulate_event`, chosen by each format's ``kernel_args``:
-#: tiles/CSC (:class:`~dualsparse.engine.formats.PackedMatrix`); dense panel-major in
-#: register panels, and its column-major copy column by column
-#: (:class:`~dualsparse.engine.formats.DenseMatrix`).
+#: ``fmt`` codes of :func:`accumulate_event` (each format's ``kernel_args`` picks one): tiles
+#: or CSC; dense register panels; a dense matrix's column-major copy, column by column.
 FORMAT_CODES = {"tiles": 0, "dense": 1, "dense_columns": 2}
 
 

@@ -28,6 +28,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from numba.core import config
+
 #: Prefix of the per-version cache directories.
 PREFIX = "numba-"
 #: The digest file of the single cache directory used before (deleted by :func:`prune`).
@@ -91,8 +93,6 @@ def engine_cache(folder: str | os.PathLike[str] | None = None) -> Iterator[Path]
     """Within the block, numba caches newly decorated functions in :func:`cache_dir` (the
     previous ``numba.config.CACHE_DIR`` is restored on exit); other versions' directories
     are pruned first."""
-    from numba.core import config
-
     user_root = config.CACHE_DIR or ""
     path = cache_dir(folder, user_root)
     prune(folder, user_root)
