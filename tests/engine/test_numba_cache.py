@@ -47,7 +47,7 @@ def test_prune_keeps_the_current_and_recent_versions(tmp_path: Path) -> None:
     for name in ("gates.f-1.py311.nbi", "gates.f-1.py311.1.nbc", numba_cache.LEGACY_STAMP,
                  "gates.cpython-311.pyc"):
         (cache / name).write_text("x")
-    gone = numba_cache.prune(tmp_path)
+    gone = numba_cache.prune(current, tmp_path)
     assert old in gone and not old.exists()
     assert current.exists() and recent.exists()  # a running older process may write there
     assert sorted(p.name for p in cache.iterdir()) == sorted(

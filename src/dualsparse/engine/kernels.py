@@ -168,8 +168,8 @@ def _store_panel(o: np.ndarray, s: int, a0, a1, a2, a3) -> None:
 
 
 @njit(**_OPTS)
-def _panel_dense(data: np.ndarray, rows_padded: int, p: int, x: np.ndarray, idx: np.ndarray,
-                 cnt: np.ndarray, out: np.ndarray) -> None:
+def _panel_dense(data: np.ndarray, p: int, x: np.ndarray, idx: np.ndarray, cnt: np.ndarray,
+                 out: np.ndarray) -> None:
     """Row panel ``p`` (64 rows) of a dense panel-major matrix ``data`` ``(n_panels, C, 64)``
     for every vector: the panel's 64 outputs of a vector stay in four SIMD registers while
     its active columns are added, so the outputs are read and written once per vector, and
@@ -252,7 +252,7 @@ def _accumulate_dense(data: np.ndarray, rows_padded: int, x: np.ndarray, idx: np
             _panel_from(data, p, 0, x, idx, cnt, out)
     else:
         for p in prange(rows_padded // 64):
-            _panel_dense(data, rows_padded, p, x, idx, cnt, out)
+            _panel_dense(data, p, x, idx, cnt, out)
 
 
 @njit(**_OPTS)

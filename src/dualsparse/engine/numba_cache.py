@@ -64,18 +64,17 @@ def cache_dir(folder: str | os.PathLike[str] | None = None, user_root: str = "")
     return _root(folder, user_root) / f"{PREFIX}{sources_digest(folder)[:16]}"
 
 
-def prune(folder: str | os.PathLike[str] | None = None, user_root: str = "",
+def prune(keep: Path, folder: str | os.PathLike[str] | None = None,
           max_age_s: float = MAX_AGE_S) -> list[Path]:
-    """Delete the cache directories of other source versions unused for ``max_age_s``
-    seconds (a process still running older sources may be writing into its own), and
-    numba's cache files of the engine left directly in ``folder/__pycache__`` (from before
-    per-version directories); return what was deleted. Errors (a read-only installation)
-    are ignored."""
+    """Delete the cache directories beside ``keep`` (:func:`cache_dir` of the current
+    sources) of other source versions unused for ``max_age_s`` seconds (a process still
+    running older sources may be writing into its own), and numba's cache files of the
+    engine left directly in ``folder/__pycache__`` (from before per-version directories);
+    return what was deleted. Errors (a read-only installation) are ignored."""
     folder = Path(folder) if folder is not None else Path(__file__).parent
-    keep = cache_dir(folder, user_root)
     gone: list[Path] = []
     now = time.time()
-    for path in sorted(_root(folder, user_root).glob(f"{PREFIX}*")):
+    for path in sorted(keep.parent.glob(f"{PREFIX}*")):
         with contextlib.suppress(OSError):
             if path != keep and path.is_dir() and now - _last_write(path) > max_age_s:
                 shutil.rmtree(path, ignore_errors=True)
@@ -95,7 +94,7 @@ def engine_cache(folder: str | os.PathLike[str] | None = None) -> Iterator[Path]
     are pruned first."""
     user_root = config.CACHE_DIR or ""
     path = cache_dir(folder, user_root)
-    prune(folder, user_root)
+    prune(path, folder)
     config.CACHE_DIR = str(path)
     try:
         yield path

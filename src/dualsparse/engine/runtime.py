@@ -72,26 +72,26 @@ class _LayerState:
                            np.float32(1.0) - zp)
         # one step's outputs, reused by every streaming step (allocation costs more than
         # the kernels at small sizes)
-        self.step_buffers = self._new_buffers(layer, 1, batch, True)
+        self.input_rows = layer.w_ih.rows_padded
+        self.step_buffers = self._new_buffers(1, True)
 
-    @staticmethod
-    def _new_buffers(layer: PackedLayer, steps: int, batch: int, record: bool) -> tuple:
+    def _new_buffers(self, steps: int, record: bool) -> tuple:
         """``gi`` ``(steps * B, rows)``, ``y``/``idx`` ``(steps, B, H)``, ``cnt`` ``(steps,
         B)``, and events/``c~`` ``(steps, B, H)`` (``(1, 1, 1)`` unless ``record``)."""
-        h = layer.hidden_size
+        batch, h = self.y.shape
         seq = (steps, batch, h) if record else (1, 1, 1)
-        return (np.empty((steps * batch, layer.w_ih.rows_padded), dtype=np.float32),
+        return (np.empty((steps * batch, self.input_rows), dtype=np.float32),
                 np.empty((steps, batch, h), dtype=np.float32),
                 np.empty((steps, batch, h), dtype=np.int32),
                 np.empty((steps, batch), dtype=np.int32),
                 np.empty(seq, dtype=np.float32), np.empty(seq, dtype=np.float32))
 
-    def buffers(self, layer: PackedLayer, steps: int, reuse: bool, record: bool) -> tuple:
+    def buffers(self, steps: int, reuse: bool, record: bool) -> tuple:
         """Output buffers of a segment (:meth:`_new_buffers`); the layer's own one-step
         buffers when ``reuse`` and ``steps == 1`` (overwritten by the next step)."""
         if reuse and steps == 1:
             return self.step_buffers
-        return self._new_buffers(layer, steps, self.y.shape[0], record)
+        return self._new_buffers(steps, record)
 
 
 @dataclass
@@ -260,8 +260,7 @@ class SparseRuntime:
         try:
             for k, (lay, st) in enumerate(zip(self.packed.layers, self._layers, strict=True)):
                 t0 = self.clock()
-                gi, y_seq, idx_seq, cnt_seq, ev_seq, ct_seq = st.buffers(lay, steps, reuse,
-                                                                         record)
+                gi, y_seq, idx_seq, cnt_seq, ev_seq, ct_seq = st.buffers(steps, reuse, record)
                 K.add_bias(gi, lay.b_ih)
                 lay.w_ih.accumulate_unchecked(x, idx, cnt, gi, threads)
                 t1 = self.clock()
