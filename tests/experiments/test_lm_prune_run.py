@@ -96,6 +96,14 @@ def test_runs_share_one_dense_model_and_split_the_fine_tuning_budget(tmp_path, m
     assert [r["round"] for r in b["pruning"]["history"]] == [1, 2]
     assert (runs / "b" / "prune.json").is_file()
     assert not list((tmp_path / "dense").glob("*/.dualsparse.lock"))  # the lock is released
+    # the tested model's weights per layer: b's pruned weights are counted as zeros
+    hists = b["parameter_histograms"]
+    assert [h["layer"] for h in hists] == [0, 1]
+    for h in hists:
+        assert h["zeros"] + sum(h["weights"]["counts"]) == h["weight_count"]
+    assert sum(h["zeros"] for h in hists) / sum(h["weight_count"] for h in hists) == (
+        pytest.approx(b["weight_sparsity"], abs=1e-6))
+    assert sum(h["zeros"] for h in dense["parameter_histograms"]) == 0
 
 
 def test_the_dual_sparsity_sweep_shares_one_dense_model_per_model_and_seed(tmp_path) -> None:

@@ -10,12 +10,10 @@ needs (for example no varying weight decay).
   (and per other varying setting), points = weight-sparsity targets (papers' fig. 1A/B, 2).
 * :func:`tradeoff_map`: activity sparsity vs weight sparsity; marker area = effective MACs,
   colour = test perplexity; one panel per model (fig. 1C/D).
-* :func:`weight_decay_effect`: perplexity and activity sparsity vs weight decay on weights
-  and on biases (fig. 2 / fig. 4).
+* :func:`weight_decay_effect`: perplexity and activity sparsity vs weight decay (fig. 2 / 4).
 * :func:`activity_histograms` / :func:`distance_histograms`: per-layer histograms of
   per-neuron activity (fig. 4) and of ``c~ - theta`` (fig. 5), seeds pooled.
-* :func:`ppl_vs_prune_steps`: test perplexity vs number of pruning steps, one curve per model
-  and target sparsity (fig. 3).
+* :func:`ppl_vs_prune_steps`: test perplexity vs pruning steps per model and target (fig. 3).
 """
 
 from __future__ import annotations
@@ -46,7 +44,7 @@ FORMATS = ("png", "pdf")
 DEFAULT_KEYS = Keys()
 
 
-def _new_figure(figsize: tuple[float, float]) -> Figure:
+def new_figure(figsize: tuple[float, float]) -> Figure:
     """A constrained-layout figure of ``figsize`` inches, not tied to any GUI backend."""
     from matplotlib.figure import Figure  # matplotlib is heavy: loaded when a figure is drawn
 
@@ -55,7 +53,7 @@ def _new_figure(figsize: tuple[float, float]) -> Figure:
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 150) -> list[Path]:
     """Write ``fig`` to ``path.png`` and ``path.pdf`` atomically; returns the two paths."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # heavy, see _new_figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # heavy, see new_figure
 
     FigureCanvasAgg(fig)
     out = []
@@ -130,7 +128,7 @@ def ppl_vs_reduction(records: Sequence[Any], path: str | Path, keys: Keys = DEFA
     if not curves:
         return None
     curves = _relabel(skeys, curves)
-    fig = _new_figure((6.0, 4.2))
+    fig = new_figure((6.0, 4.2))
     ax = fig.add_subplot()
     for name, c in curves.items():
         ax.errorbar(c["x"], c["y"], xerr=c["xerr"], yerr=c["yerr"], marker="o", capsize=3,
@@ -174,12 +172,12 @@ def tradeoff_map(records: Sequence[Any], path: str | Path, keys: Keys = DEFAULT_
         }
     all_ppl = [v for p in panels.values() for v in p["ppl"]]
     all_macs = [v for p in panels.values() for v in p["effective_macs"]]
-    from matplotlib.colors import Normalize  # heavy, see _new_figure
+    from matplotlib.colors import Normalize  # heavy, see new_figure
 
     norm = Normalize(vmin=min(all_ppl), vmax=max(all_ppl) if max(all_ppl) > min(all_ppl)
                      else min(all_ppl) + 1)
     max_macs = max(all_macs) or 1.0
-    fig = _new_figure((4.2 * len(panels) + 1.0, 4.0))
+    fig = new_figure((4.2 * len(panels) + 1.0, 4.0))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     sc = None
     for ax, (model, p) in zip(axes, panels.items(), strict=True):
@@ -199,6 +197,7 @@ def tradeoff_map(records: Sequence[Any], path: str | Path, keys: Keys = DEFAULT_
     return panels
 
 
+_PPL_LABELS = {"test_ppl": "test perplexity", "val_ppl": "validation perplexity"}
 def _xscale(ax: Any, xs: Sequence[float]) -> None:
     positive = [x for x in xs if x > 0]
     if positive and max(positive) / min(positive) >= 100:
@@ -241,10 +240,10 @@ def weight_decay_effect(records: Sequence[Any], path: str | Path, keys: Keys = D
     out = {xk: _relabel(_series_keys(runs, keys, [xk]), out[xk]) for xk in xkeys}
     if not xkeys:
         return None
-    fig = _new_figure((5.0 * len(xkeys), 7.0))
+    fig = new_figure((5.0 * len(xkeys), 7.0))
     axes = fig.subplots(2, len(xkeys), squeeze=False)
     for col, xk in enumerate(xkeys):
-        for row, (m, ylabel) in enumerate(((metric, "test perplexity"),
+        for row, (m, ylabel) in enumerate(((metric, _PPL_LABELS.get(metric, metric)),
                                            ("activity_sparsity", "activity sparsity"))):
             ax = axes[row][col]
             xs_all = []
@@ -299,7 +298,7 @@ def _histograms(records: Sequence[Any], path: str | Path, field: str, by: Sequen
     if not series:
         return None
     n_layers = max(len(v) for v in series.values())
-    fig = _new_figure((4.0 * n_layers, 3.4))
+    fig = new_figure((4.0 * n_layers, 3.4))
     axes = fig.subplots(1, n_layers, squeeze=False)[0]
     for k, ax in enumerate(axes):
         for name, layers in series.items():
@@ -383,7 +382,7 @@ def ppl_vs_prune_steps(records: Sequence[Any], path: str | Path, keys: Keys = DE
     if not curves:
         return None
     curves = _relabel(skeys, curves)
-    fig = _new_figure((6.0, 4.2))
+    fig = new_figure((6.0, 4.2))
     ax = fig.add_subplot()
     for name, c in curves.items():
         ax.errorbar(c["steps"], c["y"], yerr=c["yerr"], marker="o", capsize=3, label=name)
@@ -396,5 +395,6 @@ def ppl_vs_prune_steps(records: Sequence[Any], path: str | Path, keys: Keys = DE
     return curves
 
 
-__all__ = ["FORMATS", "activity_histograms", "distance_histograms", "ppl_vs_prune_steps",
-           "ppl_vs_reduction", "save_figure", "tradeoff_map", "weight_decay_effect"]
+__all__ = ["FORMATS", "activity_histograms", "distance_histograms", "new_figure",
+           "ppl_vs_prune_steps", "ppl_vs_reduction", "save_figure", "tradeoff_map",
+           "weight_decay_effect"]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dualsparse.analysis import figures, tables
+from dualsparse.analysis.parameter_figures import parameter_distributions
 from dualsparse.analysis.records import Keys, as_runs
 from dualsparse.atomic import atomic_write_json, atomic_write_text
 from dualsparse.serialisation import jsonable
@@ -82,6 +83,16 @@ def write_report(records: Sequence[Any], out_dir: str | Path, title: str = "Swee
         ("fig_weight_decay", "Weight decay on weights and on biases (fig. 2 / 4)",
          lambda p: figures.weight_decay_effect(runs, p, keys),
          f"neither {keys.wdecay!r} nor {keys.wdecay_bias!r} varies in this sweep"),
+        ("fig_weight_decay_valid",
+         "Validation perplexity vs weight decay on weights and on biases (fig. 2 / 4)",
+         lambda p: figures.weight_decay_effect(runs, p, keys, metric="val_ppl"),
+         f"neither {keys.wdecay!r} nor {keys.wdecay_bias!r} varies among runs with a "
+         "validation perplexity"),
+        ("fig_parameter_distributions",
+         "Weight and bias distributions of the dense models (000 fig. 2C/D, 001 fig. 5)",
+         lambda p: parameter_distributions(
+             [r for r in runs if not r.config.get(keys.sparsity)], p, keys),
+         "no dense run (prune target 0) records parameter histograms"),
         ("fig_activity_hist", "Per-neuron activity per layer, EGRU (fig. 4)",
          lambda p: figures.activity_histograms(egru, p, keys), "no EGRU run in this sweep"),
         ("fig_distance_hist", "Histogram of pre-reset c~ - theta per layer, EGRU (fig. 5)",

@@ -49,6 +49,7 @@ from dualsparse.atomic import atomic_write_json
 from dualsparse.experiments.lm_run import build_config
 from dualsparse.experiments.lm_run import check_config as check_dense_config
 from dualsparse.experiments.metrics import summarize
+from dualsparse.experiments.parameter_histograms import parameter_histograms
 from dualsparse.experiments.spec import run_id
 from dualsparse.train.checkpoint import read_checkpoint_meta
 from dualsparse.train.run_dir import RunLockedError
@@ -126,7 +127,9 @@ def run_lm_prune(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Prune the shared dense model in rounds with fine-tuning, test it; the standard metrics
     dict plus ``dense_test_ppl``, ``dense_dir``, ``pruning`` (method, target, rounds,
     schedule, fine-tuning steps per round, and per round: sparsity, validation perplexity after
-    pruning and after fine-tuning) and ``flags`` (dense config, presets resolved)."""
+    pruning and after fine-tuning), ``flags`` (dense config, presets resolved) and
+    ``parameter_histograms`` (weights and biases of the tested model per layer,
+    :func:`~dualsparse.experiments.parameter_histograms.parameter_histograms`)."""
     dense, prune, budget = split_config(config)
     run_dir = Path(run_dir)
     dense_dir = ensure_dense(dense, run_dir.parent.parent)
@@ -159,7 +162,8 @@ def run_lm_prune(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     return summarize(test_res["accounting"], test_ppl=test_res["ppl"], val_ppl=val_ppl,
                      checkpoint=str(dense_dir / "best.json"),
                      dense_test_ppl=dense_result["test"]["ppl"], dense_dir=str(dense_dir),
-                     test_tokens=test_res["tokens"], pruning=pruning, flags=lm.flat())
+                     test_tokens=test_res["tokens"], pruning=pruning, flags=lm.flat(),
+                     parameter_histograms=parameter_histograms(model))
 
 
 __all__ = ["FINE_TUNE_KEYS", "OWN_KEYS", "PRUNE_KEYS", "check_config", "ensure_dense",
