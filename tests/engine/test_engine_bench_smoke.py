@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numba
+import numpy as np
 import pytest
 import torch
 
@@ -75,3 +76,23 @@ def test_quick_sweep_writes_json_and_plot(tmp_path):
     for c in cells:
         assert math.isclose(c["ratio"], c["speedup"] / c["ideal"])
     assert json.loads(out.read_text())["cells"] == cells
+
+
+def test_quick_block_shapes_rows_and_block_aligned_weights(tmp_path, capsys):
+    bench = _load("bench_block_shapes")
+    out = tmp_path / "shapes.json"
+    payload = bench.main(["--quick", "--shapes", "1x1", "4x4", "16x1", "--vectors", "1", "3",
+                          "--input-density", "0.5", "--out", str(out)])
+    rows = payload["rows"]
+    assert [(r["shape"], r["vectors"]) for r in rows] == [
+        (s, n) for s in ("1x1", "4x4", "16x1") for n in (1, 3)]
+    for r in rows:  # the engine's product was checked against torch inside the benchmark
+        assert math.isclose(r["ratio"], r["speedup"] / r["ideal"])
+        assert r["stored_per_nonzero"] >= 1.0 and 0 < r["weight_density"] < 1
+    assert json.loads(out.read_text())["rows"] == rows
+    w = bench.block_weight(40, 24, 0.3, (4, 4), np.random.default_rng(0))
+    tiles = (w.reshape(10, 4, 6, 4) != 0).any(axis=(1, 3))
+    assert ((w.reshape(10, 4, 6, 4) != 0).all(axis=(1, 3)) == tiles).all()  # whole tiles
+    with pytest.raises(SystemExit):
+        bench.main(["--quick", "--shapes", "4by4"])
+    assert "is not a block shape" in capsys.readouterr().err
