@@ -47,8 +47,10 @@ def test_active_lists_are_each_rows_nonzeros():
     assert KA.active_lists(x, idx, cnt) == np.count_nonzero(x)
 
 
-# (1, 5): one-row tiles wider than one column (once read as CSC, a bug the fuzzers found)
-FORMATS = [(1, 1), (16, 1), (4, 4), (3, 2), (1, 5), (64, 1), "dense", "rows"]
+# (1, 5): one-row tiles wider than one column (once read as CSC, a bug the fuzzers found);
+# (4, 4), (4, 2): the 4-row loop; (64, 1), (16, 3), (32, 32): the loop for heights 16k
+FORMATS = [(1, 1), (16, 1), (4, 4), (4, 2), (3, 2), (1, 5), (64, 1), (16, 3), (32, 32),
+           "dense", "rows"]
 
 
 def _pack(w: np.ndarray, fmt):
@@ -90,6 +92,11 @@ def test_accumulate_matches_numpy_per_vector(fmt, n, monkeypatch):
             p.accumulate(x, idx, cnt, out4, threads=threads)
             np.testing.assert_array_equal(out4, out)
     if fmt not in ("dense", "rows"):
+        # every tile loop adds a vector's terms in its active-list order: the same floats
+        csc = pack_matrix(w, block=(1, 1))
+        out_csc = np.tile(bias[:csc.rows_padded], (n, 1))
+        csc.accumulate(x, idx, cnt, out_csc)
+        np.testing.assert_array_equal(out_csc[:, :150], out[:, :150])
         for group in (1, 2, p.n_panels):
             out3 = np.tile(bias, (n, 1))
             KA.accumulate_tiles(p.panel_ptr, p.indices, p.data, *p.block, group, x, idx, cnt,

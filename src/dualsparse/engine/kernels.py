@@ -25,15 +25,10 @@ import numpy as np
 from numba import njit, prange
 
 from dualsparse.engine.simd import axpy16, prefetch, vload, vmadd, vstore
-
-ZERO = np.float32(0.0)
-_OPTS = {"cache": True, "fastmath": False, "nogil": True}
-#: Active columns ahead whose weights the kernels prefetch (``llvm.prefetch``): a column's
-#: tiles are one short run that the hardware prefetcher does not catch early.
-PREFETCH_COLUMNS = 2
+from dualsparse.engine.tile_kernels import NJIT_OPTIONS, PREFETCH_COLUMNS, ZERO, group_tiles
 
 
-@njit(**_OPTS)
+@njit(**NJIT_OPTIONS)
 def active_lists(x: np.ndarray, idx: np.ndarray, cnt: np.ndarray) -> int:
     """Per row ``v`` of ``x`` ``(n, C)``, write its nonzero columns into ``idx[v]`` and their
     number into ``cnt[v]``; return the total."""
@@ -50,115 +45,20 @@ def active_lists(x: np.ndarray, idx: np.ndarray, cnt: np.ndarray) -> int:
     return total
 
 
-@njit(**_OPTS)
-def _group_16x1(panel_ptr: np.ndarray, indices: np.ndarray, data: np.ndarray, p0: int,
-                p1: int, x: np.ndarray, idx: np.ndarray, cnt: np.ndarray,
-                out: np.ndarray) -> None:
-    """Panels ``[p0, p1)`` of a ``(16, 1)``-tiled matrix for every vector, one ``axpy16``
-    per tile; all tiles of the column :data:`PREFETCH_COLUMNS` ahead are prefetched."""
-    for v in range(x.shape[0]):
-        o = out[v]
-        xv = x[v]
-        n = cnt[v]
-        for a in range(n):
-            if a + PREFETCH_COLUMNS < n:
-                jn = idx[v, a + PREFETCH_COLUMNS]
-                tn = np.int64(panel_ptr[p0, jn])
-                for q in range(tn * 16, np.int64(panel_ptr[p1, jn]) * 16, 16):
-                    prefetch(data, q)
-                prefetch(indices, tn)
-            j = idx[v, a]
-            xj = xv[j]
-            for t in range(panel_ptr[p0, j], panel_ptr[p1, j]):
-                axpy16(o, np.int64(indices[t]) * 16, data, np.int64(t) * 16, xj)
-
-
-@njit(**_OPTS)
-def _group_csc(panel_ptr: np.ndarray, indices: np.ndarray, data: np.ndarray, p0: int,
-               p1: int, x: np.ndarray, idx: np.ndarray, cnt: np.ndarray,
-               out: np.ndarray) -> None:
-    """Panels ``[p0, p1)`` of a CSC matrix (``(1, 1)`` tiles) for every vector: a scalar
-    scatter per stored value, over array slices (no negative-index checks). The values and
-    row indices of the column :data:`PREFETCH_COLUMNS` ahead are prefetched, one hint per
-    cache line (11-27% less time than two lines, docs/engine.md)."""
-    for v in range(x.shape[0]):
-        o = out[v]
-        xv = x[v]
-        n = cnt[v]
-        for a in range(n):
-            if a + PREFETCH_COLUMNS < n:
-                jn = idx[v, a + PREFETCH_COLUMNS]
-                tn = np.int64(panel_ptr[p0, jn])
-                te = np.int64(panel_ptr[p1, jn])
-                for q in range(tn, te, 16):
-                    prefetch(data, q)
-                for q in range(tn, te, 32):
-                    prefetch(indices, q)
-            j = idx[v, a]
-            xj = xv[j]
-            t0 = panel_ptr[p0, j]
-            t1 = panel_ptr[p1, j]
-            d1 = data[t0:t1]
-            i1 = indices[t0:t1]
-            for k in range(t1 - t0):
-                o[i1[k]] += d1[k] * xj
-
-
-@njit(**_OPTS)
-def _group_tiles(panel_ptr: np.ndarray, indices: np.ndarray, data: np.ndarray, br: int,
-                 bc: int, p0: int, p1: int, x: np.ndarray, idx: np.ndarray, cnt: np.ndarray,
-                 out: np.ndarray) -> None:
-    """Panels ``[p0, p1)`` of a tiled matrix (any tile shape) for every vector.
-
-    ``(16, 1)`` tiles and CSC go to their own loops (:func:`_group_16x1`,
-    :func:`_group_csc`; in this loop a shape test and a division per column cost them
-    10-24%). Other shapes: an axpy over array *slices* of run-time length ``br``, which LLVM
-    vectorises behind a run-time alias check; the first weights and indices of the column
-    :data:`PREFETCH_COLUMNS` ahead are prefetched."""
-    if br == 16 and bc == 1:
-        _group_16x1(panel_ptr, indices, data, p0, p1, x, idx, cnt, out)
-        return
-    if br == 1 and bc == 1:
-        _group_csc(panel_ptr, indices, data, p0, p1, x, idx, cnt, out)
-        return
-    tile = np.int64(br) * bc
-    for v in range(x.shape[0]):
-        o = out[v]
-        xv = x[v]
-        n = cnt[v]
-        for a in range(n):
-            if a + PREFETCH_COLUMNS < n:  # the start of a later column's tiles
-                tn = np.int64(panel_ptr[p0, idx[v, a + PREFETCH_COLUMNS] // bc])
-                prefetch(data, tn * tile)
-                prefetch(data, tn * tile + 16)
-                prefetch(indices, tn)
-            j = idx[v, a]
-            xj = xv[j]
-            bj = j // bc
-            c = j - bj * bc
-            for t in range(panel_ptr[p0, bj], panel_ptr[p1, bj]):
-                r0 = np.int64(indices[t]) * br
-                base = (np.int64(t) * bc + c) * br
-                ov = o[r0:r0 + br]
-                d = data[base:base + br]
-                for r in range(br):
-                    ov[r] += d[r] * xj
-
-
-@njit(inline="always", **_OPTS)
+@njit(inline="always", **NJIT_OPTIONS)
 def _add_column(a0, a1, a2, a3, data: np.ndarray, col: int, xj: np.float32) -> tuple:
     """The four 16-row accumulators of a 64-row panel plus ``data[col:col + 64] * xj``."""
     return (vmadd(a0, data, col, xj), vmadd(a1, data, col + 16, xj),
             vmadd(a2, data, col + 32, xj), vmadd(a3, data, col + 48, xj))
 
 
-@njit(inline="always", **_OPTS)
+@njit(inline="always", **NJIT_OPTIONS)
 def _load_panel(o: np.ndarray, s: int) -> tuple:
     """``o[s:s + 64]`` as four :data:`~dualsparse.engine.simd.f32x16` accumulators."""
     return vload(o, s), vload(o, s + 16), vload(o, s + 32), vload(o, s + 48)
 
 
-@njit(inline="always", **_OPTS)
+@njit(inline="always", **NJIT_OPTIONS)
 def _store_panel(o: np.ndarray, s: int, a0, a1, a2, a3) -> None:
     """``o[s:s + 64] =`` the four accumulators."""
     vstore(o, s, a0)
@@ -167,7 +67,7 @@ def _store_panel(o: np.ndarray, s: int, a0, a1, a2, a3) -> None:
     vstore(o, s + 48, a3)
 
 
-@njit(**_OPTS)
+@njit(**NJIT_OPTIONS)
 def _panel_dense(data: np.ndarray, p: int, x: np.ndarray, idx: np.ndarray, cnt: np.ndarray,
                  out: np.ndarray) -> None:
     """Row panel ``p`` (64 rows) of a dense panel-major matrix ``data`` ``(n_panels, C, 64)``
@@ -206,7 +106,7 @@ def _panel_dense(data: np.ndarray, p: int, x: np.ndarray, idx: np.ndarray, cnt: 
         _panel_from(data, p, v, x, idx, cnt, out)
 
 
-@njit(**_OPTS)
+@njit(**NJIT_OPTIONS)
 def _panel_from(data: np.ndarray, p: int, v0: int, x: np.ndarray, idx: np.ndarray,
                 cnt: np.ndarray, out: np.ndarray) -> None:
     """Row panel ``p`` of a dense panel-major matrix for vectors ``v0, v0 + 1, ...`` one at a
@@ -240,7 +140,7 @@ def _accumulate_tiles(panel_ptr: np.ndarray, indices: np.ndarray, data: np.ndarr
     for g in prange(ngroups):
         p0 = g * group
         p1 = min(p0 + group, npan)
-        _group_tiles(panel_ptr, indices, data, br, bc, p0, p1, x, idx, cnt, out)
+        group_tiles(panel_ptr, indices, data, br, bc, p0, p1, x, idx, cnt, out)
 
 
 def _accumulate_dense(data: np.ndarray, rows_padded: int, x: np.ndarray, idx: np.ndarray,
@@ -255,7 +155,7 @@ def _accumulate_dense(data: np.ndarray, rows_padded: int, x: np.ndarray, idx: np
             _panel_dense(data, p, x, idx, cnt, out)
 
 
-@njit(**_OPTS)
+@njit(**NJIT_OPTIONS)
 def _block_row(rowptr: np.ndarray, cols: np.ndarray, data: np.ndarray, i: int, x: np.ndarray,
                out: np.ndarray) -> None:
     """Block row ``i`` (16 rows) of a row-major 16x1-tile matrix for every vector, four
@@ -300,7 +200,7 @@ def _accumulate_rows(rowptr: np.ndarray, cols: np.ndarray, data: np.ndarray, x: 
         _block_row(rowptr, cols, data, i, x, out)
 
 
-@njit(**_OPTS)
+@njit(**NJIT_OPTIONS)
 def _columns_dense(data: np.ndarray, rows_padded: int, r0: int, r1: int, x: np.ndarray,
                    idx: np.ndarray, cnt: np.ndarray, out: np.ndarray) -> None:
     """Rows ``[r0, r1)`` of a dense **column-major** matrix ``data`` ``(C * rows_padded,)``
@@ -342,17 +242,17 @@ def _parallel_build(fn: Callable) -> Any:
                         fn.__defaults__, fn.__closure__)
     copy.__qualname__ = fn.__qualname__ + "_parallel"
     copy.__doc__ = fn.__doc__
-    return njit(parallel=True, **_OPTS)(copy)
+    return njit(parallel=True, **NJIT_OPTIONS)(copy)
 
 
 #: Serial and ``prange``-parallel builds of the same kernels (identical results).
-accumulate_tiles = njit(**_OPTS)(_accumulate_tiles)
+accumulate_tiles = njit(**NJIT_OPTIONS)(_accumulate_tiles)
 accumulate_tiles_parallel = _parallel_build(_accumulate_tiles)
-accumulate_dense = njit(**_OPTS)(_accumulate_dense)
+accumulate_dense = njit(**NJIT_OPTIONS)(_accumulate_dense)
 accumulate_dense_parallel = _parallel_build(_accumulate_dense)
-accumulate_dense_columns = njit(**_OPTS)(_accumulate_dense_columns)
+accumulate_dense_columns = njit(**NJIT_OPTIONS)(_accumulate_dense_columns)
 accumulate_dense_columns_parallel = _parallel_build(_accumulate_dense_columns)
-accumulate_rows = njit(**_OPTS)(_accumulate_rows)
+accumulate_rows = njit(**NJIT_OPTIONS)(_accumulate_rows)
 accumulate_rows_parallel = _parallel_build(_accumulate_rows)
 
 
@@ -361,7 +261,7 @@ accumulate_rows_parallel = _parallel_build(_accumulate_rows)
 FORMAT_CODES = {"tiles": 0, "dense": 1, "dense_columns": 2}
 
 
-@njit(**_OPTS)
+@njit(**NJIT_OPTIONS)
 def accumulate_event(fmt: int, parallel: bool, panel_ptr: np.ndarray, indices: np.ndarray,
                      data: np.ndarray, br: int, bc: int, rows_padded: int, group: int,
                      x: np.ndarray, idx: np.ndarray, cnt: np.ndarray, out: np.ndarray) -> None:
@@ -384,7 +284,7 @@ def accumulate_event(fmt: int, parallel: bool, panel_ptr: np.ndarray, indices: n
         accumulate_dense_columns(data, rows_padded, group, x, idx, cnt, out)
 
 
-@njit(**_OPTS)
+@njit(**NJIT_OPTIONS)
 def add_bias(out: np.ndarray, bias: np.ndarray) -> None:
     """``out[v, :len(bias)] = bias`` for every row ``v`` (accumulator reset)."""
     nb = bias.shape[0]
