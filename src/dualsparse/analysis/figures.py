@@ -1,10 +1,8 @@
 """The papers' figures from run records (matplotlib, Agg canvas, PNG and PDF written atomically).
 
-Every function takes finished run records (see :mod:`dualsparse.analysis.records`), writes
-``<path>.png`` and ``<path>.pdf`` (``path`` without suffix) and returns the plotted data,
-means and standard deviations over seeds, so that callers and tests can check what is drawn.
-A function returns None and writes nothing when the records do not contain what its figure
-needs (for example no varying weight decay).
+Every function takes finished run records (:mod:`dualsparse.analysis.records`), writes
+``<path>.png`` / ``.pdf`` and returns the plotted data (seed means and stds), or None, writing
+nothing, when the records lack what its figure needs (e.g. no varying weight decay).
 
 * :func:`ppl_vs_reduction`: test perplexity vs effective MAC reduction, one curve per model
   (and per other varying setting), points = weight-sparsity targets (papers' fig. 1A/B, 2).
@@ -19,7 +17,7 @@ needs (for example no varying weight decay).
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -262,24 +260,25 @@ def weight_decay_effect(records: Sequence[Any], path: str | Path, keys: Keys = D
     return out
 
 
-def _pooled_histograms(members: Sequence[Run], field: str
-                       ) -> list[tuple[np.ndarray, np.ndarray]] | None:
+def pool_histograms(members: Sequence[Run], hists_of: Callable[[Run], list],
+                    what: str) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """Per layer ``(summed counts, edges)`` of ``hists_of(run)`` (``{"counts", "edges"}`` per
+    layer) over ``members``; None if a run lacks one. ``ValueError`` if the runs differ."""
     per_layer: list[tuple[np.ndarray, np.ndarray]] | None = None
     for r in members:
-        layers = r.metrics.get("layers") or []
-        hists = [layer.get(field) for layer in layers]
-        if not hists or any(h is None for h in hists):
+        if not (hists := hists_of(r)) or any(h is None for h in hists):
             return None
         arrs = [(np.asarray(h["counts"], dtype=float), np.asarray(h["edges"], dtype=float))
                 for h in hists]
-        if per_layer is None:
-            per_layer = arrs
-        else:
-            if len(arrs) != len(per_layer) or any(
-                    not np.array_equal(a[1], b[1]) for a, b in zip(arrs, per_layer, strict=True)):
+        if per_layer is not None:
+            if len(arrs) != len(per_layer):
+                raise ValueError(f"runs {members[0].run_id} and {r.run_id} have different layer "
+                                 f"counts; their {what} histograms cannot be pooled")
+            if any(not np.array_equal(a[1], b[1]) for a, b in zip(arrs, per_layer, strict=True)):
                 raise ValueError(f"runs {members[0].run_id} and {r.run_id} have different "
-                                 f"{field} layouts; they cannot be pooled")
-            per_layer = [(a[0] + b[0], a[1]) for a, b in zip(per_layer, arrs, strict=True)]
+                                 f"{what} bins; they cannot be pooled")
+            arrs = [(a[0] + b[0], a[1]) for a, b in zip(per_layer, arrs, strict=True)]
+        per_layer = arrs
     return per_layer
 
 
@@ -289,7 +288,8 @@ def _histograms(records: Sequence[Any], path: str | Path, field: str, by: Sequen
     series: dict[str, list[dict[str, list]]] = {}
     for key, members in sorted(group(runs, by).items(),
                                key=lambda kv: tuple(sort_key(v) for v in kv[0])):
-        pooled = _pooled_histograms(members, field)
+        pooled = pool_histograms(
+            members, lambda r: [h.get(field) for h in r.metrics.get("layers") or []], field)
         if pooled is None:
             continue
         series[label(by, key)] = [
@@ -395,6 +395,6 @@ def ppl_vs_prune_steps(records: Sequence[Any], path: str | Path, keys: Keys = DE
     return curves
 
 
-__all__ = ["FORMATS", "activity_histograms", "distance_histograms", "new_figure",
+__all__ = ["FORMATS", "activity_histograms", "distance_histograms", "new_figure", "pool_histograms",
            "ppl_vs_prune_steps", "ppl_vs_reduction", "save_figure", "tradeoff_map",
            "weight_decay_effect"]

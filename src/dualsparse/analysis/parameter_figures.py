@@ -13,9 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from dualsparse.analysis.figures import new_figure, save_figure
+from dualsparse.analysis.figures import new_figure, pool_histograms, save_figure
 from dualsparse.analysis.records import Keys, Run, as_runs, group, label, sort_key, varying_keys
 
 DEFAULT_KEYS = Keys()
@@ -23,30 +21,13 @@ PARTS = ("weights", "biases")
 
 
 def _pool(members: Sequence[Run]) -> list[dict[str, Any]]:
-    """Counts summed over ``members``, per layer and part; edges must agree."""
-    pooled: list[dict[str, Any]] | None = None
-    for r in members:
-        layers = r.metrics["parameter_histograms"]
-        if pooled is None:
-            pooled = [{part: None if layer[part] is None else
-                       (np.asarray(layer[part]["counts"], dtype=float),
-                        np.asarray(layer[part]["edges"], dtype=float)) for part in PARTS}
-                      for layer in layers]
-            continue
-        if len(layers) != len(pooled):
-            raise ValueError(f"runs {members[0].run_id} and {r.run_id} have different layer "
-                             "counts; their parameter histograms cannot be pooled")
-        for acc, layer in zip(pooled, layers, strict=True):
-            for part in PARTS:
-                if acc[part] is None or layer[part] is None:
-                    acc[part] = None
-                    continue
-                edges = np.asarray(layer[part]["edges"], dtype=float)
-                if not np.array_equal(edges, acc[part][1]):
-                    raise ValueError(f"runs {members[0].run_id} and {r.run_id} have different "
-                                     f"{part} bins; they cannot be pooled")
-                acc[part] = (acc[part][0] + np.asarray(layer[part]["counts"]), edges)
-    return pooled or []
+    """Counts summed over ``members``, per layer and part (None for a part a run lacks)."""
+    parts = {part: pool_histograms(
+        members, lambda r, part=part: [h[part] for h in r.metrics["parameter_histograms"]], part)
+        for part in PARTS}
+    n_layers = len(members[0].metrics["parameter_histograms"])
+    return [{part: None if parts[part] is None else parts[part][k] for part in PARTS}
+            for k in range(n_layers)]
 
 
 def parameter_distributions(records: Sequence[Any], path: str | Path,
