@@ -20,14 +20,12 @@ One thread, this thread's CPU time, ours and the baseline alternating, medians o
 from __future__ import annotations
 
 import argparse
-import sys
 from functools import partial
 
-import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
-from engine_bench_lib import check_load, interleaved, load_average, machine, write_json
+from engine_bench_lib import interleaved, one_thread_session, write_json
 
 from dualsparse.engine import kernels as K
 from dualsparse.engine.pack import pack_matrix
@@ -122,30 +120,17 @@ def main(argv: list[str] | None = None) -> dict:
         p.error(f"--input-density must be in (0, 1], got {args.input_density}")
     matrices = QUICK_MATRICES if args.quick else MATRICES
     repeats = 1 if args.quick else args.repeats
-    mark = check_load(args.allow_load or args.quick)
-    load_before = load_average()
-    torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
-    torch.set_num_threads(1)
-    numba.set_num_threads(1)
-    print(f"# {' '.join(sys.argv)}\n# {machine()}\n# load before {load_before:.2f} {mark}\n\n"
-          "| matrix | block | vectors | input density | weight density | stored/nonzero "
-          "| dense us | engine us | speed-up | ideal | meas/ideal |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    header = ("| matrix | block | vectors | input density | weight density | stored/nonzero "
+              "| dense us | engine us | speed-up | ideal | meas/ideal |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(args.seed)
-    try:
-        rows = []
+    rows = []
+    with one_thread_session("bench_block_shapes.py", argv, args.allow_load or args.quick,
+                            header) as session:
         for name, (r, c, d) in matrices.items():
             rows += run_matrix(name, r, c, d, args.shapes, args.vectors, args.input_density,
                                repeats, rng)
-    finally:
-        torch.set_num_threads(torch_threads)
-        numba.set_num_threads(numba_threads)
-    load_after = load_average()
-    print(f"\n# load after {load_after:.2f}", flush=True)
-    payload = {"command": " ".join(["python", "benchmarks/bench_block_shapes.py",
-                                    *(sys.argv[1:] if argv is None else argv)]),
-               "machine": machine(), "load_before": load_before, "load_after": load_after,
-               "marked": mark or ("LOADED" if load_after > 1.5 else ""), "rows": rows}
+    payload = session.payload(rows=rows)
     if args.out:
         write_json(args.out, payload)
     return payload

@@ -30,7 +30,6 @@ matrices of 4 MB and more (wall time).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from functools import partial
 
@@ -43,13 +42,11 @@ from engine_bench_lib import (
     QUICK_LM,
     DenseTwin,
     calibrate_activity,
-    check_load,
     ideal_speedup,
     interleaved,
-    load_average,
-    machine,
     make_lm,
     make_weight,
+    one_thread_session,
     ptb_tokens,
     write_json,
 )
@@ -270,32 +267,16 @@ def main(argv: list[str] | None = None) -> dict:
     scenarios = {k: SCENARIOS[k] for k in (args.scenarios or SCENARIOS)}
     if args.quick:
         scenarios, args.tokens, args.repeats = QUICK, 16, 1
-    mark = check_load(args.allow_load or args.quick)
-    load_before = load_average()
-    torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
-    torch.set_num_threads(1)
-    numba.set_num_threads(1)
-    print(f"# {' '.join(sys.argv)}\n# {machine()}\n# load before {load_before:.2f} {mark}\n"
-          f"\n{HEADER}", flush=True)
-    try:
-        rows = []
+    rows, threads = [], []
+    with one_thread_session("bench_engine.py", argv, args.allow_load or args.quick,
+                            HEADER) as session:
         for name, spec in scenarios.items():
             rows += run_scenario(name, spec, args.modes, args.tokens, args.repeats, args.seed)
-        threads = []
         if not args.skip_threads:
             print("\n| matrix | vectors | 1 thread us | 2 threads us | speed-up | target |\n"
                   "|---|---|---|---|---|---|", flush=True)
             threads = run_threads(args.quick, args.repeats, args.seed)
-    finally:
-        torch.set_num_threads(torch_threads)
-        numba.set_num_threads(numba_threads)
-    load_after = load_average()
-    print(f"\n# load after {load_after:.2f}", flush=True)
-    payload = {"command": " ".join(["python", "benchmarks/bench_engine.py",
-                                    *(sys.argv[1:] if argv is None else argv)]),
-               "machine": machine(), "load_before": load_before, "load_after": load_after,
-               "marked": mark or ("LOADED" if load_after > 1.5 else ""),
-               "lm": rows, "threads": threads}
+    payload = session.payload(lm=rows, threads=threads)
     if args.out:
         write_json(args.out, payload)
     return payload

@@ -14,21 +14,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 
 import matplotlib.pyplot as plt  # noqa: E402
-import numba  # noqa: E402
-import torch  # noqa: E402
 from bench_engine import run_scenario  # noqa: E402
 from engine_bench_lib import (  # noqa: E402
     QUICK_LM,
-    check_load,
-    load_average,
-    machine,
+    one_thread_session,
     write_json,
 )
 
@@ -90,31 +85,16 @@ def main(argv: list[str] | None = None) -> dict:
     for path in (args.out, args.plot):
         if path and os.path.exists(path):
             raise FileExistsError(f"{path} exists; choose a new name")
-    mark = check_load(args.allow_load or args.quick)
-    load_before = load_average()
-    threads = torch.get_num_threads(), numba.get_num_threads()
-    torch.set_num_threads(1)
-    numba.set_num_threads(1)
-    print(f"# {' '.join(sys.argv)}\n# {machine()}\n# load before {load_before:.2f} {mark}",
-          flush=True)
     cells = []
-    try:
+    with one_thread_session("bench_engine_sweep.py", argv,
+                            args.allow_load or args.quick) as session:
         for d_w in args.weight_densities:
             pattern = "dense" if d_w >= 1.0 else "16x1"
             for act in args.activities:
                 cells += run_scenario(f"{args.model}-{pattern}-dw{d_w:g}-a{act:g}",
                                       (MODELS[args.model], d_w, pattern, act), args.modes,
                                       args.tokens, args.repeats, args.seed)
-    finally:
-        torch.set_num_threads(threads[0])
-        numba.set_num_threads(threads[1])
-    load_after = load_average()
-    print(f"# load after {load_after:.2f}", flush=True)
-    payload = {"command": " ".join(["python", "benchmarks/bench_engine_sweep.py",
-                                    *(sys.argv[1:] if argv is None else argv)]),
-               "machine": machine(), "model": MODELS[args.model], "load_before": load_before,
-               "load_after": load_after,
-               "marked": mark or ("LOADED" if load_after > 1.5 else ""), "cells": cells}
+    payload = session.payload(model=MODELS[args.model], cells=cells)
     write_json(args.out, payload)
     if args.plot:
         plot(cells, args.plot)

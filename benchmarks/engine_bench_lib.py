@@ -1,19 +1,21 @@
 """Shared pieces of the engine benchmarks: machine/load report, interleaved timing, models
 with controlled weight density and activity, and the dense PyTorch baselines.
 
-Used by ``benchmarks/bench_engine.py`` and ``benchmarks/bench_engine_sweep.py``.
+Used by ``benchmarks/bench_engine.py``, ``bench_engine_sweep.py`` and ``bench_block_shapes.py``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numba
 import numpy as np
@@ -67,6 +69,45 @@ def check_load(allow: bool) -> str:
                          "the results LOADED)")
     print(f"# WARNING: {msg}; results are marked LOADED", flush=True)
     return "LOADED"
+
+
+class Session:
+    """Bookkeeping of one benchmark run: command, machine, load before and after, mark."""
+
+    def __init__(self, script: str, argv: list[str] | None, allow_load: bool) -> None:
+        args = sys.argv[1:] if argv is None else argv
+        self.command = " ".join(["python", f"benchmarks/{script}", *args])
+        self.mark = check_load(allow_load)
+        self.load_before = load_average()
+        self.load_after = float("nan")
+
+    def payload(self, **results: object) -> dict:
+        """The results file: the bookkeeping fields, then ``results`` in the given order."""
+        head = {"command": self.command, "machine": machine(), "load_before": self.load_before,
+                "load_after": self.load_after,
+                "marked": self.mark or ("LOADED" if self.load_after > MAX_LOAD else "")}
+        return {**head, **results}
+
+
+@contextlib.contextmanager
+def one_thread_session(script: str, argv: list[str] | None, allow_load: bool,
+                       header: str = "") -> Iterator[Session]:
+    """Refuse a loaded machine (unless ``allow_load``), print the command, machine and load,
+    run the body at one torch and one numba thread (restored afterwards, also on error), then
+    print and record the load after it."""
+    session = Session(script, argv, allow_load)
+    print(f"# {' '.join(sys.argv)}\n# {machine()}\n# load before {session.load_before:.2f} "
+          f"{session.mark}" + (f"\n\n{header}" if header else ""), flush=True)
+    saved = torch.get_num_threads(), numba.get_num_threads()
+    torch.set_num_threads(1)
+    numba.set_num_threads(1)
+    try:
+        yield session
+    finally:
+        torch.set_num_threads(saved[0])
+        numba.set_num_threads(saved[1])
+    session.load_after = load_average()
+    print(f"\n# load after {session.load_after:.2f}", flush=True)
 
 
 def interleaved(fns: dict[str, Callable[[], None]], repeats: int, clock: str,

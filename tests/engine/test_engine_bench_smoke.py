@@ -96,3 +96,27 @@ def test_quick_block_shapes_rows_and_block_aligned_weights(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench.main(["--quick", "--shapes", "4by4"])
     assert "is not a block shape" in capsys.readouterr().err
+
+
+def test_session_runs_one_thread_restores_threads_and_records_load(monkeypatch, capsys):
+    lib = _load("engine_bench_lib")
+    torch.set_num_threads(2)
+    loads = iter([0.4, 0.5, 1.7])  # check_load, load before, load after
+    monkeypatch.setattr(lib, "load_average", lambda: next(loads))
+    monkeypatch.setattr(lib, "machine", lambda: {"cpu": "test"})
+    with lib.one_thread_session("bench_x.py", ["--a", "1"], False, "| head |") as session:
+        assert torch.get_num_threads() == 1 and numba.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    payload = session.payload(rows=[1])
+    assert list(payload) == ["command", "machine", "load_before", "load_after", "marked",
+                             "rows"]
+    assert payload["command"] == "python benchmarks/bench_x.py --a 1"
+    assert (payload["load_before"], payload["load_after"]) == (0.5, 1.7)
+    assert payload["marked"] == "LOADED"  # the load rose above the limit during the run
+    text = capsys.readouterr().out
+    assert "| head |" in text and "load after 1.70" in text
+    monkeypatch.setattr(lib, "load_average", lambda: 0.1)
+    with pytest.raises(RuntimeError, match="boom"), \
+            lib.one_thread_session("bench_x.py", [], False):
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == 2  # restored on error too
