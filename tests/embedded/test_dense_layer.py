@@ -160,6 +160,16 @@ def test_egru_c_with_dense_layers_is_bit_exact(bits, mode, tmp_path):
 
 
 @needs_gcc
+def test_dense_layers_wider_than_every_recurrent_fan_in(tmp_path):
+    # the C's input buffer must hold the widest dense output too (found by the fuzz test)
+    m = random_deployed((3, 2), 2, 3, seed=4, dense=(9, 12))
+    x = _inputs(np.random.default_rng(4), 20, 6, 3)
+    _assert_same(host.run_host(host.build_host(m, tmp_path), m, x), m.run(x))
+    q = gru.random_int_gru((3, 2), 2, seed=4, dense=(9, 12))
+    _assert_same(host.run_host(host.build_host(q, tmp_path / "q", "qgru"), q, x), q.run(x))
+
+
+@needs_gcc
 def test_kws_shaped_model_with_the_papers_widths(tmp_path):
     torch.manual_seed(0)
     m = deploy(KWSNet("egru-q", 64, (30, 20), 10, dense_sizes=(16,)))

@@ -308,7 +308,7 @@ def emit_c(model: DeployedEGRU, out_dir: str | os.PathLike, prefix: str = "egru"
         f"#ifndef {P}_WEIGHTS_H\n#define {P}_WEIGHTS_H\n#include <stdint.h>\n\n",
     ]
     max_fan = max([L.input_size + L.hidden_size for L in model.layers]
-                  + [D.codes.shape[1] for D in model.dense])
+                  + [D.codes.shape[1] for D in model.dense] + [model.readout_codes.shape[1]])
     max_hid = max(L.hidden_size for L in model.layers)
     w_parts.append(f"#define {P}_MAX_FAN_IN {max_fan}\n#define {P}_MAX_HIDDEN {max_hid}\n")
     table, states = [], []
