@@ -52,6 +52,16 @@ def test_series_are_grouped_over_seeds(runs: Path) -> None:
     assert "gru (32,20)" not in bits_curves(results)  # float-only runs have no bits point
 
 
+def test_dense_layers_make_their_own_series(runs: Path) -> None:
+    _write(runs, "q3_dense", model="egru-q", seed=0, test_acc=0.9, float_bytes=30000, bits=3,
+           deployed_test_acc=0.9, deployed_bytes=3500, dense=[16])
+    _write(runs, "q3_empty_dense", model="egru-q", seed=2, test_acc=0.9, float_bytes=34568,
+           bits=3, deployed_test_acc=0.86, deployed_bytes=3002, dense=[])
+    size = size_points(load_kws_results([runs]))
+    assert size["egru-q 3-bit deployed (32,20+16 ReLU)"]["bytes"] == [3500.0]
+    assert size["egru-q 3-bit deployed (32,20)"]["n"] == [3]  # dense [] = no dense layer
+
+
 def test_figure_files_and_script(runs: Path, tmp_path: Path) -> None:
     data = accuracy_vs_size(load_kws_results([runs]), tmp_path / "fig" / "a")
     assert set(data) == {"size", "bits"} and (tmp_path / "fig" / "a.png").is_file()

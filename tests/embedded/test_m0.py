@@ -46,6 +46,9 @@ def test_m0_egru_fuzz_bit_exact(tmp_path):
     """One image per model, all sequences in one qemu run (seeded: reproducible failures)."""
     cases = [random_deployed((16, 12, 8), 5, bits, seed=10 + bits) for bits in (2, 3, 4, 5)]
     cases.append(random_deployed((16, 12, 8), 5, 3, seed=7, extreme=True))
+    # dense ReLU layers (the paper's 16-unit layer; one wider than every fan-in)
+    cases.append(random_deployed((16, 12, 8), 5, 3, seed=8, dense=(16,)))
+    cases.append(random_deployed((16, 12, 8), 5, 3, seed=9, extreme=True, dense=(6, 40)))
     for k, m in enumerate(cases):
         x = _fuzz_inputs(100 + k, 24, 5, 16)
         elf = m0.build_m0(m, tmp_path / f"m{k}", max_t=8)
@@ -54,17 +57,19 @@ def test_m0_egru_fuzz_bit_exact(tmp_path):
 
 @pytest.mark.timeout(300)
 def test_m0_int_gru_fuzz_bit_exact(tmp_path):
-    for k, extreme in enumerate((False, True)):
-        m = random_int_gru((16, 12, 8), 5, seed=20 + k, extreme=extreme)
+    for k, (extreme, dense) in enumerate(((False, ()), (True, ()), (False, (16,)),
+                                          (True, (6,)))):
+        m = random_int_gru((16, 12, 8), 5, seed=20 + k, extreme=extreme, dense=dense)
         x = _fuzz_inputs(200 + k, 24, 5, 16)
         elf = m0.build_m0(m, tmp_path / f"g{k}", "qgru", max_t=8)
         _assert_equal(m0.run_m0(elf, m, x, timeout=60), m.run(x))
 
 
 @pytest.mark.timeout(300)
-def test_m0_float_gru_matches_torch(tmp_path):
+@pytest.mark.parametrize("dense", [(), (6,)])
+def test_m0_float_gru_matches_torch(tmp_path, dense):
     torch.manual_seed(0)
-    m = FloatGRU.from_net(KWSNet("gru", 16, (12, 8), 5))
+    m = FloatGRU.from_net(KWSNet("gru", 16, (12, 8), 5, dense_sizes=dense))
     x = _fuzz_inputs(300, 6, 5, 16)
     logits, hs, cls = m0.run_m0(m0.build_m0(m, tmp_path, "fgru", max_t=8), m, x, timeout=120)
     ref, ref_hs = m.run(x)
@@ -144,3 +149,18 @@ def test_profile_counts_equal_singlestep_counts(tmp_path):
     prof = m0_profile.profile_m0(elf, m, x)
     begin, end = m0_profile._marker_addresses(elf)
     assert [p["instructions"] for p in prof] == _singlestep_counts(elf, begin, end)
+
+
+@pytest.mark.timeout(300)
+def test_m0_weight_symbols_of_dense_layers(tmp_path):
+    m = random_deployed((16, 12, 8), 5, 3, seed=3, dense=(16,))
+    elf = m0.build_m0(m, tmp_path / "m", max_t=8)
+    sizes = m0.symbol_sizes(elf)
+    assert sizes["egru_dense_w0"] == 4 * 16 * 1 and sizes["egru_dense_b0"] == 4 * 16  # 8 <= 10
+    weights = sum(v for k, v in sizes.items()
+                  if k.startswith(("egru_w", "egru_b", "egru_readout", "egru_dense_w",
+                                   "egru_dense_b")))
+    assert weights == m.model_bytes()
+    plain = random_deployed((16, 12, 8), 5, 3, seed=3)
+    flash = m0.m0_size(elf)["flash"]
+    assert flash > m0.m0_size(m0.build_m0(plain, tmp_path / "p", max_t=8))["flash"]

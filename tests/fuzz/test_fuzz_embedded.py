@@ -2,7 +2,8 @@
 
 * the emitted C, compiled with the host gcc, equals the integer reference
   (``DeployedEGRU.run``) bit for bit on random integer models (any code words, biases up to
-  the +-64.0 limit) and random Q15 inputs, int16 limits included;
+  the +-64.0 limit, with and without dense ReLU layers) and random Q15 inputs, int16 limits
+  included;
 * the integer model that :func:`deploy` makes of a random quantisation-aware ``KWSNet`` agrees
   with the float network (same argmax where the float margin is clear, logits within the
   Q15 rounding), so the reference is the network that was trained.
@@ -22,7 +23,7 @@ from hypothesis.extra import numpy as hnp
 
 from dualsparse.embedded import host
 from dualsparse.embedded.quant import to_q15, zero_code
-from dualsparse.embedded.reference import DeployedEGRU, QLayer, deploy
+from dualsparse.embedded.reference import DeployedEGRU, QDense, QLayer, deploy
 from dualsparse.models.egru_embedded import KWSNet
 from dualsparse.models.pow2_quant import SOFTSIGN_LIMIT, max_shift
 
@@ -39,10 +40,11 @@ LIMITS = st.sampled_from([-32768, -32767, -1, 0, 1, 32766, 32767])
 
 @st.composite
 def deployed_models(draw) -> DeployedEGRU:
-    """A valid integer model: 1-2 layers, any valid code words (zero code included), biases
-    drawn with the +-64.0 limits over-represented."""
+    """A valid integer model: 1-2 layers, 0-2 dense ReLU layers, any valid code words (zero code
+    included), biases drawn with the +-64.0 limits over-represented."""
     bits = draw(st.integers(2, 5))
     sizes = draw(st.lists(st.integers(1, 7), min_size=2, max_size=3))
+    dense = draw(st.lists(st.integers(1, 7), max_size=2))
     classes = draw(st.integers(1, 5))
     valid = [sign << (bits - 1) | k for sign in (0, 1) for k in range(max_shift(bits) + 1)]
     code_el = st.sampled_from([*valid, zero_code(bits)])
@@ -57,7 +59,9 @@ def deployed_models(draw) -> DeployedEGRU:
 
     layers = [QLayer(i, h, codes(2 * h, i + h), bias(2 * h))
               for i, h in zip(sizes[:-1], sizes[1:], strict=True)]
-    return DeployedEGRU(bits, layers, codes(classes, sizes[-1]), bias(classes))
+    widths = [sizes[-1], *dense]
+    dl = [QDense(codes(d, n), bias(d)) for n, d in zip(widths[:-1], widths[1:], strict=True)]
+    return DeployedEGRU(bits, layers, codes(classes, widths[-1]), bias(classes), dense=dl)
 
 
 @st.composite
@@ -83,18 +87,22 @@ def test_c_equals_integer_reference(case: tuple[DeployedEGRU, np.ndarray]) -> No
     assert np.array_equal(cls, np.argmax(ref_logits, axis=1))
     for h in ref_hs:  # the states are int16 whatever the inputs
         assert h.min() >= -32768 and h.max() <= 32767
+    if m.dense:  # dense outputs: Q15 in [0, 32767]
+        v = m.dense_forward(ref_hs[-1])
+        assert v.min() >= 0 and v.max() <= 32767
 
 
 @settings(max_examples=examples(15))
 @given(st.fixed_dictionaries({
     "features": st.integers(1, 10), "hidden": st.lists(st.integers(2, 10), min_size=1,
                                                        max_size=2),
+    "dense": st.lists(st.integers(2, 10), max_size=1),
     "classes": st.integers(2, 5), "bits": st.sampled_from([2, 3, 4]),
     "batch": st.integers(1, 4), "steps": st.integers(1, 8), "seed": st.integers(0, 2**16)}))
 def test_deployed_model_equals_the_quantisation_aware_network(c: dict) -> None:
     torch.manual_seed(c["seed"])
     net = KWSNet("egru-q", c["features"], tuple(c["hidden"]), c["classes"],
-                 quant_bits=c["bits"]).eval()
+                 quant_bits=c["bits"], dense_sizes=tuple(c["dense"])).eval()
     x = torch.rand(c["steps"], c["batch"], c["features"]) * 2 - 1
     x = torch.from_numpy(to_q15(x) / 32768.0).float()  # features already on the Q15 grid
     with torch.no_grad():

@@ -53,8 +53,11 @@ def load_kws_results(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
 
 
 def _hidden(r: dict[str, Any]) -> str:
+    """Series label of the widths: ``"32,20"``, or ``"30,20+16 ReLU"`` with dense layers."""
     h = r.get("hidden", [])
-    return ",".join(str(v) for v in h) if isinstance(h, list) else str(h)
+    text = ",".join(str(v) for v in h) if isinstance(h, list) else str(h)
+    dense = r.get("dense") or []
+    return text + (f"+{','.join(str(v) for v in dense)} ReLU" if dense else "")
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:

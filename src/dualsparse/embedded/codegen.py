@@ -11,7 +11,8 @@ API (``P`` = upper-case prefix)::
 
     void    p_reset(void);                         // zero all states
     void    p_step(const int16_t x[P_INPUT]);      // one frame, Q15 inputs
-    void    p_logits(int32_t out[P_CLASSES]);      // readout of the last layer's state
+    void    p_logits(int32_t out[P_CLASSES]);      // [dense ReLU layers +] readout of the
+                                                   // last layer's state
     int     p_classify(const int16_t *x, int T, int32_t out[P_CLASSES]); // reset+T steps+argmax
     const int16_t *p_state(int layer);             // Q15 state of a layer
 
@@ -105,7 +106,7 @@ static int32_t ${p}_s[2 * ${P}_MAX_HIDDEN];
 static const ${p}_layer_t ${p}_layers[${P}_NUM_LAYERS] = {
 ${layer_table}
 };
-
+${dense_decl}
 /* floor(x / 2^k) for any int32 x, 0 <= k < 31, without relying on >> of negative values. */
 static int32_t ${p}_asr(int32_t x, unsigned k) {
     if (x >= 0) return (int32_t)((uint32_t)x >> k);
@@ -156,7 +157,7 @@ static int16_t ${p}_sat16(int32_t x) {
     if (x < -32768) return -32768;
     return (int16_t)x;
 }
-
+${dense_fn}
 void ${p}_reset(void) {
     int l, i;
     for (l = 0; l < ${P}_NUM_LAYERS; ++l)
@@ -187,7 +188,7 @@ void ${p}_step(const int16_t x[${P}_INPUT]) {
 void ${p}_logits(int32_t out[${P}_CLASSES]) {
     const ${p}_layer_t *L = &${p}_layers[${P}_NUM_LAYERS - 1];
     int c, i;
-    for (i = 0; i < L->n_hid; ++i) ${p}_u[i] = (uint16_t)(L->h[i] + 32768);
+${readout_input}
     for (c = 0; c < ${P}_CLASSES; ++c)
         out[c] = ${p}_dot(${p}_readout_w + c * ${P}_READOUT_WORDS, ${p}_u, ${P}_READOUT_FULL,
                           ${P}_READOUT_REST, ${p}_readout_b[c]);
@@ -212,6 +213,73 @@ const int16_t *${p}_state(int layer) { return ${p}_layers[layer].h; }
 
 int ${p}_state_size(int layer) { return ${p}_layers[layer].n_hid; }
 """)
+
+
+_DENSE_DECL = Template("""
+typedef struct {
+    int n_in, n_out, words, full, rest;  /* as in ${p}_layer_t, one row per output */
+    const uint32_t *w;
+    const int32_t *b;
+} ${p}_dense_t;
+
+static const ${p}_dense_t ${p}_dense[${P}_NUM_DENSE] = {
+${dense_table}
+};
+static int16_t ${p}_a[${P}_MAX_DENSE];  /* output of the current dense layer, Q15 [0, 32767] */
+""")
+
+_DENSE_FN = Template("""
+/* ReLU saturated to Q15: min(max(x, 0), 32767). */
+static int16_t ${p}_relu16(int32_t x) {
+    if (x < 0) return 0;
+    if (x > 32767) return 32767;
+    return (int16_t)x;
+}
+
+/* The dense ReLU layers on v (the last layer's state); returns the last one's output. Each row
+ * is a dot product like a gate row; u holds the layer's input + 2^15 before p_a is written. */
+static const int16_t *${p}_dense_forward(const int16_t *v) {
+    int d, i;
+    for (d = 0; d < ${P}_NUM_DENSE; ++d) {
+        const ${p}_dense_t *D = &${p}_dense[d];
+        for (i = 0; i < D->n_in; ++i) ${p}_u[i] = (uint16_t)(v[i] + 32768);
+        for (i = 0; i < D->n_out; ++i)
+            ${p}_a[i] = ${p}_relu16(${p}_dot(D->w + i * D->words, ${p}_u, D->full, D->rest,
+                                             D->b[i]));
+        v = ${p}_a;
+    }
+    return v;
+}
+""")
+
+_READOUT_STATE = "    for (i = 0; i < L->n_hid; ++i) ${p}_u[i] = (uint16_t)(L->h[i] + 32768);"
+_READOUT_DENSE = """\
+    const int16_t *v = ${p}_dense_forward(L->h);
+    for (i = 0; i < ${n}; ++i) ${p}_u[i] = (uint16_t)(v[i] + 32768);"""
+
+
+def _dense_parts(model: DeployedEGRU, p: str, P: str, cpw: int, bits: int
+                 ) -> tuple[list[str], dict[str, str]]:
+    """Weight arrays and C pieces of the dense ReLU layers (all empty without any, so that
+    such a model's C is unchanged)."""
+    if not model.dense:
+        return [], {"dense_decl": "", "dense_fn": "",
+                    "readout_input": Template(_READOUT_STATE).substitute(p=p)}
+    arrays = [f"#define {P}_NUM_DENSE {len(model.dense)}\n"
+              f"#define {P}_MAX_DENSE {max(D.size for D in model.dense)}\n"]
+    table = []
+    for d, D in enumerate(model.dense):
+        n = D.codes.shape[1]
+        packed = pack_codes(D.codes, bits)
+        arrays.append(_c_array("uint32_t", f"{p}_dense_w{d}", packed, 6, "0x{:08x}u"))
+        arrays.append(_c_array("int32_t", f"{p}_dense_b{d}", D.bias + row_offsets(D.codes, bits),
+                               8))
+        table.append(f"    {{{n}, {D.size}, {packed.shape[1]}, {n // cpw}, {n % cpw}, "
+                     f"{p}_dense_w{d}, {p}_dense_b{d}}},")
+    sub = {"p": p, "P": P, "dense_table": "\n".join(table), "n": model.dense[-1].size}
+    return arrays, {"dense_decl": _DENSE_DECL.substitute(sub),
+                    "dense_fn": _DENSE_FN.substitute(sub),
+                    "readout_input": Template(_READOUT_DENSE).substitute(sub)}
 
 
 def row_offsets(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -239,7 +307,8 @@ def emit_c(model: DeployedEGRU, out_dir: str | os.PathLike, prefix: str = "egru"
         " * row constants = Q15 bias + row offset (see p_dot). */\n",
         f"#ifndef {P}_WEIGHTS_H\n#define {P}_WEIGHTS_H\n#include <stdint.h>\n\n",
     ]
-    max_fan = max(L.input_size + L.hidden_size for L in model.layers)
+    max_fan = max([L.input_size + L.hidden_size for L in model.layers]
+                  + [D.codes.shape[1] for D in model.dense] + [model.readout_codes.shape[1]])
     max_hid = max(L.hidden_size for L in model.layers)
     w_parts.append(f"#define {P}_MAX_FAN_IN {max_fan}\n#define {P}_MAX_HIDDEN {max_hid}\n")
     table, states = [], []
@@ -254,6 +323,8 @@ def emit_c(model: DeployedEGRU, out_dir: str | os.PathLike, prefix: str = "egru"
             f"{p}_w{i}, {p}_b{i}, "
             f"{p}_h{i}}},"
         )
+    dense_arrays, dense_subs = _dense_parts(model, p, P, cpw, bits)
+    w_parts.extend(dense_arrays)
     rp = pack_codes(model.readout_codes, bits)
     nr = model.readout_codes.shape[1]
     w_parts.append(f"#define {P}_READOUT_WORDS {rp.shape[1]}\n#define {P}_READOUT_FULL "
@@ -267,7 +338,7 @@ def emit_c(model: DeployedEGRU, out_dir: str | os.PathLike, prefix: str = "egru"
         sign=1 << (bits - 1), shift_mask=(1 << (bits - 1)) - 1, limit=SOFTSIGN_LIMIT,
         input=model.input_size, classes=model.num_classes, nlayers=len(model.layers),
         layer_table="\n".join(table), states="\n".join(states),
-        unrolled="\n".join(f"        {P}_TERM({i});" for i in range(cpw)),
+        unrolled="\n".join(f"        {P}_TERM({i});" for i in range(cpw)), **dense_subs,
     )
     files = {
         out / f"{p}_weights.h": "".join(w_parts),

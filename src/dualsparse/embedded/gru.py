@@ -1,8 +1,9 @@
 """GRU baselines for the microcontroller comparison: the float GRU and an int8/Q15 GRU.
 
 Both are built from a trained ``KWSNet(kind="gru")`` (``nn.GRU`` layers, gate order ``(r, z, n)``,
-``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``, ``h' = (1 - z) n + z h``, then a linear
-readout of the last layer's final state).
+``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``, ``h' = (1 - z) n + z h``, then optional
+dense ReLU layers ``v' = relu(W v + b)`` and a linear readout of the last layer's final state or
+of the last dense layer's output).
 
 * :class:`FloatGRU`: the float32 weights as they are (the C uses ``float``, ``expf``, ``tanhf``).
 * :class:`IntGRU`: int8 weights with one power-of-two scale per matrix and Q15 int16 inputs and
@@ -23,7 +24,9 @@ readout of the last layer's final state).
     ``tanh(p)`` the same on ``[-2^17, 2^17 - 1]`` (+-4.0) with ``u >> 10``, ``f & 1023`` and
     ``T[k] = round(2^15 tanh(k / 32 - 4))`` (capped at +-32767);
   - ``h' = sat16(n + asr(z (h - n) + 2^14, 15))``;
-  - logits ``asr(sum_j q_o[c, j] h_j, s_o) + b_o[c]`` (int32, Q15), class = first maximum.
+  - dense ReLU layers (int8 ``q_d`` with shift ``s_d``, Q15 bias ``b_d``) on ``v = h_T``:
+    ``v'_r = min(max(asr(sum_j q_d[r, j] v_j, s_d) + b_d[r], 0), 32767)`` (Q15);
+  - logits ``asr(sum_j q_o[c, j] v_j, s_o) + b_o[c]`` (int32, Q15), class = first maximum.
 """
 
 from __future__ import annotations
@@ -79,16 +82,31 @@ class GRULayer:
     s_hh: int = 0
 
 
-def _layers_from_net(net: torch.nn.Module) -> tuple[list[GRULayer], np.ndarray, np.ndarray]:
+@dataclass
+class DenseLayer:
+    """One dense ReLU layer ``w (D, N)``, ``b (D,)``: float arrays for :class:`FloatGRU`; int8
+    values with shift ``s`` and a Q15 int bias for :class:`IntGRU`."""
+
+    w: np.ndarray
+    b: np.ndarray
+    s: int = 0
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().double().cpu().numpy()
+
+
+def _layers_from_net(net: torch.nn.Module
+                     ) -> tuple[list[GRULayer], list[DenseLayer], np.ndarray, np.ndarray]:
     if getattr(net, "kind", None) != "gru":
         raise ValueError("expected a KWSNet of kind 'gru'")
     layers = []
     for rnn in net.rnns:
-        g = {n: p.detach().double().cpu().numpy() for n, p in rnn.named_parameters()}
+        g = {n: _np(p) for n, p in rnn.named_parameters()}
         layers.append(GRULayer(rnn.input_size, rnn.hidden_size, g["weight_ih_l0"],
                                g["weight_hh_l0"], g["bias_ih_l0"], g["bias_hh_l0"]))
-    ro = net.readout
-    return layers, ro.weight.detach().double().numpy(), ro.bias.detach().double().numpy()
+    dense = [DenseLayer(_np(lin.weight), _np(lin.bias)) for lin in getattr(net, "dense", ())]
+    return layers, dense, _np(net.readout.weight), _np(net.readout.bias)
 
 
 @dataclass
@@ -99,11 +117,12 @@ class FloatGRU:
     readout_w: np.ndarray
     readout_b: np.ndarray
     is_float: bool = True
+    dense: list[DenseLayer] = field(default_factory=list)
 
     @classmethod
     def from_net(cls, net: torch.nn.Module) -> FloatGRU:
-        layers, w, b = _layers_from_net(net)
-        return cls(layers, w, b)
+        layers, dense, w, b = _layers_from_net(net)
+        return cls(layers, w, b, dense=dense)
 
     @property
     def input_size(self) -> int:
@@ -114,8 +133,9 @@ class FloatGRU:
         return self.readout_w.shape[0]
 
     def model_bytes(self) -> int:
-        """float32 bytes of all weights and biases."""
+        """float32 bytes of all weights and biases (dense layers included)."""
         n = sum(L.w_ih.size + L.w_hh.size + L.b_ih.size + L.b_hh.size for L in self.layers)
+        n += sum(D.w.size + D.b.size for D in self.dense)
         return 4 * (n + self.readout_w.size + self.readout_b.size)
 
     def run(self, x_q: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -131,7 +151,10 @@ class FloatGRU:
                     getattr(g, n).copy_(torch.from_numpy(a))
                 inp, h = g(inp)
                 hs.append(h[0].numpy())
-            logits = hs[-1] @ self.readout_w.T.astype(np.float32) + self.readout_b.astype(
+            v = hs[-1]
+            for D in self.dense:
+                v = np.maximum(v @ D.w.T.astype(np.float32) + D.b.astype(np.float32), 0.0)
+            logits = v @ self.readout_w.T.astype(np.float32) + self.readout_b.astype(
                 np.float32)
         return logits.astype(np.float32), hs
 
@@ -160,8 +183,19 @@ class IntGRU:
     readout_s: int
     is_float: bool = False
     meta: dict = field(default_factory=dict)
+    dense: list[DenseLayer] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        prev = self.layers[-1].hidden_size if self.layers else 0
+        for i, D in enumerate(self.dense):
+            if np.abs(D.w).max(initial=0) > 127 or not np.issubdtype(D.w.dtype, np.integer):
+                raise ValueError(f"dense {i}: w must be int8 values")
+            if D.w.ndim != 2 or D.w.shape[1] != prev or D.b.shape != (D.w.shape[0],):
+                raise ValueError(f"dense {i}: w {D.w.shape} / b {D.b.shape} do not follow "
+                                 f"width {prev}")
+            if prev > MAX_FAN_IN or not 0 <= D.s < 31:
+                raise ValueError(f"dense {i}: fan-in must be <= {MAX_FAN_IN}, s in [0, 31)")
+            prev = D.w.shape[0]
         for i, L in enumerate(self.layers):
             for name in ("w_ih", "w_hh"):
                 w = getattr(L, name)
@@ -176,7 +210,7 @@ class IntGRU:
     @classmethod
     def from_net(cls, net: torch.nn.Module) -> IntGRU:
         """Quantise a trained float GRU ``KWSNet`` (weights with negative shifts are refused)."""
-        layers, w, b = _layers_from_net(net)
+        layers, dense, w, b = _layers_from_net(net)
         out = []
         for L in layers:
             qi, si = _q8(L.w_ih)
@@ -185,8 +219,14 @@ class IntGRU:
                                 _qbias(L.b_hh), max(si, 0), max(sh, 0)))
             if si < 0 or sh < 0:
                 raise ValueError("IntGRU: a weight matrix has max|W| > 127")
+        qdense = []
+        for D in dense:
+            qd, sd = _q8(D.w)
+            if sd < 0:
+                raise ValueError("IntGRU: a dense weight matrix has max|W| > 127")
+            qdense.append(DenseLayer(qd, _qbias(D.b), sd))
         qo, so = _q8(w)
-        return cls(out, qo, _qbias(b), max(so, 0))
+        return cls(out, qo, _qbias(b), max(so, 0), dense=qdense)
 
     @property
     def input_size(self) -> int:
@@ -197,9 +237,11 @@ class IntGRU:
         return self.readout_w.shape[0]
 
     def model_bytes(self) -> int:
-        """int8 weights + int32 biases."""
+        """int8 weights + int32 biases (dense layers included)."""
         n8 = sum(L.w_ih.size + L.w_hh.size for L in self.layers) + self.readout_w.size
         n32 = sum(L.b_ih.size + L.b_hh.size for L in self.layers) + self.readout_b.size
+        n8 += sum(D.w.size for D in self.dense)
+        n32 += sum(D.b.size for D in self.dense)
         return n8 + 4 * n32
 
     def layer_step(self, i: int, x: np.ndarray, h: np.ndarray) -> np.ndarray:
@@ -228,14 +270,18 @@ class IntGRU:
             for i in range(len(self.layers)):
                 hs[i] = self.layer_step(i, inp, hs[i])
                 inp = hs[i]
-        logits = asr(hs[-1] @ self.readout_w.T, self.readout_s) + self.readout_b
+        v = hs[-1]
+        for D in self.dense:
+            v = np.clip(asr(v @ D.w.T, D.s) + D.b, 0, INT16_MAX)
+        logits = asr(v @ self.readout_w.T, self.readout_s) + self.readout_b
         return sat(logits, -(1 << 31), (1 << 31) - 1), hs
 
 
 def random_int_gru(sizes: tuple[int, ...], num_classes: int, seed: int = 0,
-                   extreme: bool = False) -> IntGRU:
-    """A random valid :class:`IntGRU` (tests). ``extreme``: +-127 weights, shift 0 and +-8.0
-    biases, which saturates every pre-activation."""
+                   extreme: bool = False, dense: tuple[int, ...] = ()) -> IntGRU:
+    """A random valid :class:`IntGRU` (tests); ``dense``: widths of dense ReLU layers.
+    ``extreme``: +-127 weights, shift 0 and +-8.0 biases, which saturates every
+    pre-activation."""
     rng = np.random.default_rng(seed)
 
     def w(r: int, c: int) -> np.ndarray:
@@ -255,8 +301,11 @@ def random_int_gru(sizes: tuple[int, ...], num_classes: int, seed: int = 0,
                        w(3 * sizes[i + 1], sizes[i + 1]), b(3 * sizes[i + 1]),
                        b(3 * sizes[i + 1]), s(), s())
               for i in range(len(sizes) - 1)]
-    return IntGRU(layers, w(num_classes, sizes[-1]), b(num_classes), s())
+    widths = (sizes[-1], *dense)
+    dl = [DenseLayer(w(widths[i + 1], widths[i]), b(widths[i + 1]), s())
+          for i in range(len(dense))]
+    return IntGRU(layers, w(num_classes, widths[-1]), b(num_classes), s(), dense=dl)
 
 
-__all__ = ["MAX_FAN_IN", "PRE_LIMIT", "FloatGRU", "GRULayer", "IntGRU", "random_int_gru",
-           "sigmoid_q15", "tanh_q15"]
+__all__ = ["MAX_FAN_IN", "PRE_LIMIT", "DenseLayer", "FloatGRU", "GRULayer", "IntGRU",
+           "random_int_gru", "sigmoid_q15", "tanh_q15"]

@@ -10,6 +10,7 @@ GRU).  Weights are ``static const`` (flash), states static (RAM); the float GRU 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from string import Template
 
@@ -99,7 +100,7 @@ static void ${p}_matvec(const float *w, const float *b, const float *v, int rows
     }
 }
 
-static float ${p}_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+${dense_fn}static float ${p}_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 void ${p}_reset(void) {
     int l, i;
@@ -128,7 +129,7 @@ void ${p}_step(const int16_t x[${P}_INPUT]) {
 
 void ${p}_logits(${p}_logit_t out[${P}_CLASSES]) {
     const ${p}_layer_t *L = &${p}_layers[${P}_NUM_LAYERS - 1];
-    ${p}_matvec(${p}_readout_w, ${p}_readout_b, L->h, ${P}_CLASSES, L->n_hid, out);
+${dense_code}    ${p}_matvec(${p}_readout_w, ${p}_readout_b, ${ro_in}, ${P}_CLASSES, ${ro_n}, out);
 }
 """)
 
@@ -174,7 +175,7 @@ static void ${p}_matvec(const int8_t *w, const int32_t *b, const int16_t *v, int
     }
 }
 
-static int32_t ${p}_sigmoid(int32_t p) {
+${dense_fn}static int32_t ${p}_sigmoid(int32_t p) {
     uint32_t u = (uint32_t)(${p}_clamp(p, -${P}_PRE, ${P}_PRE - 1) + ${P}_PRE);
     int32_t t0 = ${p}_sig_t[u >> 11];
     return t0 + ${p}_asr((${p}_sig_t[(u >> 11) + 1] - t0) * (int32_t)(u & 2047u), 11);
@@ -215,13 +216,56 @@ void ${p}_step(const int16_t x[${P}_INPUT]) {
 void ${p}_logits(${p}_logit_t out[${P}_CLASSES]) {
     const ${p}_layer_t *L = &${p}_layers[${P}_NUM_LAYERS - 1];
     int c, j;
-    for (c = 0; c < ${P}_CLASSES; ++c) {
+${dense_code}    for (c = 0; c < ${P}_CLASSES; ++c) {
         int32_t acc = 0;
-        for (j = 0; j < L->n_hid; ++j) acc += (int32_t)${p}_readout_w[c * L->n_hid + j] * L->h[j];
+        for (j = 0; j < ${ro_n}; ++j) acc += (int32_t)${p}_readout_w[c * ${ro_n} + j] * ${ro_in}[j];
         out[c] = ${p}_asr(acc, ${P}_READOUT_SHIFT) + ${p}_readout_b[c];
     }
 }
 """)
+
+
+_INT_DENSE_FN = Template("""\
+/* dense ReLU layer: out_r = min(max(asr(sum_j w_rj v_j, s) + b_r, 0), 32767) (Q15). */
+static void ${p}_dense(const int8_t *w, const int32_t *b, const int16_t *v, int rows, int n,
+                       unsigned s, int16_t *out) {
+    int r, j;
+    for (r = 0; r < rows; ++r) {
+        int32_t acc = 0;
+        for (j = 0; j < n; ++j) acc += (int32_t)w[r * n + j] * v[j];
+        out[r] = (int16_t)${p}_clamp(${p}_asr(acc, s) + b[r], 0, 32767);
+    }
+}
+
+""")
+
+
+def _dense_parts(model: FloatGRU | IntGRU, p: str, arr: Callable[[str, str, np.ndarray], str],
+                 ctype: str, btype: str) -> tuple[list[str], dict[str, str]]:
+    """Weight arrays, buffers and the ``p_logits`` lines of the dense ReLU layers (the readout
+    input ``ro_in`` of width ``ro_n``); without dense layers the C is as before."""
+    if not model.dense:
+        return [], {"dense_code": "", "dense_fn": "", "ro_in": "L->h", "ro_n": "L->n_hid"}
+    is_float = isinstance(model, FloatGRU)
+    vtype = "float" if is_float else "int16_t"
+    parts, code = [], []
+    v, n = "L->h", "L->n_hid"
+    for d, D in enumerate(model.dense):
+        rows = D.w.shape[0]
+        parts.append(arr(ctype, f"{p}_dense_w{d}", D.w))
+        parts.append(arr(btype, f"{p}_dense_b{d}", D.b))
+        parts.append(f"static {vtype} {p}_a{d}[{rows}];\n")
+        if is_float:
+            code.append(f"    {p}_matvec({p}_dense_w{d}, {p}_dense_b{d}, {v}, {rows}, {n}, "
+                        f"{p}_a{d});\n    {p}_relu({p}_a{d}, {rows});\n")
+        else:
+            code.append(f"    {p}_dense({p}_dense_w{d}, {p}_dense_b{d}, {v}, {rows}, {n}, "
+                        f"{D.s}u, {p}_a{d});\n")
+        v, n = f"{p}_a{d}", str(rows)
+    fn = (f"static void {p}_relu(float *v, int n) {{\n    int i;\n"
+          "    for (i = 0; i < n; ++i) if (v[i] < 0.0f) v[i] = 0.0f;\n}\n\n" if is_float
+          else _INT_DENSE_FN.substitute(p=p))
+    return parts, {"dense_code": "".join(code), "dense_fn": fn, "ro_in": v, "ro_n": n}
 
 
 def _array(ctype: str, name: str, values: np.ndarray, fmt: str, per_line: int = 8) -> str:
@@ -264,6 +308,8 @@ def emit_gru_c(model: FloatGRU | IntGRU, out_dir: str | os.PathLike,
         names = f"{p}_w_ih{i}, {p}_w_hh{i}, {p}_b_ih{i}, {p}_b_hh{i}, {p}_h{i}"
         shifts = "" if is_float else f"{L.s_ih}, {L.s_hh}, "
         table.append(f"    {{{L.input_size}, {L.hidden_size}, {shifts}{names}}},")
+    dense_arrays, dense_subs = _dense_parts(model, p, arr, ctype, btype)
+    w.extend(dense_arrays)
     w.append(arr(ctype, f"{p}_readout_w", model.readout_w))
     w.append(arr(btype, f"{p}_readout_b", model.readout_b))
     if not is_float:
@@ -276,7 +322,8 @@ def emit_gru_c(model: FloatGRU | IntGRU, out_dir: str | os.PathLike,
                 logit_t="float" if is_float else "int32_t",
                 state_t="float" if is_float else "int16_t",
                 weights="\n" + "".join(w), states="\n".join(states),
-                layer_table="\n".join(table), pre=PRE_LIMIT, tanh_lim=TANH_LIMIT)
+                layer_table="\n".join(table), pre=PRE_LIMIT, tanh_lim=TANH_LIMIT,
+                **dense_subs)
     src = (_FLOAT_C if is_float else _INT_C).substitute(subs) + _COMMON_TAIL.substitute(subs)
     files = {out / f"{p}.h": _API_H.substitute(subs), out / f"{p}.c": src}
     for path, text in files.items():

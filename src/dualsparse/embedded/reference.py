@@ -12,8 +12,11 @@ Integer semantics (every value is an integer; Q15 means ``real = q / 32768``):
 * ``s = softsign_q15(acc)``: ``a = min(|acc|, 2**21)``, ``s = sign * floor(a 2**15 / (2**15 + a))``;
 * ``z = (s_z + 32768) >> 1`` (Q15 in [0, 32767]); ``n = s_n``;
 * ``h_t = sat16(h + ((z * (n - h) + 2**14) >> 15))`` (round half up; ``z * (n - h)`` fits int32);
-* readout of the last layer's final state: ``logit_c = bias_c + sum_j w_cj * h_j`` (int32, Q15),
-  class = first index of the maximum.
+* optional dense ReLU layers on the last layer's final state ``v = h_T``: per row
+  ``acc = bias + sum_j w_j * v_j`` exactly like a gate row (Q15 bias saturated to +-64.0, 32-bit
+  sum of shifts), then ``v' = min(max(acc, 0), 32767)`` (ReLU, saturated to Q15);
+* readout of ``v`` (the final state, or the last dense layer's output):
+  ``logit_c = bias_c + sum_j w_cj * v_j`` (int32, Q15), class = first index of the maximum.
 
 The emitted C (:mod:`dualsparse.embedded.codegen`) implements exactly these rules.
 """
@@ -102,14 +105,28 @@ class QLayer:
 
 
 @dataclass
+class QDense:
+    """One deployed dense ReLU layer: ``codes (D, N)`` and ``bias (D,)`` Q15."""
+
+    codes: np.ndarray
+    bias: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return self.codes.shape[0]
+
+
+@dataclass
 class DeployedEGRU:
-    """Integer eGRU classifier. ``layers`` then a readout ``codes (C, H_last)``, ``bias (C,)``."""
+    """Integer eGRU classifier. ``layers``, then the dense ReLU layers ``dense`` (possibly
+    none), then a readout ``codes (C, N)``, ``bias (C,)`` (N = last dense or recurrent width)."""
 
     bits: int
     layers: list[QLayer]
     readout_codes: np.ndarray
     readout_bias: np.ndarray
     meta: dict = field(default_factory=dict)
+    dense: list[QDense] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
@@ -129,6 +146,12 @@ class DeployedEGRU:
                 )
             L.bias = _check_bias(L.bias, 2 * L.hidden_size, f"layer {i}")
             prev = L.hidden_size
+        for i, D in enumerate(self.dense):
+            D.codes = _check_codes(D.codes, self.bits, f"dense {i}")
+            if D.codes.shape[1] != prev:
+                raise ValueError(f"dense {i}: fan-in {D.codes.shape[1]} != previous width {prev}")
+            D.bias = _check_bias(D.bias, D.codes.shape[0], f"dense {i}")
+            prev = D.size
         self.readout_codes = _check_codes(self.readout_codes, self.bits, "readout")
         if self.readout_codes.shape[1] != prev:
             raise ValueError(f"readout fan-in {self.readout_codes.shape[1]} != last width {prev}")
@@ -153,6 +176,15 @@ class DeployedEGRU:
         n = s[:, H:]
         return sat16(h + ((z * (n - h) + (1 << 14)) >> 15))
 
+    def dense_forward(self, h: np.ndarray) -> np.ndarray:
+        """The dense ReLU layers on the final state ``h (B, H_last)`` -> ``(B, N)`` int64 in
+        ``[0, 32767]`` (``h`` itself without dense layers)."""
+        v = np.asarray(h, dtype=np.int64)
+        for D in self.dense:
+            acc = D.bias[None, :] + shift_matvec(D.codes, v, self.bits)
+            v = np.clip(acc, 0, INT16_MAX)
+        return v
+
     def run(self, x_q: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         """Q15 inputs ``(B, T, I)`` or ``(T, I)`` -> ``(logits (B, C) int64, [h_n per layer])``."""
         single = np.ndim(x_q) == 2
@@ -164,7 +196,8 @@ class DeployedEGRU:
             for i in range(len(self.layers)):
                 hs[i] = self.layer_step(i, inp, hs[i])
                 inp = hs[i]
-        logits = self.readout_bias[None] + shift_matvec(self.readout_codes, hs[-1], self.bits)
+        v = self.dense_forward(hs[-1])
+        logits = self.readout_bias[None] + shift_matvec(self.readout_codes, v, self.bits)
         logits = sat(logits, -(1 << 31), (1 << 31) - 1)
         if single:
             return logits[0], [h[0] for h in hs]
@@ -175,16 +208,23 @@ class DeployedEGRU:
         return np.argmax(self.run(x_q)[0], axis=-1)
 
     # -- sizes -----------------------------------------------------------------------------
+    def code_matrices(self) -> list[np.ndarray]:
+        """Code matrices in order: recurrent layers, dense layers, readout."""
+        return [L.codes for L in self.layers] + [D.codes for D in self.dense] + [
+            self.readout_codes]
+
     def num_weights(self) -> int:
-        return sum(L.codes.size for L in self.layers) + self.readout_codes.size
+        return sum(c.size for c in self.code_matrices())
 
     def num_biases(self) -> int:
-        return sum(L.bias.size for L in self.layers) + self.readout_bias.size
+        return (sum(L.bias.size for L in self.layers) + sum(D.bias.size for D in self.dense)
+                + self.readout_bias.size)
 
     def model_bytes(self) -> int:
-        """Bytes of the packed model as emitted: uint32 words of codes per row + int32 biases."""
+        """Bytes of the packed model as emitted: uint32 words of codes per row + int32 biases
+        (recurrent layers, dense layers and readout)."""
         cpw = codes_per_word(self.bits)
-        mats = [L.codes for L in self.layers] + [self.readout_codes]
+        mats = self.code_matrices()
         words = sum(m.shape[0] * -(-m.shape[1] // cpw) for m in mats)
         return 4 * words + 4 * self.num_biases()
 
@@ -207,9 +247,11 @@ def check_q15_input(x_q: np.ndarray, input_size: int, name: str = "x_q") -> np.n
 
 
 def random_deployed(
-    sizes: tuple[int, ...], num_classes: int, bits: int = 3, seed: int = 0, extreme: bool = False
+    sizes: tuple[int, ...], num_classes: int, bits: int = 3, seed: int = 0, extreme: bool = False,
+    dense: tuple[int, ...] = (),
 ) -> DeployedEGRU:
-    """A random valid integer model (for tests). ``sizes = (I, H1, H2, ...)``.
+    """A random valid integer model (for tests). ``sizes = (I, H1, H2, ...)``, ``dense`` the
+    widths of the dense ReLU layers (drawn after the recurrent layers and before the readout).
 
     ``extreme=True`` uses only +-1 weights and +-64.0 biases, which drives every accumulator into
     saturation.
@@ -235,7 +277,10 @@ def random_deployed(
                bias(2 * sizes[i + 1]))
         for i in range(len(sizes) - 1)
     ]
-    return DeployedEGRU(bits, layers, codes(num_classes, sizes[-1]), bias(num_classes))
+    widths = (sizes[-1], *dense)
+    dl = [QDense(codes(widths[i + 1], widths[i]), bias(widths[i + 1])) for i in range(len(dense))]
+    return DeployedEGRU(bits, layers, codes(num_classes, widths[-1]), bias(num_classes),
+                        dense=dl)
 
 
 def _bias_q15(b: torch.Tensor) -> np.ndarray:
@@ -261,10 +306,12 @@ def deploy(model: torch.nn.Module, bits: int | None = None, zero_rule: str | Non
             codes = encode_pow2(quantize_pow2(w, bits, zero_rule), bits)
             b = cell.bias_ih + cell.bias_hh if cell.bias_ih is not None else torch.zeros(w.shape[0])
             layers.append(QLayer(cell.input_size, cell.hidden_size, codes, _bias_q15(b)))
-    w = model.readout.weight.detach().double()
-    rc = encode_pow2(quantize_pow2(w, bits, zero_rule), bits)
-    rb = _bias_q15(model.readout.bias)
-    return DeployedEGRU(bits, layers, rc, rb, meta={"zero_rule": zero_rule})
+    def codes(lin: torch.nn.Linear) -> np.ndarray:
+        return encode_pow2(quantize_pow2(lin.weight.detach().double(), bits, zero_rule), bits)
+
+    dense = [QDense(codes(lin), _bias_q15(lin.bias)) for lin in model.dense]
+    rc, rb = codes(model.readout), _bias_q15(model.readout.bias)
+    return DeployedEGRU(bits, layers, rc, rb, meta={"zero_rule": zero_rule}, dense=dense)
 
 
 def features_to_q15(x: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -225,9 +225,16 @@ class EGRUEmbedded(nn.Module):
 
 
 class KWSNet(nn.Module):
-    """Keyword-spotting classifier: stacked recurrent layers + linear readout of the final state.
+    """Keyword-spotting classifier: stacked recurrent layers, optional dense ReLU layers on the
+    last layer's final state, and a linear readout.
 
-    ``forward(x (T, B, F)) -> logits (B, C)``.
+    ``forward(x (T, B, F)) -> logits (B, C)``; with ``dense_sizes = (D1, ...)`` the final state
+    ``(B, H_last)`` passes ``relu(W_k v + b_k)`` ``(B, D_k)`` layer by layer before the readout
+    ``(B, C)`` (Amoh & Odame: ``dense_sizes=(16,)``).  In ``egru-q`` a dense layer's weights and
+    bias are quantised like the readout's (power-of-two codes with the straight-through
+    estimator; bias rounded to Q15, saturated to +-64.0) and its output is rounded to Q15 and
+    saturated to ``[0, 32767/32768]``, as the integer model computes it
+    (:mod:`dualsparse.embedded.reference`).
 
     Args:
         kind: ``"gru"`` (``torch.nn.GRU`` layers), ``"egru"`` (float eGRU) or ``"egru-q"``
@@ -238,6 +245,8 @@ class KWSNet(nn.Module):
             (power-of-two weights keep logits small; a gain does not change the argmax, so the
             deployed model omits it).
         reset_gate: keep the reset gate in ``egru`` (ablation).
+        dense_sizes: widths of the dense ReLU layers between the recurrent layers and the
+            readout (default none).
     """
 
     def __init__(
@@ -250,12 +259,14 @@ class KWSNet(nn.Module):
         zero_rule: str = "paper",
         logit_gain: float = 4.0,
         reset_gate: bool = False,
+        dense_sizes: Sequence[int] = (),
     ) -> None:
         super().__init__()
         check_choice("kind", kind, ("gru", "egru", "egru-q"))
         if not hidden_sizes:
             raise ValueError("hidden_sizes must name at least one layer")
         hidden_sizes = [check_int("hidden_sizes", h, low=1) for h in hidden_sizes]
+        self.dense_sizes = [check_int("dense_sizes", d, low=1) for d in dense_sizes]
         logit_gain = check_real("logit_gain", logit_gain, low=0.0, low_open=True)
         check_choice("zero_rule", zero_rule, ZERO_RULES)
         self.kind, self.input_size = kind, input_size
@@ -273,10 +284,15 @@ class KWSNet(nn.Module):
                                            zero_rule=zero_rule))
             prev = h
         self.rnns = nn.ModuleList(layers)
+        self.dense = nn.ModuleList()
+        for d in self.dense_sizes:
+            self.dense.append(nn.Linear(prev, d))
+            prev = d
         self.readout = nn.Linear(prev, num_classes)
-        if qb is not None:
-            nn.init.uniform_(self.readout.weight, -1.0, 1.0)
-            nn.init.zeros_(self.readout.bias)
+        if qb is not None:  # wide enough that the power-of-two zero rule keeps weights alive
+            for lin in (*self.dense, self.readout):
+                nn.init.uniform_(lin.weight, -1.0, 1.0)
+                nn.init.zeros_(lin.bias)
 
     def readout_params(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Effective readout ``(W (C, H), b (C,))`` (quantised in ``egru-q``)."""
@@ -287,15 +303,38 @@ class KWSNet(nn.Module):
         bq = b + (torch.round(b * Q15_ONE) / Q15_ONE - b).detach()
         return wq, bq
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def dense_params(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Effective dense layer ``k``: ``(W (D_k, N), b (D_k,))``; in ``egru-q`` quantised like
+        the readout, the bias also saturated to +-64.0 like every deployed bias."""
+        lin = self.dense[k]
+        w, b = lin.weight, lin.bias
+        if self.quant_bits is None:
+            return w, b
+        wq = quantize_pow2_ste(w, self.quant_bits, self.zero_rule)
+        b = torch.clamp(b, -_PRE_LIMIT, _PRE_LIMIT)
+        return wq, b + (torch.round(b * Q15_ONE) / Q15_ONE - b).detach()
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Readout input ``(B, N)``: the last recurrent layer's final state after the dense
+        ReLU layers (Q15-rounded and saturated to ``[0, 1)`` in ``egru-q``)."""
         if x.dim() != 3 or x.shape[2] != self.input_size:
             raise ValueError(f"expected x (T, B, {self.input_size}), got {tuple(x.shape)}")
         if self.quant_bits is not None:
             x = fake_q15(x)
         for rnn in self.rnns:
             x, _ = rnn(x)
+        v = x[-1]
+        for k in range(len(self.dense)):
+            w, b = self.dense_params(k)
+            v = torch.relu(v @ w.t() + b)
+            if self.quant_bits is not None:
+                v = fake_q15(v)
+        return v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = self.features(x)
         w, b = self.readout_params()
-        logits = x[-1] @ w.t() + b
+        logits = v @ w.t() + b
         return logits * self.logit_gain if self.quant_bits is not None else logits
 
     def num_weights(self) -> int:

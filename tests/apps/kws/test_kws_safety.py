@@ -31,3 +31,12 @@ def test_run_folders_are_checked_before_the_data(tmp_path: Path, monkeypatch, ca
     assert cli.main(["train", "--task", "kws", "--out", str(run), "--overwrite"]) == 1
     assert "in use by pid 1 on elsewhere" in capsys.readouterr().err
     assert (run / "latest.json").read_text() == "{}"  # --overwrite waits for the lock
+
+
+def test_bad_dense_widths_are_refused_before_the_data(tmp_path: Path, monkeypatch,
+                                                      capsys) -> None:
+    monkeypatch.setenv("DUALSPARSE_DATA", str(tmp_path / "no-data"))  # never reached
+    for value in ("0", "a"):
+        assert cli.main(["train", "--task", "kws", "--dense", value]) == 1
+        assert f"--dense must be comma-separated ints >= 1, got '{value}'" in \
+            capsys.readouterr().err

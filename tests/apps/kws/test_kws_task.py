@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from dualsparse.apps.kws import commands as kws
+from dualsparse.apps.kws import m0_report
 from dualsparse.apps.kws.task import KWSTask
 from dualsparse.models.egru_embedded import KWSNet
 from dualsparse.train import checkpoint as ckpt
@@ -199,3 +200,73 @@ def test_front_end_and_logit_gain_flags_are_checked(tmp_path):
         kws.run(_args("--gain", "0", "--out", str(tmp_path / "a")))
     with pytest.raises(ValueError, match="--logit-gain"):
         kws.run(_args("--logit-gain", "-1", "--out", str(tmp_path / "b")))
+
+
+def _drop_dense(run) -> None:
+    """Make ``run`` look like one saved before --dense existed."""
+    for name in ("config.json", "latest.json", "best.json"):
+        path = run / name
+        data = json.loads(path.read_text())
+        cfg = data["run_config"] if name != "config.json" else data
+        assert cfg.pop("dense") == ""
+        path.write_text(json.dumps(data))
+
+
+@needs_fsdd
+def test_dense_flag_tiny_run_records_and_deploys_the_layer(tmp_path, monkeypatch, cache):
+    monkeypatch.setenv("DUALSPARSE_CACHE", str(cache))
+    out = tmp_path / "d"
+    argv = ["--model", "egru-q", "--epochs", "1", "--max-train", "32", "--hidden", "6",
+            "--dense", "4", "--threads", "1", "--batch-size", "16", "--no-progress",
+            "--out", str(out)]
+    m = kws.run(_args(*argv))
+    assert m["dense"] == [4] and m["hidden"] == [6]
+    assert json.loads((out / "config.json").read_text())["dense"] == "4"
+    assert ckpt.read_checkpoint_meta(out, "best")["run_config"]["dense"] == "4"
+    # params: eGRU 6 (2*6 rows of 64+6, two bias vectors), dense 4x6+4, readout 10x4+10
+    assert m["params"] == 12 * 70 + 2 * 12 + 28 + 50
+    assert "egru_dense_w0" in (out / "c" / "egru_weights.h").read_text()
+    cfg, net = m0_report.load_run(out)
+    assert net.dense_sizes == [4] and cfg["dense"] == "4"
+    assert sum(m["deployed_level_fractions"].values()) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="other settings.*dense"):
+        kws.run(_args(*argv[:-2], "--dense", "5", "--out", str(out), "--resume"))
+
+
+@needs_fsdd
+def test_runs_saved_before_the_dense_flag_load_and_resume(tmp_path, monkeypatch, cache):
+    monkeypatch.setenv("DUALSPARSE_CACHE", str(cache))
+    out = tmp_path / "old"
+    argv = ["--model", "gru", "--epochs", "1", "--max-train", "32", "--hidden", "6",
+            "--threads", "1", "--batch-size", "16", "--no-progress", "--out", str(out)]
+    m = kws.run(_args(*argv))
+    assert m["dense"] == []
+    _drop_dense(out)
+    _, net = m0_report.load_run(out)
+    assert net.dense_sizes == [] and len(net.dense) == 0
+    again = kws.run(_args(*argv, "--resume"))  # an old run resumes as a run without --dense
+    assert again["test_acc"] == m["test_acc"] and again["dense"] == []
+    with pytest.raises(ValueError, match="other settings.*dense"):
+        kws.run(_args(*argv, "--resume", "--dense", "4"))
+
+
+@needs_fsdd
+def test_table_mode_records_dense_and_refuses_other_widths(tmp_path, monkeypatch, cache):
+    monkeypatch.setenv("DUALSPARSE_CACHE", str(cache))
+    argv = ["--seeds", "0", "--splits", "random", "--models", "gru", "--epochs", "1",
+            "--max-train", "32", "--hidden", "6", "--threads", "1", "--batch-size", "16",
+            "--no-progress", "--out", str(tmp_path / "runs")]
+    kws.run(_args(*argv, "--dense", "3", "--results", str(tmp_path / "r1")))
+    r = json.loads((tmp_path / "r1" / "gru_random_s0.json").read_text())
+    assert r["dense"] == [3] and r["hidden"] == [6]
+    # the finished run folder has a dense layer of 3: not reused for another width
+    with pytest.raises(ValueError, match="--hidden/--dense"):
+        kws.run(_args(*argv, "--results", str(tmp_path / "r2")))
+    assert not (tmp_path / "r2" / "gru_random_s0.json").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "a", "16,-1", "4,,x"])
+def test_bad_dense_flag_names_the_flag(value, tmp_path):
+    with pytest.raises(ValueError, match="--dense must be comma-separated ints >= 1"):
+        kws.run(_args("--dense", value, "--out", str(tmp_path / "o")))
+    assert not (tmp_path / "o").exists()

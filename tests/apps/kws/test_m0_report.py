@@ -21,24 +21,26 @@ pytestmark = [
 ]
 
 
-def _run(tmp_path, model, split="random"):
-    out = tmp_path / f"{model}_{split}"
+def _run(tmp_path, model, split="random", dense=""):
+    out = tmp_path / f"{model}_{split}_{dense}"
     p = argparse.ArgumentParser()
     kws.add_arguments(p)
     kws.run(p.parse_args(["--model", model, "--epochs", "1", "--max-train", "32", "--hidden",
                           "6", "--split", split, "--threads", "1", "--batch-size", "16",
-                          "--no-progress", "--out", str(out)]))
+                          "--no-progress", "--out", str(out), "--dense", dense]))
     return out
 
 
-@pytest.mark.timeout(600)
-def test_m0_report_whole_test_split(tmp_path, monkeypatch):
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("dense", ["", "5"])
+def test_m0_report_whole_test_split(tmp_path, monkeypatch, dense):
     monkeypatch.setenv("DUALSPARSE_CACHE", str(tmp_path / "cache"))
-    e, g = _run(tmp_path, "egru-q"), _run(tmp_path, "gru")
+    e, g = _run(tmp_path, "egru-q", dense=dense), _run(tmp_path, "gru", dense=dense)
     out = tmp_path / "m0.json"
     res = m0_report.main(["--egru", str(e), "--gru", str(g), "--out", str(out),
                           "--float-clips", "3"])
     assert json.loads(out.read_text())["ratios"] == res["ratios"]
+    assert res["dense"] == ([5] if dense else []) and res["hidden"] == [6]
     metrics = json.loads((e / "metrics.json").read_text())
     for name in ("egru_3bit", "gru_int8"):
         r = res[name]
@@ -53,4 +55,7 @@ def test_m0_report_whole_test_split(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="never overwritten"):
         m0_report.main(["--egru", str(e), "--gru", str(g), "--out", str(out)])
     with pytest.raises(ValueError, match="differ in"):
-        m0_report.report(str(e), str(_run(tmp_path, "gru", "speaker")))
+        m0_report.report(str(e), str(_run(tmp_path, "gru", "speaker", dense)))
+    if dense:  # the eGRU and the GRU must have the same architecture
+        with pytest.raises(ValueError, match=r"differ in \['dense'\]"):
+            m0_report.report(str(e), str(_run(tmp_path, "gru")))

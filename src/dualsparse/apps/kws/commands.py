@@ -49,9 +49,11 @@ from dualsparse.validation import check_int, check_real
 
 MODELS = table.MODELS
 # run settings that must be equal to resume a run (the model and the data it sees)
-RESUME_KEYS = ("model", "split", "test_speakers", "features", "hidden", "bits", "zero_rule",
-               "reset_gate", "logit_gain", "epochs", "batch_size", "lr", "clip", "max_train",
-               "seed")
+RESUME_KEYS = ("model", "split", "test_speakers", "features", "hidden", "dense", "bits",
+               "zero_rule", "reset_gate", "logit_gain", "epochs", "batch_size", "lr", "clip",
+               "max_train", "seed")
+#: values of run settings added after runs were saved without them
+ADDED_DEFAULTS = {"dense": ""}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--logit-gain", type=float, default=4.0,
                    help="egru-q: fixed logit factor in training only (the argmax ignores it)")
     g.add_argument("--hidden", default="32,20", help="hidden sizes per layer, comma-separated")
+    g.add_argument("--dense", default="",
+                   help="widths of dense ReLU layers between the last recurrent layer and the "
+                        "readout, comma-separated (the paper: 16; default: none)")
     g.add_argument("--bits", type=int, default=3, help="weight bits for egru-q (2..5)")
     g.add_argument("--zero-rule", choices=("paper", "code"), default="paper")
     g.add_argument("--reset-gate", action="store_true", help="egru ablation: keep the reset gate")
@@ -99,7 +104,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="no progress bar (there is none anyway when stderr is not a terminal)")
 
 
-def _check_args(args: argparse.Namespace) -> tuple[int, ...]:
+def _check_args(args: argparse.Namespace) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Check the flags; return the hidden and the dense sizes."""
     check_int("--epochs", args.epochs, low=1)
     check_int("--batch-size", args.batch_size, low=1)
     check_real("--lr", args.lr, low=0.0, low_open=True)
@@ -108,18 +114,14 @@ def _check_args(args: argparse.Namespace) -> tuple[int, ...]:
     check_int("--threads", args.threads, low=1)
     check_real("--gain", args.gain, low=0.0, low_open=True)
     check_real("--logit-gain", args.logit_gain, low=0.0, low_open=True)
-    try:
-        hidden = tuple(int(h) for h in str(args.hidden).split(",") if h.strip())
-    except ValueError:
-        raise ValueError(f"--hidden must be comma-separated ints, got {args.hidden!r}") from None
-    if not hidden or min(hidden) < 1:
-        raise ValueError(f"--hidden must name at least one size >= 1, got {args.hidden!r}")
+    hidden = table.parse_sizes("--hidden", args.hidden)
+    dense = table.parse_sizes("--dense", getattr(args, "dense", ""), allow_empty=True)
     if args.resume and not args.out:
         raise ValueError("--resume needs --out pointing at the run folder")
     if args.out:
         prepare_run_dir(args.out, resume=args.resume, overwrite=getattr(args, "overwrite", False),
                         flag="--out")
-    return hidden
+    return hidden, dense
 
 
 def _run_config(args: argparse.Namespace, fe: FrontEnd) -> dict[str, Any]:
@@ -131,8 +133,9 @@ def _run_config(args: argparse.Namespace, fe: FrontEnd) -> dict[str, Any]:
 
 def _check_resumable(out: Path, run_config: dict[str, Any]) -> None:
     saved = ckpt.read_checkpoint_meta(out, "latest").get("run_config") or {}
-    diff = {k: (saved.get(k), run_config.get(k)) for k in (*RESUME_KEYS, "frontend")
-            if saved.get(k) != run_config.get(k)}
+    diff = {k: (saved.get(k, ADDED_DEFAULTS.get(k)), run_config.get(k))
+            for k in (*RESUME_KEYS, "frontend")
+            if saved.get(k, ADDED_DEFAULTS.get(k)) != run_config.get(k)}
     if diff:
         raise ValueError("cannot --resume: the run in --out was made with other settings "
                          "(saved, now): " + ", ".join(f"{k}={a!r}->{b!r}"
@@ -140,14 +143,14 @@ def _check_resumable(out: Path, run_config: dict[str, Any]) -> None:
 
 
 def build_trainer(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor,
-                  index: dict[str, np.ndarray], hidden: tuple[int, ...], fe: FrontEnd
-                  ) -> Trainer:
+                  index: dict[str, np.ndarray], hidden: tuple[int, ...], fe: FrontEnd,
+                  dense: tuple[int, ...] = ()) -> Trainer:
     """Task, model and Trainer for ``args`` (resumed from ``--out`` with ``--resume``)."""
     set_seed(args.seed, deterministic=True)
     task = KWSTask(x, y, index, args.batch_size, args.seed)
     model = KWSNet(args.model, fe.n_features, hidden, 10, quant_bits=args.bits,
                    zero_rule=args.zero_rule, reset_gate=args.reset_gate,
-                   logit_gain=args.logit_gain)
+                   logit_gain=args.logit_gain, dense_sizes=dense)
     spe = task.steps_per_epoch
     cfg = TrainConfig(max_steps=args.epochs * spe, lr=args.lr, clip=args.clip,
                       schedule="cosine", scale_lr_by_seq_len=False, eval_interval=spe,
@@ -162,9 +165,10 @@ def build_trainer(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor,
 
 
 def level_fractions(deployed: Any) -> dict[str, float]:
-    """Fraction of all deployed weights (layers and readout) at each power-of-two level."""
-    vals = np.concatenate([decode_pow2(c, deployed.bits).ravel() for c in
-                           [L.codes for L in deployed.layers] + [deployed.readout_codes]])
+    """Fraction of all deployed weights (recurrent, dense and readout layers) at each
+    power-of-two level."""
+    vals = np.concatenate([decode_pow2(c, deployed.bits).ravel()
+                           for c in deployed.code_matrices()])
     levels, counts = np.unique(vals, return_counts=True)
     return {f"{v:g}": float(n / vals.size) for v, n in zip(levels, counts, strict=True)}
 
@@ -194,16 +198,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     With ``--seeds``/``--splits``/``--models`` run the whole table (:mod:`.table`)."""
     if args.seeds or args.splits or args.models:
         return table.run_table(args, run)
-    hidden = _check_args(args)
+    hidden, dense = _check_args(args)
     if not args.out:
-        return _run(args, hidden)
+        return _run(args, hidden, dense)
     with RunLock(args.out, "--out"):
         if getattr(args, "overwrite", False):
             clear_run(args.out, also=("config.json", "metrics.json"))
-        return _run(args, hidden)
+        return _run(args, hidden, dense)
 
 
-def _run(args: argparse.Namespace, hidden: tuple[int, ...]) -> dict[str, Any]:
+def _run(args: argparse.Namespace, hidden: tuple[int, ...], dense: tuple[int, ...]
+         ) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     t0 = time.time()
     fe = FrontEnd(features=args.features, gain=args.gain)
@@ -215,7 +220,7 @@ def _run(args: argparse.Namespace, hidden: tuple[int, ...]) -> dict[str, Any]:
             : args.max_train]
     x = torch.from_numpy(data.x).transpose(0, 1).contiguous()  # (T, N, F)
     y = torch.from_numpy(data.y)
-    trainer = build_trainer(args, x, y, idx, hidden, fe)
+    trainer = build_trainer(args, x, y, idx, hidden, fe, dense)
     out = Path(args.out) if args.out else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -230,7 +235,8 @@ def _run(args: argparse.Namespace, hidden: tuple[int, ...]) -> dict[str, Any]:
                 "val_acc": 1.0 - h["valid_error"]} for h in summary["history"]]
     metrics: dict[str, Any] = {
         "model": args.model, "split": args.split, "features": args.features,
-        "hidden": list(hidden), "seed": args.seed, "epochs": args.epochs,
+        "hidden": list(hidden), "dense": list(dense), "seed": args.seed,
+        "epochs": args.epochs,
         "weights": "final" if best is None else "best",
         "best_epoch": None if best is None else best["step"] // spe,
         "val_acc": None if best is None else 1.0 - best["best_val"],

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from dualsparse.apps.kws.table import parse_sizes
 from dualsparse.atomic import atomic_write_json
 from dualsparse.data.audio import FrontEnd, load_fsdd, split_fsdd
 from dualsparse.embedded import cortex_m0 as m0
@@ -44,17 +45,25 @@ _SAME = ("split", "seed", "frontend", "test_speakers")
 
 
 def load_run(run_dir: str | Path) -> tuple[dict[str, Any], KWSNet]:
-    """A KWS run's ``config.json`` and its ``best`` model."""
+    """A KWS run's ``config.json`` and its ``best`` model (a run saved before ``--dense``
+    existed has no dense layers)."""
     run = Path(run_dir)
     if not (run / "config.json").is_file():
         raise FileNotFoundError(f"{run}: no config.json (not a `dualsparse train --task kws` run)")
     cfg = json.loads((run / "config.json").read_text())
     fe = FrontEnd(**cfg["frontend"])
-    net = KWSNet(cfg["model"], fe.n_features, [int(h) for h in cfg["hidden"].split(",")], 10,
+    net = KWSNet(cfg["model"], fe.n_features, parse_sizes("hidden", cfg["hidden"]), 10,
                  quant_bits=cfg["bits"], zero_rule=cfg["zero_rule"],
-                 logit_gain=cfg.get("logit_gain", 4.0))
+                 logit_gain=cfg.get("logit_gain", 4.0),
+                 dense_sizes=parse_sizes("dense", cfg.get("dense", ""), allow_empty=True))
     load_weights(run, "best", net)
     return cfg, net
+
+
+def _widths(cfg: dict[str, Any]) -> dict[str, list[int]]:
+    """Hidden and dense sizes of a run (none dense for runs saved before ``--dense``)."""
+    return {"hidden": list(parse_sizes("hidden", cfg["hidden"])),
+            "dense": list(parse_sizes("dense", cfg.get("dense", ""), allow_empty=True))}
 
 
 def _tool_version(tool: str) -> str:
@@ -72,7 +81,8 @@ def measure(model: CModel, prefix: str, x: np.ndarray, x_profile: np.ndarray, wo
                         max_t=x.shape[1])
     s_full, s_empty = m0.m0_size(elf), m0.m0_size(empty)
     weights = sum(v for k, v in m0.symbol_sizes(elf, prefix).items()
-                  if k.startswith((f"{prefix}_w", f"{prefix}_b", f"{prefix}_readout")))
+                  if k.startswith((f"{prefix}_w", f"{prefix}_b", f"{prefix}_readout",
+                                   f"{prefix}_dense_w", f"{prefix}_dense_b")))
     out = m0.run_m0(elf, model, x, timeout=3600)
     prof = profile_m0(elf, model, x_profile, timeout=3600)
     res = {"image": s_full, "driver_only_image": s_empty,
@@ -101,6 +111,8 @@ def report(egru_run: str, gru_run: str, opt: str = "-Os", profile_clips: int = 1
         raise ValueError(f"--egru must be an egru/egru-q run and --gru a gru run, got "
                          f"{cfg_e['model']!r} and {cfg_g['model']!r}")
     diff = [k for k in _SAME if cfg_e.get(k) != cfg_g.get(k)]
+    widths_e, widths_g = _widths(cfg_e), _widths(cfg_g)
+    diff += [k for k in widths_e if widths_e[k] != widths_g[k]]
     if diff:
         raise ValueError(f"--egru and --gru runs differ in {diff}")
     fe = FrontEnd(**cfg_e["frontend"])
@@ -116,6 +128,7 @@ def report(egru_run: str, gru_run: str, opt: str = "-Os", profile_clips: int = 1
     res: dict[str, Any] = {"split": cfg_e["split"], "seed": cfg_e["seed"], "n_test": len(test),
                            "egru_run": str(egru_run), "gru_run": str(gru_run), "opt": opt,
                            "profile_clips": profile_clips, "version": __version__,
+                           **widths_e,
                            "cycle_table_m0plus": M0PLUS_CYCLES,
                            "gcc": _tool_version("gcc"), "qemu": _tool_version("qemu")}
     with tempfile.TemporaryDirectory() as d:

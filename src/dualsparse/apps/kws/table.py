@@ -28,7 +28,7 @@ from dualsparse.version import __version__
 SPLITS = ("random", "speaker")
 MODELS = ("gru", "egru", "egru-q")
 #: settings copied from a run's metrics/config into its results file
-RECORD_KEYS = ("model", "split", "seed", "features", "hidden", "epochs", "test_acc",
+RECORD_KEYS = ("model", "split", "seed", "features", "hidden", "dense", "epochs", "test_acc",
                "val_acc", "best_epoch", "deployed_test_acc", "deployed_kind",
                "deployed_agreement", "deployed_bytes", "deployed_level_fractions",
                "float_bytes", "params", "bits", "n_train", "n_test", "test_speakers")
@@ -47,6 +47,21 @@ def parse_list(flag: str, text: str, choices: tuple[str, ...] | None = None) -> 
     if len(set(items)) != len(items):
         raise ValueError(f"{flag} repeats a value: {text!r}")
     return items
+
+
+def parse_sizes(flag: str, text: str | None, allow_empty: bool = False) -> tuple[int, ...]:
+    """``--hidden 32,20`` / ``--dense 16`` -> ``(32, 20)`` / ``(16,)``: comma-separated ints
+    >= 1 (empty text gives ``()`` where ``allow_empty``)."""
+    items = [t.strip() for t in str(text or "").split(",") if t.strip()]
+    try:
+        sizes = tuple(int(t) for t in items)
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated ints >= 1, got {text!r}") from None
+    if any(v < 1 for v in sizes):
+        raise ValueError(f"{flag} must be comma-separated ints >= 1, got {text!r}")
+    if not sizes and not allow_empty:
+        raise ValueError(f"{flag} must name at least one size >= 1, got {text!r}")
+    return sizes
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -129,6 +144,18 @@ def summarise(results: Path) -> dict[str, Any]:
     return summary
 
 
+def _check_same_widths(metrics: dict[str, Any], args: argparse.Namespace, run_dir: Path
+                       ) -> None:
+    """A finished run is reused only with the widths asked for (runs without ``dense`` in
+    their metrics predate the flag and have no dense layers)."""
+    saved = (list(metrics.get("hidden") or []), list(metrics.get("dense") or []))
+    now = (list(parse_sizes("--hidden", args.hidden)),
+           list(parse_sizes("--dense", getattr(args, "dense", ""), allow_empty=True)))
+    if saved != now:
+        raise ValueError(f"{run_dir} holds a finished run with --hidden/--dense {saved}, not "
+                         f"{now}: use another --out and --results")
+
+
 def run_table(args: argparse.Namespace,
               run_one: Callable[[argparse.Namespace], dict[str, Any]]) -> dict[str, Any]:
     """Train/reuse every run of the table and write its results file (see module docstring)."""
@@ -160,6 +187,7 @@ def run_table(args: argparse.Namespace,
                 done = run_dir / "metrics.json"
                 if done.is_file():
                     metrics = json.loads(done.read_text())
+                    _check_same_widths(metrics, args, run_dir)
                 else:
                     sub.resume = (run_dir / "latest.json").is_file()
                     metrics = run_one(sub)
@@ -172,4 +200,5 @@ def run_table(args: argparse.Namespace,
 
 
 __all__ = ["MODELS", "RECORD_KEYS", "SPLITS", "parse_list", "parse_model_lr", "parse_seeds",
+           "parse_sizes",
            "record", "run_name", "run_table", "summarise"]
