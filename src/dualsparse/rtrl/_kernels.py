@@ -13,6 +13,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+#: Columns of ``M`` per chunk of the influence update (8 KiB of float64 per row).
+UPDATE_CHUNK = 1024
+
 
 @numba.njit(cache=True)
 def _make_live(perm, where, live, b, col):
@@ -31,7 +34,7 @@ def _make_live(perm, where, live, b, col):
 
 @numba.njit(cache=True)
 def sparse_step(m, row_nz, perm, where, live, a_prev, diag, dh, w_hh, kptr, krows, rptr, rcols,
-                vals, plain_pos, plain_unit, th_unit, th_pos, own, dyth_prev, slope, macs):
+                vals, plain_pos, plain_unit, th_unit, th_pos, own, dyth_prev, slope, macs, chunk):
     """Advance ``m`` ``(B, H, P)`` by one step in place.
 
     ``dh`` ``(B, 3, H)`` hidden-side deltas, ``w_hh`` ``(3, H, H)`` masked weights, ``kptr``/
@@ -39,7 +42,9 @@ def sparse_step(m, row_nz, perm, where, live, a_prev, diag, dh, w_hh, kptr, krow
     ``rptr``/``rcols`` the same structure as CSR (the product runs row by row, so each row of
     ``M`` is updated while it is in cache).
     ``vals`` ``(B, P_plain)`` immediate terms of the plain columns; ``own`` ``(B, n_theta)`` and
-    ``dyth_prev`` ``(B, H)`` for the threshold columns. Returns ``(active_sum, j_entries)``.
+    ``dyth_prev`` ``(B, H)`` for the threshold columns. ``chunk``: columns of ``M`` per pass of
+    the update (:data:`UPDATE_CHUNK`; any value >= 1 gives bitwise the same result). Returns
+    ``(active_sum, j_entries)``.
     """
     bsz, h, _ = m.shape
     n_plain = plain_pos.shape[0]
@@ -49,6 +54,9 @@ def sparse_step(m, row_nz, perm, where, live, a_prev, diag, dh, w_hh, kptr, krow
     use_k = np.empty(h, dtype=np.int64)          # unit -> index in use, or -1
     need = np.zeros(h, dtype=np.bool_)
     new_rows = np.empty(h, dtype=np.bool_)
+    tptr = np.empty(h + 1, dtype=np.int64)        # terms of row i: tk/tc[tptr[i]:tptr[i+1]]
+    tk = np.empty(rptr[h], dtype=np.int64)
+    tc = np.empty(rptr[h], dtype=m.dtype)
     active_sum = 0.0
     j_entries = 0
     for b in range(bsz):
@@ -83,31 +91,58 @@ def sparse_step(m, row_nz, perm, where, live, a_prev, diag, dh, w_hh, kptr, krow
             j = use[k]
             for c in range(nl):
                 mold[k, c] = m[b, j, c]
-        for i in range(h):
-            new_rows[i] = row_nz[b, i]
-            if row_nz[b, i]:
-                d = diag[b, i]
-                for c in range(nl):
-                    m[b, i, c] *= d
-                macs[2] += nl
-        # off-diagonal part: M[i, :L] += K[i, j] a[j] M_old[j, :L] over kept (i, j)
+        # off-diagonal terms K[i, j] a[j] of the used units, row by row (CSR of K)
         n_diag_formed = 0
         n_coef = 0
+        tptr[0] = 0
         for i in range(h):
+            new_rows[i] = row_nz[b, i]
             for idx in range(rptr[i], rptr[i + 1]):
                 j = rcols[idx]
                 k = use_k[j]
                 if k < 0:
                     continue
-                n_coef += 1
                 if i == j:
                     n_diag_formed += 1
                 coef = kbuf[j, i] * a_prev[b, j]
                 if coef != 0.0:
                     new_rows[i] = True
-                for c in range(nl):
-                    m[b, i, c] += coef * mold[k, c]
+                tk[n_coef] = k
+                tc[n_coef] = coef
+                n_coef += 1
+            tptr[i + 1] = n_coef
+            if row_nz[b, i]:
                 macs[2] += nl
+        macs[2] += n_coef * nl
+        # M[i, :L] = diag[i] M[i, :L] + sum_terms coef M_old[k, :L], in column chunks: a
+        # row's chunk stays in L1 for all its terms and the old rows' chunk in L2 for all
+        # rows; per entry the same operations in the same order as row by row
+        for c0 in range(0, nl, chunk):
+            c1 = min(c0 + chunk, nl)
+            w = c1 - c0
+            for i in range(h):
+                mi = m[b, i, c0:c1]
+                if row_nz[b, i]:
+                    d = diag[b, i]
+                    for c in range(w):
+                        mi[c] *= d
+                n = tptr[i]
+                n_end = tptr[i + 1]
+                while n + 4 <= n_end:      # four terms per pass, added in the same order
+                    m0 = mold[tk[n], c0:c1]
+                    m1 = mold[tk[n + 1], c0:c1]
+                    m2 = mold[tk[n + 2], c0:c1]
+                    m3 = mold[tk[n + 3], c0:c1]
+                    f0, f1, f2, f3 = tc[n], tc[n + 1], tc[n + 2], tc[n + 3]
+                    for c in range(w):
+                        mi[c] = (((mi[c] + f0 * m0[c]) + f1 * m1[c]) + f2 * m2[c]) + f3 * m3[c]
+                    n += 4
+                while n < n_end:
+                    mo = mold[tk[n], c0:c1]
+                    coef = tc[n]
+                    for c in range(w):
+                        mi[c] += coef * mo[c]
+                    n += 1
         macs[0] += n_coef
         j_entries += n_coef + h - n_diag_formed
         # immediate terms (their columns become live first; they were all zero)

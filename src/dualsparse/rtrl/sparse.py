@@ -102,6 +102,9 @@ class SparseRTRL(RTRLBase):
         #: gemm backend: live-column bookkeeping and immediate terms by numba (CPU only);
         #: off CPU every kept column is live and the terms are added by ``index_add_``
         self._gemm_numba = cpu
+        #: numba backend: columns of ``M`` per pass of the influence update (bitwise the same
+        #: result for any value >= 1; the default keeps a row's chunk in L1)
+        self.update_chunk = _kernels.UPDATE_CHUNK
         cols = struct.t().numpy()                                         # [j, i]
         self._kptr = np.concatenate([[0], np.cumsum(cols.sum(1))]).astype(np.int64)
         self._krows = np.nonzero(cols)[1].astype(np.int64)
@@ -238,7 +241,7 @@ class SparseRTRL(RTRLBase):
             self._kptr, self._krows, self._rptr, self._rcols, vals.contiguous().numpy(),
             self._plain_pos.numpy(), self._plain_unit.numpy(), tu.numpy(), self._theta_pos.numpy(),
             own.contiguous().numpy(), self.dyth_prev.contiguous().numpy(),
-            slope.contiguous().numpy(), counts)
+            slope.contiguous().numpy(), counts, self.update_chunk)
         macs["jacobian"] += int(counts[0])
         macs["immediate"] += int(counts[1])
         macs["update"] += int(counts[2])
