@@ -14,13 +14,6 @@ from dualsparse.models.egru_embedded import KWSNet
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="host gcc not installed")
 
 
-def _inputs(rng, B, T, I):
-    x = rng.integers(-32768, 32768, (B, T, I))
-    x[0], x[1] = -32768, 32767  # saturating extremes
-    x[2] = rng.choice([-32768, 32767], (T, I))
-    x[3] = 0
-    return x
-
 
 def _check(model, x, tmp_path):
     exe = host.build_host(model, tmp_path)
@@ -34,16 +27,16 @@ def _check(model, x, tmp_path):
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 5])
 @pytest.mark.parametrize("extreme", [False, True])
-def test_random_models(bits, extreme, tmp_path):
+def test_random_models(bits, extreme, tmp_path, q15_limit_inputs):
     rng = np.random.default_rng(bits * 10 + extreme)
     m = random_deployed((11, 9, 7), 4, bits, seed=bits + 7 * extreme, extreme=extreme)
-    _check(m, _inputs(rng, 60, 13, 11), tmp_path)
+    _check(m, q15_limit_inputs(rng, 60, 13, 11, zero_row=True), tmp_path)
 
 
-def test_saturation_really_happens(tmp_path):
+def test_saturation_really_happens(tmp_path, q15_limit_inputs):
     m = random_deployed((20, 16), 3, 3, seed=5, extreme=True)
     rng = np.random.default_rng(0)
-    x = _inputs(rng, 8, 5, 20)
+    x = q15_limit_inputs(rng, 8, 5, 20, zero_row=True)
     v = np.concatenate([x[:, 0], np.zeros((8, 16), np.int64)], axis=1)
     from dualsparse.embedded.reference import shift_matvec
 

@@ -23,13 +23,6 @@ from dualsparse.models.pow2_quant import fake_q15
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="host gcc not installed")
 
 
-def _inputs(rng, b, t, i):
-    """Random Q15 sequences; the first three are all -32768, all +32767 and random limits."""
-    x = rng.integers(-32768, 32768, (b, t, i))
-    x[0], x[1] = -32768, 32767
-    x[2] = rng.choice([-32768, 32767], (t, i))
-    return x
-
 
 def _assert_same(out, ref):
     logits, hs, cls = out
@@ -136,14 +129,14 @@ def test_deployed_dense_widths_are_checked():
 @needs_gcc
 @pytest.mark.parametrize("bits", [2, 3, 4, 5])
 @pytest.mark.parametrize("mode", ["random", "small_bias", "extreme"])
-def test_egru_c_with_dense_layers_is_bit_exact(bits, mode, tmp_path):
+def test_egru_c_with_dense_layers_is_bit_exact(bits, mode, tmp_path, q15_limit_inputs):
     m = random_deployed((11, 9, 7), 4, bits, seed=bits, extreme=mode == "extreme",
                         dense=(6, 5))
     rng = np.random.default_rng(bits)
     if mode == "small_bias":  # states off the limits: dense outputs inside (0, 32767) too
         for L in (*m.layers, *m.dense):
             L.bias = rng.integers(-(1 << 14), 1 << 14, L.bias.size)
-    x = _inputs(rng, 60, 13, 11)
+    x = q15_limit_inputs(rng, 60, 13, 11)
     _assert_same(host.run_host(host.build_host(m, tmp_path), m, x), m.run(x))
     v = m.run(x)[1][-1]
     outs = []  # every dense layer's output
@@ -160,10 +153,10 @@ def test_egru_c_with_dense_layers_is_bit_exact(bits, mode, tmp_path):
 
 
 @needs_gcc
-def test_dense_layers_wider_than_every_recurrent_fan_in(tmp_path):
+def test_dense_layers_wider_than_every_recurrent_fan_in(tmp_path, q15_limit_inputs):
     # the C's input buffer must hold the widest dense output too (found by the fuzz test)
     m = random_deployed((3, 2), 2, 3, seed=4, dense=(9, 12))
-    x = _inputs(np.random.default_rng(4), 20, 6, 3)
+    x = q15_limit_inputs(np.random.default_rng(4), 20, 6, 3)
     _assert_same(host.run_host(host.build_host(m, tmp_path), m, x), m.run(x))
     q = gru.random_int_gru((3, 2), 2, seed=4, dense=(9, 12))
     _assert_same(host.run_host(host.build_host(q, tmp_path / "q", "qgru"), q, x), q.run(x))
@@ -191,9 +184,9 @@ def test_c_without_dense_layers_has_no_dense_code(tmp_path):
 
 @needs_gcc
 @pytest.mark.parametrize("seed,extreme", [(0, False), (1, False), (2, True)])
-def test_int_gru_c_with_dense_layers_is_bit_exact(tmp_path, seed, extreme):
+def test_int_gru_c_with_dense_layers_is_bit_exact(tmp_path, seed, extreme, q15_limit_inputs):
     m = gru.random_int_gru((12, 9, 7), 5, seed=seed, extreme=extreme, dense=(6, 4))
-    x = _inputs(np.random.default_rng(seed), 40, 7, 12)
+    x = q15_limit_inputs(np.random.default_rng(seed), 40, 7, 12)
     ref = m.run(x)
     _assert_same(host.run_host(host.build_host(m, tmp_path, "qgru"), m, x), ref)
     v = ref[1][-1]
@@ -204,11 +197,11 @@ def test_int_gru_c_with_dense_layers_is_bit_exact(tmp_path, seed, extreme):
 
 
 @needs_gcc
-def test_float_gru_c_with_dense_layer_equals_torch(tmp_path):
+def test_float_gru_c_with_dense_layer_equals_torch(tmp_path, q15_limit_inputs):
     torch.manual_seed(1)
     net = KWSNet("gru", 16, (12, 8), 4, dense_sizes=(6,))
     m = gru.FloatGRU.from_net(net)
-    x = _inputs(np.random.default_rng(3), 12, 9, 16)
+    x = q15_limit_inputs(np.random.default_rng(3), 12, 9, 16)
     logits, hs, cls = host.run_host(host.build_host(m, tmp_path, "fgru"), m, x)
     ref, ref_hs = m.run(x)
     with torch.no_grad():

@@ -10,17 +10,10 @@ from dualsparse.embedded.host import build_host, run_host
 from dualsparse.models.egru_embedded import KWSNet
 
 
-def _inputs(rng, b, t, i):
-    x = rng.integers(-32768, 32768, (b, t, i))
-    x[0], x[1] = -32768, 32767
-    x[2] = rng.choice([-32768, 32767], (t, i))
-    return x
-
-
 @pytest.mark.parametrize("seed,extreme", [(0, False), (1, False), (2, True)])
-def test_int_gru_c_is_bit_exact(tmp_path, seed, extreme):
+def test_int_gru_c_is_bit_exact(tmp_path, seed, extreme, q15_limit_inputs):
     m = gru.random_int_gru((12, 9, 7), 5, seed=seed, extreme=extreme)
-    x = _inputs(np.random.default_rng(seed), 40, 7, 12)
+    x = q15_limit_inputs(np.random.default_rng(seed), 40, 7, 12)
     logits, hs, cls = run_host(build_host(m, tmp_path, "qgru"), m, x)
     ref, ref_hs = m.run(x)
     assert np.array_equal(logits, ref) and np.array_equal(cls, np.argmax(ref, axis=1))
@@ -43,11 +36,11 @@ def test_int_gru_matches_float_gru_of_a_net():
     assert np.allclose(f_logits, direct, atol=1e-5)
 
 
-def test_float_gru_c_equals_torch(tmp_path):
+def test_float_gru_c_equals_torch(tmp_path, q15_limit_inputs):
     torch.manual_seed(1)
     net = KWSNet("gru", 16, (12, 8), 4)
     m = gru.FloatGRU.from_net(net)
-    x = _inputs(np.random.default_rng(3), 12, 9, 16)
+    x = q15_limit_inputs(np.random.default_rng(3), 12, 9, 16)
     logits, hs, cls = run_host(build_host(m, tmp_path, "fgru"), m, x)
     ref, ref_hs = m.run(x)
     assert logits.dtype == np.float32 and np.allclose(logits, ref, atol=2e-5)

@@ -23,14 +23,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _fuzz_inputs(seed: int, b: int, t: int, i: int) -> np.ndarray:
-    """Random Q15 sequences; the first three are all -32768, all +32767 and random limits."""
-    rng = np.random.default_rng(seed)
-    x = rng.integers(-32768, 32768, (b, t, i))
-    x[0], x[1] = -32768, 32767
-    x[2] = rng.choice([-32768, 32767], (t, i))
-    return x
-
 
 def _assert_equal(out, ref):
     logits, hs, cls = out
@@ -42,7 +34,7 @@ def _assert_equal(out, ref):
 
 
 @pytest.mark.timeout(300)
-def test_m0_egru_fuzz_bit_exact(tmp_path):
+def test_m0_egru_fuzz_bit_exact(tmp_path, q15_limit_inputs):
     """One image per model, all sequences in one qemu run (seeded: reproducible failures)."""
     cases = [random_deployed((16, 12, 8), 5, bits, seed=10 + bits) for bits in (2, 3, 4, 5)]
     cases.append(random_deployed((16, 12, 8), 5, 3, seed=7, extreme=True))
@@ -50,27 +42,27 @@ def test_m0_egru_fuzz_bit_exact(tmp_path):
     cases.append(random_deployed((16, 12, 8), 5, 3, seed=8, dense=(16,)))
     cases.append(random_deployed((16, 12, 8), 5, 3, seed=9, extreme=True, dense=(6, 40)))
     for k, m in enumerate(cases):
-        x = _fuzz_inputs(100 + k, 24, 5, 16)
+        x = q15_limit_inputs(100 + k, 24, 5, 16)
         elf = m0.build_m0(m, tmp_path / f"m{k}", max_t=8)
         _assert_equal(m0.run_m0(elf, m, x, timeout=60), m.run(x))
 
 
 @pytest.mark.timeout(300)
-def test_m0_int_gru_fuzz_bit_exact(tmp_path):
+def test_m0_int_gru_fuzz_bit_exact(tmp_path, q15_limit_inputs):
     for k, (extreme, dense) in enumerate(((False, ()), (True, ()), (False, (16,)),
                                           (True, (6,)))):
         m = random_int_gru((16, 12, 8), 5, seed=20 + k, extreme=extreme, dense=dense)
-        x = _fuzz_inputs(200 + k, 24, 5, 16)
+        x = q15_limit_inputs(200 + k, 24, 5, 16)
         elf = m0.build_m0(m, tmp_path / f"g{k}", "qgru", max_t=8)
         _assert_equal(m0.run_m0(elf, m, x, timeout=60), m.run(x))
 
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("dense", [(), (6,)])
-def test_m0_float_gru_matches_torch(tmp_path, dense):
+def test_m0_float_gru_matches_torch(tmp_path, dense, q15_limit_inputs):
     torch.manual_seed(0)
     m = FloatGRU.from_net(KWSNet("gru", 16, (12, 8), 5, dense_sizes=dense))
-    x = _fuzz_inputs(300, 6, 5, 16)
+    x = q15_limit_inputs(300, 6, 5, 16)
     logits, hs, cls = m0.run_m0(m0.build_m0(m, tmp_path, "fgru", max_t=8), m, x, timeout=120)
     ref, ref_hs = m.run(x)
     assert np.allclose(logits, ref, atol=2e-5)
@@ -80,9 +72,9 @@ def test_m0_float_gru_matches_torch(tmp_path, dense):
 
 
 @pytest.mark.timeout(300)
-def test_m0_sizes_and_profile(tmp_path):
+def test_m0_sizes_and_profile(tmp_path, q15_limit_inputs):
     m = random_deployed((16, 12, 8), 5, 3, seed=3)
-    x = _fuzz_inputs(0, 3, 6, 16)
+    x = q15_limit_inputs(0, 3, 6, 16)
     elf = m0.build_m0(m, tmp_path / "m", max_t=8)
     size = m0.m0_size(elf)
     assert 0 < size["flash"] < 256 * 1024 and size["ram"] <= m0.RAM_BYTES
@@ -142,9 +134,9 @@ def _singlestep_counts(elf, begin, end):
 
 
 @pytest.mark.timeout(300)
-def test_profile_counts_equal_singlestep_counts(tmp_path):
+def test_profile_counts_equal_singlestep_counts(tmp_path, q15_limit_inputs):
     m = random_int_gru((16, 12, 8), 5, seed=5)
-    x = _fuzz_inputs(9, 3, 4, 16)
+    x = q15_limit_inputs(9, 3, 4, 16)
     elf = m0.build_m0(m, tmp_path, "qgru", max_t=8)
     prof = m0_profile.profile_m0(elf, m, x)
     begin, end = m0_profile._marker_addresses(elf)
