@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from dualsparse.experiments import store_schema
 from dualsparse.experiments.cli import main
 from dualsparse.experiments.spec import SweepSpec
 from dualsparse.experiments.store import ResultStore
@@ -92,3 +93,46 @@ def test_report_paths_are_checked_first(tmp_path: Path, capsys) -> None:
     assert main(["report", str(spec_file), "--notes", str(tmp_path / "missing.md")]) == 1
     err = capsys.readouterr().err
     assert "--notes" in err and "missing.md" in err
+
+
+def test_a_new_store_appears_complete_or_not_at_all(tmp_path: Path, monkeypatch) -> None:
+    """A reader opening the store while a worker creates it must never find the file without
+    its tables (it would report the store as damaged): the file is built under another name
+    and linked into place only once every table and the schema version are in it."""
+    seen = []
+    real_link = os.link
+
+    def checking_link(src, dst):
+        assert not Path(dst).exists()  # the name appears only now
+        with sqlite3.connect(f"file:{src}?mode=ro", uri=True) as conn:
+            tables = {r[0] for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table'")}
+            seen.append((tables, conn.execute("SELECT value FROM meta").fetchall(),
+                         conn.execute("PRAGMA journal_mode").fetchone()[0]))
+        real_link(src, dst)
+
+    monkeypatch.setattr(store_schema.os, "link", checking_link)
+    path = tmp_path / "new" / "results.sqlite"
+    with ResultStore(path) as store:
+        assert store.records() == []
+    assert seen == [(set(store_schema.TABLES), [("1",)], "wal")]
+    assert not [p for p in path.parent.iterdir() if ".creating" in p.name]  # no temp left
+    monkeypatch.setattr(store_schema.os, "link", real_link)
+    with ResultStore(path) as store:  # an existing store is opened, not created again
+        assert store.records() == []
+    assert len(seen) == 1
+
+
+def test_a_store_is_created_in_place_where_the_filesystem_has_no_hard_links(
+        tmp_path: Path, monkeypatch) -> None:
+    def no_links(src, dst):
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(store_schema.os, "link", no_links)
+    path = tmp_path / "results.sqlite"
+    with ResultStore(path) as store:
+        store.add_sweep("s", {"name": "s"}, [])
+    with sqlite3.connect(path) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables == set(store_schema.TABLES)
+    assert not [p for p in tmp_path.iterdir() if ".creating" in p.name]

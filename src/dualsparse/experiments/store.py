@@ -33,40 +33,16 @@ from pathlib import Path
 from typing import Any
 
 from dualsparse.experiments.spec import RunSpec
+from dualsparse.experiments.store_schema import (
+    SCHEMA_VERSION,
+    TABLES,
+    apply_schema,
+    check_tables,
+    create_store_file,
+)
 from dualsparse.validation import check_choice, check_int, check_real
 
-SCHEMA_VERSION = 1
 STATUSES = ("pending", "running", "done", "failed")
-TABLES = ("meta", "runs", "sweeps", "sweep_runs")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
-    run_id     TEXT PRIMARY KEY,
-    run_fn     TEXT NOT NULL,
-    config     TEXT NOT NULL,
-    status     TEXT NOT NULL DEFAULT 'pending'
-               CHECK (status IN ('pending', 'running', 'done', 'failed')),
-    attempts   INTEGER NOT NULL DEFAULT 0,
-    error      TEXT,
-    worker     TEXT,
-    host       TEXT,
-    pid        INTEGER,
-    heartbeat  REAL,
-    created    REAL NOT NULL,
-    started    REAL,
-    finished   REAL,
-    duration_s REAL,
-    metrics    TEXT,
-    checkpoint TEXT
-);
-CREATE INDEX IF NOT EXISTS runs_status ON runs (status);
-CREATE TABLE IF NOT EXISTS sweeps (name TEXT PRIMARY KEY, spec TEXT NOT NULL,
-                                   created REAL NOT NULL, updated REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS sweep_runs (sweep TEXT NOT NULL, run_id TEXT NOT NULL,
-                                       position INTEGER NOT NULL,
-                                       PRIMARY KEY (sweep, run_id));
-"""
 
 
 @dataclass(frozen=True)
@@ -129,6 +105,9 @@ class ResultStore:
         existing = self.path.is_file() and self.path.stat().st_size > 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.exists():  # appears complete, or not at all, to other processes
+                create_store_file(self.path)
+            existing = existing or (self.path.is_file() and self.path.stat().st_size > 0)
             self._conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise ValueError(f"results store {str(self.path)!r} cannot be opened: {exc}"
@@ -150,27 +129,11 @@ class ResultStore:
             raise
 
     def _check_tables(self) -> None:
-        """An existing store must hold every table: a dropped one is damage, not a new
-        sweep (recreating it empty would hide the loss)."""
-        have = {r[0] for r in self._conn.execute(
-            "SELECT name FROM sqlite_master WHERE type='table'")}
-        missing = [t for t in TABLES if t not in have]
-        if missing:
-            raise ValueError(f"results store {str(self.path)!r} is missing table(s) {missing}: "
-                             "it is damaged or not a results store; restore it from a backup "
-                             "or choose a new output folder")
+        check_tables(self._conn, self.path)
 
     def _create(self) -> None:
         with self.transaction() as cur:
-            for statement in _SCHEMA.strip().split(";"):
-                if statement.strip():
-                    cur.execute(statement)
-            row = cur.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-            if row is None:
-                cur.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) != SCHEMA_VERSION:
-                raise ValueError(f"results store {str(self.path)!r} has schema {row[0]}, this "
-                                 f"code reads schema {SCHEMA_VERSION}")
+            apply_schema(cur, self.path)
 
     def close(self) -> None:
         self._conn.close()
@@ -396,4 +359,4 @@ def _record(row: sqlite3.Row, path: Path) -> RunRecord:
     return RunRecord(**d)
 
 
-__all__ = ["STATUSES", "ResultStore", "RunRecord", "worker_id"]
+__all__ = ["SCHEMA_VERSION", "TABLES", "STATUSES", "ResultStore", "RunRecord", "worker_id"]
