@@ -17,7 +17,7 @@ from dualsparse.embedded.reference import (
     random_deployed,
     shift_matvec,
 )
-from dualsparse.models.egru_embedded import KWSNet
+from dualsparse.models.egru_embedded import KWSNet, default_dense_shift
 from dualsparse.models.pow2_quant import fake_q15
 
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="host gcc not installed")
@@ -67,8 +67,9 @@ def test_no_dense_is_todays_model():
 
 
 def test_qat_dense_layer_relu_and_q15_saturation():
+    # shift 0: the unshifted layer of runs saved before the shift existed
     torch.manual_seed(0)
-    m = KWSNet("egru-q", 4, (3,), 2, dense_sizes=(3,))
+    m = KWSNet("egru-q", 4, (3,), 2, dense_sizes=(3,), dense_shifts=(0,))
     with torch.no_grad():
         m.dense[0].weight.copy_(torch.tensor([[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0],
                                               [1.0, 0.0, 0.0]]))
@@ -82,15 +83,120 @@ def test_qat_dense_layer_relu_and_q15_saturation():
     assert torch.equal(v, expect)
     assert (v[:, 0] == 32767 / 32768).all() and (v[:, 1] == 0).all()  # saturated, ReLU
     d = deploy(m)
-    assert list(d.dense[0].bias[:2]) == [64 << 15, -(64 << 15)]
+    assert list(d.dense[0].bias[:2]) == [64 << 15, -(64 << 15)] and d.dense[0].shift == 0
     # +-1 weights and Q15 values: the integer layer computes exactly the float one
     assert np.array_equal(d.dense_forward(to_q15(h.detach())),
                           (v * 32768).detach().numpy().astype(np.int64))
 
 
-def test_qat_model_with_dense_matches_integer_reference():
+def test_dense_shift_default_rule_and_checks():
+    assert [default_dense_shift(n) for n in (1, 2, 3, 16, 17, 20, 32, 33)] == \
+        [0, 1, 2, 4, 5, 5, 5, 6]
+    assert KWSNet("egru-q", 64, (30, 20), 10, dense_sizes=(16,)).dense_shifts == [5]
+    assert KWSNet("egru-q", 8, (6, 5), 4, dense_sizes=(7, 3)).dense_shifts == [3, 3]
+    assert KWSNet("egru-q", 8, (6,), 4, dense_sizes=(7, 3), dense_shifts=(0, 2)).dense_shifts \
+        == [0, 2]
+    for kind in ("gru", "egru"):  # float layers: no shift
+        assert KWSNet(kind, 8, (6,), 4, dense_sizes=(7,)).dense_shifts == [0]
+        with pytest.raises(ValueError, match="egru-q only"):
+            KWSNet(kind, 8, (6,), 4, dense_sizes=(7,), dense_shifts=(2,))
+    with pytest.raises(ValueError, match="one shift per dense layer"):
+        KWSNet("egru-q", 8, (6,), 4, dense_sizes=(7, 3), dense_shifts=(2,))
+    with pytest.raises(ValueError, match="dense_shifts"):
+        KWSNet("egru-q", 8, (6,), 4, dense_sizes=(7,), dense_shifts=(31,))
+    m = random_deployed((4, 3), 2, dense=(5,))
+    with pytest.raises(ValueError, match="dense 0: shift"):
+        DeployedEGRU(3, m.layers, m.readout_codes, m.readout_bias,
+                     dense=[QDense(m.dense[0].codes, m.dense[0].bias, -1)])
+
+
+def test_qat_dense_layer_shift_floors_like_the_integer_model():
+    torch.manual_seed(0)
+    m = KWSNet("egru-q", 4, (3,), 2, dense_sizes=(3,), dense_shifts=(2,))
+    with torch.no_grad():
+        m.dense[0].weight.copy_(torch.tensor([[1.0, 1.0, 1.0], [-1.0, 1.0, -1.0],
+                                              [1.0, 0.0, 0.0]]))
+        m.dense[0].bias.copy_(torch.tensor([64.0, 0.3, -0.01]))
+    w, b = m.dense_params(0)
+    x = torch.rand(6, 40, 4) * 2 - 1
+    h = m.rnns[0](fake_q15(x))[0][-1]
+    acc = torch.round((h @ w.t() + b) * 32768)  # exact: +-1 weights, Q15 values and bias
+    v = m.features(x)
+    assert torch.equal(v * 32768, torch.clamp(torch.floor(acc / 4), 0, 32767))
+    assert (v[:, 0] == 32767 / 32768).all()  # 64.0 >> 2 = 16.0 still saturates
+    assert ((v[:, 1] > 0) & (v[:, 1] < 0.5)).any() and (v[:, 1] == 0).any()
+    d = deploy(m)
+    assert d.dense[0].shift == 2
+    assert np.array_equal(d.dense_forward(to_q15(h.detach())),
+                          (v * 32768).detach().numpy().astype(np.int64))
+
+
+def _separable(n: int, classes: int, steps: int, features: int, seed: int):
+    """Sequences whose frames are noisy copies of one random pattern per class, in (-1, 1)."""
+    g = torch.Generator().manual_seed(seed)
+    means = torch.rand(classes, features, generator=g) * 1.6 - 0.8
+    y = torch.arange(n) % classes
+    x = means[y][None] + 0.2 * torch.randn(steps, n, features, generator=g)
+    return torch.clamp(x, -0.99, 0.99), y
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_qat_dense_layer_at_init_is_neither_saturated_nor_violent(seed):
+    # Regression: with 3-bit power-of-two weights in {0, +-1/4, +-1/2, +-1} on 20 inputs the
+    # unshifted layer's pre-activations reach several units; about 20% of its Q15 outputs sat
+    # at 32767/32768 (no gradient) and half at 0, and logits of +-1 readout weights on those
+    # outputs gave a first loss of 7 to 11 (chance: log 10 = 2.3). On the speaker split every
+    # unit was dead within a few dozen steps and the model stayed at chance. The default shift
+    # (5 for the fan-in 20) leaves no output saturated and starts near chance.
+    torch.manual_seed(seed)
+    m = KWSNet("egru-q", 64, (30, 20), 10, dense_sizes=(16,))
+    assert m.dense_shifts == [5]
+    x = torch.rand(20, 256, 64) * 2 - 1
+    with torch.no_grad():
+        v = m.features(x)
+        loss = torch.nn.functional.cross_entropy(m(x), torch.arange(256) % 10)
+    assert ((v > 0) & (v < 32767 / 32768)).float().mean() > 0.4
+    assert (v == 32767 / 32768).float().mean() < 0.01
+    assert float(loss) < 3.0
+
+
+def _separable(n: int, classes: int, steps: int, features: int, seed: int):
+    """Sequences whose frames are noisy copies of one random pattern per class, in (-1, 1)."""
+    g = torch.Generator().manual_seed(seed)
+    means = torch.rand(classes, features, generator=g) * 1.6 - 0.8
+    y = torch.arange(n) % classes
+    x = means[y][None] + 0.2 * torch.randn(steps, n, features, generator=g)
+    return torch.clamp(x, -0.99, 0.99), y
+
+
+def test_qat_dense_layer_trains_and_passes_gradients_to_the_recurrent_layers():
+    x, y = _separable(256, 4, 6, 12, seed=0)
+    torch.manual_seed(0)
+    m = KWSNet("egru-q", 12, (24, 20), 4, dense_sizes=(16,))
+    opt = torch.optim.AdamW(m.parameters(), lr=2e-2, weight_decay=0.0)
+    losses, rnn_grads = [], []
+    for step in range(40):
+        b = torch.arange(step * 64, step * 64 + 64) % 256
+        loss = torch.nn.functional.cross_entropy(m(x[:, b]), y[b])
+        opt.zero_grad()
+        loss.backward()
+        rnn_grads.append(sum(float(p.grad.norm()) for p in m.rnns.parameters()))
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+    assert min(rnn_grads[-10:]) > 0  # the gradient still reaches the recurrent layers
+    with torch.no_grad():
+        v = m.features(x)
+        acc = float((m(x).argmax(1) == y).float().mean())
+    assert ((v > 0) & (v < 32767 / 32768)).float().mean() > 0.2  # not dead, not saturated
+    assert np.mean(losses[-5:]) < 0.5 * np.log(4) and acc > 0.8
+
+
+@pytest.mark.parametrize("shifts", [(0, 0), None])
+def test_qat_model_with_dense_matches_integer_reference(shifts):
     torch.manual_seed(1)
-    m = KWSNet("egru-q", 16, (12, 8), 5, dense_sizes=(7, 6))
+    m = KWSNet("egru-q", 16, (12, 8), 5, dense_sizes=(7, 6), dense_shifts=shifts)
+    assert m.dense_shifts == ([0, 0] if shifts else [3, 3])
     for p in m.parameters():  # move weights off the grid, biases to varied values
         p.data.add_(0.1 * torch.randn_like(p))
     x = torch.rand(20, 30, 16)
@@ -98,7 +204,7 @@ def test_qat_model_with_dense_matches_integer_reference():
         lf = (m(x) / m.logit_gain).numpy()
         vf = m.features(x).numpy()
     d = deploy(m)
-    assert [D.size for D in d.dense] == [7, 6]
+    assert [D.size for D in d.dense] == [7, 6] and [D.shift for D in d.dense] == m.dense_shifts
     li, hs = d.run(to_q15(x.numpy()).transpose(1, 0, 2))
     vi = d.dense_forward(hs[-1])
     assert np.abs(li / 32768 - lf).max() < 1e-2
@@ -138,10 +244,33 @@ def test_egru_c_with_dense_layers_is_bit_exact(bits, mode, tmp_path, q15_limit_i
             L.bias = rng.integers(-(1 << 14), 1 << 14, L.bias.size)
     x = q15_limit_inputs(rng, 60, 13, 11)
     _assert_same(host.run_host(host.build_host(m, tmp_path), m, x), m.run(x))
+    _check_dense_outputs(m, x, bits, mode)
+
+
+@needs_gcc
+@pytest.mark.parametrize("shifts", [(1, 4), (5, 0), (14, 30)])
+@pytest.mark.parametrize("mode", ["random", "small_bias", "extreme"])
+def test_egru_c_with_shifted_dense_layers_is_bit_exact(shifts, mode, tmp_path,
+                                                        q15_limit_inputs):
+    m = random_deployed((11, 9, 7), 4, 3, seed=sum(shifts), extreme=mode == "extreme",
+                        dense=(6, 5), dense_shifts=shifts)
+    rng = np.random.default_rng(sum(shifts))
+    if mode == "small_bias":
+        for L in (*m.layers, *m.dense):
+            L.bias = rng.integers(-(1 << 14), 1 << 14, L.bias.size)
+    x = q15_limit_inputs(rng, 60, 13, 11)
+    _assert_same(host.run_host(host.build_host(m, tmp_path), m, x), m.run(x))
+    text = (tmp_path / "egru.c").read_text()
+    assert f"{shifts[0]}, egru_dense_w0" in text and f"{shifts[1]}, egru_dense_w1" in text
+    _check_dense_outputs(m, x, 3, mode if shifts == (5, 0) else "any")
+
+
+def _check_dense_outputs(m, x, bits, mode):
+    """Every dense layer's output by the integer rule; which values occur."""
     v = m.run(x)[1][-1]
     outs = []  # every dense layer's output
     for D in m.dense:
-        v = np.clip(D.bias + shift_matvec(D.codes, v, bits), 0, 32767)
+        v = np.clip((D.bias + shift_matvec(D.codes, v, bits)) >> D.shift, 0, 32767)
         outs.append(v)
     assert np.array_equal(v, m.dense_forward(m.run(x)[1][-1]))
     vals = np.concatenate([o.ravel() for o in outs])
@@ -166,11 +295,14 @@ def test_dense_layers_wider_than_every_recurrent_fan_in(tmp_path, q15_limit_inpu
 def test_kws_shaped_model_with_the_papers_widths(tmp_path):
     torch.manual_seed(0)
     m = deploy(KWSNet("egru-q", 64, (30, 20), 10, dense_sizes=(16,)))
+    assert m.dense[0].shift == 5  # ceil(log2(20))
     x = np.random.default_rng(1).integers(0, 32768, (30, 16, 64))
     x[:2] = 32767
     _assert_same(host.run_host(host.build_host(m, tmp_path), m, x), m.run(x))
     text = (tmp_path / "egru_weights.h").read_text()
     assert "#define EGRU_NUM_DENSE 1" in text and "egru_dense_w0[32]" in text  # 16 rows x 2
+    assert "{20, 16, 2, 2, 0, 5, egru_dense_w0, egru_dense_b0}" in (tmp_path / "egru.c"
+                                                                     ).read_text()
 
 
 def test_c_without_dense_layers_has_no_dense_code(tmp_path):

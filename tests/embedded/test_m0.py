@@ -41,6 +41,10 @@ def test_m0_egru_fuzz_bit_exact(tmp_path, q15_limit_inputs):
     # dense ReLU layers (the paper's 16-unit layer; one wider than every fan-in)
     cases.append(random_deployed((16, 12, 8), 5, 3, seed=8, dense=(16,)))
     cases.append(random_deployed((16, 12, 8), 5, 3, seed=9, extreme=True, dense=(6, 40)))
+    # accumulator right shifts of the dense layers (the paper's layer has 5)
+    cases.append(random_deployed((16, 12, 8), 5, 3, seed=10, dense=(16, 6), dense_shifts=(5, 1)))
+    cases.append(random_deployed((16, 12, 8), 5, 3, seed=11, extreme=True, dense=(6,),
+                                 dense_shifts=(14,)))
     for k, m in enumerate(cases):
         x = q15_limit_inputs(100 + k, 24, 5, 16)
         elf = m0.build_m0(m, tmp_path / f"m{k}", max_t=8)

@@ -218,6 +218,7 @@ int ${p}_state_size(int layer) { return ${p}_layers[layer].n_hid; }
 _DENSE_DECL = Template("""
 typedef struct {
     int n_in, n_out, words, full, rest;  /* as in ${p}_layer_t, one row per output */
+    int shift;                           /* right shift of the accumulator */
     const uint32_t *w;
     const int32_t *b;
 } ${p}_dense_t;
@@ -229,9 +230,11 @@ static int16_t ${p}_a[${P}_MAX_DENSE];  /* output of the current dense layer, Q1
 """)
 
 _DENSE_FN = Template("""
-/* ReLU saturated to Q15: min(max(x, 0), 32767). */
-static int16_t ${p}_relu16(int32_t x) {
+/* Shifted ReLU saturated to Q15: min(max(x >> s, 0), 32767) (x >> s < 0 exactly when x < 0,
+ * so only non-negative values are shifted). */
+static int16_t ${p}_relu16(int32_t x, int s) {
     if (x < 0) return 0;
+    x >>= s;
     if (x > 32767) return 32767;
     return (int16_t)x;
 }
@@ -245,7 +248,7 @@ static const int16_t *${p}_dense_forward(const int16_t *v) {
         for (i = 0; i < D->n_in; ++i) ${p}_u[i] = (uint16_t)(v[i] + 32768);
         for (i = 0; i < D->n_out; ++i)
             ${p}_a[i] = ${p}_relu16(${p}_dot(D->w + i * D->words, ${p}_u, D->full, D->rest,
-                                             D->b[i]));
+                                             D->b[i]), D->shift);
         v = ${p}_a;
     }
     return v;
@@ -275,7 +278,7 @@ def _dense_parts(model: DeployedEGRU, p: str, P: str, cpw: int, bits: int
         arrays.append(_c_array("int32_t", f"{p}_dense_b{d}", D.bias + row_offsets(D.codes, bits),
                                8))
         table.append(f"    {{{n}, {D.size}, {packed.shape[1]}, {n // cpw}, {n % cpw}, "
-                     f"{p}_dense_w{d}, {p}_dense_b{d}}},")
+                     f"{D.shift}, {p}_dense_w{d}, {p}_dense_b{d}}},")
     sub = {"p": p, "P": P, "dense_table": "\n".join(table), "n": model.dense[-1].size}
     return arrays, {"dense_decl": _DENSE_DECL.substitute(sub),
                     "dense_fn": _DENSE_FN.substitute(sub),

@@ -14,7 +14,9 @@ Integer semantics (every value is an integer; Q15 means ``real = q / 32768``):
 * ``h_t = sat16(h + ((z * (n - h) + 2**14) >> 15))`` (round half up; ``z * (n - h)`` fits int32);
 * optional dense ReLU layers on the last layer's final state ``v = h_T``: per row
   ``acc = bias + sum_j w_j * v_j`` exactly like a gate row (Q15 bias saturated to +-64.0, 32-bit
-  sum of shifts), then ``v' = min(max(acc, 0), 32767)`` (ReLU, saturated to Q15);
+  sum of shifts), then ``v' = min(max(asr(acc, s), 0), 32767)`` with the layer's right shift
+  ``s`` (ReLU, saturated to Q15; ``s = 0`` is the unshifted layer of models deployed before the
+  shift existed);
 * readout of ``v`` (the final state, or the last dense layer's output):
   ``logit_c = bias_c + sum_j w_cj * v_j`` (int32, Q15), class = first index of the maximum.
 
@@ -38,7 +40,7 @@ from dualsparse.embedded.quant import (
     to_q15,
     zero_code,
 )
-from dualsparse.models.egru_embedded import KWSNet
+from dualsparse.models.egru_embedded import MAX_DENSE_SHIFT, KWSNet
 from dualsparse.models.pow2_quant import (
     INT16_MAX,
     INT16_MIN,
@@ -106,10 +108,12 @@ class QLayer:
 
 @dataclass
 class QDense:
-    """One deployed dense ReLU layer: ``codes (D, N)`` and ``bias (D,)`` Q15."""
+    """One deployed dense ReLU layer: ``codes (D, N)``, ``bias (D,)`` Q15 and the right shift
+    ``shift`` of the accumulator."""
 
     codes: np.ndarray
     bias: np.ndarray
+    shift: int = 0
 
     @property
     def size(self) -> int:
@@ -151,6 +155,7 @@ class DeployedEGRU:
             if D.codes.shape[1] != prev:
                 raise ValueError(f"dense {i}: fan-in {D.codes.shape[1]} != previous width {prev}")
             D.bias = _check_bias(D.bias, D.codes.shape[0], f"dense {i}")
+            D.shift = check_int(f"dense {i}: shift", D.shift, low=0, high=MAX_DENSE_SHIFT)
             prev = D.size
         self.readout_codes = _check_codes(self.readout_codes, self.bits, "readout")
         if self.readout_codes.shape[1] != prev:
@@ -182,7 +187,7 @@ class DeployedEGRU:
         v = np.asarray(h, dtype=np.int64)
         for D in self.dense:
             acc = D.bias[None, :] + shift_matvec(D.codes, v, self.bits)
-            v = np.clip(acc, 0, INT16_MAX)
+            v = np.clip(asr(acc, D.shift), 0, INT16_MAX)
         return v
 
     def run(self, x_q: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -248,10 +253,11 @@ def check_q15_input(x_q: np.ndarray, input_size: int, name: str = "x_q") -> np.n
 
 def random_deployed(
     sizes: tuple[int, ...], num_classes: int, bits: int = 3, seed: int = 0, extreme: bool = False,
-    dense: tuple[int, ...] = (),
+    dense: tuple[int, ...] = (), dense_shifts: tuple[int, ...] | None = None,
 ) -> DeployedEGRU:
     """A random valid integer model (for tests). ``sizes = (I, H1, H2, ...)``, ``dense`` the
-    widths of the dense ReLU layers (drawn after the recurrent layers and before the readout).
+    widths of the dense ReLU layers (drawn after the recurrent layers and before the readout),
+    ``dense_shifts`` their accumulator shifts (default zeros).
 
     ``extreme=True`` uses only +-1 weights and +-64.0 biases, which drives every accumulator into
     saturation.
@@ -278,7 +284,9 @@ def random_deployed(
         for i in range(len(sizes) - 1)
     ]
     widths = (sizes[-1], *dense)
-    dl = [QDense(codes(widths[i + 1], widths[i]), bias(widths[i + 1])) for i in range(len(dense))]
+    shifts = dense_shifts if dense_shifts is not None else (0,) * len(dense)
+    dl = [QDense(codes(widths[i + 1], widths[i]), bias(widths[i + 1]), shifts[i])
+          for i in range(len(dense))]
     return DeployedEGRU(bits, layers, codes(num_classes, widths[-1]), bias(num_classes),
                         dense=dl)
 
@@ -309,7 +317,8 @@ def deploy(model: torch.nn.Module, bits: int | None = None, zero_rule: str | Non
     def codes(lin: torch.nn.Linear) -> np.ndarray:
         return encode_pow2(quantize_pow2(lin.weight.detach().double(), bits, zero_rule), bits)
 
-    dense = [QDense(codes(lin), _bias_q15(lin.bias)) for lin in model.dense]
+    dense = [QDense(codes(lin), _bias_q15(lin.bias), s)
+             for lin, s in zip(model.dense, model.dense_shifts, strict=True)]
     rc, rb = codes(model.readout), _bias_q15(model.readout.bias)
     return DeployedEGRU(bits, layers, rc, rb, meta={"zero_rule": zero_rule}, dense=dense)
 

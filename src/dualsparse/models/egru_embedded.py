@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from dualsparse.models.pow2_quant import (
+    INT16_MAX,
     Q15_ONE,
     SOFTSIGN_LIMIT,
     ZERO_RULES,
@@ -38,6 +39,28 @@ from dualsparse.models.pow2_quant import (
 from dualsparse.validation import check_choice, check_int, check_real
 
 _PRE_LIMIT = SOFTSIGN_LIMIT / Q15_ONE  # 64.0
+#: largest right shift of a dense layer's accumulator
+MAX_DENSE_SHIFT = 30
+
+
+def default_dense_shift(fan_in: int) -> int:
+    """``ceil(log2(fan_in))``: the default right shift of a quantisation-aware dense layer's
+    accumulator, the smallest with ``fan_in * max|w| * max|v| <= 2**s`` (weights and inputs
+    at most 1), so that the weighted sum alone cannot saturate the Q15 output."""
+    return (check_int("fan_in", fan_in, low=1) - 1).bit_length()
+
+
+def dense_q15(pre: torch.Tensor, shift: int) -> torch.Tensor:
+    """Output of a quantisation-aware dense layer from its pre-activation ``W v + b``: the
+    integer model's ``min(max(acc >> shift, 0), 32767)``.  With ``shift > 0`` the float graph
+    multiplies by ``2**-shift`` and floors to Q15 like the shift (straight-through gradient,
+    zero beyond the limits); ``shift = 0`` is the layer of runs saved before the shift
+    existed, rounded to Q15 as then."""
+    y = torch.relu(pre)
+    if shift == 0:
+        return fake_q15(y)
+    y = torch.clamp(y * 2.0**-shift, 0.0, INT16_MAX / Q15_ONE)
+    return y + (torch.floor(y * Q15_ONE) / Q15_ONE - y).detach()
 
 
 class EGRUEmbeddedCell(nn.Module):
@@ -247,6 +270,10 @@ class KWSNet(nn.Module):
         reset_gate: keep the reset gate in ``egru`` (ablation).
         dense_sizes: widths of the dense ReLU layers between the recurrent layers and the
             readout (default none).
+        dense_shifts: ``egru-q`` only: right shift of each dense layer's accumulator (default
+            :func:`default_dense_shift` of the layer's fan-in; ``0`` for every layer is the
+            unshifted layer of runs saved before the shift existed).  The other kinds have
+            no shift (zeros).
     """
 
     def __init__(
@@ -260,6 +287,7 @@ class KWSNet(nn.Module):
         logit_gain: float = 4.0,
         reset_gate: bool = False,
         dense_sizes: Sequence[int] = (),
+        dense_shifts: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         check_choice("kind", kind, ("gru", "egru", "egru-q"))
@@ -289,10 +317,25 @@ class KWSNet(nn.Module):
             self.dense.append(nn.Linear(prev, d))
             prev = d
         self.readout = nn.Linear(prev, num_classes)
+        self.dense_shifts = self._shifts(dense_shifts)
         if qb is not None:  # wide enough that the power-of-two zero rule keeps weights alive
             for lin in (*self.dense, self.readout):
                 nn.init.uniform_(lin.weight, -1.0, 1.0)
                 nn.init.zeros_(lin.bias)
+
+    def _shifts(self, shifts: Sequence[int] | None) -> list[int]:
+        fan_ins = [lin.in_features for lin in self.dense]
+        if shifts is None:
+            if self.quant_bits is None:
+                return [0] * len(fan_ins)
+            return [default_dense_shift(n) for n in fan_ins]
+        out = [check_int("dense_shifts", s, low=0, high=MAX_DENSE_SHIFT) for s in shifts]
+        if len(out) != len(fan_ins):
+            raise ValueError(f"dense_shifts needs one shift per dense layer ({len(fan_ins)}), "
+                             f"got {len(out)}")
+        if self.quant_bits is None and any(out):
+            raise ValueError("dense_shifts apply to egru-q only (the float layers have none)")
+        return out
 
     def readout_params(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Effective readout ``(W (C, H), b (C,))`` (quantised in ``egru-q``)."""
@@ -316,7 +359,7 @@ class KWSNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Readout input ``(B, N)``: the last recurrent layer's final state after the dense
-        ReLU layers (Q15-rounded and saturated to ``[0, 1)`` in ``egru-q``)."""
+        ReLU layers (shifted, on the Q15 grid and saturated to ``[0, 1)`` in ``egru-q``)."""
         if x.dim() != 3 or x.shape[2] != self.input_size:
             raise ValueError(f"expected x (T, B, {self.input_size}), got {tuple(x.shape)}")
         if self.quant_bits is not None:
@@ -326,9 +369,8 @@ class KWSNet(nn.Module):
         v = x[-1]
         for k in range(len(self.dense)):
             w, b = self.dense_params(k)
-            v = torch.relu(v @ w.t() + b)
-            if self.quant_bits is not None:
-                v = fake_q15(v)
+            pre = v @ w.t() + b
+            v = torch.relu(pre) if self.quant_bits is None else dense_q15(pre, self.dense_shifts[k])
         return v
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

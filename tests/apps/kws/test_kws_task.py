@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dualsparse.apps.kws import commands as kws
-from dualsparse.apps.kws import m0_report
+from dualsparse.apps.kws import m0_report, table
 from dualsparse.apps.kws.task import KWSTask
 from dualsparse.models.egru_embedded import KWSNet
 from dualsparse.train import checkpoint as ckpt
@@ -270,3 +270,58 @@ def test_bad_dense_flag_names_the_flag(value, tmp_path):
     with pytest.raises(ValueError, match="--dense must be comma-separated ints >= 1"):
         kws.run(_args("--dense", value, "--out", str(tmp_path / "o")))
     assert not (tmp_path / "o").exists()
+
+
+def _drop_key(run, key: str) -> None:
+    """Make ``run`` look like one saved before the setting ``key`` existed."""
+    for name in ("config.json", "latest.json", "best.json"):
+        path = run / name
+        data = json.loads(path.read_text())
+        cfg = data["run_config"] if name != "config.json" else data
+        cfg.pop(key)
+        path.write_text(json.dumps(data))
+
+
+@needs_fsdd
+def test_dense_shift_is_recorded_and_runs_saved_without_it_load_unshifted(tmp_path, monkeypatch,
+                                                                         cache):
+    monkeypatch.setenv("DUALSPARSE_CACHE", str(cache))
+    out = tmp_path / "s"
+    argv = ["--model", "egru-q", "--epochs", "1", "--max-train", "32", "--hidden", "6",
+            "--dense", "4", "--threads", "1", "--batch-size", "16", "--no-progress",
+            "--out", str(out)]
+    m = kws.run(_args(*argv))  # default auto: ceil(log2(6)) = 3, recorded resolved
+    assert m["dense_shift"] == [3]
+    assert json.loads((out / "config.json").read_text())["dense_shift"] == "3"
+    assert ckpt.read_checkpoint_meta(out, "best")["run_config"]["dense_shift"] == "3"
+    assert ", 3, egru_dense_w0" in (out / "c" / "egru.c").read_text()
+    cfg, net = m0_report.load_run(out)
+    assert net.dense_shifts == [3]
+    again = kws.run(_args(*argv, "--resume", "--dense-shift", "3"))  # "3" is what auto gave
+    assert again["test_acc"] == m["test_acc"]
+    _drop_key(out, "dense_shift")  # a run saved before the flag: the unshifted layer
+    _, old = m0_report.load_run(out)
+    assert old.dense_shifts == [0]
+    with pytest.raises(ValueError, match="other settings.*dense_shift"):
+        kws.run(_args(*argv, "--resume"))
+    assert kws.run(_args(*argv, "--resume", "--dense-shift", "0"))["dense_shift"] == [0]
+
+
+@pytest.mark.parametrize("model,dense,value", [("egru-q", "4", "x"), ("egru-q", "4", "1,2"),
+                                               ("egru-q", "4", "-1"), ("egru-q", "4", "31"),
+                                               ("gru", "4", "2"), ("egru-q", "", "1")])
+def test_bad_dense_shift_flag_names_the_flag(model, dense, value, tmp_path):
+    with pytest.raises(ValueError, match="--dense-shift"):
+        kws.run(_args("--model", model, "--dense", dense, "--dense-shift", value,
+                      "--out", str(tmp_path / "o")))
+    assert not (tmp_path / "o").exists()
+
+
+def test_dense_shift_auto_follows_the_fan_ins():
+    parse = table.parse_dense_shift
+    assert parse("auto", "egru-q", (30, 20), ()) == ()
+    assert parse("auto", "egru-q", (30, 20), (16,)) == (5,)
+    assert parse("auto", "egru-q", (8,), (16, 9)) == (3, 4)
+    assert parse("auto", "gru", (30, 20), (16,)) == (0,)
+    assert parse(None, "egru-q", (30, 20), (16, 9)) == (0, 0)  # saved before the flag
+    assert parse("2,0", "egru-q", (30, 20), (16, 9)) == (2, 0)

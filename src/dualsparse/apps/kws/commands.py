@@ -49,7 +49,8 @@ from dualsparse.validation import check_int, check_real
 
 MODELS = table.MODELS
 # run settings that must be equal to resume a run (the model and the data it sees)
-RESUME_KEYS = ("model", "split", "test_speakers", "features", "hidden", "dense", "bits",
+RESUME_KEYS = ("model", "split", "test_speakers", "features", "hidden", "dense", "dense_shift",
+               "bits",
                "zero_rule", "reset_gate", "logit_gain", "epochs", "batch_size", "lr", "clip",
                "max_train", "seed")
 #: values of run settings added after runs were saved without them
@@ -73,6 +74,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dense", default="",
                    help="widths of dense ReLU layers between the last recurrent layer and the "
                         "readout, comma-separated (the paper: 16; default: none)")
+    g.add_argument("--dense-shift", default="auto",
+                   help="egru-q: right shift of each dense layer's accumulator before the "
+                        "ReLU, comma-separated, one per --dense layer (default auto: "
+                        "ceil(log2(fan-in)))")
     g.add_argument("--bits", type=int, default=3, help="weight bits for egru-q (2..5)")
     g.add_argument("--zero-rule", choices=("paper", "code"), default="paper")
     g.add_argument("--reset-gate", action="store_true", help="egru ablation: keep the reset gate")
@@ -104,8 +109,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="no progress bar (there is none anyway when stderr is not a terminal)")
 
 
-def _check_args(args: argparse.Namespace) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Check the flags; return the hidden and the dense sizes."""
+def _check_args(args: argparse.Namespace
+                ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """Check the flags; return the hidden and the dense sizes and the dense shifts."""
     check_int("--epochs", args.epochs, low=1)
     check_int("--batch-size", args.batch_size, low=1)
     check_real("--lr", args.lr, low=0.0, low_open=True)
@@ -116,12 +122,14 @@ def _check_args(args: argparse.Namespace) -> tuple[tuple[int, ...], tuple[int, .
     check_real("--logit-gain", args.logit_gain, low=0.0, low_open=True)
     hidden = table.parse_sizes("--hidden", args.hidden)
     dense = table.parse_sizes("--dense", getattr(args, "dense", ""), allow_empty=True)
+    shifts = table.parse_dense_shift(getattr(args, "dense_shift", "auto"), args.model, hidden,
+                                     dense)
     if args.resume and not args.out:
         raise ValueError("--resume needs --out pointing at the run folder")
     if args.out:
         prepare_run_dir(args.out, resume=args.resume, overwrite=getattr(args, "overwrite", False),
                         flag="--out")
-    return hidden, dense
+    return hidden, dense, shifts
 
 
 def _run_config(args: argparse.Namespace, fe: FrontEnd) -> dict[str, Any]:
@@ -132,7 +140,11 @@ def _run_config(args: argparse.Namespace, fe: FrontEnd) -> dict[str, Any]:
 
 
 def _check_resumable(out: Path, run_config: dict[str, Any]) -> None:
-    saved = ckpt.read_checkpoint_meta(out, "latest").get("run_config") or {}
+    saved = dict(ckpt.read_checkpoint_meta(out, "latest").get("run_config") or {})
+    # a run saved before --dense-shift existed has unshifted dense layers
+    saved.setdefault("dense_shift", table.shift_text(table.parse_dense_shift(
+        None, saved.get("model", ""), (), table.parse_sizes(
+            "dense", saved.get("dense", ""), allow_empty=True))))
     diff = {k: (saved.get(k, ADDED_DEFAULTS.get(k)), run_config.get(k))
             for k in (*RESUME_KEYS, "frontend")
             if saved.get(k, ADDED_DEFAULTS.get(k)) != run_config.get(k)}
@@ -144,13 +156,14 @@ def _check_resumable(out: Path, run_config: dict[str, Any]) -> None:
 
 def build_trainer(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor,
                   index: dict[str, np.ndarray], hidden: tuple[int, ...], fe: FrontEnd,
-                  dense: tuple[int, ...] = ()) -> Trainer:
+                  dense: tuple[int, ...] = (), dense_shifts: tuple[int, ...] | None = None
+                  ) -> Trainer:
     """Task, model and Trainer for ``args`` (resumed from ``--out`` with ``--resume``)."""
     set_seed(args.seed, deterministic=True)
     task = KWSTask(x, y, index, args.batch_size, args.seed)
     model = KWSNet(args.model, fe.n_features, hidden, 10, quant_bits=args.bits,
                    zero_rule=args.zero_rule, reset_gate=args.reset_gate,
-                   logit_gain=args.logit_gain, dense_sizes=dense)
+                   logit_gain=args.logit_gain, dense_sizes=dense, dense_shifts=dense_shifts)
     spe = task.steps_per_epoch
     cfg = TrainConfig(max_steps=args.epochs * spe, lr=args.lr, clip=args.clip,
                       schedule="cosine", scale_lr_by_seq_len=False, eval_interval=spe,
@@ -198,17 +211,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     With ``--seeds``/``--splits``/``--models`` run the whole table (:mod:`.table`)."""
     if args.seeds or args.splits or args.models:
         return table.run_table(args, run)
-    hidden, dense = _check_args(args)
+    hidden, dense, shifts = _check_args(args)
+    # the resolved shifts (not "auto") go into config.json, the checkpoints and metrics.json
+    args = argparse.Namespace(**{**vars(args), "dense_shift": table.shift_text(shifts)})
     if not args.out:
-        return _run(args, hidden, dense)
+        return _run(args, hidden, dense, shifts)
     with RunLock(args.out, "--out"):
         if getattr(args, "overwrite", False):
             clear_run(args.out, also=("config.json", "metrics.json"))
-        return _run(args, hidden, dense)
+        return _run(args, hidden, dense, shifts)
 
 
-def _run(args: argparse.Namespace, hidden: tuple[int, ...], dense: tuple[int, ...]
-         ) -> dict[str, Any]:
+def _run(args: argparse.Namespace, hidden: tuple[int, ...], dense: tuple[int, ...],
+         shifts: tuple[int, ...]) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     t0 = time.time()
     fe = FrontEnd(features=args.features, gain=args.gain)
@@ -220,7 +235,7 @@ def _run(args: argparse.Namespace, hidden: tuple[int, ...], dense: tuple[int, ..
             : args.max_train]
     x = torch.from_numpy(data.x).transpose(0, 1).contiguous()  # (T, N, F)
     y = torch.from_numpy(data.y)
-    trainer = build_trainer(args, x, y, idx, hidden, fe, dense)
+    trainer = build_trainer(args, x, y, idx, hidden, fe, dense, shifts)
     out = Path(args.out) if args.out else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -235,7 +250,8 @@ def _run(args: argparse.Namespace, hidden: tuple[int, ...], dense: tuple[int, ..
                 "val_acc": 1.0 - h["valid_error"]} for h in summary["history"]]
     metrics: dict[str, Any] = {
         "model": args.model, "split": args.split, "features": args.features,
-        "hidden": list(hidden), "dense": list(dense), "seed": args.seed,
+        "hidden": list(hidden), "dense": list(dense), "dense_shift": list(shifts),
+        "seed": args.seed,
         "epochs": args.epochs,
         "weights": "final" if best is None else "best",
         "best_epoch": None if best is None else best["step"] // spe,

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from dualsparse.apps.kws.table import parse_sizes
+from dualsparse.apps.kws.table import parse_dense_shift, parse_sizes
 from dualsparse.atomic import atomic_write_json
 from dualsparse.data.audio import FrontEnd, load_fsdd, split_fsdd
 from dualsparse.embedded import cortex_m0 as m0
@@ -46,16 +46,19 @@ _SAME = ("split", "seed", "frontend", "test_speakers")
 
 def load_run(run_dir: str | Path) -> tuple[dict[str, Any], KWSNet]:
     """A KWS run's ``config.json`` and its ``best`` model (a run saved before ``--dense``
-    existed has no dense layers)."""
+    existed has no dense layers, one saved before ``--dense-shift`` unshifted ones)."""
     run = Path(run_dir)
     if not (run / "config.json").is_file():
         raise FileNotFoundError(f"{run}: no config.json (not a `dualsparse train --task kws` run)")
     cfg = json.loads((run / "config.json").read_text())
     fe = FrontEnd(**cfg["frontend"])
-    net = KWSNet(cfg["model"], fe.n_features, parse_sizes("hidden", cfg["hidden"]), 10,
+    hidden = parse_sizes("hidden", cfg["hidden"])
+    dense = parse_sizes("dense", cfg.get("dense", ""), allow_empty=True)
+    net = KWSNet(cfg["model"], fe.n_features, hidden, 10,
                  quant_bits=cfg["bits"], zero_rule=cfg["zero_rule"],
-                 logit_gain=cfg.get("logit_gain", 4.0),
-                 dense_sizes=parse_sizes("dense", cfg.get("dense", ""), allow_empty=True))
+                 logit_gain=cfg.get("logit_gain", 4.0), dense_sizes=dense,
+                 dense_shifts=parse_dense_shift(cfg.get("dense_shift"), cfg["model"], hidden,
+                                                dense))
     load_weights(run, "best", net)
     return cfg, net
 

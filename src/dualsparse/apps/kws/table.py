@@ -22,13 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from dualsparse.atomic import atomic_write_json, atomic_write_text
+from dualsparse.models.egru_embedded import MAX_DENSE_SHIFT, default_dense_shift
 from dualsparse.validation import check_choice, check_real
 from dualsparse.version import __version__
 
 SPLITS = ("random", "speaker")
 MODELS = ("gru", "egru", "egru-q")
 #: settings copied from a run's metrics/config into its results file
-RECORD_KEYS = ("model", "split", "seed", "features", "hidden", "dense", "epochs", "test_acc",
+RECORD_KEYS = ("model", "split", "seed", "features", "hidden", "dense", "dense_shift", "epochs",
+               "test_acc",
                "val_acc", "best_epoch", "deployed_test_acc", "deployed_kind",
                "deployed_agreement", "deployed_bytes", "deployed_level_fractions",
                "float_bytes", "params", "bits", "n_train", "n_test", "test_speakers")
@@ -85,6 +87,37 @@ def parse_model_lr(text: str | None) -> dict[str, float]:
         except ValueError:
             raise ValueError(f"--model-lr needs MODEL=LR items, got {item!r}") from None
     return out
+
+
+def parse_dense_shift(text: str | None, model: str, hidden: tuple[int, ...],
+                      dense: tuple[int, ...]) -> tuple[int, ...]:
+    """``--dense-shift``: ``auto`` -> the default shift of each ``egru-q`` dense layer
+    (:func:`~dualsparse.models.egru_embedded.default_dense_shift` of its fan-in; zeros for
+    ``gru``/``egru``), else one int >= 0 per dense layer; ``None`` (a run saved before the flag
+    existed) -> zeros, the unshifted layer those runs trained."""
+    if text is None:
+        return (0,) * len(dense)
+    if str(text).strip() == "auto":
+        if model != "egru-q":
+            return (0,) * len(dense)
+        return tuple(default_dense_shift(n) for n in (*hidden[-1:], *dense)[:len(dense)])
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    try:
+        shifts = tuple(int(t) for t in items)
+    except ValueError:
+        raise ValueError(f"--dense-shift must be 'auto' or comma-separated ints >= 0, got "
+                         f"{text!r}") from None
+    if len(shifts) != len(dense) or any(not 0 <= v <= MAX_DENSE_SHIFT for v in shifts):
+        raise ValueError(f"--dense-shift must be 'auto' or one int in [0, {MAX_DENSE_SHIFT}] "
+                         f"per --dense layer ({len(dense)}), got {text!r}")
+    if model != "egru-q" and any(shifts):
+        raise ValueError(f"--dense-shift applies to egru-q only, got {text!r} for {model}")
+    return shifts
+
+
+def shift_text(shifts: tuple[int, ...]) -> str:
+    """``(5, 4)`` -> ``"5,4"`` (as stored in ``config.json``)."""
+    return ",".join(str(v) for v in shifts)
 
 
 def run_name(model: str, split: str, seed: int) -> str:
@@ -146,14 +179,20 @@ def summarise(results: Path) -> dict[str, Any]:
 
 def _check_same_widths(metrics: dict[str, Any], args: argparse.Namespace, run_dir: Path
                        ) -> None:
-    """A finished run is reused only with the widths asked for (runs without ``dense`` in
-    their metrics predate the flag and have no dense layers)."""
-    saved = (list(metrics.get("hidden") or []), list(metrics.get("dense") or []))
-    now = (list(parse_sizes("--hidden", args.hidden)),
-           list(parse_sizes("--dense", getattr(args, "dense", ""), allow_empty=True)))
+    """A finished run is reused only with the widths and dense shifts asked for (runs without
+    ``dense`` / ``dense_shift`` in their metrics predate the flags: no dense layers / no
+    shifts)."""
+    dense = list(metrics.get("dense") or [])
+    saved = (list(metrics.get("hidden") or []), dense,
+             list(metrics.get("dense_shift") or [0] * len(dense)))
+    hidden_now = parse_sizes("--hidden", args.hidden)
+    dense_now = parse_sizes("--dense", getattr(args, "dense", ""), allow_empty=True)
+    now = (list(hidden_now), list(dense_now),
+           list(parse_dense_shift(getattr(args, "dense_shift", "auto"), args.model, hidden_now,
+                                  dense_now)))
     if saved != now:
-        raise ValueError(f"{run_dir} holds a finished run with --hidden/--dense {saved}, not "
-                         f"{now}: use another --out and --results")
+        raise ValueError(f"{run_dir} holds a finished run with --hidden/--dense/--dense-shift "
+                         f"{saved}, not {now}: use another --out and --results")
 
 
 def run_table(args: argparse.Namespace,
@@ -187,7 +226,7 @@ def run_table(args: argparse.Namespace,
                 done = run_dir / "metrics.json"
                 if done.is_file():
                     metrics = json.loads(done.read_text())
-                    _check_same_widths(metrics, args, run_dir)
+                    _check_same_widths(metrics, sub, run_dir)
                 else:
                     sub.resume = (run_dir / "latest.json").is_file()
                     metrics = run_one(sub)
@@ -199,6 +238,6 @@ def run_table(args: argparse.Namespace,
     return summarise(results)
 
 
-__all__ = ["MODELS", "RECORD_KEYS", "SPLITS", "parse_list", "parse_model_lr", "parse_seeds",
-           "parse_sizes",
+__all__ = ["MODELS", "RECORD_KEYS", "SPLITS", "parse_dense_shift", "parse_list",
+           "parse_model_lr", "parse_seeds", "parse_sizes", "shift_text",
            "record", "run_name", "run_table", "summarise"]
