@@ -131,15 +131,6 @@ def test_qat_dense_layer_shift_floors_like_the_integer_model():
                           (v * 32768).detach().numpy().astype(np.int64))
 
 
-def _separable(n: int, classes: int, steps: int, features: int, seed: int):
-    """Sequences whose frames are noisy copies of one random pattern per class, in (-1, 1)."""
-    g = torch.Generator().manual_seed(seed)
-    means = torch.rand(classes, features, generator=g) * 1.6 - 0.8
-    y = torch.arange(n) % classes
-    x = means[y][None] + 0.2 * torch.randn(steps, n, features, generator=g)
-    return torch.clamp(x, -0.99, 0.99), y
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_qat_dense_layer_at_init_is_neither_saturated_nor_violent(seed):
     # Regression: with 3-bit power-of-two weights in {0, +-1/4, +-1/2, +-1} on 20 inputs the
