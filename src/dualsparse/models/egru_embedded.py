@@ -50,6 +50,15 @@ def default_dense_shift(fan_in: int) -> int:
     return (check_int("fan_in", fan_in, low=1) - 1).bit_length()
 
 
+def q15_bias(b: torch.Tensor, saturate: bool = True) -> torch.Tensor:
+    """A bias as deployed: rounded to the Q15 grid (straight-through gradient) after saturating
+    it to +-64.0, or without saturating (``saturate=False``: the readout's bias, which training
+    has never clamped)."""
+    if saturate:
+        b = torch.clamp(b, -_PRE_LIMIT, _PRE_LIMIT)
+    return b + (torch.round(b * Q15_ONE) / Q15_ONE - b).detach()
+
+
 def dense_q15(pre: torch.Tensor, shift: int) -> torch.Tensor:
     """Output of a quantisation-aware dense layer from its pre-activation ``W v + b``: the
     integer model's ``min(max(acc >> shift, 0), 32767)``.  With ``shift > 0`` the float graph
@@ -129,10 +138,7 @@ class EGRUEmbeddedCell(nn.Module):
         if self.bias_ih is None:
             return None
         b = self.bias_ih + self.bias_hh
-        if self.quant_bits is None:
-            return b
-        b = torch.clamp(b, -_PRE_LIMIT, _PRE_LIMIT)
-        return b + (torch.round(b * Q15_ONE) / Q15_ONE - b).detach()
+        return b if self.quant_bits is None else q15_bias(b)
 
     def _act(self, pre: torch.Tensor) -> torch.Tensor:
         if self.quant_bits is not None:
@@ -342,9 +348,7 @@ class KWSNet(nn.Module):
         w, b = self.readout.weight, self.readout.bias
         if self.quant_bits is None:
             return w, b
-        wq = quantize_pow2_ste(w, self.quant_bits, self.zero_rule)
-        bq = b + (torch.round(b * Q15_ONE) / Q15_ONE - b).detach()
-        return wq, bq
+        return quantize_pow2_ste(w, self.quant_bits, self.zero_rule), q15_bias(b, saturate=False)
 
     def dense_params(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Effective dense layer ``k``: ``(W (D_k, N), b (D_k,))``; in ``egru-q`` quantised like
@@ -353,9 +357,7 @@ class KWSNet(nn.Module):
         w, b = lin.weight, lin.bias
         if self.quant_bits is None:
             return w, b
-        wq = quantize_pow2_ste(w, self.quant_bits, self.zero_rule)
-        b = torch.clamp(b, -_PRE_LIMIT, _PRE_LIMIT)
-        return wq, b + (torch.round(b * Q15_ONE) / Q15_ONE - b).detach()
+        return quantize_pow2_ste(w, self.quant_bits, self.zero_rule), q15_bias(b)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Readout input ``(B, N)``: the last recurrent layer's final state after the dense
