@@ -50,11 +50,8 @@ from dualsparse.validation import check_int, check_real
 MODELS = table.MODELS
 # run settings that must be equal to resume a run (the model and the data it sees)
 RESUME_KEYS = ("model", "split", "test_speakers", "features", "hidden", "dense", "dense_shift",
-               "bits",
-               "zero_rule", "reset_gate", "logit_gain", "epochs", "batch_size", "lr", "clip",
-               "max_train", "seed")
-#: values of run settings added after runs were saved without them
-ADDED_DEFAULTS = {"dense": ""}
+               "bits", "zero_rule", "reset_gate", "logit_gain", "epochs", "batch_size", "lr",
+               "clip", "max_train", "seed")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -141,13 +138,12 @@ def _run_config(args: argparse.Namespace, fe: FrontEnd) -> dict[str, Any]:
 
 def _check_resumable(out: Path, run_config: dict[str, Any]) -> None:
     saved = dict(ckpt.read_checkpoint_meta(out, "latest").get("run_config") or {})
-    # a run saved before --dense-shift existed has unshifted dense layers
-    saved.setdefault("dense_shift", table.shift_text(table.parse_dense_shift(
-        None, saved.get("model", ""), (), table.parse_sizes(
-            "dense", saved.get("dense", ""), allow_empty=True))))
-    diff = {k: (saved.get(k, ADDED_DEFAULTS.get(k)), run_config.get(k))
-            for k in (*RESUME_KEYS, "frontend")
-            if saved.get(k, ADDED_DEFAULTS.get(k)) != run_config.get(k)}
+    # runs saved before --dense / --dense-shift existed: no dense layers / unshifted ones
+    saved.setdefault("dense", "")
+    n_dense = len(table.parse_sizes("dense", saved["dense"], allow_empty=True))
+    saved.setdefault("dense_shift", table.shift_text((0,) * n_dense))
+    diff = {k: (saved.get(k), run_config.get(k)) for k in (*RESUME_KEYS, "frontend")
+            if saved.get(k) != run_config.get(k)}
     if diff:
         raise ValueError("cannot --resume: the run in --out was made with other settings "
                          "(saved, now): " + ", ".join(f"{k}={a!r}->{b!r}"
@@ -251,8 +247,7 @@ def _run(args: argparse.Namespace, hidden: tuple[int, ...], dense: tuple[int, ..
     metrics: dict[str, Any] = {
         "model": args.model, "split": args.split, "features": args.features,
         "hidden": list(hidden), "dense": list(dense), "dense_shift": list(shifts),
-        "seed": args.seed,
-        "epochs": args.epochs,
+        "seed": args.seed, "epochs": args.epochs,
         "weights": "final" if best is None else "best",
         "best_epoch": None if best is None else best["step"] // spe,
         "val_acc": None if best is None else 1.0 - best["best_val"],

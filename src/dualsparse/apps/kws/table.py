@@ -30,8 +30,7 @@ SPLITS = ("random", "speaker")
 MODELS = ("gru", "egru", "egru-q")
 #: settings copied from a run's metrics/config into its results file
 RECORD_KEYS = ("model", "split", "seed", "features", "hidden", "dense", "dense_shift", "epochs",
-               "test_acc",
-               "val_acc", "best_epoch", "deployed_test_acc", "deployed_kind",
+               "test_acc", "val_acc", "best_epoch", "deployed_test_acc", "deployed_kind",
                "deployed_agreement", "deployed_bytes", "deployed_level_fractions",
                "float_bytes", "params", "bits", "n_train", "n_test", "test_speakers")
 SETTING_KEYS = ("lr", "batch_size", "clip", "gain", "logit_gain", "zero_rule", "bits",
