@@ -39,8 +39,8 @@ def sparse_step(m, row_nz, perm, where, live, a_prev, diag, dh, w_hh, kptr, krow
 
     ``dh`` ``(B, 3, H)`` hidden-side deltas, ``w_hh`` ``(3, H, H)`` masked weights, ``kptr``/
     ``krows``: CSC structure of ``K`` (rows of column ``j`` are ``krows[kptr[j]:kptr[j+1]]``),
-    ``rptr``/``rcols`` the same structure as CSR (the product runs row by row, so each row of
-    ``M`` is updated while it is in cache).
+    ``rptr``/``rcols`` the same structure as CSR (each row's terms are gathered from it, then
+    the product runs over column chunks of ``M``, row by row within a chunk).
     ``vals`` ``(B, P_plain)`` immediate terms of the plain columns; ``own`` ``(B, n_theta)`` and
     ``dyth_prev`` ``(B, H)`` for the threshold columns. ``chunk``: columns of ``M`` per pass of
     the update (:data:`UPDATE_CHUNK`; any value >= 1 gives bitwise the same result). Returns
