@@ -238,6 +238,23 @@ def test_activity_penalty_reaches_the_weights():
         activity_penalty([s.events for s in seqs], -1.0)
 
 
+def test_activity_target_spares_the_layers_that_are_sparse_enough():
+    sparse = torch.zeros(4, 2, 10)
+    sparse[:, :, :1] = 1.0  # fires 10% of the time
+    dense = torch.zeros(4, 2, 10)
+    dense[:, :, :6] = 1.0  # 60%
+    sparse.requires_grad_(True)
+    dense.requires_grad_(True)
+    loss = activity_penalty([sparse, dense], 2.0, target=0.25)
+    loss.backward()
+    assert loss.item() > 0
+    assert sparse.grad.abs().sum() == 0 and dense.grad.abs().sum() > 0
+    assert activity_penalty([sparse, dense], 2.0, target=0.7).item() == 0.0
+    assert activity_penalty([sparse, dense], 2.0).item() > loss.item()  # no target: both
+    with pytest.raises(ValueError, match="activity target"):
+        activity_penalty([sparse], 1.0, target=1.0)
+
+
 def test_bad_inputs_give_clear_errors():
     m = _egru()
     with pytest.raises(ValueError, match="input_size=6"):

@@ -92,16 +92,23 @@ def zoneout(previous: torch.Tensor, new: torch.Tensor, p: float, training: bool)
     return keep * previous + (1.0 - keep) * new
 
 
-def activity_penalty(events: Sequence[torch.Tensor], weight: float) -> torch.Tensor:
-    """``weight * mean event rate`` over all layers (EvNN-style activity regulariser).
+def activity_penalty(events: Sequence[torch.Tensor], weight: float,
+                     target: float = 0.0) -> torch.Tensor:
+    """``weight * mean over layers of max(rate - target, 0)``: an activity regulariser.
+
+    With ``target=0`` this is EvNN's ``weight * mean event rate``. A positive ``target`` (a
+    per-layer event rate, e.g. 0.25 for 75% sparsity) penalises only the layers that fire
+    more often than that, so layers already sparse enough are left alone.
 
     Args:
         events: per layer, event tensors ``(T, B, H)`` (values in {0, 1}, differentiable
             through the surrogate) as returned with ``return_sequences=True``.
         weight: penalty coefficient (>= 0).
+        target: event rate per layer below which there is no penalty, in [0, 1).
     """
     weight = check_real("activity penalty weight", weight, low=0.0)
+    target = check_real("activity target", target, low=0.0, high=1.0, high_open=True)
     if len(events) == 0:
         raise ValueError("activity_penalty needs at least one layer of events")
     rates = torch.stack([e.mean() for e in events])
-    return weight * rates.mean()
+    return weight * torch.clamp(rates - target, min=0.0).mean()

@@ -61,6 +61,10 @@ def test_unknown_and_doubled_keys_are_refused() -> None:
         ModelConfig(cell="rnn")
     with pytest.raises(ValueError, match="carry must be one of"):
         RunConfig(carry="half")
+    with pytest.raises(ValueError, match="--activity-penalty needs --cell EGRU"):
+        LMConfig.from_dict({"cell": "lstm", "activity_penalty": 0.5})
+    with pytest.raises(ValueError, match="--activity-target"):
+        RunConfig(activity_target=-0.1)
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -137,4 +141,5 @@ def test_a_run_config_stored_by_the_old_flat_flags_reads_in_full() -> None:
     expected = {ALIASES.get(k, k): v for k, v in old.items() if k not in ("task", "preset")}
     # fields added after that run was stored read as their defaults
     assert flat == {**expected, "threshold_parameterisation": None, "backend": None,
-                    "overwrite": False, "prune_q_from": "weights", "gl_threshold": 1e-3}
+                    "overwrite": False, "prune_q_from": "weights", "gl_threshold": 1e-3,
+                    "activity_penalty": 0.0, "activity_target": 0.0}

@@ -75,6 +75,35 @@ def test_training_loss_adds_ar_and_tar() -> None:
         _task(alpha=-1.0)
 
 
+def _train_egru_rate(steps: int, **kw) -> float:
+    """Event rate of a small EGRU LM after ``steps`` Adam steps with the task's losses."""
+    torch.manual_seed(3)
+    model = RNNLanguageModel(20, 8, [16, 16], cell="egru",
+                             cell_options={"threshold_mean": 0.05})
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    task = _task(**kw)
+    for _ in range(steps):
+        loss, stats = task.training_loss(model, task.next_batch())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    rates = []
+    for _ in range(5):
+        rates.append(task.training_loss(model, task.next_batch())[1]["activity"])
+    return sum(rates) / len(rates)
+
+
+def test_activity_penalty_lowers_the_event_rate() -> None:
+    plain = _train_egru_rate(40)
+    penalised = _train_egru_rate(40, activity_penalty=5.0)
+    assert penalised < 0.5 * plain, (plain, penalised)
+    model = RNNLanguageModel(20, 6, [6], cell="lstm")
+    with pytest.raises(ValueError, match="needs an EGRU"):
+        _task(activity_penalty=1.0).training_loss(model, _task().next_batch())
+    with pytest.raises(ValueError, match="activity_target"):
+        _task(activity_target=1.5)
+
+
 def test_evaluate_matches_a_manual_computation_and_feeds_the_meter() -> None:
     torch.manual_seed(1)
     model = RNNLanguageModel(20, 6, [8, 6], cell="egru",

@@ -146,6 +146,8 @@ class RunConfig:
     carry: str = "full"
     alpha: float = 0.0
     beta: float = 0.0
+    activity_penalty: float = 0.0
+    activity_target: float = 0.0
     optimizer: str = "adamw"
     lr: float = 1e-3
     beta1: float = 0.9
@@ -195,6 +197,8 @@ class RunConfig:
         for flag, value in (("--save-interval", self.save_interval),
                             ("--warmup-steps", self.warmup_steps)):
             check_int(flag, value, low=0)
+        check_real("--activity-penalty", self.activity_penalty, low=0.0)
+        check_real("--activity-target", self.activity_target, low=0.0, high=1.0, high_open=True)
         self._check_optimizer_settings()
 
     def _optimizer_settings(self) -> dict[str, Any]:
@@ -344,6 +348,11 @@ class LMConfig:
     data: DataConfig = field(default_factory=DataConfig)
     run: RunConfig = field(default_factory=RunConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+
+    def __post_init__(self) -> None:
+        if self.run.activity_penalty and self.model.cell != "EGRU":
+            raise ValueError(f"--activity-penalty needs --cell EGRU ({self.model.cell} "
+                             "has no events)")
 
     def to_dict(self) -> dict[str, Any]:
         """``{"model": {...}, "data": {...}, "run": {...}, "prune": {...}}`` (JSON-safe)."""

@@ -139,6 +139,11 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
                    help="state carried across segments: full, or only the output")
     o.add_argument("--alpha", type=float, default=r.alpha, help="AR coefficient")
     o.add_argument("--beta", type=float, default=r.beta, help="TAR coefficient")
+    o.add_argument("--activity-penalty", type=float, default=r.activity_penalty,
+                   help="EGRU: coefficient of the mean event rate per layer above "
+                        "--activity-target added to the loss (EvNN's activity penalty)")
+    o.add_argument("--activity-target", type=float, default=r.activity_target,
+                   help="event rate per layer (0..1) below which the penalty is 0")
     g = parser.add_argument_group("run")
     g.add_argument("--seed", type=int, default=r.seed)
     g.add_argument("--deterministic", action=argparse.BooleanOptionalAction,

@@ -17,6 +17,7 @@ from dualsparse.accounting import ActivityMeter
 from dualsparse.apps.lm.config import CARRY_MODES, RunConfig
 from dualsparse.apps.lm.evaluate import carry_state, evaluate_lm
 from dualsparse.data.batching import FixedBPTT, RandomBPTT, Segment, batchify
+from dualsparse.models.regularizers import activity_penalty
 from dualsparse.validation import check_choice, check_int, check_real
 
 
@@ -39,6 +40,8 @@ class LMTask:
         eval_bptt: segment length for validation/test (default ``bptt``); with
             ``carry="full"`` it changes only the speed (fewer, longer segments), not the result.
         alpha, beta: AR (on the dropped last output) and TAR (on its time differences).
+        activity_penalty, activity_target: EGRU event-rate penalty (see
+            :func:`~dualsparse.models.regularizers.activity_penalty`); 0 turns it off.
         carry: ``"full"`` or ``"output"`` (see :func:`carry_state`).
         rank, world_size: this process's block of batch columns under DDP.
     """
@@ -46,10 +49,14 @@ class LMTask:
     def __init__(self, train: torch.Tensor, valid: torch.Tensor, test: torch.Tensor, *,
                  batch_size: int, bptt: int, random_bptt: bool = False, seed: int = 1111,
                  eval_batch_size: int = 10, test_batch_size: int = 1, alpha: float = 0.0,
-                 beta: float = 0.0, carry: str = "full", rank: int = 0, world_size: int = 1,
+                 beta: float = 0.0, activity_penalty: float = 0.0, activity_target: float = 0.0,
+                 carry: str = "full", rank: int = 0, world_size: int = 1,
                  device: torch.device | str = "cpu", eval_bptt: int | None = None) -> None:
         check_choice("carry", carry, CARRY_MODES)
         alpha, beta = check_real("alpha", alpha, low=0.0), check_real("beta", beta, low=0.0)
+        self.activity_penalty = check_real("activity_penalty", activity_penalty, low=0.0)
+        self.activity_target = check_real("activity_target", activity_target, low=0.0,
+                                          high=1.0, high_open=True)
         eval_bptt = bptt if eval_bptt is None else eval_bptt
         for name, v in (("batch_size", batch_size), ("bptt", bptt), ("eval_bptt", eval_bptt),
                         ("eval_batch_size", eval_batch_size),
@@ -85,7 +92,8 @@ class LMTask:
         return cls(train, valid, test, batch_size=run.batch_size, bptt=run.bptt,
                    random_bptt=run.random_bptt, seed=run.seed,
                    eval_batch_size=run.eval_batch_size, test_batch_size=run.test_batch_size,
-                   alpha=run.alpha, beta=run.beta, carry=run.carry, rank=rank,
+                   alpha=run.alpha, beta=run.beta, activity_penalty=run.activity_penalty,
+                   activity_target=run.activity_target, carry=run.carry, rank=rank,
                    world_size=world_size, device=device, eval_bptt=run.eval_bptt)
 
     def _make_iterator(self, epoch: int) -> FixedBPTT | RandomBPTT:
@@ -114,7 +122,7 @@ class LMTask:
 
     def training_loss(self, model: nn.Module, batch: Segment
                       ) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Cross-entropy (+ AR/TAR) on one segment; carries the state to the next one."""
+        """Cross-entropy (+ AR/TAR, activity penalty) on one segment; carries the state on."""
         logits, state, seqs = model(batch.input, self.state, return_sequences=True)
         ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch.target.reshape(-1))
         loss = ce
@@ -123,6 +131,11 @@ class LMTask:
         if self.beta:
             out = seqs.layers[-1].output
             loss = loss + self.beta * (out[1:] - out[:-1]).pow(2).mean()
+        if self.activity_penalty:
+            events = [s.events for s in seqs.layers]
+            if any(e is None for e in events):
+                raise ValueError("the activity penalty needs an EGRU model (no events here)")
+            loss = loss + activity_penalty(events, self.activity_penalty, self.activity_target)
         self.state = carry_state(state, self.carry)
         return loss, {"loss": float(ce.detach()), "activity": _layer_activity(seqs),
                       "tokens": batch.target.numel(), "epoch": self.epoch}
