@@ -50,6 +50,14 @@ def default_dense_shift(fan_in: int) -> int:
     return (check_int("fan_in", fan_in, low=1) - 1).bit_length()
 
 
+def default_dense_shifts(last_hidden: int, dense_sizes: Sequence[int],
+                         quantised: bool) -> list[int]:
+    """The default shift of each dense layer after a last recurrent layer of ``last_hidden``
+    units: :func:`default_dense_shift` of its fan-in if ``quantised`` (``egru-q``), else 0."""
+    fan_ins = [last_hidden, *dense_sizes][:len(dense_sizes)]
+    return [default_dense_shift(n) if quantised else 0 for n in fan_ins]
+
+
 def q15_bias(b: torch.Tensor, saturate: bool = True) -> torch.Tensor:
     """A bias as deployed: rounded to the Q15 grid (straight-through gradient) after saturating
     it to +-64.0, or without saturating (``saturate=False``: the readout's bias, which training
@@ -330,14 +338,12 @@ class KWSNet(nn.Module):
                 nn.init.zeros_(lin.bias)
 
     def _shifts(self, shifts: Sequence[int] | None) -> list[int]:
-        fan_ins = [lin.in_features for lin in self.dense]
         if shifts is None:
-            if self.quant_bits is None:
-                return [0] * len(fan_ins)
-            return [default_dense_shift(n) for n in fan_ins]
+            return default_dense_shifts(self.hidden_sizes[-1], self.dense_sizes,
+                                        self.quant_bits is not None)
         out = [check_int("dense_shifts", s, low=0, high=MAX_DENSE_SHIFT) for s in shifts]
-        if len(out) != len(fan_ins):
-            raise ValueError(f"dense_shifts needs one shift per dense layer ({len(fan_ins)}), "
+        if len(out) != len(self.dense):
+            raise ValueError(f"dense_shifts needs one shift per dense layer ({len(self.dense)}), "
                              f"got {len(out)}")
         if self.quant_bits is None and any(out):
             raise ValueError("dense_shifts apply to egru-q only (the float layers have none)")

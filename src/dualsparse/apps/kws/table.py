@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dualsparse.atomic import atomic_write_json, atomic_write_text
-from dualsparse.models.egru_embedded import MAX_DENSE_SHIFT, default_dense_shift
+from dualsparse.models.egru_embedded import MAX_DENSE_SHIFT, default_dense_shifts
 from dualsparse.validation import check_choice, check_real
 from dualsparse.version import __version__
 
@@ -91,15 +91,13 @@ def parse_model_lr(text: str | None) -> dict[str, float]:
 def parse_dense_shift(text: str | None, model: str, hidden: tuple[int, ...],
                       dense: tuple[int, ...]) -> tuple[int, ...]:
     """``--dense-shift``: ``auto`` -> the default shift of each ``egru-q`` dense layer
-    (:func:`~dualsparse.models.egru_embedded.default_dense_shift` of its fan-in; zeros for
+    (:func:`~dualsparse.models.egru_embedded.default_dense_shifts`: zeros for
     ``gru``/``egru``), else one int >= 0 per dense layer; ``None`` (a run saved before the flag
     existed) -> zeros, the unshifted layer those runs trained."""
     if text is None:
         return (0,) * len(dense)
     if str(text).strip() == "auto":
-        if model != "egru-q":
-            return (0,) * len(dense)
-        return tuple(default_dense_shift(n) for n in (*hidden[-1:], *dense)[:len(dense)])
+        return tuple(default_dense_shifts(hidden[-1], dense, model == "egru-q"))
     items = [t.strip() for t in str(text).split(",") if t.strip()]
     try:
         shifts = tuple(int(t) for t in items)
