@@ -30,9 +30,25 @@ def _pruner(cfg):
         return pruner_for_training(cfg.model.build(50), cfg.prune, log=None)
 
 
-def test_the_four_specs_exist():
+def test_the_specs_exist():
     assert SPECS == ["narang_block_scoring.yaml", "narang_block_shapes.yaml",
-                     "narang_gl_glp.yaml", "narang_large_vs_small.yaml"]
+                     "narang_gl_glp.yaml", "narang_large_vs_small.yaml",
+                     "narang_late_start.yaml"]
+
+
+def test_the_late_start_differs_from_the_block_shapes_only_in_when_it_prunes(tmp_path):
+    early = {(c.model.cell, c.prune.prune_block, c.prune.prune_target, c.run.seed): c
+             for _, c in _configs("narang_block_shapes.yaml", tmp_path)
+             if c.prune.prune_method and c.prune.prune_q_from == "weights"}
+    late = [c for _, c in _configs("narang_late_start.yaml", tmp_path)]
+    assert len(late) == 16
+    for c in late:
+        e = early[(c.model.cell, c.prune.prune_block, c.prune.prune_target, c.run.seed)]
+        assert (c.prune.prune_start, c.prune.prune_ramp, c.prune.prune_end) == (1200, 1800, 2400)
+        assert (e.prune.prune_start, e.prune.prune_end) == (300, 1500)
+        for part in ("model", "data"):
+            assert getattr(c, part) == getattr(e, part)
+        assert c.run.max_steps == e.run.max_steps and c.run.lr == e.run.lr
 
 
 @pytest.mark.parametrize("name", SPECS)
