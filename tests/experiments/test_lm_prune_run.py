@@ -120,3 +120,18 @@ def test_the_dual_sparsity_sweep_shares_one_dense_model_per_model_and_seed(tmp_p
         dense_ids.add(run_id("lm", dense))
     assert len(spec.seeds) >= 2
     assert len(dense_ids) == 2 * len(spec.seeds)  # (EGRU, LSTM) x seeds
+
+
+def test_the_headline_lstm_sweep_reuses_the_protocols_dense_lstms() -> None:
+    from dualsparse.experiments.spec import load_spec, run_id
+
+    root = Path(__file__).resolve().parents[2] / "examples" / "sweeps"
+    protocol = {run_id("lm", split_config(r.config)[0]): r.config
+                for r in load_spec(root / "ptb_dual_sparsity.yaml").expand()
+                if r.config["model"] == "LSTM"}
+    runs = load_spec(root / "ptb_headline_lstm.yaml").expand()
+    assert {r.config["prune_target"] for r in runs} == {0.5, 0.75, 0.9, 0.95}
+    for r in runs:
+        dense, prune, budget = split_config(r.config)
+        assert budget == 3000 and prune["fine_tune_optimizer"] == "carry"
+        assert run_id("lm", dense) in protocol  # copying the dense folder is valid
