@@ -135,3 +135,18 @@ def test_the_headline_lstm_sweep_reuses_the_protocols_dense_lstms() -> None:
         dense, prune, budget = split_config(r.config)
         assert budget == 3000 and prune["fine_tune_optimizer"] == "carry"
         assert run_id("lm", dense) in protocol  # copying the dense folder is valid
+
+
+def test_the_activity_map_varies_the_penalty_target_across_weight_sparsities(tmp_path) -> None:
+    from dualsparse.experiments.lm_run import build_config
+    from dualsparse.experiments.spec import load_spec
+
+    root = Path(__file__).resolve().parents[2] / "examples" / "sweeps"
+    cells = set()
+    for r in load_spec(root / "ptb_activity_map.yaml").expand():
+        dense, prune, _ = split_config(r.config)
+        cfg = build_config(dense, tmp_path)  # the penalty is part of the dense training
+        assert cfg.run.activity_penalty > 0 and cfg.model.cell == "EGRU"
+        cells.add((cfg.run.activity_target, prune["prune_target"]))
+    targets = {t for t, _ in cells}
+    assert len(targets) >= 3 and cells == {(t, w) for t in targets for w in (0.0, 0.5, 0.75, 0.9)}
