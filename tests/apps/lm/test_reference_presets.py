@@ -1,0 +1,34 @@
+"""The ptb-small reference presets: equal parameter counts, and the committed reference runs
+(docs/results/<preset>/results.json) were made with exactly the preset's settings."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dualsparse.apps.lm.config import LMConfig
+from dualsparse.apps.lm.presets import get_preset
+
+RESULTS = Path(__file__).resolve().parents[3] / "docs" / "results"
+SMALL = ["ptb-small-lstm", "ptb-small-egru", "ptb-small-egru-untied"]
+BOOKKEEPING = {"save", "progress", "resume", "overwrite", "tensorboard"}
+
+
+def _parameters(name: str) -> int:
+    model = LMConfig.from_dict(get_preset(name)).model.build(10000)  # PTB's vocabulary
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_the_small_egrus_have_the_lstms_parameter_count_within_2_percent() -> None:
+    lstm = _parameters("ptb-small-lstm")
+    for name in ("ptb-small-egru", "ptb-small-egru-untied"):
+        assert abs(_parameters(name) / lstm - 1) <= 0.02, name
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_the_committed_reference_run_used_the_preset(name: str) -> None:
+    stored = json.loads((RESULTS / name / "results.json").read_text())["config"]
+    run = LMConfig.from_dict(stored, strict=False).flat()
+    preset = LMConfig.from_dict(get_preset(name)).flat()
+    differ = {k for k in preset if preset[k] != run[k]} - BOOKKEEPING
+    assert not differ, {k: (preset[k], run[k]) for k in differ}
