@@ -17,7 +17,7 @@ from dualsparse.accounting import ActivityMeter
 from dualsparse.apps.lm.config import CARRY_MODES, RunConfig
 from dualsparse.apps.lm.evaluate import carry_state, evaluate_lm
 from dualsparse.data.batching import FixedBPTT, RandomBPTT, Segment, batchify
-from dualsparse.models.regularizers import activity_penalty
+from dualsparse.models import regularizers
 from dualsparse.validation import check_choice, check_int, check_real
 
 
@@ -135,7 +135,8 @@ class LMTask:
             events = [s.events for s in seqs.layers]
             if any(e is None for e in events):
                 raise ValueError("the activity penalty needs an EGRU model (no events here)")
-            loss = loss + activity_penalty(events, self.activity_penalty, self.activity_target)
+            loss = loss + regularizers.activity_penalty(events, self.activity_penalty,
+                                                        self.activity_target)
         self.state = carry_state(state, self.carry)
         return loss, {"loss": float(ce.detach()), "activity": _layer_activity(seqs),
                       "tokens": batch.target.numel(), "epoch": self.epoch}
