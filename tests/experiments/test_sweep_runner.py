@@ -178,7 +178,9 @@ def _sigint_default() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def test_ctrl_c_gives_the_run_back(tmp_path):
+@pytest.mark.parametrize("signame, workers", [("SIGINT", 1), ("SIGTERM", 1), ("SIGTERM", 2)])
+def test_ctrl_c_gives_the_run_back(tmp_path, signame, workers):
+    """Ctrl-C, and ``kill`` (SIGTERM, passed on to the worker processes), give the run back."""
     import os
     import signal
     import subprocess
@@ -192,7 +194,7 @@ def test_ctrl_c_gives_the_run_back(tmp_path):
     with open(tmp_path / "stdout.txt", "wb") as out, open(tmp_path / "stderr.txt", "wb") as err:
         # own session: a Ctrl-C typed at the terminal running pytest does not reach it
         proc = subprocess.Popen([sys.executable, "-m", "dualsparse.experiments", "sweep", "run",
-                                 str(spec_file)], stdout=out, stderr=err,
+                                 str(spec_file), "--workers", str(workers)], stdout=out, stderr=err,
                                 preexec_fn=_sigint_default, start_new_session=True)
     try:
         store_path = tmp_path / "out" / "results.sqlite"
@@ -204,7 +206,7 @@ def test_ctrl_c_gives_the_run_back(tmp_path):
                     recs = store.records()
                     status = recs[0].status if recs else None
         assert status == "running", (tmp_path / "stderr.txt").read_text()[-2000:]
-        os.kill(proc.pid, signal.SIGINT)
+        os.kill(proc.pid, getattr(signal, signame))
         proc.wait(timeout=60)
         with ResultStore(store_path) as store:
             rec = store.records()[0]

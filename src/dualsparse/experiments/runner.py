@@ -28,11 +28,13 @@ import importlib
 import multiprocessing as mp
 import os
 import queue
+import signal
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -209,6 +211,24 @@ def _summary(metrics: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """Within the block, SIGTERM raises ``SystemExit`` in the main thread, so that a worker
+    stopped with ``kill`` gives its run back as on Ctrl-C (elsewhere: no change)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def work(store_path: str | Path, output: str | Path, options: WorkerOptions | None = None,
          worker: str | None = None) -> dict[str, int]:
     """One worker: claim and execute runs until none is claimable (or ``max_runs``).
@@ -222,7 +242,8 @@ def work(store_path: str | Path, output: str | Path, options: WorkerOptions | No
     worker = worker or worker_id("local")
     store_path = Path(store_path)
     counts = {"done": 0, "failed": 0, "lost": 0}
-    with ResultStore(store_path) as store, SweepBar(store, opts.sweep, opts.progress) as bar:
+    with sigterm_as_exit(), ResultStore(store_path) as store, \
+            SweepBar(store, opts.sweep, opts.progress) as bar:
         while opts.max_runs is None or counts["done"] + counts["failed"] < opts.max_runs:
             record, beat = None, None
             try:
@@ -293,13 +314,16 @@ def run_local(store_path: str | Path, output: str | Path, workers: int = 1,
         p.start()
     total = {"done": 0, "failed": 0, "lost": 0, "crashed": 0}
     try:
-        with ResultStore(store_path) as store, SweepBar(store, opts.sweep, opts.progress) as bar:
+        with sigterm_as_exit(), ResultStore(store_path) as store, \
+                SweepBar(store, opts.sweep, opts.progress) as bar:
             for p in procs:
                 while p.is_alive():
                     p.join(timeout=PROGRESS_POLL_S)
                     bar.refresh()
-    except KeyboardInterrupt:
-        for p in procs:  # the children got the same SIGINT and give their runs back
+    except (KeyboardInterrupt, SystemExit) as exc:
+        for p in procs:  # a Ctrl-C reached the children too; a SIGTERM is passed on
+            if isinstance(exc, SystemExit) and p.is_alive():
+                p.terminate()
             p.join(timeout=30)
         raise
     for p in procs:
