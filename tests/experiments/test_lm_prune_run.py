@@ -11,7 +11,11 @@ from dualsparse.experiments.lm_prune_run import (
     run_lm_prune,
     split_config,
 )
+from dualsparse.experiments.lm_run import build_config
+from dualsparse.experiments.spec import load_spec, run_id
 from dualsparse.train.run_dir import RunLockedError
+
+SWEEPS = Path(__file__).resolve().parents[2] / "examples" / "sweeps"
 
 needs_ptb = pytest.mark.skipif(
     not (Path(os.environ.get("DUALSPARSE_DATA", "/nonexistent")) / "ptb").is_dir(),
@@ -107,11 +111,7 @@ def test_runs_share_one_dense_model_and_split_the_fine_tuning_budget(tmp_path, m
 
 
 def test_the_dual_sparsity_sweep_shares_one_dense_model_per_model_and_seed(tmp_path) -> None:
-    from dualsparse.experiments.lm_run import build_config
-    from dualsparse.experiments.spec import load_spec, run_id
-
-    spec = load_spec(Path(__file__).resolve().parents[2] / "examples" / "sweeps"
-                     / "ptb_dual_sparsity.yaml")
+    spec = load_spec(SWEEPS / "ptb_dual_sparsity.yaml")
     dense_ids = set()
     for run in spec.expand():
         dense, prune, budget = split_config(run.config)
@@ -123,13 +123,10 @@ def test_the_dual_sparsity_sweep_shares_one_dense_model_per_model_and_seed(tmp_p
 
 
 def test_the_headline_lstm_sweep_reuses_the_protocols_dense_lstms() -> None:
-    from dualsparse.experiments.spec import load_spec, run_id
-
-    root = Path(__file__).resolve().parents[2] / "examples" / "sweeps"
     protocol = {run_id("lm", split_config(r.config)[0]): r.config
-                for r in load_spec(root / "ptb_dual_sparsity.yaml").expand()
+                for r in load_spec(SWEEPS / "ptb_dual_sparsity.yaml").expand()
                 if r.config["model"] == "LSTM"}
-    runs = load_spec(root / "ptb_headline_lstm.yaml").expand()
+    runs = load_spec(SWEEPS / "ptb_headline_lstm.yaml").expand()
     assert {r.config["prune_target"] for r in runs} == {0.5, 0.75, 0.9, 0.95}
     for r in runs:
         dense, prune, budget = split_config(r.config)
@@ -138,12 +135,8 @@ def test_the_headline_lstm_sweep_reuses_the_protocols_dense_lstms() -> None:
 
 
 def test_the_activity_map_varies_the_penalty_target_across_weight_sparsities(tmp_path) -> None:
-    from dualsparse.experiments.lm_run import build_config
-    from dualsparse.experiments.spec import load_spec
-
-    root = Path(__file__).resolve().parents[2] / "examples" / "sweeps"
     cells = set()
-    for r in load_spec(root / "ptb_activity_map.yaml").expand():
+    for r in load_spec(SWEEPS / "ptb_activity_map.yaml").expand():
         dense, prune, _ = split_config(r.config)
         cfg = build_config(dense, tmp_path)  # the penalty is part of the dense training
         assert cfg.run.activity_penalty > 0 and cfg.model.cell == "EGRU"
