@@ -13,6 +13,7 @@ import torch
 from dualsparse.apps.kws import commands as kws
 from dualsparse.apps.kws import m0_report, table
 from dualsparse.apps.kws.task import KWSTask
+from dualsparse.data.augment import FeatureAugment
 from dualsparse.models.egru_embedded import KWSNet
 from dualsparse.train import checkpoint as ckpt
 from dualsparse.train.config import TrainConfig
@@ -35,10 +36,10 @@ def _synthetic(n: int = 60, t: int = 6, f: int = 10):
     return x, y, index
 
 
-def _trainer(tmp_path, max_steps: int, stop_at=None, model="gru"):
+def _trainer(tmp_path, max_steps: int, stop_at=None, model="gru", augment=None):
     set_seed(1)
     x, y, index = _synthetic()
-    task = KWSTask(x, y, index, batch_size=16, seed=3)
+    task = KWSTask(x, y, index, batch_size=16, seed=3, augment=augment)
     net = KWSNet(model, 10, (8,), 10)
     cfg = TrainConfig(max_steps=max_steps, lr=0.01, eval_interval=task.steps_per_epoch,
                       log_interval=1, save_interval=1, stop_at=stop_at, out_dir=str(tmp_path),
@@ -73,6 +74,26 @@ def test_task_state_round_trip_repeats_the_batches() -> None:
         KWSTask(x, y, index, batch_size=8, seed=3).load_state_dict(a.state_dict())
 
 
+def test_augmentation_changes_training_batches_only() -> None:
+    x, y, index = _synthetic()
+    plain = KWSTask(x, y, index, batch_size=16, seed=3)
+    aug = KWSTask(x, y, index, batch_size=16, seed=3, augment=FeatureAugment(warp=0.3))
+    off = KWSTask(x, y, index, batch_size=16, seed=3, augment=FeatureAugment())
+    net = KWSNet("gru", 10, (8,), 10)
+    batch = plain.next_batch()
+    assert aug.next_batch().tolist() == batch.tolist()   # same order: its own generator
+    loss_plain = plain.training_loss(net, batch)[0]
+    assert off.training_loss(net, batch)[0] == loss_plain
+    assert aug.training_loss(net, batch)[0] != loss_plain
+    assert aug.evaluate(net, "test") == plain.evaluate(net, "test")
+    with pytest.raises(ValueError, match="settings differ"):
+        plain.load_state_dict(aug.state_dict())
+    with pytest.raises(ValueError, match="settings differ"):
+        KWSTask(x, y, index, batch_size=16, seed=3,
+                augment=FeatureAugment(warp=0.1)).load_state_dict(aug.state_dict())
+    plain.load_state_dict(off.state_dict())  # no augmentation = the settings of old checkpoints
+
+
 def test_trainer_learns_and_selects_best_by_validation_error(tmp_path) -> None:
     tr = _trainer(tmp_path, max_steps=30)
     summary = tr.fit()
@@ -88,12 +109,13 @@ def test_trainer_learns_and_selects_best_by_validation_error(tmp_path) -> None:
     assert float(valid[-1]["accuracy"]) == pytest.approx(1 - errors[30], abs=1e-5)
 
 
-def test_stopped_run_resumes_bitwise(tmp_path) -> None:
-    full = _trainer(tmp_path / "full", max_steps=12)
+@pytest.mark.parametrize("augment", [None, FeatureAugment(warp=0.2, time_mask=2)])
+def test_stopped_run_resumes_bitwise(tmp_path, augment) -> None:
+    full = _trainer(tmp_path / "full", max_steps=12, augment=augment)
     full.fit()
-    part = _trainer(tmp_path / "part", max_steps=12, stop_at=5)
+    part = _trainer(tmp_path / "part", max_steps=12, stop_at=5, augment=augment)
     part.fit()
-    again = _trainer(tmp_path / "part", max_steps=12)
+    again = _trainer(tmp_path / "part", max_steps=12, augment=augment)
     again.resume(tmp_path / "part")
     assert again.step == 5
     again.fit()
@@ -148,14 +170,14 @@ def test_table_mode_writes_one_json_per_run_and_never_overwrites(tmp_path, monke
     argv = ["--seeds", "0,1", "--splits", "random", "--models", "gru,egru-q", "--epochs", "1",
             "--max-train", "32", "--hidden", "6", "--threads", "1", "--batch-size", "16",
             "--no-progress", "--out", str(tmp_path / "runs"), "--results", str(res),
-            "--model-lr", "egru-q=0.02"]
+            "--model-lr", "egru-q=0.02", "--aug-stretch", "0.1"]
     summary = kws.run(_args(*argv))
     files = sorted(p.name for p in res.glob("*_s*.json"))
     assert files == ["egru-q_random_s0.json", "egru-q_random_s1.json", "gru_random_s0.json",
                      "gru_random_s1.json"]
     r = json.loads((res / "egru-q_random_s1.json").read_text())
     assert r["seed"] == 1 and r["split"] == "random" and r["n_test"] == 300
-    assert r["settings"]["lr"] == 0.02
+    assert r["settings"]["lr"] == 0.02 and r["settings"]["aug_stretch"] == 0.1
     assert r["accuracy"] == r["deployed_test_acc"] and r["deployed_bytes"] < r["float_bytes"]
     fr = r["deployed_level_fractions"]
     assert set(fr) <= {"-1", "-0.5", "-0.25", "0", "0.25", "0.5", "1"}
@@ -200,15 +222,23 @@ def test_front_end_and_logit_gain_flags_are_checked(tmp_path):
         kws.run(_args("--gain", "0", "--out", str(tmp_path / "a")))
     with pytest.raises(ValueError, match="--logit-gain"):
         kws.run(_args("--logit-gain", "-1", "--out", str(tmp_path / "b")))
+    with pytest.raises(ValueError, match="--aug-warp"):
+        kws.run(_args("--aug-warp", "0.7", "--out", str(tmp_path / "c")))
+    with pytest.raises(ValueError, match="--aug-time-mask"):
+        kws.run(_args("--aug-time-mask", "-2", "--out", str(tmp_path / "d")))
+    with pytest.raises(ValueError, match="--aug-freq-mask 65"):
+        kws.run(_args("--aug-freq-mask", "65", "--data", str(tmp_path / "no-data")))
 
 
 def _drop_dense(run) -> None:
-    """Make ``run`` look like one saved before --dense existed."""
+    """Make ``run`` look like one saved before --dense and --aug-* existed."""
     for name in ("config.json", "latest.json", "best.json"):
         path = run / name
         data = json.loads(path.read_text())
         cfg = data["run_config"] if name != "config.json" else data
         assert cfg.pop("dense") == ""
+        for k in kws.AUGMENT_FLAGS:
+            assert cfg.pop(k) == 0
         path.write_text(json.dumps(data))
 
 
@@ -248,6 +278,8 @@ def test_runs_saved_before_the_dense_flag_load_and_resume(tmp_path, monkeypatch,
     assert again["test_acc"] == m["test_acc"] and again["dense"] == []
     with pytest.raises(ValueError, match="other settings.*dense"):
         kws.run(_args(*argv, "--resume", "--dense", "4"))
+    with pytest.raises(ValueError, match="other settings.*aug_warp"):
+        kws.run(_args(*argv, "--resume", "--aug-warp", "0.1"))
 
 
 @needs_fsdd

@@ -37,6 +37,7 @@ from dualsparse.apps.kws import table
 from dualsparse.apps.kws.task import KWSTask
 from dualsparse.atomic import atomic_write_json
 from dualsparse.data.audio import FEATURE_KINDS, FSDD_SPEAKERS, FrontEnd, load_fsdd, split_fsdd
+from dualsparse.data.augment import MAX_SCALE, FeatureAugment
 from dualsparse.embedded.codegen import emit_c
 from dualsparse.embedded.quant import decode_pow2, to_q15
 from dualsparse.embedded.reference import deploy
@@ -48,10 +49,12 @@ from dualsparse.train.run_dir import RunLock, clear_run, prepare_run_dir
 from dualsparse.validation import check_int, check_real
 
 MODELS = table.MODELS
+#: --aug-* flags (argparse names) -> FeatureAugment fields; runs saved before them had none (0)
+AUGMENT_FLAGS = ("aug_warp", "aug_stretch", "aug_freq_mask", "aug_time_mask")
 # run settings that must be equal to resume a run (the model and the data it sees)
 RESUME_KEYS = ("model", "split", "test_speakers", "features", "hidden", "dense", "dense_shift",
                "bits", "zero_rule", "reset_gate", "logit_gain", "epochs", "batch_size", "lr",
-               "clip", "max_train", "seed")
+               "clip", "max_train", "seed", *AUGMENT_FLAGS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +86,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=3e-3)
     g.add_argument("--clip", type=float, default=1.0, help="gradient norm clip (0 = off)")
     g.add_argument("--max-train", type=int, default=0, help="use at most N training clips (0=all)")
+    g.add_argument("--aug-warp", type=float, default=0.0,
+                   help="augmentation: scale each training clip's frequency axis by "
+                        "U(1-a, 1+a) (vocal-tract-length perturbation; 0 = off)")
+    g.add_argument("--aug-stretch", type=float, default=0.0,
+                   help="augmentation: scale each training clip's time axis by U(1-a, 1+a) "
+                        "(0 = off)")
+    g.add_argument("--aug-freq-mask", type=int, default=0,
+                   help="augmentation: zero one band of up to N bins per training clip (0 = off)")
+    g.add_argument("--aug-time-mask", type=int, default=0,
+                   help="augmentation: zero one band of up to N frames per training clip "
+                        "(0 = off)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     g.add_argument("--data", default=None, help="data folder (default $DUALSPARSE_DATA)")
@@ -117,6 +131,7 @@ def _check_args(args: argparse.Namespace
     check_int("--threads", args.threads, low=1)
     check_real("--gain", args.gain, low=0.0, low_open=True)
     check_real("--logit-gain", args.logit_gain, low=0.0, low_open=True)
+    augment_from_args(args)
     hidden = table.parse_sizes("--hidden", args.hidden)
     dense = table.parse_sizes("--dense", getattr(args, "dense", ""), allow_empty=True)
     shifts = table.parse_dense_shift(getattr(args, "dense_shift", "auto"), args.model, hidden,
@@ -127,6 +142,17 @@ def _check_args(args: argparse.Namespace
         prepare_run_dir(args.out, resume=args.resume, overwrite=getattr(args, "overwrite", False),
                         flag="--out")
     return hidden, dense, shifts
+
+
+def augment_from_args(args: argparse.Namespace) -> FeatureAugment:
+    """The ``--aug-*`` flags as a :class:`FeatureAugment` (errors name the flag)."""
+    values = {k: getattr(args, k, 0) for k in AUGMENT_FLAGS}
+    check_real("--aug-warp", values["aug_warp"], low=0.0, high=MAX_SCALE)
+    check_real("--aug-stretch", values["aug_stretch"], low=0.0, high=MAX_SCALE)
+    check_int("--aug-freq-mask", values["aug_freq_mask"], low=0)
+    check_int("--aug-time-mask", values["aug_time_mask"], low=0)
+    return FeatureAugment(values["aug_warp"], values["aug_stretch"], values["aug_freq_mask"],
+                          values["aug_time_mask"])
 
 
 def _run_config(args: argparse.Namespace, fe: FrontEnd) -> dict[str, Any]:
@@ -142,6 +168,8 @@ def _check_resumable(out: Path, run_config: dict[str, Any]) -> None:
     saved.setdefault("dense", "")
     n_dense = len(table.parse_sizes("dense", saved["dense"], allow_empty=True))
     saved.setdefault("dense_shift", table.shift_text((0,) * n_dense))
+    for k in AUGMENT_FLAGS:  # runs saved before augmentation existed
+        saved.setdefault(k, 0.0 if k in ("aug_warp", "aug_stretch") else 0)
     diff = {k: (saved.get(k), run_config.get(k)) for k in (*RESUME_KEYS, "frontend")
             if saved.get(k) != run_config.get(k)}
     if diff:
@@ -156,7 +184,7 @@ def build_trainer(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor,
                   ) -> Trainer:
     """Task, model and Trainer for ``args`` (resumed from ``--out`` with ``--resume``)."""
     set_seed(args.seed, deterministic=True)
-    task = KWSTask(x, y, index, args.batch_size, args.seed)
+    task = KWSTask(x, y, index, args.batch_size, args.seed, augment=augment_from_args(args))
     model = KWSNet(args.model, fe.n_features, hidden, 10, quant_bits=args.bits,
                    zero_rule=args.zero_rule, reset_gate=args.reset_gate,
                    logit_gain=args.logit_gain, dense_sizes=dense, dense_shifts=dense_shifts)
@@ -223,6 +251,10 @@ def _run(args: argparse.Namespace, hidden: tuple[int, ...], dense: tuple[int, ..
     torch.set_num_threads(args.threads)
     t0 = time.time()
     fe = FrontEnd(features=args.features, gain=args.gain)
+    aug = augment_from_args(args)
+    if aug.freq_mask > fe.n_features or aug.time_mask > fe.n_frames:
+        raise ValueError(f"--aug-freq-mask {aug.freq_mask} / --aug-time-mask {aug.time_mask} "
+                         f"exceed the features' {fe.n_features} bins / {fe.n_frames} frames")
     data = load_fsdd(fe, data_dir=args.data)
     spk = tuple(s.strip() for s in args.test_speakers.split(",") if s.strip())
     idx = split_fsdd(data, args.split, test_speakers=spk)

@@ -34,7 +34,8 @@ RECORD_KEYS = ("model", "split", "seed", "features", "hidden", "dense", "dense_s
                "deployed_agreement", "deployed_bytes", "deployed_level_fractions",
                "float_bytes", "params", "bits", "n_train", "n_test", "test_speakers")
 SETTING_KEYS = ("lr", "batch_size", "clip", "gain", "logit_gain", "zero_rule", "bits",
-                "reset_gate", "max_train")
+                "reset_gate", "max_train", "aug_warp", "aug_stretch", "aug_freq_mask",
+                "aug_time_mask")
 
 
 def parse_list(flag: str, text: str, choices: tuple[str, ...] | None = None) -> list[str]:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dualsparse.data.augment import FeatureAugment
 from dualsparse.validation import check_choice, check_int
 
 SPLITS = ("valid", "test")
@@ -29,12 +30,16 @@ class KWSTask:
         batch_size: training clips per optimiser step.
         seed: seed of the shuffling generator.
         eval_batch_size: clips per forward pass in :meth:`evaluate` (memory only).
+        augment: random warps and masks of the training batches (validation and test clips
+            are never augmented); draws come from a generator of their own, seeded from
+            ``seed`` and carried by the checkpoint.
     """
 
     metric_fields = ("accuracy",)
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, index: dict[str, np.ndarray],
-                 batch_size: int, seed: int, eval_batch_size: int = 500) -> None:
+                 batch_size: int, seed: int, eval_batch_size: int = 500,
+                 augment: FeatureAugment | None = None) -> None:
         if x.dim() != 3 or y.shape != (x.size(1),):
             raise ValueError(f"x must be (T, N, F) and y (N,), got {tuple(x.shape)} and "
                              f"{tuple(y.shape)}")
@@ -48,6 +53,8 @@ class KWSTask:
         self.rng = np.random.default_rng(seed)
         self.epoch, self.pos = 0, 0
         self.order = self.rng.permutation(self.index["train"])
+        self.augment = augment if augment is not None and augment.active else None
+        self.aug_rng = np.random.default_rng([self.seed, 1])
 
     @property
     def steps_per_epoch(self) -> int:
@@ -67,7 +74,10 @@ class KWSTask:
 
     def training_loss(self, model: nn.Module, batch: np.ndarray
                       ) -> tuple[torch.Tensor, dict[str, Any]]:
-        loss = F.cross_entropy(model(self.x[:, batch]), self.y[batch])
+        x = self.x[:, batch]
+        if self.augment is not None:
+            x = self.augment(x, self.aug_rng)
+        loss = F.cross_entropy(model(x), self.y[batch])
         return loss, {"tokens": len(batch), "epoch": self.epoch}
 
     def evaluate(self, model: nn.Module, split: str = "valid") -> dict[str, float]:
@@ -87,22 +97,28 @@ class KWSTask:
         return {"loss": total / n, "accuracy": correct / n, "error": 1.0 - correct / n}
 
     def _settings(self) -> dict[str, Any]:
-        return {"batch_size": self.batch_size, "seed": self.seed,
-                "n_train": len(self.index["train"])}
+        out = {"batch_size": self.batch_size, "seed": self.seed,
+               "n_train": len(self.index["train"])}
+        if self.augment is not None:  # absent without augmentation, as in older checkpoints
+            out["augment"] = self.augment.settings()
+        return out
 
     def state_dict(self) -> dict[str, Any]:
-        """Epoch, position, this epoch's order and the shuffling generator's state."""
+        """Epoch, position, this epoch's order and the generators' states."""
         return {"epoch": self.epoch, "pos": self.pos, "order": torch.from_numpy(self.order),
-                "rng": self.rng.bit_generator.state, "settings": self._settings()}
+                "rng": self.rng.bit_generator.state, "aug_rng": self.aug_rng.bit_generator.state,
+                "settings": self._settings()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume; ``ValueError`` if batch size, seed or training set size differ."""
+        """Resume; ``ValueError`` if batch size, seed, training set size or augmentation differ."""
         if state.get("settings") != self._settings():
             raise ValueError(f"cannot resume: KWS data settings differ (saved "
                              f"{state.get('settings')}, now {self._settings()})")
         self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
         self.order = state["order"].numpy().astype(np.int64)
         self.rng.bit_generator.state = state["rng"]
+        if "aug_rng" in state:
+            self.aug_rng.bit_generator.state = state["aug_rng"]
 
 
 __all__ = ["SPLITS", "KWSTask"]
