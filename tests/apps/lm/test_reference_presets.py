@@ -32,3 +32,17 @@ def test_the_committed_reference_run_used_the_preset(name: str) -> None:
     preset = LMConfig.from_dict(get_preset(name)).flat()
     differ = {k for k in preset if preset[k] != run[k]} - BOOKKEEPING
     assert not differ, {k: (preset[k], run[k]) for k in differ}
+
+
+@pytest.mark.parametrize("folder, preset, differs", [
+    ("ptb-small-egru-seed2", "ptb-small-egru", {"seed"}),
+    # the tied-LSTM control: the EGRU's recipe, only the cell and its widths changed
+    ("ptb-small-lstm-tied310", "ptb-small-egru",
+     {"cell", "hidden_sizes", "emb_size", "activity_penalty"}),
+])
+def test_the_committed_variant_runs_differ_from_their_preset_only_as_named(
+        folder: str, preset: str, differs: set[str]) -> None:
+    stored = json.loads((RESULTS / folder / "results.json").read_text())["config"]
+    run = LMConfig.from_dict(stored, strict=False).flat()
+    base = LMConfig.from_dict(get_preset(preset)).flat()
+    assert {k for k in base if base[k] != run[k]} - BOOKKEEPING == differs
