@@ -36,6 +36,7 @@ def test_the_committed_reference_run_used_the_preset(name: str) -> None:
 
 @pytest.mark.parametrize("folder, preset, differs", [
     ("ptb-small-egru-seed2", "ptb-small-egru", {"seed"}),
+    ("ptb-small-egru-nopenalty", "ptb-small-egru", {"activity_penalty"}),
     # the tied-LSTM control: the EGRU's recipe, only the cell and its widths changed
     ("ptb-small-lstm-tied310", "ptb-small-egru",
      {"cell", "hidden_sizes", "emb_size", "activity_penalty"}),
