@@ -180,11 +180,14 @@ def _check_resumable(out: Path, run_config: dict[str, Any]) -> None:
 
 def build_trainer(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor,
                   index: dict[str, np.ndarray], hidden: tuple[int, ...], fe: FrontEnd,
-                  dense: tuple[int, ...] = (), dense_shifts: tuple[int, ...] | None = None
-                  ) -> Trainer:
-    """Task, model and Trainer for ``args`` (resumed from ``--out`` with ``--resume``)."""
+                  dense: tuple[int, ...] = (), dense_shifts: tuple[int, ...] | None = None,
+                  augment: FeatureAugment | None = None) -> Trainer:
+    """Task, model and Trainer for ``args`` (resumed from ``--out`` with ``--resume``);
+    ``augment`` defaults to the one the ``--aug-*`` flags describe."""
     set_seed(args.seed, deterministic=True)
-    task = KWSTask(x, y, index, args.batch_size, args.seed, augment=augment_from_args(args))
+    if augment is None:
+        augment = augment_from_args(args)
+    task = KWSTask(x, y, index, args.batch_size, args.seed, augment=augment)
     model = KWSNet(args.model, fe.n_features, hidden, 10, quant_bits=args.bits,
                    zero_rule=args.zero_rule, reset_gate=args.reset_gate,
                    logit_gain=args.logit_gain, dense_sizes=dense, dense_shifts=dense_shifts)
@@ -263,7 +266,7 @@ def _run(args: argparse.Namespace, hidden: tuple[int, ...], dense: tuple[int, ..
             : args.max_train]
     x = torch.from_numpy(data.x).transpose(0, 1).contiguous()  # (T, N, F)
     y = torch.from_numpy(data.y)
-    trainer = build_trainer(args, x, y, idx, hidden, fe, dense, shifts)
+    trainer = build_trainer(args, x, y, idx, hidden, fe, dense, shifts, aug)
     out = Path(args.out) if args.out else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
