@@ -20,7 +20,9 @@ products, recurrent products, gates, decoder: us/token) and the cost per stored 
 it touched (ns/value, GB/s of weights), against the dense baseline's MAC rate.
 
 ``threads`` section: one product (64 vectors, and 1 vector) through 1 and 2 threads for
-matrices of 4 MB and more (wall time).
+matrices of 4 MB and more (wall time), and two bounds on the same bytes: a read-only sweep
+(the 2-thread speed-up of any kernel that streams the weights once) and ``torch.mv`` (PyTorch's
+own single-vector scaling).
 
     python benchmarks/bench_engine.py --out results.json          # all scenarios (~3 min idle)
     python benchmarks/bench_engine.py --scenarios demo-16x1 --modes segment streaming
@@ -48,6 +50,8 @@ from engine_bench_lib import (
     make_weight,
     one_thread_session,
     ptb_tokens,
+    read_bandwidth,
+    torch_mv_threads,
     write_json,
 )
 
@@ -217,19 +221,27 @@ HEADER = ("| scenario | mode | activity | ideal | dense us/tok | engine us/tok |
           "| dense GMAC/s |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
-def run_threads(quick: bool, repeats: int, seed: int) -> list[dict]:
-    """1 vs 2 threads (wall time) on one product, 64 vectors and 1 vector, ~25% activity."""
+def run_threads(quick: bool, repeats: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """1 vs 2 threads (wall time) on one product, 64 vectors and 1 vector, ~25% activity;
+    and the bounds: a read-only sweep of the same bytes, and ``torch.mv`` on the dense ones."""
     rng = np.random.default_rng(seed)
-    mats = ({"quick-64x48": (pack_matrix(make_weight(64, 48, 0.5, "16x1", rng), (16, 1)))}
-            if quick else {
-                "egru1350_hh dense (22 MB)": pack_dense(make_weight(4050, 1350, 1.0, "", rng)),
-                "decoder 10000x750 dense (30 MB)": pack_dense(make_weight(10000, 750, 1.0, "",
-                                                                          rng)),
-                "7680x2560 16x1 25% (20 MB)": pack_matrix(make_weight(7680, 2560, 0.25, "16x1",
-                                                                      rng), (16, 1))})
-    rows = []
+    dense_weights = ({"quick-64x48 dense": make_weight(64, 48, 1.0, "", rng)} if quick else {
+        "egru1350_hh dense (22 MB)": make_weight(4050, 1350, 1.0, "", rng),
+        "decoder 10000x750 dense (30 MB)": make_weight(10000, 750, 1.0, "", rng)})
+    mats = {k: pack_dense(w) for k, w in dense_weights.items()}
+    mats["quick-64x48 16x1" if quick else "7680x2560 16x1 25% (20 MB)"] = pack_matrix(
+        make_weight(64, 48, 0.5, "16x1", rng) if quick
+        else make_weight(7680, 2560, 0.25, "16x1", rng), (16, 1))
+    rows, bounds = [], []
     for name, mat in mats.items():
         size = mat.nbytes  # the weights (a DenseMatrix adds its column copy at one vector)
+        bw = read_bandwidth(size, repeats, seed)
+        bounds.append({"matrix": name, "probe": "read sweep", "mbytes": size / 1e6, **bw})
+        w = dense_weights.get(name)
+        if w is not None:
+            x1 = rng.standard_normal(w.shape[1]).astype(np.float32)
+            bounds.append({"matrix": name, "probe": "torch.mv",
+                           **torch_mv_threads(w, x1, repeats)})
         for n in (64, 1):
             x = (rng.standard_normal((n, mat.cols)) * (rng.random((n, mat.cols)) < 0.25)
                  ).astype(np.float32)
@@ -247,7 +259,13 @@ def run_threads(quick: bool, repeats: int, seed: int) -> list[dict]:
                    None: "- (< 4 MB)"}[rows[-1]["met"]]
             print(f"| {name} | {n} | {t['t1'] * 1e6:.0f} | {t['t2'] * 1e6:.0f} | {speed:.2f} "
                   f"| {met} |", flush=True)
-    return rows
+    print("\nBounds (the same bytes, 1 vs 2 threads, wall time):\n\n| matrix | probe "
+          "| 1 thread us | 2 threads us | speed-up | GB/s 1 / 2 |\n|---|---|---|---|---|---|")
+    for b in bounds:
+        gbs = f"{b['gbs1']:.0f} / {b['gbs2']:.0f}" if "gbs1" in b else "-"
+        print(f"| {b['matrix']} | {b['probe']} | {b['t1_us']:.0f} | {b['t2_us']:.0f} "
+              f"| {b['speedup']:.2f} | {gbs} |", flush=True)
+    return rows, bounds
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -259,6 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tokens", type=int, default=256, help="tokens per stream per timing")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--skip-threads", action="store_true")
+    p.add_argument("--skip-lm", action="store_true", help="only the threads section")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--allow-load", action="store_true",
                    help="run even when the load average exceeds 1.5 (results marked LOADED)")
@@ -267,16 +286,16 @@ def main(argv: list[str] | None = None) -> dict:
     scenarios = {k: SCENARIOS[k] for k in (args.scenarios or SCENARIOS)}
     if args.quick:
         scenarios, args.tokens, args.repeats = QUICK, 16, 1
-    rows, threads = [], []
+    rows, threads, bounds = [], [], []
     with one_thread_session("bench_engine.py", argv, args.allow_load or args.quick,
                             HEADER) as session:
-        for name, spec in scenarios.items():
+        for name, spec in ({} if args.skip_lm else scenarios).items():
             rows += run_scenario(name, spec, args.modes, args.tokens, args.repeats, args.seed)
         if not args.skip_threads:
             print("\n| matrix | vectors | 1 thread us | 2 threads us | speed-up | target |\n"
                   "|---|---|---|---|---|---|", flush=True)
-            threads = run_threads(args.quick, args.repeats, args.seed)
-    payload = session.payload(lm=rows, threads=threads)
+            threads, bounds = run_threads(args.quick, args.repeats, args.seed)
+    payload = session.payload(lm=rows, threads=threads, thread_bounds=bounds)
     if args.out:
         write_json(args.out, payload)
     return payload

@@ -272,3 +272,48 @@ def write_json(path: str, payload: dict) -> None:
     os.chmod(tmp, 0o644)
     os.link(tmp, path)  # fails if path appeared meanwhile
     os.unlink(tmp)
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _read_sum(buf: np.ndarray, chunks: int) -> float:
+    """Sum of ``buf`` in ``chunks`` contiguous parts, one ``prange`` iteration each: a
+    read-only sweep, vectorised (fastmath lets LLVM reorder the sum)."""
+    n = buf.size
+    step = -(-n // chunks)
+    part = np.zeros(chunks, np.float64)
+    for c in numba.prange(chunks):
+        s = np.float32(0.0)
+        for i in range(c * step, min(n, (c + 1) * step)):
+            s += buf[i]
+        part[c] = s
+    return part.sum()
+
+
+def read_bandwidth(nbytes: int, repeats: int, seed: int = 0) -> dict[str, float]:
+    """Read-only sweep of ``nbytes`` of float32 with 1 and 2 threads (numba), alternating,
+    wall-time medians: GB/s each and their ratio, the 2-thread speed-up any kernel that
+    streams that many bytes once can reach on this machine."""
+    buf = np.random.default_rng(seed).standard_normal(nbytes // 4).astype(np.float32)
+
+    def sweep(threads: int) -> None:
+        numba.set_num_threads(threads)
+        _read_sum(buf, 2)
+
+    t = interleaved({"t1": lambda: sweep(1), "t2": lambda: sweep(2)}, repeats, "wall")
+    numba.set_num_threads(1)
+    return {"t1_us": t["t1"] * 1e6, "t2_us": t["t2"] * 1e6, "gbs1": buf.nbytes / t["t1"] / 1e9,
+            "gbs2": buf.nbytes / t["t2"] / 1e9, "speedup": t["t1"] / t["t2"]}
+
+
+def torch_mv_threads(w: np.ndarray, x: np.ndarray, repeats: int) -> dict[str, float]:
+    """``torch.mv`` through ``w`` (rows, cols) with 1 and 2 torch threads, alternating,
+    wall-time medians: PyTorch's own 2-thread scaling of the same single-vector product."""
+    wt, xt = torch.from_numpy(w), torch.from_numpy(x)
+
+    def mv(threads: int) -> None:
+        torch.set_num_threads(threads)
+        torch.mv(wt, xt)
+
+    t = interleaved({"t1": lambda: mv(1), "t2": lambda: mv(2)}, repeats, "wall")
+    torch.set_num_threads(1)
+    return {"t1_us": t["t1"] * 1e6, "t2_us": t["t2"] * 1e6, "speedup": t["t1"] / t["t2"]}

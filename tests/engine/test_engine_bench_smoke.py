@@ -49,6 +49,11 @@ def test_quick_benchmark_rows(tmp_path, capsys):
         assert r["values_per_token"]["decoder"] > 0
     assert rows[2]["batch"] == 8
     assert {t["vectors"] for t in payload["threads"]} == {1, 64}
+    probes = [(b["matrix"], b["probe"]) for b in payload["thread_bounds"]]
+    # a read sweep of every matrix's bytes; torch.mv only where the weights are dense
+    assert probes == [("quick-64x48 dense", "read sweep"), ("quick-64x48 dense", "torch.mv"),
+                      ("quick-64x48 16x1", "read sweep")]
+    assert all(b["t1_us"] > 0 and b["t2_us"] > 0 for b in payload["thread_bounds"])
     assert json.loads(out.read_text())["lm"] == rows
     with pytest.raises(FileExistsError, match="exists"):  # never overwrites a result
         bench.main(["--quick", "--skip-threads", "--modes", "segment", "--out", str(out)])
@@ -120,3 +125,11 @@ def test_session_runs_one_thread_restores_threads_and_records_load(monkeypatch, 
             lib.one_thread_session("bench_x.py", [], False):
         raise RuntimeError("boom")
     assert torch.get_num_threads() == 2  # restored on error too
+
+
+@pytest.mark.parametrize("n", [1, 7, 1000, 4099])
+def test_read_sweep_sums_every_element_once(n):
+    lib = _load("engine_bench_lib")
+    buf = np.arange(1, n + 1, dtype=np.float32)
+    for chunks in (1, 2, 3):
+        assert lib._read_sum(buf, chunks) == pytest.approx(n * (n + 1) / 2, rel=1e-6)

@@ -247,3 +247,22 @@ def test_gru_and_lstm_gates_match_torch_steps():
                            torch.from_numpy(gh4[:, j].copy()))
         np.testing.assert_allclose(hk[j], rh[0].numpy(), rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(ck[j], rc[0].numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [64, 100, 1024, 4096, 7680, 10048, 40000])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("most,multiple", [(4096, 64), (1000, 64), (4096, 16), (10, 64)])
+def test_balanced_rows_splits_work_evenly_between_threads(rows, threads, most, multiple):
+    g = KA.balanced_rows(rows, most, threads, multiple)
+    assert g % multiple == 0 and g <= max(multiple, most // multiple * multiple)
+    items = -(-rows // g)
+    sizes = [min(g, rows - i * g) for i in range(items)]
+    # prange's static schedule: contiguous, equal counts of items per thread
+    per_thread = [sum(part) for part in np.array_split(np.array(sizes), threads)]
+    if items >= threads:
+        # the busiest thread does at most one group more than an even share
+        assert max(per_thread) <= rows / threads + g
+    if threads == 2 and rows == 10048 and most == 4096:
+        # the 10000-row decoder: two items each, not 8192 rows on one thread and 1856 on the
+        # other (what a fixed 4096-row group gave)
+        assert max(per_thread) <= 0.55 * rows

@@ -187,15 +187,13 @@ class PackedMatrix(PackedFormat):
 
     def _group_rows(self, n_vectors: int, threads: int) -> int:
         """Rows per work item: weights within :data:`GROUP_BYTES` when several vectors share
-        them, accumulator slices within :data:`GROUP_MAX_ROWS`, at least one item per
-        thread."""
+        them, accumulator slices within :data:`GROUP_MAX_ROWS`, a multiple of ``threads``
+        items of about equal size."""
         rows = min(self.rows_padded, GROUP_MAX_ROWS)
         if n_vectors > 1:
             per_row = max(1.0, 4.0 * self.stored_values / self.rows_padded)
             rows = min(rows, int(GROUP_BYTES / per_row))
-        if threads > 1:
-            rows = min(rows, math.ceil(self.rows_padded / threads))
-        return max(rows, 1)
+        return K.balanced_rows(self.rows_padded, rows, threads, self.panel_rows)
 
     def group(self, n_vectors: int, threads: int = 1) -> int:
         """Panels per work item of :meth:`accumulate` for ``n_vectors`` vectors."""
@@ -343,9 +341,8 @@ class DenseMatrix(PackedFormat):
 
     def column_group(self, threads: int = 1) -> int:
         """Rows per work item (multiple of 64) of the single-vector column kernel: an output
-        slice within :data:`GROUP_MAX_ROWS`, at least one item per thread."""
-        rows = min(self.rows_padded, GROUP_MAX_ROWS, math.ceil(self.rows_padded / threads))
-        return max(64, rows // 64 * 64)
+        slice within :data:`GROUP_MAX_ROWS`, a multiple of ``threads`` equal items."""
+        return K.balanced_rows(self.rows_padded, GROUP_MAX_ROWS, threads, 64)
 
     def _padded(self) -> np.ndarray:
         """The stored matrix ``(rows_padded, cols)`` (a copy), padding rows included."""

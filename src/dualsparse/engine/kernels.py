@@ -256,6 +256,17 @@ accumulate_rows = njit(**NJIT_OPTIONS)(_accumulate_rows)
 accumulate_rows_parallel = _parallel_build(_accumulate_rows)
 
 
+def balanced_rows(rows_padded: int, most: int, threads: int, multiple: int) -> int:
+    """Rows per work item: at most ``most`` (rounded down to ``multiple``), a multiple of
+    ``multiple``, and as many items of about equal size as a multiple of ``threads`` (the
+    last item is never a sliver that leaves a thread idle)."""
+    most = max(multiple, most // multiple * multiple)
+    items = -(-rows_padded // most)
+    items = -(-items // threads) * threads
+    per = -(-rows_padded // items)
+    return -(-per // multiple) * multiple
+
+
 #: ``fmt`` codes of :func:`accumulate_event` (each format's ``kernel_args`` picks one): tiles
 #: or CSC; dense register panels; a dense matrix's column-major copy, column by column.
 FORMAT_CODES = {"tiles": 0, "dense": 1, "dense_columns": 2}
@@ -297,4 +308,4 @@ def add_bias(out: np.ndarray, bias: np.ndarray) -> None:
 __all__ = ["FORMAT_CODES", "accumulate_dense", "accumulate_dense_columns",
            "accumulate_dense_columns_parallel", "accumulate_dense_parallel", "accumulate_event",
            "accumulate_rows", "accumulate_rows_parallel", "accumulate_tiles",
-           "accumulate_tiles_parallel", "active_lists", "add_bias"]
+           "accumulate_tiles_parallel", "active_lists", "add_bias", "balanced_rows"]
