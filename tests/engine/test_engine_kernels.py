@@ -83,7 +83,9 @@ def test_accumulate_matches_numpy_per_vector(fmt, n, monkeypatch):
         pack_matrix(w, block=(16, 1)).accumulate(x, idx, cnt, out16)
         np.testing.assert_array_equal(out16, out)
     if fmt == "dense" and n == 1:  # the single-vector kernel of large (streamed) matrices
+        assert p.by_columns is False  # decided at the first single vector: a small matrix
         monkeypatch.setattr(FM, "COLUMNS_MIN_BYTES", 0)
+        p.by_columns = None
         assert p.kernel_args(1)[0] == KA.FORMAT_CODES["dense_columns"]
         assert p.nbytes == 2 * p.data.nbytes  # the column-major copy, kept
         np.testing.assert_array_equal(p.columns().reshape(45, -1)[:, :150], w.T)
@@ -266,3 +268,41 @@ def test_balanced_rows_splits_work_evenly_between_threads(rows, threads, most, m
         # the 10000-row decoder: two items each, not 8192 rows on one thread and 1856 on the
         # other (what a fixed 4096-row group gave)
         assert max(per_thread) <= 0.55 * rows
+
+
+@pytest.mark.parametrize("faster", ["panels", "columns"])
+def test_mid_sized_dense_matrix_takes_the_faster_single_vector_path(faster, monkeypatch):
+    rng = np.random.default_rng(5)
+    w = _matrix(200, 40, 1.0, rng)
+    p = pack_dense(w)
+    monkeypatch.setattr(FM, "COLUMNS_TRIAL_BYTES", 0)  # this small matrix is "mid-sized"
+    calls = []
+
+    def timed(*args, **kw):
+        calls.append(args)
+        return (1.0, 0.5) if faster == "columns" else (0.5, 1.0)
+
+    monkeypatch.setattr(KA, "single_vector_seconds", timed)
+    x = _sparse_rows(1, 40, 0.3, rng)
+    idx, cnt = _lists(x)
+    out = np.zeros((1, p.rows_padded), np.float32)
+    for _ in range(3):
+        p.accumulate(x, idx, cnt, out)
+    assert len(calls) == 1  # timed once, then kept
+    code = KA.FORMAT_CODES["dense_columns" if faster == "columns" else "dense"]
+    assert p.kernel_args(1)[0] == code
+    # the column-major copy is kept only where it is used
+    assert p.nbytes == (2 if faster == "columns" else 1) * p.data.nbytes
+    assert p.kernel_args(4)[0] == KA.FORMAT_CODES["dense"]  # several vectors: panels
+    np.testing.assert_allclose(out[0, :200], 3 * (w @ x[0]), rtol=1e-5, atol=1e-5)
+
+
+def test_single_vector_seconds_times_both_paths_without_touching_the_matrix():
+    rng = np.random.default_rng(6)
+    w = _matrix(300, 70, 1.0, rng)
+    p = pack_dense(w)
+    before = p.data.copy()
+    t_panels, t_columns = KA.single_vector_seconds(p.data, p.columns(), p.rows_padded, p.cols,
+                                                   p.column_group())
+    assert 0 < t_panels < 1 and 0 < t_columns < 1
+    np.testing.assert_array_equal(p.data, before)

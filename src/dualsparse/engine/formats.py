@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from dualsparse.engine import kernels as K
+from dualsparse.engine.arrays import as_matrix, check_array
 from dualsparse.validation import check_block, check_int
 
 #: Cost of one scattered CSC update relative to one stored value of a 16-long SIMD axpy
@@ -51,9 +52,12 @@ GEMM_MIN_ACTIVITY = 0.35
 GEMM_MIN_VECTORS = 4
 GEMV_MIN_ACTIVITY = 0.9
 #: A single vector through a :class:`DenseMatrix` of at least this many bytes goes column by
-#: column over its column-major copy (streamed from memory); a smaller, cache-resident one
-#: in register panels (demo decoder, 5 MB: 18.8 vs 22.1 us by columns).
+#: column over its column-major copy (streamed from memory; paper decoder, 30 MB: 380 vs 880
+#: us/token from panels); below :data:`COLUMNS_TRIAL_BYTES`, in register panels. Between the
+#: two the faster one on this machine, timed once (demo decoder, 5 MB: panels 18.8 vs 22.1 us
+#: on an AMD EPYC, columns 50 vs 87 on an Intel Xeon; docs/engine.md).
 COLUMNS_MIN_BYTES = 8 * 1024 * 1024
+COLUMNS_TRIAL_BYTES = 1024 * 1024
 
 Block = tuple[int, int] | str
 
@@ -227,9 +231,9 @@ class PackedMatrix(PackedFormat):
         br, bc = check_block("block", self.block)
         rows, cols = self.shape
         nbr, nbc = math.ceil(rows / br), math.ceil(cols / bc)
-        _check_array("indptr", self.indptr, (nbc + 1,), (np.int32,))
-        _check_array("indices", self.indices, None, (np.uint16, np.int32))
-        _check_array("data", self.data, (self.indices.size * br * bc,), (np.float32,))
+        check_array("indptr", self.indptr, (nbc + 1,), (np.int32,))
+        check_array("indices", self.indices, None, (np.uint16, np.int32))
+        check_array("data", self.data, (self.indices.size * br * bc,), (np.float32,))
         if self.indptr[0] != 0 or self.indptr[-1] != self.indices.size:
             raise ValueError(f"indptr must run from 0 to n_tiles={self.indices.size}")
         if np.any(np.diff(self.indptr) < 0):
@@ -253,7 +257,7 @@ class PackedMatrix(PackedFormat):
         if self.panel_rows % br:
             raise ValueError(f"panel_rows={self.panel_rows} must be a multiple of br={br}")
         npan = math.ceil(nbr * br / self.panel_rows)
-        _check_array("panel_ptr", self.panel_ptr, (npan + 1, nbc), (np.int32,))
+        check_array("panel_ptr", self.panel_ptr, (npan + 1, nbc), (np.int32,))
         pp = self.panel_ptr
         if not (np.array_equal(pp[0], self.indptr[:-1])
                 and np.array_equal(pp[-1], self.indptr[1:])):
@@ -278,12 +282,14 @@ class DenseMatrix(PackedFormat):
       register-panel kernel reads for all vectors while it stays in cache (column-major put
       each column on its own page and, at 4096 rows, in the same cache sets: 2x slower).
     * :meth:`columns` ``(cols * rows_padded,)``, **column-major** ``W^T``, built the first
-      time a single vector meets a matrix of at least :data:`COLUMNS_MIN_BYTES`, then kept
-      (twice the bytes): one contiguous run per active column streams from memory best.
+      time a single vector takes it (:meth:`single_by_columns`), then kept (twice the
+      bytes): one contiguous run per active column streams from memory best.
     """
 
     data: np.ndarray | None = None
     _columns: np.ndarray | None = field(default=None, repr=False, compare=False)
+    #: ``None`` until the first single vector; then whether single vectors go by columns.
+    by_columns: bool | None = field(default=None, repr=False, compare=False)
 
     @property
     def rows_padded(self) -> int:
@@ -333,11 +339,23 @@ class DenseMatrix(PackedFormat):
         for one vector through a large matrix (see :data:`COLUMNS_MIN_BYTES`)."""
         par = use_threads(self, threads)
         none = np.zeros((1, 1), np.int32)
-        if n_vectors == 1 and self.data.nbytes >= COLUMNS_MIN_BYTES:
+        if n_vectors == 1 and self.single_by_columns():
             return (K.FORMAT_CODES["dense_columns"], par, none, none[0], self.columns(), 64, 1,
                     self.rows_padded, self.column_group(threads if par else 1))
         return (K.FORMAT_CODES["dense"], par, none, none[0], self.data, 64, 1,
                 self.rows_padded, 1)
+
+    def single_by_columns(self) -> bool:
+        """Whether single vectors go by columns (decided once, :data:`COLUMNS_MIN_BYTES`)."""
+        if self.by_columns is None:
+            self.by_columns = self.data.nbytes >= COLUMNS_MIN_BYTES
+            if COLUMNS_TRIAL_BYTES <= self.data.nbytes < COLUMNS_MIN_BYTES:
+                t = K.single_vector_seconds(self.data, self.columns(), self.rows_padded,
+                                            self.cols, self.column_group())
+                self.by_columns = t[1] < t[0]
+            if not self.by_columns:
+                self._columns = None  # built for the trial only
+        return self.by_columns
 
     def column_group(self, threads: int = 1) -> int:
         """Rows per work item (multiple of 64) of the single-vector column kernel: an output
@@ -354,7 +372,7 @@ class DenseMatrix(PackedFormat):
     def check(self) -> None:
         """Validate the layout, dtype, zero padding and ``nnz``."""
         rows, cols = self.shape
-        _check_array("data", self.data, (cols * self.rows_padded,), (np.float32,))
+        check_array("data", self.data, (cols * self.rows_padded,), (np.float32,))
         mat = self._padded()
         if np.any(mat[rows:] != 0):
             raise ValueError("data: padding rows must be zero")
@@ -369,29 +387,6 @@ def use_threads(mat: PackedFormat, threads: int) -> bool:
     return threads > 1 and mat.nbytes >= PARALLEL_MIN_BYTES
 
 
-def _check_array(name: str, a: np.ndarray, shape: tuple | None, dtypes: tuple) -> None:
-    if not isinstance(a, np.ndarray):
-        raise ValueError(f"{name} must be a numpy array, got {type(a).__name__}")
-    if a.dtype not in dtypes:
-        raise ValueError(f"{name} must have dtype {' or '.join(map(str, dtypes))}, got {a.dtype}")
-    if shape is not None and a.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous")
-
-
-def as_matrix(weight: torch.Tensor | np.ndarray, name: str) -> np.ndarray:
-    """A finite, non-empty 2-D float32 numpy copy of ``weight`` (``name`` in errors)."""
-    if isinstance(weight, torch.Tensor):
-        weight = weight.detach().to("cpu", torch.float32).numpy()
-    w = np.ascontiguousarray(weight, dtype=np.float32)
-    if w.ndim != 2 or w.size == 0:
-        raise ValueError(f"{name} must be a non-empty 2-D matrix, got shape {w.shape}")
-    if not np.isfinite(w).all():
-        raise ValueError(f"{name} contains NaN or inf")
-    return w
-
-
-__all__ = ["AUTO_SCATTER_COST", "COLUMNS_MIN_BYTES", "DENSE_MIN_DENSITY", "GEMM_MIN_ACTIVITY",
-           "PANEL_ROWS", "PARALLEL_MIN_BYTES", "use_threads",
-           "Block", "DenseMatrix", "PackedFormat", "PackedMatrix", "as_matrix"]
+__all__ = ["AUTO_SCATTER_COST", "COLUMNS_MIN_BYTES", "COLUMNS_TRIAL_BYTES", "DENSE_MIN_DENSITY",
+           "GEMM_MIN_ACTIVITY", "PANEL_ROWS", "PARALLEL_MIN_BYTES", "use_threads", "Block",
+           "DenseMatrix", "PackedFormat", "PackedMatrix", "as_matrix"]

@@ -17,6 +17,7 @@ Layouts: ``X`` ``(n, C)``, ``out`` ``(n, rows_padded)``, ``idx`` ``(n, >= max cn
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from types import FunctionType
 from typing import Any
@@ -267,6 +268,34 @@ def balanced_rows(rows_padded: int, most: int, threads: int, multiple: int) -> i
     return -(-per // multiple) * multiple
 
 
+def single_vector_seconds(panels: np.ndarray, columns: np.ndarray, rows_padded: int,
+                          cols: int, group: int, activity: float = 0.25, trials: int = 4,
+                          rounds: int = 3) -> tuple[float, float]:
+    """Seconds of one single-vector product of a dense matrix through its panel-major
+    ``panels`` and through its column-major ``columns`` copy (best of ``rounds``, serial):
+    ``trials`` random vectors at ``activity``, each with other active columns, so that the
+    matrix is read as a stream of different tokens reads it, not from a cache that one
+    repeated vector warms."""
+    rng = np.random.default_rng(0)
+    x = (rng.random((trials, 1, cols)) < activity).astype(np.float32)
+    idx, cnt = np.zeros((trials, 1, cols), np.int32), np.zeros((trials, 1), np.int32)
+    for t in range(trials):
+        active_lists(x[t], idx[t], cnt[t])
+    out = np.zeros((1, rows_padded), np.float32)
+    best = [np.inf, np.inf]
+    for _ in range(rounds):
+        for k in range(2):
+            t0 = time.perf_counter()
+            for t in range(trials):
+                if k == 0:
+                    accumulate_dense(panels, rows_padded, x[t], idx[t], cnt[t], out)
+                else:
+                    accumulate_dense_columns(columns, rows_padded, group, x[t], idx[t], cnt[t],
+                                             out)
+            best[k] = min(best[k], (time.perf_counter() - t0) / trials)
+    return best[0], best[1]
+
+
 #: ``fmt`` codes of :func:`accumulate_event` (each format's ``kernel_args`` picks one): tiles
 #: or CSC; dense register panels; a dense matrix's column-major copy, column by column.
 FORMAT_CODES = {"tiles": 0, "dense": 1, "dense_columns": 2}
@@ -308,4 +337,5 @@ def add_bias(out: np.ndarray, bias: np.ndarray) -> None:
 __all__ = ["FORMAT_CODES", "accumulate_dense", "accumulate_dense_columns",
            "accumulate_dense_columns_parallel", "accumulate_dense_parallel", "accumulate_event",
            "accumulate_rows", "accumulate_rows_parallel", "accumulate_tiles",
-           "accumulate_tiles_parallel", "active_lists", "add_bias", "balanced_rows"]
+           "accumulate_tiles_parallel", "active_lists", "add_bias", "balanced_rows",
+           "single_vector_seconds"]
