@@ -133,3 +133,15 @@ def test_read_sweep_sums_every_element_once(n):
     buf = np.arange(1, n + 1, dtype=np.float32)
     for chunks in (1, 2, 3):
         assert lib._read_sum(buf, chunks) == pytest.approx(n * (n + 1) / 2, rel=1e-6)
+
+
+def test_quick_single_vector_benchmark(tmp_path, capsys):
+    bench = _load("bench_single_vector")
+    payload = bench.main(["--quick", "--out", str(tmp_path / "sv.json")])
+    (row,) = payload["shapes"]
+    assert (row["rows"], row["cols"]) == (200, 40)
+    assert row["panels_us"] > 0 and row["columns_us"] > 0
+    assert row["engine_path"] == "panels"  # under COLUMNS_TRIAL_BYTES: never timed
+    with pytest.raises(SystemExit):
+        bench.main(["--quick", "--activity", "0"])
+    assert "--activity must be in (0, 1]" in capsys.readouterr().err
