@@ -87,6 +87,7 @@ def test_accumulate_matches_numpy_per_vector(fmt, n, monkeypatch):
         monkeypatch.setattr(FM, "COLUMNS_MIN_BYTES", 0)
         p.by_columns = None
         assert p.kernel_args(1)[0] == KA.FORMAT_CODES["dense_columns"]
+        assert p.kernel_args(1) is p.kernel_args(1)  # built once (streaming hot path)
         assert p.nbytes == 2 * p.data.nbytes  # the column-major copy, kept
         np.testing.assert_array_equal(p.columns().reshape(45, -1)[:, :150], w.T)
         for threads in (1, 2):

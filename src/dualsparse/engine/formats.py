@@ -60,6 +60,8 @@ COLUMNS_MIN_BYTES = 8 * 1024 * 1024
 COLUMNS_TRIAL_BYTES = 1024 * 1024
 
 Block = tuple[int, int] | str
+#: The unused index arrays of the dense kernels' arguments (never written).
+_NONE = np.zeros((1, 1), np.int32)
 
 
 @dataclass
@@ -290,6 +292,7 @@ class DenseMatrix(PackedFormat):
     _columns: np.ndarray | None = field(default=None, repr=False, compare=False)
     #: ``None`` until the first single vector; then whether single vectors go by columns.
     by_columns: bool | None = field(default=None, repr=False, compare=False)
+    _single_args: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def rows_padded(self) -> int:
@@ -338,11 +341,14 @@ class DenseMatrix(PackedFormat):
         register panels for several vectors or a cache-resident matrix, column by column
         for one vector through a large matrix (see :data:`COLUMNS_MIN_BYTES`)."""
         par = use_threads(self, threads)
-        none = np.zeros((1, 1), np.int32)
         if n_vectors == 1 and self.single_by_columns():
-            return (K.FORMAT_CODES["dense_columns"], par, none, none[0], self.columns(), 64, 1,
-                    self.rows_padded, self.column_group(threads if par else 1))
-        return (K.FORMAT_CODES["dense"], par, none, none[0], self.data, 64, 1,
+            key = threads if par else 1  # the streaming hot path: built once per thread count
+            if key not in self._single_args:
+                self._single_args[key] = (K.FORMAT_CODES["dense_columns"], par, _NONE, _NONE[0],
+                                          self.columns(), 64, 1, self.rows_padded,
+                                          self.column_group(key))
+            return self._single_args[key]
+        return (K.FORMAT_CODES["dense"], par, _NONE, _NONE[0], self.data, 64, 1,
                 self.rows_padded, 1)
 
     def single_by_columns(self) -> bool:
