@@ -7,7 +7,10 @@ Which is faster depends on the caches (docs/engine.md, "DenseMatrix"): this scri
 both on the same inputs, ``--tokens`` different vectors at ``--activity`` per repeat (so the
 matrix is read as a stream of tokens reads it, not from a cache one repeated vector warms),
 the two paths alternating, medians of ``--repeats``, wall time at one thread; and prints the
-path ``DenseMatrix.single_by_columns`` picks for the size (timed once for 1-8 MB).
+path ``DenseMatrix.single_by_columns`` picks for the size (timed once for 1-8 MB). Beside
+them, one all-active vector (a dense embedding into the first layer) through the panels and
+through PyTorch's product over the panels (``torch.matmul``, the path ``DenseMatrix`` took
+for fewer than ``GEMM_MIN_VECTORS`` vectors until 2026-11-27).
 
     python benchmarks/bench_single_vector.py --out single_vector.json     # ~1 min idle
     python benchmarks/bench_single_vector.py --quick                      # smoke test
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+import torch
 from engine_bench_lib import interleaved, one_thread_session, write_json
 
 from dualsparse.engine import kernels as K
@@ -48,18 +52,34 @@ def run_shape(rows: int, cols: int, activity: float, tokens: int, repeats: int,
         for t in range(tokens):
             K.accumulate_dense_columns(columns, p.rows_padded, group, x[t], idx[t], cnt[t], out)
 
+    dense_x = np.ascontiguousarray(rng.standard_normal((1, cols)), dtype=np.float32)
+    d_idx, d_cnt = np.zeros((1, cols), np.int32), np.zeros(1, np.int32)
+    K.active_lists(dense_x, d_idx, d_cnt)
+    torch_panels = torch.from_numpy(panels).view(-1, cols, 64)
+
+    def all_active_panels() -> None:
+        K.accumulate_dense(panels, p.rows_padded, dense_x, d_idx, d_cnt, out)
+
+    def all_active_torch() -> None:  # the GEMV path DenseMatrix took before 2026-11-27
+        torch.matmul(torch.from_numpy(dense_x), torch_panels)
+
     t = interleaved({"panels": by_panels, "columns": by_columns}, repeats, "wall")
+    t.update(interleaved({"dense_panels": all_active_panels, "dense_torch": all_active_torch},
+                         repeats * tokens, "wall"))
     values = float(cnt.sum()) * p.rows_padded
     chosen = pack_dense(p.to_dense()).single_by_columns()
     row = {"rows": rows, "cols": cols, "mbytes": p.data.nbytes / 1e6, "activity": activity,
            "panels_us": t["panels"] / tokens * 1e6, "columns_us": t["columns"] / tokens * 1e6,
            "panels_ns_per_value": t["panels"] / values * 1e9,
            "columns_ns_per_value": t["columns"] / values * 1e9,
-           "engine_path": "columns" if chosen else "panels"}
+           "engine_path": "columns" if chosen else "panels",
+           "all_active_panels_us": t["dense_panels"] * 1e6,
+           "all_active_torch_us": t["dense_torch"] * 1e6}
     faster = "columns" if row["columns_us"] < row["panels_us"] else "panels"
     print(f"| {rows} x {cols} | {row['mbytes']:.1f} | {row['panels_us']:.1f} "
           f"| {row['columns_us']:.1f} | {row['panels_us'] / row['columns_us']:.2f} | {faster} "
-          f"| {row['engine_path']} |", flush=True)
+          f"| {row['engine_path']} | {row['all_active_panels_us']:.1f} "
+          f"| {row['all_active_torch_us']:.1f} |", flush=True)
     return row
 
 
@@ -78,7 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
         p.error(f"--activity must be in (0, 1], got {args.activity}")
     shapes = QUICK_SHAPES if args.quick else SHAPES
     header = ("| matrix | MB | panels us | columns us | panels / columns | faster | engine "
-              "picks |\n|---|---|---|---|---|---|---|")
+              "picks | all active: panels us | all active: torch us |\n"
+              "|---|---|---|---|---|---|---|---|---|")
     with one_thread_session("bench_single_vector.py", argv, args.allow_load or args.quick,
                             header) as session:
         rows = [run_shape(r, c, args.activity, 4 if args.quick else args.tokens,

@@ -135,6 +135,8 @@ def test_dense_gemm_path_equals_event_path():
     idx, cnt = _lists(x)
     assert p.uses_gemm(x.shape[0], int(cnt.sum()))
     assert not p.uses_gemm(x.shape[0], int(0.2 * cnt.sum()))
+    # fewer vectors, even all active, take the event kernels (faster than the per-panel GEMM)
+    assert not p.uses_gemm(FM.GEMM_MIN_VECTORS - 1, (FM.GEMM_MIN_VECTORS - 1) * 30)
     out = np.zeros((x.shape[0], p.rows_padded), np.float32)
     threads = torch.get_num_threads()
     p.accumulate(x, idx, cnt, out, threads=1)
