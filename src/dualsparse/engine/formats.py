@@ -48,7 +48,8 @@ GROUP_MAX_ROWS = 4096
 PARALLEL_MIN_BYTES = 512 * 1024
 #: :class:`DenseMatrix` uses one GEMM when at least this fraction of the inputs of
 #: ``n >= GEMM_MIN_VECTORS`` vectors is active; fewer vectors always take the event kernels
-#: (one all-active vector: 1.1-2.8x faster than PyTorch's product over the panels, 0.4-12 MB).
+#: (one all-active vector, 0.8-22 MB: 1.04-1.66x faster than PyTorch's product over the
+#: panels alone, ``benchmarks/bench_single_vector.py``).
 GEMM_MIN_ACTIVITY = 0.35
 GEMM_MIN_VECTORS = 4
 #: A single vector through a :class:`DenseMatrix` of at least this many bytes goes column by
