@@ -83,6 +83,16 @@ def test_sparse_lm_errors():
         slm.run(torch.tensor([[61]]))
     with pytest.raises(ValueError, match="integer"):
         slm.run(torch.zeros(3, 1))
+    # one streaming token: the range is checked on the scalar path too, at both ends
+    slm.reset(1)
+    for bad in (torch.tensor([60]), torch.tensor(-1), np.int64(60), 60):
+        with pytest.raises(ValueError, match=r"\[0, 60\)"):
+            slm.step(bad)
+    for bad in (torch.tensor([True]), np.array([1.0]), 1.5):
+        with pytest.raises(ValueError, match="integer"):
+            slm.step(bad)
+    assert slm.step(torch.tensor([59])).shape == (1, 60)
+    assert slm.step(np.uint8(0)).shape == (60,)
     with pytest.raises(ValueError, match="reset"):
         slm.step(torch.tensor([1, 2]))
     with pytest.raises(ValueError, match="RNNLanguageModel"):
