@@ -25,7 +25,7 @@ from functools import partial
 import numpy as np
 import torch
 import torch.nn.functional as F
-from engine_bench_lib import interleaved, one_thread_session, write_json
+from engine_bench_lib import add_session_args, interleaved, one_thread_session, write_json
 
 from dualsparse.engine import kernels as K
 from dualsparse.engine.pack import pack_matrix
@@ -105,10 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--vectors", nargs="+", type=int, default=[1, 16])
     p.add_argument("--input-density", nargs="+", type=float, default=[1.0, 0.25])
     p.add_argument("--repeats", type=int, default=9)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--allow-load", action="store_true",
-                   help="run even when the load average exceeds 1.5 (results marked LOADED)")
-    p.add_argument("--out", default=None, help="write the results to this new JSON file")
+    add_session_args(p)
     args = p.parse_args(argv)
     for s in args.shapes:
         parts = s.split("x")

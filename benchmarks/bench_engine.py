@@ -43,6 +43,7 @@ from engine_bench_lib import (
     PAPER_LM,
     QUICK_LM,
     DenseTwin,
+    add_session_args,
     calibrate_activity,
     ideal_speedup,
     interleaved,
@@ -278,10 +279,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--skip-threads", action="store_true")
     p.add_argument("--skip-lm", action="store_true", help="only the threads section")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--allow-load", action="store_true",
-                   help="run even when the load average exceeds 1.5 (results marked LOADED)")
-    p.add_argument("--out", default=None, help="write the results to this new JSON file")
+    add_session_args(p)
     args = p.parse_args(argv)
     scenarios = {k: SCENARIOS[k] for k in (args.scenarios or SCENARIOS)}
     if args.quick:

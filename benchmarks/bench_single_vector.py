@@ -22,7 +22,7 @@ import argparse
 
 import numpy as np
 import torch
-from engine_bench_lib import interleaved, one_thread_session, write_json
+from engine_bench_lib import add_session_args, interleaved, one_thread_session, write_json
 
 from dualsparse.engine import kernels as K
 from dualsparse.engine.pack import pack_dense
@@ -88,11 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--activity", type=float, default=0.26)
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=9)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="one tiny matrix (smoke test)")
-    p.add_argument("--allow-load", action="store_true",
-                   help="run even when the load average exceeds 1.5 (results marked LOADED)")
-    p.add_argument("--out", default=None, help="write the results to this new JSON file")
+    add_session_args(p)
     args = p.parse_args(argv)
     if not 0.0 < args.activity <= 1.0:
         p.error(f"--activity must be in (0, 1], got {args.activity}")

@@ -6,6 +6,7 @@ Used by ``benchmarks/bench_engine.py``, ``bench_engine_sweep.py`` and ``bench_bl
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -257,6 +258,14 @@ def ptb_tokens(n: int, vocab: int, seed: int) -> tuple[torch.Tensor, str]:
     except (OSError, ValueError, KeyError):
         g = torch.Generator().manual_seed(seed)
         return torch.randint(0, vocab, (n,), generator=g), "random"
+
+
+def add_session_args(p: argparse.ArgumentParser) -> None:
+    """The flags every engine benchmark shares: ``--seed``, ``--allow-load``, ``--out``."""
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--allow-load", action="store_true",
+                   help="run even when the load average exceeds 1.5 (results marked LOADED)")
+    p.add_argument("--out", default=None, help="write the results to this new JSON file")
 
 
 def write_json(path: str, payload: dict) -> None:
