@@ -230,9 +230,9 @@ def run_threads(quick: bool, repeats: int, seed: int) -> tuple[list[dict], list[
         "egru1350_hh dense (22 MB)": make_weight(4050, 1350, 1.0, "", rng),
         "decoder 10000x750 dense (30 MB)": make_weight(10000, 750, 1.0, "", rng)})
     mats = {k: pack_dense(w) for k, w in dense_weights.items()}
-    mats["quick-64x48 16x1" if quick else "7680x2560 16x1 25% (20 MB)"] = pack_matrix(
-        make_weight(64, 48, 0.5, "16x1", rng) if quick
-        else make_weight(7680, 2560, 0.25, "16x1", rng), (16, 1))
+    sparse_name, sparse_shape = (("quick-64x48 16x1", (64, 48, 0.5)) if quick
+                                 else ("7680x2560 16x1 25% (20 MB)", (7680, 2560, 0.25)))
+    mats[sparse_name] = pack_matrix(make_weight(*sparse_shape, "16x1", rng), (16, 1))
     rows, bounds = [], []
     for name, mat in mats.items():
         size = mat.nbytes  # the weights (a DenseMatrix adds its column copy at one vector)

@@ -67,7 +67,7 @@ def run_shape(rows: int, cols: int, activity: float, tokens: int, repeats: int,
     t.update(interleaved({"dense_panels": all_active_panels, "dense_torch": all_active_torch},
                          repeats * tokens, "wall"))
     values = float(cnt.sum()) * p.rows_padded
-    chosen = pack_dense(p.to_dense()).single_by_columns()
+    chosen = p.single_by_columns()  # after the timings: it may drop the column copy
     row = {"rows": rows, "cols": cols, "mbytes": p.data.nbytes / 1e6, "activity": activity,
            "panels_us": t["panels"] / tokens * 1e6, "columns_us": t["columns"] / tokens * 1e6,
            "panels_ns_per_value": t["panels"] / values * 1e9,

@@ -298,6 +298,15 @@ def _read_sum(buf: np.ndarray, chunks: int) -> float:
     return part.sum()
 
 
+def _one_vs_two_threads(run: Callable[[int], None], repeats: int) -> dict[str, float]:
+    """``run(threads)`` at 1 and 2 threads, alternating, wall-time medians (thread count
+    back at 1 afterwards): microseconds each and the 2-thread speed-up."""
+    t = interleaved({"t1": lambda: run(1), "t2": lambda: run(2)}, repeats, "wall")
+    numba.set_num_threads(1)
+    torch.set_num_threads(1)
+    return {"t1_us": t["t1"] * 1e6, "t2_us": t["t2"] * 1e6, "speedup": t["t1"] / t["t2"]}
+
+
 def read_bandwidth(nbytes: int, repeats: int, seed: int = 0) -> dict[str, float]:
     """Read-only sweep of ``nbytes`` of float32 with 1 and 2 threads (numba), alternating,
     wall-time medians: GB/s each and their ratio, the 2-thread speed-up any kernel that
@@ -308,10 +317,8 @@ def read_bandwidth(nbytes: int, repeats: int, seed: int = 0) -> dict[str, float]
         numba.set_num_threads(threads)
         _read_sum(buf, 2)
 
-    t = interleaved({"t1": lambda: sweep(1), "t2": lambda: sweep(2)}, repeats, "wall")
-    numba.set_num_threads(1)
-    return {"t1_us": t["t1"] * 1e6, "t2_us": t["t2"] * 1e6, "gbs1": buf.nbytes / t["t1"] / 1e9,
-            "gbs2": buf.nbytes / t["t2"] / 1e9, "speedup": t["t1"] / t["t2"]}
+    r = _one_vs_two_threads(sweep, repeats)
+    return {**r, "gbs1": buf.nbytes / r["t1_us"] / 1e3, "gbs2": buf.nbytes / r["t2_us"] / 1e3}
 
 
 def torch_mv_threads(w: np.ndarray, x: np.ndarray, repeats: int) -> dict[str, float]:
@@ -323,6 +330,4 @@ def torch_mv_threads(w: np.ndarray, x: np.ndarray, repeats: int) -> dict[str, fl
         torch.set_num_threads(threads)
         torch.mv(wt, xt)
 
-    t = interleaved({"t1": lambda: mv(1), "t2": lambda: mv(2)}, repeats, "wall")
-    torch.set_num_threads(1)
-    return {"t1_us": t["t1"] * 1e6, "t2_us": t["t2"] * 1e6, "speedup": t["t1"] / t["t2"]}
+    return _one_vs_two_threads(mv, repeats)

@@ -135,13 +135,11 @@ class SparseLM:
         a = np.asarray(tokens)
         if a.dtype.kind not in "iu":  # (np.issubdtype costs microseconds per streaming step)
             raise ValueError(f"tokens must be integer ids, got {a.dtype}")
-        if a.size == 1:
-            if not 0 <= int(a.reshape(-1)[0]) < self.vocab_size:
-                raise ValueError(f"token ids must lie in [0, {self.vocab_size}), got "
-                                 f"{int(a.reshape(-1)[0])}")
-        elif a.size and (a.min() < 0 or a.max() >= self.vocab_size):
-            raise ValueError(f"token ids must lie in [0, {self.vocab_size}), got range "
-                             f"[{a.min()}, {a.max()}]")
+        if a.size:  # one streaming token: its value, without two array reductions
+            lo, hi = (int(a.flat[0]),) * 2 if a.size == 1 else (a.min(), a.max())
+            if lo < 0 or hi >= self.vocab_size:
+                raise ValueError(f"token ids must lie in [0, {self.vocab_size}), got range "
+                                 f"[{lo}, {hi}]")
         return a.astype(np.int64)
 
     def forward_ids(self, ids: np.ndarray) -> np.ndarray:
