@@ -47,6 +47,21 @@ def test_active_lists_are_each_rows_nonzeros():
     assert KA.active_lists(x, idx, cnt) == np.count_nonzero(x)
 
 
+def test_active_lists_edge_rows():
+    """Branch-free compaction: an all-zero row, an all-nonzero row, -0.0 (a zero) and a
+    nonzero in the last column; stale list entries from an earlier call do not leak."""
+    x = np.zeros((4, 7), np.float32)
+    x[1] = np.arange(1, 8)
+    x[2, 3] = -0.0
+    x[3, 6] = 2.5
+    idx = np.full(x.shape, 99, np.int32)
+    cnt = np.full(4, 99, np.int32)
+    assert KA.active_lists(x, idx, cnt) == 8
+    np.testing.assert_array_equal(cnt, [0, 7, 0, 1])
+    np.testing.assert_array_equal(idx[1], np.arange(7))
+    assert idx[3, 0] == 6
+
+
 # (1, 5): one-row tiles wider than one column (once read as CSC, a bug the fuzzers found);
 # (4, 4), (4, 2): the 4-row loop; (64, 1), (16, 3), (32, 32): the loop for heights 16k
 FORMATS = [(1, 1), (16, 1), (4, 4), (4, 2), (3, 2), (1, 5), (64, 1), (16, 3), (32, 32),

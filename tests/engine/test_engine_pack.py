@@ -188,3 +188,40 @@ def test_auto_format_choice():
     np.testing.assert_array_equal(p.to_dense(), rowblocks * dense)
     assert isinstance(choose_format(rowblocks * dense, "dense"), DenseMatrix)
     assert choose_format(dense, (4, 4)).block == (4, 4)
+
+
+@pytest.mark.parametrize("shape,dtype", [(1, np.float32), ((3, 5), np.float32),
+                                         ((1000, 17), np.int32), ((2, 3, 4), np.uint16)])
+def test_aligned_arrays(shape, dtype):
+    """The engine's allocations start on a cache line, whatever NumPy would have given."""
+    from dualsparse.engine.arrays import ALIGN_BYTES, aligned_copy, aligned_empty, aligned_zeros
+
+    for _ in range(3):  # several allocations: NumPy's own alignment varies between them
+        a = aligned_empty(shape, dtype)
+        assert a.ctypes.data % ALIGN_BYTES == 0 and a.flags.c_contiguous
+        assert a.shape == (np.empty(shape).shape) and a.dtype == dtype
+        assert not aligned_zeros(shape, dtype).any()
+    src = np.arange(60, dtype=np.float64).reshape(3, 4, 5).transpose(2, 0, 1)  # not contiguous
+    c = aligned_copy(src, np.float32)
+    assert c.ctypes.data % ALIGN_BYTES == 0 and c.flags.c_contiguous and c.dtype == np.float32
+    np.testing.assert_array_equal(c, src.astype(np.float32))
+
+
+def test_packed_weights_and_runtime_buffers_are_aligned():
+    """Every array that the SIMD kernels load 16 floats at a time from is 64-byte aligned:
+    the packed weights of each format, the column-major copy, and the runtime's buffers."""
+    from dualsparse.engine.arrays import ALIGN_BYTES
+    from dualsparse.engine.runtime import SparseRuntime
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((200, 300)).astype(np.float32)
+    w[rng.random(w.shape) < 0.8] = 0.0
+    dense = pack_dense(w)
+    arrays = [dense.data, dense.columns(), pack_matrix(w, block=(16, 1)).data,
+              pack_matrix(w, block=(1, 1)).data, pack_rows(w).data]
+    torch.manual_seed(0)
+    rt = SparseRuntime.from_model(EGRU(24, 40, num_layers=2).eval())
+    rt.reset(3)
+    for st in rt._layers:
+        arrays += [st.gh, st.y, st.c, st.ev, st.ct, *st.buffers(5, False, True)[:2]]
+    assert all(a.ctypes.data % ALIGN_BYTES == 0 for a in arrays)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from dualsparse.engine import kernels as K
-from dualsparse.engine.arrays import as_matrix, check_array
+from dualsparse.engine.arrays import aligned_copy, as_matrix, check_array
 from dualsparse.validation import check_block, check_int
 
 #: Cost of one scattered CSC update relative to one stored value of a 16-long SIMD axpy
@@ -310,7 +310,7 @@ class DenseMatrix(PackedFormat):
     def columns(self) -> np.ndarray:
         """The column-major copy ``W^T`` ``(cols * rows_padded,)`` (built once, then kept)."""
         if self._columns is None:
-            self._columns = np.ascontiguousarray(self._padded().T).reshape(-1)
+            self._columns = aligned_copy(self._padded().T).reshape(-1)
         return self._columns
 
     def uses_gemm(self, n_vectors: int, n_active: int) -> bool:

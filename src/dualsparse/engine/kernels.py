@@ -31,16 +31,20 @@ from dualsparse.engine.tile_kernels import NJIT_OPTIONS, PREFETCH_COLUMNS, ZERO,
 
 @njit(**NJIT_OPTIONS)
 def active_lists(x: np.ndarray, idx: np.ndarray, cnt: np.ndarray) -> int:
-    """Per row ``v`` of ``x`` ``(n, C)``, write its nonzero columns into ``idx[v]`` and their
-    number into ``cnt[v]``; return the total."""
+    """Per row ``v`` of ``x`` ``(n, C)``, write its nonzero columns into ``idx[v]`` (``idx``
+    ``(n, >= C)``) and their number into ``cnt[v]``; return the total.
+
+    Branch-free: every column is written at the current count, which only a nonzero advances
+    (a data-dependent branch mispredicts on a quarter of the units at 25% activity: 3.1 vs
+    0.4 ns per unit, docs/engine.md)."""
     total = 0
     for v in range(x.shape[0]):
         k = 0
         row = x[v]
+        iv = idx[v]
         for j in range(x.shape[1]):
-            if row[j] != ZERO:
-                idx[v, k] = j
-                k += 1
+            iv[k] = j
+            k += row[j] != ZERO
         cnt[v] = k
         total += k
     return total

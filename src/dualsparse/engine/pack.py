@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dualsparse.engine.arrays import aligned_copy
 from dualsparse.engine.formats import (
     AUTO_SCATTER_COST,
     DENSE_MIN_DENSITY,
@@ -61,7 +62,7 @@ def pack_dense(weight: torch.Tensor | np.ndarray, name: str = "weight") -> Dense
     mat = DenseMatrix((rows, cols), int(np.count_nonzero(w)))
     padded = np.zeros((mat.rows_padded, cols), dtype=np.float32)
     padded[:rows] = w
-    mat.data = np.ascontiguousarray(padded.reshape(-1, 64, cols).transpose(0, 2, 1)).reshape(-1)
+    mat.data = aligned_copy(padded.reshape(-1, 64, cols).transpose(0, 2, 1)).reshape(-1)
     mat.check()
     return mat
 
@@ -92,7 +93,7 @@ def pack_matrix(weight: torch.Tensor | np.ndarray, block: Block = (1, 1),
     np.cumsum(keep.sum(axis=1), out=indptr[1:])
     jj, ii = np.nonzero(keep)  # block columns in order, block rows sorted within each
     idx_dtype = np.uint16 if nbr <= np.iinfo(np.uint16).max else np.int32
-    data = np.ascontiguousarray(tiles[jj, ii]).reshape(-1)
+    data = aligned_copy(tiles[jj, ii]).reshape(-1)
     # per panel boundary (in block rows) and block column: the first tile at or below it
     per_panel = panel_rows // br
     npan = math.ceil(nbr / per_panel)

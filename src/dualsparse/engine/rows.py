@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from dualsparse.engine import kernels as K
+from dualsparse.engine.arrays import aligned_copy
 from dualsparse.engine.formats import PackedFormat, PackedMatrix, as_matrix, use_threads
 
 
@@ -113,7 +114,7 @@ def pack_rows(weight: torch.Tensor | np.ndarray | PackedMatrix,
     np.cumsum(keep.sum(axis=1), out=rowptr[1:])
     ii, jj = np.nonzero(keep)  # block rows in order, columns sorted within each
     mat = RowMatrix((rows, ncols), int(np.count_nonzero(w)), rowptr, jj.astype(np.int32),
-                    np.ascontiguousarray(tiles[ii, jj]).reshape(-1))
+                    aligned_copy(tiles[ii, jj]).reshape(-1))
     mat.check()
     return mat
 

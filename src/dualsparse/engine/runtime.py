@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from dualsparse.engine import kernels as K
+from dualsparse.engine.arrays import aligned_empty, aligned_zeros
 from dualsparse.engine.events import EventComparison, compare_events
 from dualsparse.engine.formats import Block
 from dualsparse.engine.gates import KIND_CODES, recurrent_segment
@@ -58,11 +59,12 @@ class _LayerState:
 
     def __init__(self, layer: PackedLayer, batch: int, threads: int) -> None:
         h = layer.hidden_size
-        self.gh = np.zeros((batch, layer.w_hh.rows_padded), dtype=np.float32)
-        self.y = np.zeros((batch, h), dtype=np.float32)  # output (EGRU y, GRU/LSTM h)
-        self.c = np.zeros((batch, h), dtype=np.float32)  # EGRU c / LSTM c (unused for GRU)
-        self.ev = np.zeros((batch, h), dtype=np.float32)
-        self.ct = np.zeros((batch, h), dtype=np.float32)
+        # 64-byte aligned: the kernels move 16 floats at a time (engine.arrays.ALIGN_BYTES)
+        self.gh = aligned_zeros((batch, layer.w_hh.rows_padded))
+        self.y = aligned_zeros((batch, h))  # output (EGRU y, GRU/LSTM h)
+        self.c = aligned_zeros((batch, h))  # EGRU c / LSTM c (unused for GRU)
+        self.ev = aligned_zeros((batch, h))
+        self.ct = aligned_zeros((batch, h))
         self.idx = np.zeros((batch, h), dtype=np.int32)  # per sequence: units with y != 0
         self.cnt = np.zeros(batch, dtype=np.int32)
         zp = np.float32(layer.zoneout)
@@ -80,8 +82,8 @@ class _LayerState:
         B)``, and events/``c~`` ``(steps, B, H)`` (``(1, 1, 1)`` unless ``record``)."""
         batch, h = self.y.shape
         seq = (steps, batch, h) if record else (1, 1, 1)
-        return (np.empty((steps * batch, self.input_rows), dtype=np.float32),
-                np.empty((steps, batch, h), dtype=np.float32),
+        return (aligned_empty((steps * batch, self.input_rows)),
+                aligned_empty((steps, batch, h)),
                 np.empty((steps, batch, h), dtype=np.int32),
                 np.empty((steps, batch), dtype=np.int32),
                 np.empty(seq, dtype=np.float32), np.empty(seq, dtype=np.float32))

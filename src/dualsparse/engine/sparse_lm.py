@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from dualsparse.engine import kernels as K
+from dualsparse.engine.arrays import aligned_empty
 from dualsparse.engine.formats import Block, PackedFormat, PackedMatrix
 from dualsparse.engine.pack import PackedRNN, choose_format, pack_rnn
 from dualsparse.engine.rows import pack_rows
@@ -146,13 +147,14 @@ class SparseLM:
         """Ids ``(T, B)`` (no checks) -> logits ``(T * B, rows_padded)`` (columns beyond the
         vocabulary are padding), continuing from the current state."""
         steps, batch = ids.shape
-        x = self.embedding[ids.reshape(-1)]
+        x = aligned_empty((ids.size, self.embedding.shape[1]))
+        np.take(self.embedding, ids.reshape(-1), axis=0, out=x)
         idx = np.empty(x.shape, dtype=np.int32)
         cnt = np.empty(x.shape[0], dtype=np.int32)
         active = K.active_lists(x, idx, cnt)
         y, y_idx, y_cnt, _ = self.runtime.run_columns(x, idx, cnt, steps, active, reuse=True)
         t0 = self.runtime.clock()
-        logits = np.empty((steps * batch, self.decoder.rows_padded), dtype=np.float32)
+        logits = aligned_empty((steps * batch, self.decoder.rows_padded))
         K.add_bias(logits, self.decoder_bias)
         self.decoder.accumulate_unchecked(y.reshape(steps * batch, -1),
                                           y_idx.reshape(steps * batch, -1), y_cnt.reshape(-1),
