@@ -4,6 +4,8 @@ stored arrays: ``check_array``; errors name the argument) and cache-line aligned
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -31,10 +33,11 @@ ALIGN_BYTES = 64
 def aligned_empty(shape: int | tuple, dtype: type | np.dtype = np.float32) -> np.ndarray:
     """An uninitialised C-contiguous array whose first element is :data:`ALIGN_BYTES`-aligned."""
     dt = np.dtype(dtype)
-    n = int(np.prod(shape, dtype=np.int64))
-    buf = np.empty(n * dt.itemsize + ALIGN_BYTES, dtype=np.uint8)
-    off = -buf.ctypes.data % ALIGN_BYTES
-    return buf[off:off + n * dt.itemsize].view(dt).reshape(shape)
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    nbytes = math.prod(shape) * dt.itemsize
+    buf = np.empty(nbytes + ALIGN_BYTES, dtype=np.uint8)
+    off = -buf.__array_interface__["data"][0] % ALIGN_BYTES  # (``ctypes.data``: 3 us a call)
+    return buf[off:off + nbytes].view(dt).reshape(shape)
 
 
 def aligned_zeros(shape: int | tuple, dtype: type | np.dtype = np.float32) -> np.ndarray:
