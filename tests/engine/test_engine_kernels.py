@@ -122,6 +122,34 @@ def test_accumulate_matches_numpy_per_vector(fmt, n, monkeypatch):
             np.testing.assert_array_equal(out3, out)
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("n", [1, 2, 7])
+def test_product_from_bias_equals_copy_then_accumulate(fmt, n, monkeypatch):
+    """``out = bias + W x`` with the register kernels starting from the bias (dense panels,
+    row-major tiles) gives the floats of copying the bias in and accumulating, whatever
+    ``out`` held before, on 1 and 2 threads; the padding rows of ``out`` hold the bias's
+    zeros."""
+    from dualsparse.engine.products import bias_rows, product_from_bias
+
+    monkeypatch.setattr(FM, "PARALLEL_MIN_BYTES", 0)
+    rng = np.random.default_rng(5)
+    w = _matrix(150, 45, 0.3, rng)
+    p = _pack(w, fmt)
+    x = _sparse_rows(n, 45, 0.3, rng)
+    idx, cnt = _lists(x)
+    b = rng.standard_normal(150).astype(np.float32)
+    rows = bias_rows(b, p)
+    assert rows.shape == (p.rows_padded,) and not rows[150:].any()
+    ref = np.tile(rows, (n, 1))
+    p.accumulate(x, idx, cnt, ref)
+    for threads in (1, 2):
+        out = np.full((n, p.rows_padded), np.nan, np.float32)  # stale contents are ignored
+        product_from_bias(p, x, idx, cnt, out, rows, threads)
+        np.testing.assert_array_equal(out, ref)
+    np.testing.assert_allclose(ref[:, :150], b + x.astype(np.float64) @ w.T.astype(np.float64),
+                               rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("fmt", [f for f in FORMATS if f != "rows"])
 def test_inactive_columns_are_never_read(fmt):
     """Work follows each vector's own active list: poisoning the weights of columns that no

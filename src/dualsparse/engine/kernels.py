@@ -74,14 +74,15 @@ def _store_panel(o: np.ndarray, s: int, a0, a1, a2, a3) -> None:
 
 @njit(**NJIT_OPTIONS)
 def _panel_dense(data: np.ndarray, p: int, x: np.ndarray, idx: np.ndarray, cnt: np.ndarray,
-                 out: np.ndarray) -> None:
+                 out: np.ndarray, bias: np.ndarray, from_bias: bool) -> None:
     """Row panel ``p`` (64 rows) of a dense panel-major matrix ``data`` ``(n_panels, C, 64)``
     for every vector: the panel's 64 outputs of a vector stay in four SIMD registers while
     its active columns are added, so the outputs are read and written once per vector, and
     the panel's weights (``64 * C`` floats, contiguous) stay in cache from one vector to the
     next. Vectors go in pairs, their active lists stepped together (two independent chains,
     each vector's sum in its own order; 5-20% faster). An odd last vector, or a single one,
-    goes alone (:func:`_panel_from`)."""
+    goes alone (:func:`_panel_from`). ``from_bias``: the accumulators start from ``bias``
+    (``(rows_padded,)``) instead of ``out`` (``out = bias + W x``, ``out`` written once)."""
     s = np.int64(p) * 64
     base = s * x.shape[1]
     nv = x.shape[0]
@@ -89,8 +90,8 @@ def _panel_dense(data: np.ndarray, p: int, x: np.ndarray, idx: np.ndarray, cnt: 
     while v + 2 <= nv:
         o, q = out[v], out[v + 1]
         xv, xw = x[v], x[v + 1]
-        a0, a1, a2, a3 = _load_panel(o, s)
-        b0, b1, b2, b3 = _load_panel(q, s)
+        a0, a1, a2, a3 = _load_panel(bias if from_bias else o, s)
+        b0, b1, b2, b3 = _load_panel(bias if from_bias else q, s)
         n, m = cnt[v], cnt[v + 1]
         both = min(n, m)
         for a in range(both):
@@ -108,20 +109,21 @@ def _panel_dense(data: np.ndarray, p: int, x: np.ndarray, idx: np.ndarray, cnt: 
         _store_panel(q, s, b0, b1, b2, b3)
         v += 2
     if v < nv:
-        _panel_from(data, p, v, x, idx, cnt, out)
+        _panel_from(data, p, v, x, idx, cnt, out, bias, from_bias)
 
 
 @njit(**NJIT_OPTIONS)
 def _panel_from(data: np.ndarray, p: int, v0: int, x: np.ndarray, idx: np.ndarray,
-                cnt: np.ndarray, out: np.ndarray) -> None:
+                cnt: np.ndarray, out: np.ndarray, bias: np.ndarray, from_bias: bool) -> None:
     """Row panel ``p`` of a dense panel-major matrix for vectors ``v0, v0 + 1, ...`` one at a
-    time, the weights of the column :data:`PREFETCH_COLUMNS` ahead prefetched."""
+    time, the weights of the column :data:`PREFETCH_COLUMNS` ahead prefetched (``bias``,
+    ``from_bias``: as :func:`_panel_dense`)."""
     s = np.int64(p) * 64
     base = s * x.shape[1]
     for v in range(v0, x.shape[0]):
         o = out[v]
         xv = x[v]
-        a0, a1, a2, a3 = _load_panel(o, s)
+        a0, a1, a2, a3 = _load_panel(bias if from_bias else o, s)
         n = cnt[v]
         for a in range(n):
             if a + PREFETCH_COLUMNS < n:  # a later column's 64 panel rows: 4 cache lines
@@ -154,19 +156,31 @@ def _accumulate_dense(data: np.ndarray, rows_padded: int, x: np.ndarray, idx: np
     :func:`accumulate_tiles`, one 64-row panel per work item (:func:`_panel_dense`)."""
     if x.shape[0] == 1:
         for p in prange(rows_padded // 64):
-            _panel_from(data, p, 0, x, idx, cnt, out)
+            _panel_from(data, p, 0, x, idx, cnt, out, out[0], False)
     else:
         for p in prange(rows_padded // 64):
-            _panel_dense(data, p, x, idx, cnt, out)
+            _panel_dense(data, p, x, idx, cnt, out, out[0], False)
+
+
+def _accumulate_dense_bias(data: np.ndarray, rows_padded: int, bias: np.ndarray,
+                           x: np.ndarray, idx: np.ndarray, cnt: np.ndarray,
+                           out: np.ndarray) -> None:
+    """``out = bias + W X`` for a dense panel-major matrix (``bias`` ``(rows_padded,)``): as
+    :func:`accumulate_dense`, the accumulators starting from the bias, so that ``out`` is
+    written once and never read (a separate bias pass moves every output row through the
+    caches three times: 40 KB each per token for the paper decoder)."""
+    for p in prange(rows_padded // 64):
+        _panel_dense(data, p, x, idx, cnt, out, bias, True)
 
 
 @njit(**NJIT_OPTIONS)
 def _block_row(rowptr: np.ndarray, cols: np.ndarray, data: np.ndarray, i: int, x: np.ndarray,
-               out: np.ndarray) -> None:
+               out: np.ndarray, bias: np.ndarray, from_bias: bool) -> None:
     """Block row ``i`` (16 rows) of a row-major 16x1-tile matrix for every vector, four
     vectors at a time: each weight tile is loaded once into a SIMD register and multiplied
     into four accumulators (registers) by the four vectors' inputs. All tiles of the row are
-    added (an input that is zero adds zero), in column order."""
+    added (an input that is zero adds zero), in column order. ``from_bias``: the
+    accumulators start from ``bias[16 i:16 i + 16]`` instead of ``out`` (``out = bias + W x``)."""
     s = np.int64(i) * 16
     n = x.shape[0]
     t0, t1 = rowptr[i], rowptr[i + 1]
@@ -174,7 +188,10 @@ def _block_row(rowptr: np.ndarray, cols: np.ndarray, data: np.ndarray, i: int, x
     while v + 4 <= n:
         o0, o1, o2, o3 = out[v], out[v + 1], out[v + 2], out[v + 3]
         x0, x1, x2, x3 = x[v], x[v + 1], x[v + 2], x[v + 3]
-        a0, a1, a2, a3 = vload(o0, s), vload(o1, s), vload(o2, s), vload(o3, s)
+        if from_bias:
+            a0 = a1 = a2 = a3 = vload(bias, s)
+        else:
+            a0, a1, a2, a3 = vload(o0, s), vload(o1, s), vload(o2, s), vload(o3, s)
         for t in range(t0, t1):
             j = cols[t]
             d = np.int64(t) * 16
@@ -190,7 +207,7 @@ def _block_row(rowptr: np.ndarray, cols: np.ndarray, data: np.ndarray, i: int, x
     while v < n:
         o = out[v]
         xv = x[v]
-        a = vload(o, s)
+        a = vload(bias if from_bias else o, s)
         for t in range(t0, t1):
             a = vmadd(a, data, np.int64(t) * 16, xv[cols[t]])
         vstore(o, s, a)
@@ -198,11 +215,12 @@ def _block_row(rowptr: np.ndarray, cols: np.ndarray, data: np.ndarray, i: int, x
 
 
 def _accumulate_rows(rowptr: np.ndarray, cols: np.ndarray, data: np.ndarray, x: np.ndarray,
-                     out: np.ndarray) -> None:
+                     out: np.ndarray, bias: np.ndarray, from_bias: bool) -> None:
     """Row-major 16x1 tiles (:class:`dualsparse.engine.rows.RowMatrix`): ``out += x W^T``
-    over all stored tiles, one block row per work item (:func:`_block_row`)."""
+    (``from_bias``: ``out = bias + x W^T``, ``bias`` ``(rows_padded,)``) over all stored
+    tiles, one block row per work item (:func:`_block_row`)."""
     for i in prange(rowptr.shape[0] - 1):
-        _block_row(rowptr, cols, data, i, x, out)
+        _block_row(rowptr, cols, data, i, x, out, bias, from_bias)
 
 
 @njit(**NJIT_OPTIONS)
@@ -255,6 +273,8 @@ accumulate_tiles = njit(**NJIT_OPTIONS)(_accumulate_tiles)
 accumulate_tiles_parallel = _parallel_build(_accumulate_tiles)
 accumulate_dense = njit(**NJIT_OPTIONS)(_accumulate_dense)
 accumulate_dense_parallel = _parallel_build(_accumulate_dense)
+accumulate_dense_bias = njit(**NJIT_OPTIONS)(_accumulate_dense_bias)
+accumulate_dense_bias_parallel = _parallel_build(_accumulate_dense_bias)
 accumulate_dense_columns = njit(**NJIT_OPTIONS)(_accumulate_dense_columns)
 accumulate_dense_columns_parallel = _parallel_build(_accumulate_dense_columns)
 accumulate_rows = njit(**NJIT_OPTIONS)(_accumulate_rows)
@@ -338,7 +358,8 @@ def add_bias(out: np.ndarray, bias: np.ndarray) -> None:
             o[r] = bias[r]
 
 
-__all__ = ["FORMAT_CODES", "accumulate_dense", "accumulate_dense_columns",
+__all__ = ["FORMAT_CODES", "accumulate_dense", "accumulate_dense_bias",
+           "accumulate_dense_bias_parallel", "accumulate_dense_columns",
            "accumulate_dense_columns_parallel", "accumulate_dense_parallel", "accumulate_event",
            "accumulate_rows", "accumulate_rows_parallel", "accumulate_tiles",
            "accumulate_tiles_parallel", "active_lists", "add_bias", "balanced_rows",

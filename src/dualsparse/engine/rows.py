@@ -54,7 +54,7 @@ class RowMatrix(PackedFormat):
         """``out[v] += W @ x[v]`` for every vector (all stored tiles; ``idx``/``cnt`` are
         not needed)."""
         fn = K.accumulate_rows_parallel if use_threads(self, threads) else K.accumulate_rows
-        fn(self.rowptr, self.col_index, self.data, x, out)
+        fn(self.rowptr, self.col_index, self.data, x, out, out[0], False)
 
     def kernel_args(self, n_vectors: int, threads: int = 1) -> tuple:
         """Not an event format: a recurrent product (sparse inputs) cannot use it."""

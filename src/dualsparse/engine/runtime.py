@@ -38,6 +38,7 @@ from dualsparse.engine.events import EventComparison, compare_events
 from dualsparse.engine.formats import Block
 from dualsparse.engine.gates import KIND_CODES, recurrent_segment
 from dualsparse.engine.pack import RESET_CODES, PackedLayer, PackedRNN, pack_rnn
+from dualsparse.engine.products import bias_rows, product_from_bias
 from dualsparse.models.egru import EGRUState
 from dualsparse.models.rnn import GRUState, LSTMState
 from dualsparse.validation import check_int
@@ -75,6 +76,7 @@ class _LayerState:
         # one step's outputs, reused by every streaming step (allocation costs more than
         # the kernels at small sizes)
         self.input_rows = layer.w_ih.rows_padded
+        self.b_ih = bias_rows(layer.b_ih, layer.w_ih)  # input products start from it
         self.step_buffers = self._new_buffers(1, True)
 
     def _new_buffers(self, steps: int, record: bool) -> tuple:
@@ -263,8 +265,7 @@ class SparseRuntime:
             for k, (lay, st) in enumerate(zip(self.packed.layers, self._layers, strict=True)):
                 t0 = self.clock()
                 gi, y_seq, idx_seq, cnt_seq, ev_seq, ct_seq = st.buffers(steps, reuse, record)
-                K.add_bias(gi, lay.b_ih)
-                lay.w_ih.accumulate_unchecked(x, idx, cnt, gi, threads)
+                product_from_bias(lay.w_ih, x, idx, cnt, gi, st.b_ih, threads)
                 t1 = self.clock()
                 h = lay.hidden_size
                 nonzero, columns = recurrent_segment(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import torch
 from torch import nn
@@ -27,6 +28,7 @@ from dualsparse.engine import kernels as K
 from dualsparse.engine.arrays import aligned_empty
 from dualsparse.engine.formats import Block, PackedFormat, PackedMatrix
 from dualsparse.engine.pack import PackedRNN, choose_format, pack_rnn
+from dualsparse.engine.products import bias_rows, product_from_bias
 from dualsparse.engine.rows import pack_rows
 from dualsparse.engine.runtime import SparseRuntime
 from dualsparse.models.lm import RNNLanguageModel
@@ -79,7 +81,9 @@ class SparseLM:
         self.runtime = runtime
         self.embedding = np.ascontiguousarray(embedding, dtype=np.float32)
         self.decoder = decoder
-        self.decoder_bias = np.ascontiguousarray(decoder_bias, dtype=np.float32)
+        # padded with zeros to the decoder's panel rows; decoder_bias is a view of it
+        self._bias_rows = bias_rows(np.asarray(decoder_bias, dtype=np.float32), decoder)
+        self.decoder_bias = self._bias_rows[: decoder_bias.shape[0]]
         self.vocab_size = embedding.shape[0]
 
     @classmethod
@@ -153,15 +157,28 @@ class SparseLM:
         active = K.active_lists(x, idx, cnt)
         y, y_idx, y_cnt, _ = self.runtime.run_columns(x, idx, cnt, steps, active, reuse=True)
         t0 = self.runtime.clock()
-        shape = (steps * batch, self.decoder.rows_padded)
-        # 64-byte aligned rows for the multi-vector register panels; one vector goes by
-        # columns (memory-bound: alignment gains nothing there, and costs 3 us a call)
-        logits = aligned_empty(shape) if shape[0] > 1 else np.empty(shape, np.float32)
-        K.add_bias(logits, self.decoder_bias)
-        self.decoder.accumulate_unchecked(y.reshape(steps * batch, -1),
-                                          y_idx.reshape(steps * batch, -1), y_cnt.reshape(-1),
-                                          logits, self.runtime.threads)
+        logits = self.decode(y.reshape(steps * batch, -1), y_idx.reshape(steps * batch, -1),
+                             y_cnt.reshape(-1))
         self.runtime.stats.seconds["decoder"] += self.runtime.clock() - t0
+        return logits
+
+    def decode(self, y: np.ndarray, idx: np.ndarray, cnt: np.ndarray) -> np.ndarray:
+        """Logits ``(n, rows_padded)`` of last-layer outputs ``y`` ``(n, H)`` with their
+        active lists (no checks), starting from the bias
+        (:func:`dualsparse.engine.products.product_from_bias`)."""
+        n, threads = y.shape[0], self.runtime.threads
+        if n == 1:  # by columns, memory-bound: alignment gains nothing (and costs 3 us)
+            logits = np.empty((1, self.decoder.rows_padded), np.float32)
+        else:  # 64-byte aligned rows for the register panels
+            logits = aligned_empty((n, self.decoder.rows_padded))
+        before = numba.get_num_threads() if threads > 1 else 0
+        if threads > 1:
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        try:
+            product_from_bias(self.decoder, y, idx, cnt, logits, self._bias_rows, threads)
+        finally:
+            if before:
+                numba.set_num_threads(before)
         return logits
 
     def step(self, tokens: torch.Tensor | np.ndarray | int) -> torch.Tensor:
