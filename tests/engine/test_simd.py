@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from dualsparse.engine.simd import axpy16, prefetch, vload, vmadd, vstore
+from dualsparse.engine.simd import axpy16, fma32, prefetch, vload, vmadd, vstore
 
 
 @njit(cache=False)
@@ -22,18 +22,35 @@ def _madd(out, data, x):
     vstore(out, np.int64(0), acc)
 
 
-def test_axpy16_and_vmadd_round_like_the_scalar_expression():
+@njit(cache=False)
+def _fma_all(out, data, x):
+    for i in range(out.shape[0]):
+        out[i] = fma32(data[i], x, out[i])
+
+
+def _fused(acc, w, x):
+    """``acc + w * x`` rounded once: the float64 product of two float32 is exact."""
+    return (acc.astype(np.float64) + w.astype(np.float64) * np.float64(x)).astype(np.float32)
+
+
+def test_axpy16_vmadd_and_fma32_fuse_the_multiply_add():
+    """One rounding per update (fused multiply-add), the same in the SIMD and the scalar
+    helper, so SIMD and scalar kernels adding in the same order give the same floats."""
     rng = np.random.default_rng(0)
     out = rng.standard_normal(64).astype(np.float32)
     data = rng.standard_normal(64).astype(np.float32)
     x = np.float32(0.3)
-    want = out + data * x  # numpy: multiply, round, add, round (no fused multiply-add)
+    want = _fused(out, data, x)
+    assert not np.array_equal(want, out + data * x)  # the two roundings differ here
     got = out.copy()
     _axpy_all(got, data, x)
     assert np.array_equal(got, want)
     got = out.copy()
+    _fma_all(got, data, x)
+    assert np.array_equal(got, want)
+    got = out.copy()
     _madd(got, data, x)
-    assert np.array_equal(got[:16], out[:16] + data[16:32] * x)
+    assert np.array_equal(got[:16], _fused(out[:16], data[16:32], x))
     assert np.array_equal(got[16:], out[16:])
 
 

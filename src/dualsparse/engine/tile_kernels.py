@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from dualsparse.engine.simd import axpy16, prefetch
+from dualsparse.engine.simd import axpy16, fma32, prefetch
 
 ZERO = np.float32(0.0)
 NJIT_OPTIONS = {"cache": True, "fastmath": False, "nogil": True}
@@ -70,7 +70,7 @@ def _group_csc(panel_ptr: np.ndarray, indices: np.ndarray, data: np.ndarray, p0:
             d1 = data[t0:t1]
             i1 = indices[t0:t1]
             for k in range(t1 - t0):
-                o[i1[k]] += d1[k] * xj
+                o[i1[k]] = fma32(d1[k], xj, o[i1[k]])
 
 
 @njit(**NJIT_OPTIONS)
@@ -96,10 +96,10 @@ def _group_br4(panel_ptr: np.ndarray, indices: np.ndarray, data: np.ndarray, bc:
             for t in range(panel_ptr[p0, bj], panel_ptr[p1, bj]):
                 r0 = np.int64(indices[t]) * 4
                 base = (np.int64(t) * bc + c) * 4
-                o[r0] += data[base] * xj
-                o[r0 + 1] += data[base + 1] * xj
-                o[r0 + 2] += data[base + 2] * xj
-                o[r0 + 3] += data[base + 3] * xj
+                o[r0] = fma32(data[base], xj, o[r0])
+                o[r0 + 1] = fma32(data[base + 1], xj, o[r0 + 1])
+                o[r0 + 2] = fma32(data[base + 2], xj, o[r0 + 2])
+                o[r0 + 3] = fma32(data[base + 3], xj, o[r0 + 3])
 
 
 @njit(**NJIT_OPTIONS)
@@ -174,7 +174,7 @@ def group_tiles(panel_ptr: np.ndarray, indices: np.ndarray, data: np.ndarray, br
                 ov = o[r0:r0 + br]
                 d = data[base:base + br]
                 for r in range(br):
-                    ov[r] += d[r] * xj
+                    ov[r] = fma32(d[r], xj, ov[r])
 
 
 __all__ = ["NJIT_OPTIONS", "PREFETCH_COLUMNS", "ZERO", "group_tiles"]
