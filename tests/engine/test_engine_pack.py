@@ -207,6 +207,22 @@ def test_aligned_arrays(shape, dtype):
     np.testing.assert_array_equal(c, src.astype(np.float32))
 
 
+def test_aligned_and_bias_rows_reject_bad_shapes():
+    from dualsparse.engine.arrays import aligned_empty
+    from dualsparse.engine.products import bias_rows
+
+    with pytest.raises(ValueError, match="non-negative integers"):
+        aligned_empty((3, -1))
+    with pytest.raises(ValueError, match="non-negative integers"):
+        aligned_empty((2.5,))
+    mat = pack_dense(np.ones((70, 3), np.float32))  # 128 padded rows
+    assert bias_rows(np.ones(70, np.float32), mat).shape == (128,)
+    with pytest.raises(ValueError, match="at most 128 values"):
+        bias_rows(np.ones(129, np.float32), mat)
+    with pytest.raises(ValueError, match="1-D"):
+        bias_rows(np.ones((2, 3), np.float32), mat)
+
+
 def test_packed_weights_and_runtime_buffers_are_aligned():
     """Every array that the SIMD kernels load 16 floats at a time from is 64-byte aligned:
     the packed weights of each format, the column-major copy, and the runtime's buffers."""

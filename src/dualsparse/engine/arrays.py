@@ -33,7 +33,9 @@ ALIGN_BYTES = 64
 def aligned_empty(shape: int | tuple, dtype: type | np.dtype = np.float32) -> np.ndarray:
     """An uninitialised C-contiguous array whose first element is :data:`ALIGN_BYTES`-aligned."""
     dt = np.dtype(dtype)
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    if not all(isinstance(d, (int, np.integer)) and d >= 0 for d in shape):
+        raise ValueError(f"shape must be non-negative integers, got {shape}")
     nbytes = math.prod(shape) * dt.itemsize
     buf = np.empty(nbytes + ALIGN_BYTES, dtype=np.uint8)
     off = -buf.__array_interface__["data"][0] % ALIGN_BYTES  # (``ctypes.data``: 3 us a call)

@@ -21,6 +21,9 @@ from dualsparse.engine.rows import RowMatrix
 
 def bias_rows(bias: np.ndarray, mat: PackedFormat) -> np.ndarray:
     """``bias`` ``(<= rows_padded,)`` zero-padded to ``mat.rows_padded``, 64-byte aligned."""
+    if bias.ndim != 1 or bias.shape[0] > mat.rows_padded:
+        raise ValueError(f"bias must be 1-D with at most {mat.rows_padded} values (the "
+                         f"matrix's padded rows), got shape {bias.shape}")
     out = aligned_zeros(mat.rows_padded)
     out[: bias.shape[0]] = bias
     return out
