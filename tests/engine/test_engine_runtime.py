@@ -254,3 +254,23 @@ def test_set_state_rejects_misshaped_tensors_and_keeps_the_state():
     # unbatched state: batch 1
     rt.set_state(((torch.randn(8), torch.randn(8)),))
     assert rt.batch_size == 1 and rt.state[0].h.shape == (1, 8)
+
+
+def test_numba_threads_sets_and_restores_the_count_even_on_error():
+    import numba
+
+    from dualsparse.engine.runtime import NumbaThreads
+
+    outer = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        with NumbaThreads(2):
+            assert numba.get_num_threads() == min(2, numba.config.NUMBA_NUM_THREADS)
+        assert numba.get_num_threads() == 1
+        with pytest.raises(RuntimeError), NumbaThreads(2):
+            raise RuntimeError("inside")
+        assert numba.get_num_threads() == 1
+        with NumbaThreads(1):  # one thread: numba's setting is left alone
+            assert numba.get_num_threads() == 1
+    finally:
+        numba.set_num_threads(outer)

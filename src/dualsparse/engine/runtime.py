@@ -55,6 +55,27 @@ def to_numpy(x: torch.Tensor | np.ndarray, what: str) -> np.ndarray:
     return x
 
 
+class NumbaThreads:
+    """Context in which numba's parallel kernels use ``threads`` threads (at most numba's
+    pool), restored on exit; nothing to do at one thread (the streaming hot path)."""
+
+    __slots__ = ("before", "threads")
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self.before = 0
+
+    def __enter__(self) -> NumbaThreads:
+        if self.threads > 1:
+            self.before = numba.get_num_threads()
+            numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.before:
+            numba.set_num_threads(self.before)
+
+
 class _LayerState:
     """Buffers of one layer for a batch of ``B`` (``(B, rows)`` float32)."""
 
@@ -76,7 +97,6 @@ class _LayerState:
         # one step's outputs, reused by every streaming step (allocation costs more than
         # the kernels at small sizes)
         self.input_rows = layer.w_ih.rows_padded
-        self.b_ih = bias_rows(layer.b_ih, layer.w_ih)  # input products start from it
         self.step_buffers = self._new_buffers(1, True)
 
     def _new_buffers(self, steps: int, record: bool) -> tuple:
@@ -153,6 +173,9 @@ class SparseRuntime:
         #: timings on a shared machine)
         self.clock = time.perf_counter
         self.stats: RuntimeStats | None = None
+        #: per layer, ``b_ih`` padded to its input matrix's rows: the input products start
+        #: from it (:func:`dualsparse.engine.products.product_from_bias`)
+        self._input_bias = [bias_rows(lay.b_ih, lay.w_ih) for lay in packed.layers]
         self.reset(1)
         self.reset_stats()
 
@@ -257,15 +280,12 @@ class SparseRuntime:
             H)`` and ``cnt`` ``(steps, B)``, and per layer ``(y, events, c~)`` if ``record``.
         """
         stats, batch, threads = self.stats, self._batch, self.threads
-        before = numba.get_num_threads() if threads > 1 else 0
-        if threads > 1:
-            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
         recs = []
-        try:
+        with NumbaThreads(threads):
             for k, (lay, st) in enumerate(zip(self.packed.layers, self._layers, strict=True)):
                 t0 = self.clock()
                 gi, y_seq, idx_seq, cnt_seq, ev_seq, ct_seq = st.buffers(steps, reuse, record)
-                product_from_bias(lay.w_ih, x, idx, cnt, gi, st.b_ih, threads)
+                product_from_bias(lay.w_ih, x, idx, cnt, gi, self._input_bias[k], threads)
                 t1 = self.clock()
                 h = lay.hidden_size
                 nonzero, columns = recurrent_segment(
@@ -283,9 +303,6 @@ class SparseRuntime:
                 x = y_seq.reshape(steps * batch, h)
                 idx = idx_seq.reshape(steps * batch, h)
                 cnt = cnt_seq.reshape(-1)
-        finally:
-            if before:
-                numba.set_num_threads(before)
         stats.steps += steps
         return y_seq, idx_seq, cnt_seq, recs
 
@@ -357,5 +374,5 @@ class SparseRuntime:
         return seqs[-1]["output"], seqs
 
 
-__all__ = ["EventComparison", "RuntimeStats", "SparseRuntime",
+__all__ = ["EventComparison", "NumbaThreads", "RuntimeStats", "SparseRuntime",
            "compare_events", "to_numpy"]

@@ -19,7 +19,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 import torch
 from torch import nn
@@ -30,7 +29,7 @@ from dualsparse.engine.formats import Block, PackedFormat, PackedMatrix
 from dualsparse.engine.pack import PackedRNN, choose_format, pack_rnn
 from dualsparse.engine.products import bias_rows, product_from_bias
 from dualsparse.engine.rows import pack_rows
-from dualsparse.engine.runtime import SparseRuntime
+from dualsparse.engine.runtime import NumbaThreads, SparseRuntime
 from dualsparse.models.lm import RNNLanguageModel
 from dualsparse.validation import check_int, check_real
 
@@ -171,14 +170,8 @@ class SparseLM:
             logits = np.empty((1, self.decoder.rows_padded), np.float32)
         else:  # 64-byte aligned rows for the register panels
             logits = aligned_empty((n, self.decoder.rows_padded))
-        before = numba.get_num_threads() if threads > 1 else 0
-        if threads > 1:
-            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-        try:
+        with NumbaThreads(threads):
             product_from_bias(self.decoder, y, idx, cnt, logits, self._bias_rows, threads)
-        finally:
-            if before:
-                numba.set_num_threads(before)
         return logits
 
     def step(self, tokens: torch.Tensor | np.ndarray | int) -> torch.Tensor:
