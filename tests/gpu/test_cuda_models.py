@@ -23,7 +23,10 @@ def _fwd_bwd(model: torch.nn.Module, x: torch.Tensor):
                  dtype=torch.float64).eval(),
     lambda: GRU(7, [32, 16], dtype=torch.float64),
     lambda: LSTM(7, [32, 16], dtype=torch.float64),
-], ids=["egru-fused", "egru-reference", "egru-zoneout-eval", "gru", "lstm"])
+    lambda: GRU(7, [32, 16], fused=False, dtype=torch.float64),
+    lambda: LSTM(7, [32, 16], fused=False, dtype=torch.float64),
+], ids=["egru-fused", "egru-reference", "egru-zoneout-eval", "gru", "lstm", "gru-step-loop",
+        "lstm-step-loop"])
 def test_cuda_equals_cpu(make):
     torch.manual_seed(0)
     cpu = make()
@@ -35,6 +38,26 @@ def test_cuda_equals_cpu(make):
     assert torch.allclose(out_c, out_g, rtol=1e-9, atol=1e-10)
     for name, g in g_c.items():
         assert torch.allclose(g, g_g[name], rtol=1e-7, atol=1e-9), name
+
+
+@pytest.mark.parametrize("cls", [GRU, LSTM])
+def test_cudnn_recurrence_equals_the_step_loop_in_float32(cls):
+    """``fused=True`` runs cuDNN over masked, dropconnect-ed weights: same values and
+    gradients as the Python step loop (IEEE fp32, TF32 off by the conftest)."""
+    torch.manual_seed(0)
+    m = cls(48, [64, 32], dropconnect=0.3).cuda().train()
+    with torch.no_grad():
+        m.weight_hh_l0.mul_((torch.rand_like(m.weight_hh_l0) > 0.5).float())
+    x = torch.randn(30, 8, 48, device="cuda")
+    results = []
+    for fused in (True, False):
+        m.fused = fused
+        torch.manual_seed(3)  # the same dropconnect masks for both
+        results.append(_fwd_bwd(m, x))
+    (out_f, g_f), (out_l, g_l) = results
+    assert torch.allclose(out_f, out_l, rtol=1e-4, atol=1e-5)
+    for name, g in g_f.items():  # float32 sums over 240 (step, row) pairs in another order
+        assert float((g - g_l[name]).norm() / g_l[name].norm()) < 1e-4, name
 
 
 def test_language_model_on_cuda_float32():

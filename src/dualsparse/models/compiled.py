@@ -26,14 +26,16 @@ def compile_steps(module: RecurrentBase, **compile_kwargs: Any) -> RecurrentBase
 
     ``compile_kwargs`` go to ``torch.compile`` (e.g. ``backend``, ``mode``, ``dynamic``).
     An EGRU switches to its unfused time loop (``fused=False``: same values, autograd through
-    the compiled steps instead of the hand-written BPTT).
+    the compiled steps instead of the hand-written BPTT); a GRU or LSTM to its step loop
+    (``fused=False``) instead of ATen's fused recurrence.
     """
     if not isinstance(module, RecurrentBase):
         raise ValueError(f"module must be an EGRU, GRU or LSTM, got {type(module).__name__}")
     if isinstance(module, EGRU):
         module.fused = False
         module._egru_step = torch.compile(egru_step, **compile_kwargs)
-    else:
+    else:  # GRU/LSTM: the step loop instead of ATen's fused recurrence
+        module.fused = False
         module._step = torch.compile(module._step, **compile_kwargs)
     return module
 

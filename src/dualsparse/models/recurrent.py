@@ -319,9 +319,14 @@ class RecurrentBase(nn.Module):
         sequences = []
         for k in range(self.num_layers):
             w_ih, w_hh, b_ih, b_hh = self.layer_weights(k)
-            gi = F.linear(x, w_ih, b_ih)
             w_hh = dropconnect(w_hh, self.dropconnect, self.training)
-            out, st, seq = self._run_layer(k, gi, w_hh, b_hh, state_in[k], return_sequences)
+            fused = self._fused_layer(k, x, (w_ih, w_hh, b_ih, b_hh), state_in[k])
+            if fused is None:
+                out, st, seq = self._run_layer(k, F.linear(x, w_ih, b_ih), w_hh, b_hh,
+                                               state_in[k], return_sequences)
+            else:
+                out, st = fused
+                seq = LayerSequences(out, state_in[k][0]) if return_sequences else None
             new_state.append(st)
             if return_sequences:
                 sequences.append(seq)
@@ -362,6 +367,13 @@ class RecurrentBase(nn.Module):
             events, internal = (torch.stack(v) for v in zip(*extras, strict=True))
             return output, state, LayerSequences(output, initial, events, internal)
         return output, state, LayerSequences(output, initial)
+
+    def _fused_layer(self, layer: int, x: torch.Tensor, weights: tuple, state: tuple
+                     ) -> tuple[torch.Tensor, tuple] | None:
+        """One layer over the whole sequence ``x`` ``(T, B, I_k)`` in one call, or ``None``
+        to use the Python time loop (:meth:`_run_layer`). ``weights``: ``(w_ih, w_hh, b_ih,
+        b_hh)`` as the forward sees them."""
+        return None
 
     def _step(self, layer: int, gi: torch.Tensor, state: tuple, w_hh: torch.Tensor,
               b_hh: torch.Tensor | None) -> tuple[torch.Tensor, tuple, tuple | None]:

@@ -1,8 +1,17 @@
 """GRU and LSTM baselines with the same interface and parameter layout as :class:`EGRU`.
 
-Our own cells (not ``nn.GRU``/``nn.LSTM``), so per-gate weight views and pruning masks work
+Our own modules (not ``nn.GRU``/``nn.LSTM``), so per-gate weight views and pruning masks work
 (cuDNN's flattened weights cannot be parametrised). Given the same weights they compute
 exactly what ``torch.nn.GRU`` / ``torch.nn.LSTM`` compute.
+
+With ``fused=True`` (default) each layer runs the whole sequence in one call of ATen's own
+recurrence (``torch._VF.gru`` / ``torch._VF.lstm``: cuDNN on CUDA, a C++ time loop on CPU)
+over the weights as the forward sees them (masked, dropconnect applied), so gradients reach
+the parameters as through the step loop. The Python step loop (``fused=False``) runs instead
+where ATen cannot: zoneout while training, ``PackedSequence`` input, tracing and
+``torch.compile`` (which traces the loop), and after
+:func:`~dualsparse.models.compiled.compile_steps`. Both give the same values up to float
+rounding (the fused loop adds the two projections in another order).
 
 Gate orders (rows of ``weight_ih_l{k}``/``weight_hh_l{k}``), as PyTorch:
 
@@ -12,7 +21,8 @@ Gate orders (rows of ``weight_ih_l{k}``/``weight_hh_l{k}``), as PyTorch:
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import warnings
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -56,15 +66,42 @@ def lstm_step(gi: torch.Tensor, h: torch.Tensor, c: torch.Tensor, weight_hh: tor
     return torch.sigmoid(o) * torch.tanh(c_new), c_new
 
 
+def _aten_recurrence(module: RecurrentBase, fn: Any, x: torch.Tensor, hx: Any,
+                     weights: tuple) -> tuple | None:
+    """One layer through ATen's fused recurrence ``fn`` (``torch._VF.gru``/``lstm``), or
+    ``None`` where the module must use its step loop (see the module docstring)."""
+    if (not module.fused or (module.training and module.zoneout > 0)
+            or torch.jit.is_tracing() or torch.compiler.is_compiling()):
+        return None
+    params = [w for w in weights if w is not None]
+    if not x.is_cuda:
+        return fn(x, hx, params, module.bias, 1, 0.0, module.training, False, False)
+    with warnings.catch_warnings():
+        # cuDNN copies weights that are not one flat buffer (ours never are: masks and
+        # per-layer parameters) on every call and warns about it; the copy is intended
+        warnings.filterwarnings("ignore", message="RNN module weights are not part")
+        return fn(x, hx, params, module.bias, 1, 0.0, module.training, False, False)
+
+
 class GRU(RecurrentBase):
     """Multi-layer GRU (``torch.nn.GRU`` semantics) with per-layer sizes and regularisers.
 
     Args: as :class:`dualsparse.models.EGRU` without the event options (``zoneout`` acts
-    on ``h``). State: one :class:`GRUState` per layer.
+    on ``h``); ``fused``: ATen's (cuDNN's on CUDA) recurrence where possible, see the module
+    docstring (a plain attribute, not part of :meth:`get_config`). State: one
+    :class:`GRUState` per layer.
     """
 
     gate_names = ("r", "z", "n")
     state_type = GRUState
+
+    def __init__(self, *args: Any, fused: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fused = bool(fused)
+
+    def _fused_layer(self, layer, x, weights, state):
+        res = _aten_recurrence(self, torch._VF.gru, x, state.h.unsqueeze(0), weights)
+        return None if res is None else (res[0], GRUState(res[1].squeeze(0)))
 
     def _zero_layer_state(self, layer: int, batch: int, like: torch.Tensor) -> GRUState:
         return GRUState(like.new_zeros(batch, self.hidden_sizes[layer]))
@@ -83,6 +120,18 @@ class LSTM(RecurrentBase):
 
     gate_names = ("i", "f", "g", "o")
     state_type = LSTMState
+
+    def __init__(self, *args: Any, fused: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fused = bool(fused)
+
+    def _fused_layer(self, layer, x, weights, state):
+        hx = (state.h.unsqueeze(0), state.c.unsqueeze(0))
+        res = _aten_recurrence(self, torch._VF.lstm, x, hx, weights)
+        if res is None:
+            return None
+        out, h, c = res
+        return out, LSTMState(h.squeeze(0), c.squeeze(0))
 
     def _zero_layer_state(self, layer: int, batch: int, like: torch.Tensor) -> LSTMState:
         z = like.new_zeros(batch, self.hidden_sizes[layer])
