@@ -196,11 +196,14 @@ class ActivityMeter:
             acc.dense += d_in + d_rec
             acc.effective += e_in + e_rec
             acc.nonzero_inputs += float((inputs != 0).sum())
-            acc.active_per_neuron += (out != 0).reshape(-1, hidden).sum(0).to(torch.float64)
+            # the accumulators stay on the CPU whatever device the model runs on
+            acc.active_per_neuron += (out != 0).reshape(-1, hidden).sum(0).to("cpu",
+                                                                             torch.float64)
             acc.density_ih = density(weight_ih)
             acc.density_hh = density(weight_hh)
             if seq.internal is not None and threshold is not None:
-                dist = (seq.internal - threshold).reshape(-1).to(torch.float64)
+                # histograms on the CPU: CUDA's histc has no deterministic implementation
+                dist = (seq.internal - threshold).reshape(-1).to("cpu", torch.float64)
                 if surrogate is not None:
                     acc.outside_support += float((~surrogate.in_support(dist)).sum())
                 lo, hi = self.distance_range
@@ -212,7 +215,7 @@ class ActivityMeter:
                     carried = dist
                     if reset_mode == "subtract_threshold":
                         carried = (seq.internal - seq.events * threshold - threshold
-                                   ).reshape(-1).to(torch.float64)
+                                   ).reshape(-1).to("cpu", torch.float64)
                     counts = torch.histc(carried.clamp(lo, hi), bins=self.bins, min=lo, max=hi)
                     acc.carried_counts = counts if acc.carried_counts is None else (
                         acc.carried_counts + counts)

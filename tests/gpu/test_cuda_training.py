@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from dualsparse.accounting import ActivityMeter
+from dualsparse.apps.lm.evaluate import evaluate_lm
 from dualsparse.apps.lm.task import LMTask
 from dualsparse.models.lm import RNNLanguageModel
 from dualsparse.train.loop import TrainConfig, Trainer, set_seed
@@ -97,3 +99,28 @@ def test_ddp_one_process_nccl_equals_plain_training(tmp_path: Path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert (tmp_path / "ddp-ok").read_text().strip() == "nccl"
+
+
+@pytest.mark.parametrize("cell", ["egru", "lstm"])
+def test_test_report_accounting_on_cuda_equals_cpu(cell: str):
+    """The batch-1 test report (evaluate_lm with an ActivityMeter) runs on CUDA and counts
+    what the CPU counts (its accumulators and histograms live on the CPU), also with
+    deterministic algorithms on, as ``dualsparse train`` runs (CUDA's histc refuses then)."""
+    torch.use_deterministic_algorithms(True)  # the conftest restores the setting
+    torch.manual_seed(0)
+    options = {"threshold_mean": 0.2} if cell == "egru" else {}
+    cpu = RNNLanguageModel(40, 12, [24, 16], cell=cell, cell_options=options).double().eval()
+    gpu = RNNLanguageModel(40, 12, [24, 16], cell=cell, cell_options=options).double()
+    gpu = gpu.cuda().eval()
+    gpu.load_state_dict(cpu.state_dict())
+    tokens = torch.randint(0, 40, (300,))
+    reports = []
+    for model, data in ((cpu, tokens), (gpu, tokens.cuda())):
+        meter = ActivityMeter(None, decoder=model.decoder)
+        res = evaluate_lm(model, data, 1, 25, "full", meter)
+        reports.append((res, meter.report().to_dict()))
+    (res_c, rep_c), (res_g, rep_g) = reports
+    assert res_g["loss"] == pytest.approx(res_c["loss"], rel=1e-9)
+    for lay_c, lay_g in zip(rep_c["layers"], rep_g["layers"], strict=True):
+        assert lay_g["activity"] == pytest.approx(lay_c["activity"], abs=1e-3)
+        assert lay_g["effective_macs"] == pytest.approx(lay_c["effective_macs"], rel=1e-3)
