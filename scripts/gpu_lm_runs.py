@@ -72,7 +72,7 @@ def run_summary(run_dir: Path, preset: str, seconds: float, rc: int | None) -> d
         if rates:
             rates.sort()
             out["tokens_per_s_training"] = round(rates[len(rates) // 2])
-        if valid and epochs:
+        if valid and epochs:  # the presets validate once per epoch
             per_epoch = float(valid[-1]["elapsed_s"]) / len(valid)
             out.update(epochs_completed=len(valid), seconds_per_epoch=round(per_epoch, 2))
             recipe = RECIPE_EPOCHS.get(preset)
