@@ -10,7 +10,9 @@ load average before and after; refuses to report when the 1-minute load exceeds 
 
 ``--foreach-adamw`` adds, for every AdamW preset, a variant ``<preset>/foreach`` that builds
 AdamW without the fused kernel (the Trainer's optimiser before it used ``fused=True``), so
-the two are compared in the same process, alternating.
+the two are compared in the same process, alternating. ``--step-loop`` adds, for every GRU or
+LSTM preset, ``<preset>/step-loop``: the layers with ``fused=False`` (the Python step loop
+instead of ATen's recurrence, as before 2026-11-27).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 from dualsparse.apps.lm.config import LMConfig
 from dualsparse.apps.lm.presets import with_preset
 from dualsparse.apps.lm.task import LMTask
+from dualsparse.models import GRU, LSTM
 from dualsparse.train import optim
 from dualsparse.train.loop import Trainer, set_seed
 
@@ -38,21 +41,26 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
-def one_fit(config: LMConfig, data: tuple, steps: int, fused: bool = True) -> float:
+def one_fit(config: LMConfig, data: tuple, steps: int, fused: bool = True,
+            step_loop: bool = False) -> float:
     """Tokens per second of ``steps`` training steps (after one warm-up step); ``fused=False``
-    builds AdamW without PyTorch's fused kernel."""
+    builds AdamW without PyTorch's fused kernel, ``step_loop=True`` runs GRU/LSTM layers
+    through their Python step loop."""
     saved = optim.FUSED_DEVICES
     optim.FUSED_DEVICES = saved if fused else ()
     try:
-        return _timed_fit(config, data, steps)
+        return _timed_fit(config, data, steps, step_loop)
     finally:
         optim.FUSED_DEVICES = saved
 
 
-def _timed_fit(config: LMConfig, data: tuple, steps: int) -> float:
+def _timed_fit(config: LMConfig, data: tuple, steps: int, step_loop: bool = False) -> float:
     set_seed(config.run.seed, True)
     corpus, train, valid, test = data
     model = config.model.build(len(corpus.vocab))
+    for module in model.modules():
+        if isinstance(module, (GRU, LSTM)):
+            module.fused = not step_loop
     task = LMTask.from_config(config.run, train, valid, test)
     trainer = Trainer(model, task, config.run.train_config(task.steps_per_epoch,
                                                            fine_tune_steps=steps + 1))
@@ -73,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow-load", action="store_true")
     p.add_argument("--foreach-adamw", action="store_true",
                    help="also time each AdamW preset without the fused AdamW kernel")
+    p.add_argument("--step-loop", action="store_true",
+                   help="also time each GRU/LSTM preset with the Python step loop")
     p.add_argument("--out", default=None, help="JSON file for the results (must not exist)")
     args = p.parse_args(argv)
     if args.out and os.path.exists(args.out):
@@ -86,18 +96,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configs = {name: LMConfig.from_dict(with_preset(name, {})) for name in args.presets}
     data = next(iter(configs.values())).data.load()
-    variants = {name: (config, True) for name, config in configs.items()}
+    variants = {name: (config, True, False) for name, config in configs.items()}
     if args.foreach_adamw:
         for name, config in configs.items():
             if config.run.optimizer == "adamw":
-                variants[f"{name}/foreach"] = (config, False)
+                variants[f"{name}/foreach"] = (config, False, False)
+    if args.step_loop:
+        for name, config in configs.items():
+            if config.model.cell.upper() in ("GRU", "LSTM"):
+                variants[f"{name}/step-loop"] = (config, True, True)
     results: dict[str, dict[int, float]] = {name: {} for name in variants}
     for threads in args.threads:
         torch.set_num_threads(threads)
         samples: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(args.repeats):
-            for name, (config, fused) in variants.items():  # alternate the variants
-                samples[name].append(one_fit(config, data, args.steps, fused))
+            for name, (config, fused, loop) in variants.items():  # alternate the variants
+                samples[name].append(one_fit(config, data, args.steps, fused, loop))
         for name in variants:
             results[name][threads] = statistics.median(samples[name])
             print(f"{name:>16}  {threads} thread(s): {results[name][threads]:8.0f} tokens/s "
