@@ -7,7 +7,9 @@ starts at epoch 700, so ``--epochs N`` trains exactly the recipe's first ``N`` e
 test perplexity (batch 1) is that of the best of them. Optional steps before the runs: the
 CUDA model tests (``--tests``) and ``benchmarks/bench_rnn_fused.py`` (``--bench``).
 
-Every run writes its folder under ``OUT`` (``metrics.csv``, ``results.json``, the log;
+A run that ends without its test (cut by its limit, or failed after training) has its best
+checkpoint tested by ``dualsparse eval`` in the time left. Every run writes its folder under
+``OUT`` (``metrics.csv``, ``results.json``, the log;
 checkpoints too, left out of the archive); after each step ``OUT/summary.json`` (tokens/s,
 seconds per epoch, projected time of the recipe's epochs, perplexities, activity) and
 ``OUT/runs.tar.gz`` (everything but checkpoints) are rewritten, so a cut run still reports
@@ -159,8 +161,25 @@ class Driver:
                self.args.device, "--save", str(self.out / preset), "--no-progress",
                *shlex.split(self.args.extra), *extra]
         rc, took = self.call(preset, cmd, limit)
-        self.summary["steps"][preset] = run_summary(self.out / preset, preset, took, rc)
+        summary = run_summary(self.out / preset, preset, took, rc)
+        self.summary["steps"][preset] = summary
         self.write()
+        run_dir = self.out / preset
+        if summary.get("test_ppl") is None and (run_dir / "best.json").is_file() \
+                and self.left() > 20:
+            # training ended (or was cut) without its test: test the best checkpoint
+            out = run_dir / "eval-best-test.json"
+            rc, took = self.call(f"{preset}-eval", [
+                sys.executable, "-m", "dualsparse", "eval", "--checkpoint", str(run_dir),
+                "--split", "test", "--batch-size", "1", "--device", self.args.device,
+                "--out", str(out)], min(self.args.eval_limit, self.left() - 5))
+            if out.is_file():
+                res = json.loads(out.read_text())
+                summary.update(test_ppl=res["ppl"], test_batch_size=1, test_seconds=took,
+                               test_weights=f"best (step {res['step']}), dualsparse eval")
+            else:
+                summary["test_eval_returncode"] = rc
+            self.write()
 
     def write(self) -> None:
         self.summary["elapsed_seconds"] = round(time.monotonic() - self.t0, 1)
@@ -229,6 +248,9 @@ def main() -> None:
                     help="estimated seconds per paper epoch (training + validation + saving)")
     ap.add_argument("--paper-reserve", type=float, default=90.0,
                     help="seconds kept for the paper run's start-up and batch-1 test")
+    ap.add_argument("--eval-limit", type=float, default=90.0,
+                    help="seconds at most for testing a run's best checkpoint with "
+                         "'dualsparse eval' when its training ended without a test")
     ap.add_argument("--extra", default="", help="flags added to every train command")
     ap.add_argument("--mirror", default=None,
                     help="existing folder that receives summary.json and runs.tar.gz after "

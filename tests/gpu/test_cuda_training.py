@@ -3,6 +3,7 @@ one process over nccl (torchrun)."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dualsparse import cli
 from dualsparse.accounting import ActivityMeter
 from dualsparse.apps.lm.evaluate import evaluate_lm
 from dualsparse.apps.lm.task import LMTask
@@ -124,3 +126,24 @@ def test_test_report_accounting_on_cuda_equals_cpu(cell: str):
     for lay_c, lay_g in zip(rep_c["layers"], rep_g["layers"], strict=True):
         assert lay_g["activity"] == pytest.approx(lay_c["activity"], abs=1e-3)
         assert lay_g["effective_macs"] == pytest.approx(lay_c["effective_macs"], rel=1e-3)
+
+
+def test_eval_command_on_cuda_equals_cpu(tmp_path: Path):
+    """``dualsparse eval --device cuda`` of a run trained on the CPU: the CPU's perplexity."""
+    data = Path(os.environ.get("DUALSPARSE_DATA", "/nonexistent")) / "ptb"
+    if not data.is_dir():
+        pytest.skip("needs DUALSPARSE_DATA with ptb/")
+    run = tmp_path / "run"
+    assert cli.main(["train", "--cell", "egru", "--train-tokens", "2000", "--valid-tokens",
+                     "300", "--test-tokens", "200", "--emsize", "8", "--nhid", "16",
+                     "--batch_size", "4", "--bptt", "8", "--max-steps", "4", "--device",
+                     "cpu", "--threads", "1", "--no-progress", "--no-tensorboard",
+                     "--save", str(run)]) == 0
+    results = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / f"{device}.json"
+        assert cli.main(["eval", "--checkpoint", str(run), "--device", device,
+                         "--out", str(out)]) == 0
+        results[device] = json.loads(out.read_text())
+    assert results["cuda"]["device"].startswith("cuda")
+    assert results["cuda"]["ppl"] == pytest.approx(results["cpu"]["ppl"], rel=1e-4)

@@ -106,6 +106,24 @@ def test_eval_outputs_are_named_by_engine_and_never_replaced(run: Path, capsys) 
     assert "--out" in capsys.readouterr().err and out.read_text() == "keep"
     assert cli.main([*base, "--out", str(out), "--overwrite"]) == 0
     assert json.loads(out.read_text())["engine"] == "torch"
+    assert json.loads(out.read_text())["device"] == ("cuda" if torch.cuda.is_available()
+                                                      else "cpu")
+
+
+@needs_data
+def test_eval_device_is_checked_before_any_work(run: Path, capsys) -> None:
+    base = ["eval", "--checkpoint", str(run), "--tokens", "60", "--threads", "1"]
+    out = run.parent / "device.json"
+    cases = [(["--device", "tpu"], "--device must be cpu, cuda or cuda:N, got 'tpu'"),
+             (["--engine", "sparse", "--device", "cuda"], "the sparse engine runs on the CPU")]
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda:0"], "--device cuda:0: CUDA is not available"))
+    for flags, message in cases:
+        assert cli.main([*base, *flags, "--out", str(out)]) == 1, flags
+        assert message in capsys.readouterr().err
+        assert not out.exists()  # refused before loading or evaluating anything
+    assert cli.main([*base, "--device", "cpu", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["device"] == "cpu"
 
 
 @needs_data

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,8 @@ class EvalConfig:
     ``batch_size`` (first ``tokens`` tokens; ``data_dir`` overrides the run's), written to
     ``out`` (default ``<checkpoint>/eval-<tag>-<split>.json``, ``...-sparse.json`` for the
     sparse engine; an existing ``out`` is refused unless ``overwrite``); ``engine``
-    ``"torch"`` (with accounting) or ``"sparse"`` (the event-driven CPU engine)."""
+    ``"torch"`` (with accounting) or ``"sparse"`` (the event-driven CPU engine); ``device``
+    of the torch engine (``"cpu"``, ``"cuda"``, ``"cuda:N"``; None: CUDA when available)."""
 
     checkpoint: str
     tag: str = "best"
@@ -45,6 +47,23 @@ class EvalConfig:
     out: str | None = None
     engine: str = "torch"
     overwrite: bool = False
+    device: str | None = None
+
+    def torch_device(self) -> torch.device:
+        """The device the torch engine evaluates on (checked: ``--device``)."""
+        if self.engine == "sparse":
+            if self.device not in (None, "cpu"):
+                raise ValueError(f"--device {self.device}: the sparse engine runs on the CPU "
+                                 "(leave --device out, or use --engine torch)")
+            return torch.device("cpu")
+        if self.device is None:
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", str(self.device)):
+            raise ValueError(f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
+        dev = torch.device(self.device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {self.device}: CUDA is not available")
+        return dev
 
     def out_path(self) -> Path:
         """Where the result goes: ``out``, or a name of tag, split and engine in the run."""
@@ -141,6 +160,7 @@ def train(config: LMConfig) -> dict[str, Any]:
 def evaluate_checkpoint(ev: EvalConfig) -> dict[str, Any]:
     """``dualsparse eval``: perplexity and accounting of a saved model on valid or test."""
     set_threads(ev.threads)
+    device = ev.torch_device()
     path = ev.out_path()
     check_output_file(path, "--out", overwrite=ev.overwrite or not ev.out)
     model, meta = load_model(ev.checkpoint, ev.tag)
@@ -157,11 +177,13 @@ def evaluate_checkpoint(ev: EvalConfig) -> dict[str, Any]:
             "split": ev.split, "batch_size": ev.batch_size}
     if ev.engine == "sparse":
         return _evaluate_sparse(ev, model, config, data, path, head)
+    model.to(device)
     meter = ActivityMeter(None, decoder=model.decoder)
     bptt = config.run.eval_bptt or config.run.bptt
     res = evaluate_lm(model, data, ev.batch_size, bptt, config.run.carry, meter)
     report = meter.report()
-    out = {**head, **res, "engine": "torch", "accounting": report.to_dict()}
+    out = {**head, **res, "engine": "torch", "device": str(device),
+           "accounting": report.to_dict()}
     ckpt.atomic_write_json(path, out)
     print(f"{ev.split} ({ev.tag}, step {meta['step']}, batch {ev.batch_size}): "
           f"loss {res['loss']:.4f} ppl {res['ppl']:.2f}\n{report.format_table()}\n"

@@ -264,6 +264,9 @@ def add_eval_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=["torch", "sparse"], default="torch",
                         help="torch: the PyTorch model (with accounting); sparse: the "
                              "event-driven CPU engine (dualsparse.engine), same perplexity")
+    parser.add_argument("--device", default=None,
+                        help="device of the torch engine: cpu, cuda or cuda:N (default: "
+                             "cuda if available)")
 
 
 def add_prune_command_flags(parser: argparse.ArgumentParser) -> None:
