@@ -111,6 +111,9 @@ CASES: list[Case] = [
     Case("eval-corrupt-pointer", ("eval", "--checkpoint", "run"), _corrupt_run),
     Case("eval-foreign-pointer", ("eval", "--checkpoint", "run"), _foreign_run),
     Case("eval-unknown-engine", ("eval", "--checkpoint", "run", "--engine", "gpu")),
+    Case("eval-unknown-device", ("eval", "--checkpoint", "run", "--device", "tpu")),
+    Case("eval-sparse-on-cuda", ("eval", "--checkpoint", "run", "--engine", "sparse",
+                                 "--device", "cuda")),
     Case("eval-zero-batch", ("eval", "--checkpoint", "run", "--batch-size", "0"), _corrupt_run),
     Case("eval-no-checkpoint-flag", ("eval",)),
     # ---------------------------------------------------------------------------- prune
