@@ -5,13 +5,14 @@ Our own modules (not ``nn.GRU``/``nn.LSTM``), so per-gate weight views and pruni
 exactly what ``torch.nn.GRU`` / ``torch.nn.LSTM`` compute.
 
 With ``fused=True`` (default) each layer runs the whole sequence in one call of ATen's own
-recurrence (``torch._VF.gru`` / ``torch._VF.lstm``: cuDNN on CUDA, a C++ time loop on CPU)
+recurrence (``torch._VF.gru`` / ``torch._VF.lstm``: cuDNN on CUDA, oneDNN's RNN layer or
+ATen's C++ time loop on CPU)
 over the weights as the forward sees them (masked, dropconnect applied), so gradients reach
 the parameters as through the step loop. The Python step loop (``fused=False``) runs instead
 where ATen cannot: zoneout while training, ``PackedSequence`` input, tracing and
 ``torch.compile`` (which traces the loop), and after
 :func:`~dualsparse.models.compiled.compile_steps`. Both give the same values up to float
-rounding (the fused loop adds the two projections in another order).
+rounding (the fused kernels may sum in another order).
 
 Gate orders (rows of ``weight_ih_l{k}``/``weight_hh_l{k}``), as PyTorch:
 
