@@ -80,13 +80,20 @@ def test_the_fused_path_is_taken_where_it_can_be(cls, monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("cls", [GRU, LSTM])
-def test_zoneout_in_training_uses_the_step_loop(cls, monkeypatch) -> None:
-    m = cls(3, 4, zoneout=0.1)
+def test_zoneout_uses_the_step_loop_in_training_and_evaluation(cls, monkeypatch) -> None:
+    torch.manual_seed(0)
+    m = cls(3, 4, zoneout=0.1).eval()
     x = torch.randn(5, 2, 3)
+    # evaluation mixes p * previous + (1 - p) * new after every step: not ATen's recurrence
+    mixed = m(x)[0]
+    m.zoneout = 0.0
+    assert not torch.allclose(m(x)[0], mixed)
+    m.zoneout = 0.1
     _forbid_step_loop(monkeypatch, m)
-    m.eval()(x)  # zoneout is inactive in evaluation: fused
-    with pytest.raises(AssertionError, match="step loop ran"):
-        m.train()(x)
+    for mode in (m.eval, m.train):
+        mode()
+        with pytest.raises(AssertionError, match="step loop ran"):
+            m(x)
 
 
 @pytest.mark.parametrize("cls", [GRU, LSTM])

@@ -9,7 +9,8 @@ recurrence (``torch._VF.gru`` / ``torch._VF.lstm``: cuDNN on CUDA, oneDNN's RNN 
 ATen's C++ time loop on CPU)
 over the weights as the forward sees them (masked, dropconnect applied), so gradients reach
 the parameters as through the step loop. The Python step loop (``fused=False``) runs instead
-where ATen cannot: zoneout while training, ``PackedSequence`` input, tracing and
+where ATen cannot: zoneout (in training a random mask, in evaluation its expectation, both
+between steps), ``PackedSequence`` input, tracing and
 ``torch.compile`` (which traces the loop), and after
 :func:`~dualsparse.models.compiled.compile_steps`. Both give the same values up to float
 rounding (the fused kernels may sum in another order).
@@ -71,7 +72,7 @@ def _aten_recurrence(module: RecurrentBase, fn: Any, x: torch.Tensor, hx: Any,
                      weights: tuple) -> tuple | None:
     """One layer through ATen's fused recurrence ``fn`` (``torch._VF.gru``/``lstm``), or
     ``None`` where the module must use its step loop (see the module docstring)."""
-    if (not module.fused or (module.training and module.zoneout > 0)
+    if (not module.fused or module.zoneout > 0  # zoneout acts in evaluation too
             or torch.jit.is_tracing() or torch.compiler.is_compiling()):
         return None
     params = [w for w in weights if w is not None]
