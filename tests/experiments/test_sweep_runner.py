@@ -215,3 +215,19 @@ def test_ctrl_c_gives_the_run_back(tmp_path, signame, workers):
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
+
+
+def test_a_signal_during_a_claim_waits_until_the_claim_has_returned():
+    """SIGTERM inside signals_deferred() (as around store.claim) is handled at its end, so
+    the worker has the claimed record in hand to give it back."""
+    import signal
+
+    from dualsparse.experiments.runner import signals_deferred, sigterm_as_exit
+
+    reached = []
+    with pytest.raises(SystemExit), sigterm_as_exit():
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            reached.append("inside")  # the signal is held: the block runs to its end
+        reached.append("after")  # not reached: SystemExit as the block ends
+    assert reached == ["inside"]

@@ -229,6 +229,23 @@ def sigterm_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back for the block (POSIX, main thread; elsewhere no change):
+    a signal that arrives while a run is being claimed is handled once the claim has
+    returned, so the worker knows which run to give back."""
+    if (not hasattr(signal, "pthread_sigmask")
+            or threading.current_thread() is not threading.main_thread()):
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def work(store_path: str | Path, output: str | Path, options: WorkerOptions | None = None,
          worker: str | None = None) -> dict[str, int]:
     """One worker: claim and execute runs until none is claimable (or ``max_runs``).
@@ -247,8 +264,9 @@ def work(store_path: str | Path, output: str | Path, options: WorkerOptions | No
         while opts.max_runs is None or counts["done"] + counts["failed"] < opts.max_runs:
             record, beat = None, None
             try:
-                record = store.claim(worker, opts.sweep, opts.stale_after, opts.retry_failed,
-                                     opts.max_attempts)
+                with signals_deferred():
+                    record = store.claim(worker, opts.sweep, opts.stale_after,
+                                         opts.retry_failed, opts.max_attempts)
                 if record is None:
                     break
                 beat = _Heartbeat(store_path, record.lease, opts.heartbeat_s)
@@ -256,8 +274,7 @@ def work(store_path: str | Path, output: str | Path, options: WorkerOptions | No
                 t0 = time.perf_counter()
                 metrics = execute(record, output, opts.allow_import)
             except (KeyboardInterrupt, SystemExit):
-                # give the run back; an interrupt inside claim() itself leaves a run whose
-                # pid is gone, which is claimable at once as well
+                # give the run back (signals wait until claim() has returned)
                 if beat is not None:
                     beat.stopped.set()
                 if record is not None:
