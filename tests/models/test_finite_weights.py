@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dualsparse import EGRU, GRU, LSTM
-from dualsparse.models.tracing import check_parameters_finite
+from dualsparse.models.tracing import all_finite, check_finite, check_parameters_finite
 
 
 @pytest.mark.parametrize("cls", [EGRU, GRU, LSTM])
@@ -41,3 +41,23 @@ def test_non_finite_weights_are_refused_on_packed_input_too() -> None:
     packed = pack_padded_sequence(torch.randn(5, 2, 3), [5, 3])
     with pytest.raises(ValueError, match=r"\['bias_ih_l0'\] contain NaN or inf"):
         rnn(packed)
+
+
+def test_large_finite_values_whose_sum_overflows_are_accepted() -> None:
+    """The check sums first; a sum that overflows to inf must not be taken for an inf."""
+    big = torch.full((4, 3), 3e38)  # finite float32, sum = inf
+    assert torch.isinf(big.sum()) and all_finite(big)
+    rnn = GRU(3, 4)
+    with torch.no_grad():
+        rnn.weight_ih_l0.copy_(torch.full_like(rnn.weight_ih_l0, 3e38))
+    check_parameters_finite(rnn, "GRU")
+    check_finite(big, "input")
+
+
+@pytest.mark.parametrize("values", [[1.0, float("nan")], [float("inf"), 1.0],
+                                    [float("inf"), float("-inf")], [3e38, 3e38, float("nan")]])
+def test_any_nan_or_inf_element_is_found(values) -> None:
+    t = torch.tensor(values)
+    assert not all_finite(t)
+    with pytest.raises(ValueError, match="input contains NaN or inf"):
+        check_finite(t, "input")
