@@ -18,6 +18,7 @@ from torch import nn
 
 from dualsparse.models.egru import EGRUState
 from dualsparse.models.rnn import GRUState
+from dualsparse.models.tracing import all_finite
 from dualsparse.rtrl.cell import (
     CellSpec,
     LocalStep,
@@ -112,7 +113,7 @@ class RTRLBase(ABC):
         for t in tensors:
             if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
                 raise ValueError(f"state tensors must have shape {shape}")
-            if not bool(torch.isfinite(t).all()):
+            if not all_finite(t):
                 raise ValueError("state contains NaN or inf")
         w = self.cell.weight_hh
         return tuple(t.detach().to(w) for t in tensors)
@@ -135,14 +136,14 @@ class RTRLBase(ABC):
         w = self.cell.weight_hh
         if x.dtype != w.dtype:
             raise ValueError(f"input is {x.dtype}, parameters are {w.dtype}")
-        if not bool(torch.isfinite(x).all()):
+        if not all_finite(x):
             raise ValueError("input contains NaN or inf")
         return x.to(w.device)
 
     def _check_params(self) -> None:
         for name in self.spec.param_names:
             p = getattr(self.cell, name)
-            if not bool(torch.isfinite(p.detach()).all()):
+            if not all_finite(p.detach()):
                 raise ValueError(f"cell parameter {name} contains NaN or inf; RTRL needs finite "
                                  "parameters (lower the learning rate or clip gradients)")
 
@@ -180,7 +181,7 @@ class RTRLBase(ABC):
         if not isinstance(grad_y, torch.Tensor) or tuple(grad_y.shape) != shape:
             got = tuple(grad_y.shape) if isinstance(grad_y, torch.Tensor) else type(grad_y)
             raise ValueError(f"grad_y must have shape {shape}, got {got}")
-        if not bool(torch.isfinite(grad_y).all()):
+        if not all_finite(grad_y):
             raise ValueError("grad_y contains NaN or inf")
         return grad_y.detach().to(self.y)
 
