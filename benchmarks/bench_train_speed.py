@@ -12,7 +12,9 @@ load average before and after; refuses to report when the 1-minute load exceeds 
 AdamW without the fused kernel (the Trainer's optimiser before it used ``fused=True``), so
 the two are compared in the same process, alternating. ``--step-loop`` adds, for every GRU or
 LSTM preset, ``<preset>/step-loop``: the layers with ``fused=False`` (the Python step loop
-instead of ATen's recurrence, as before 2026-11-27).
+instead of ATen's recurrence, as before 2026-11-27). Like the command line, the benchmark
+keeps freed large blocks in the process (:mod:`dualsparse.malloc`);
+``DUALSPARSE_KEEP_FREED_MEMORY=0`` measures glibc's default instead (the JSON records which).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 from dualsparse.apps.lm.config import LMConfig
 from dualsparse.apps.lm.presets import with_preset
 from dualsparse.apps.lm.task import LMTask
+from dualsparse.malloc import keep_freed_memory
 from dualsparse.models import GRU, LSTM
 from dualsparse.train import optim
 from dualsparse.train.loop import Trainer, set_seed
@@ -87,9 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.out and os.path.exists(args.out):
         p.error(f"--out {args.out} exists; choose another file")
+    kept = keep_freed_memory()
     before = load_average()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__}; load average before: {before:.2f}", flush=True)
+          f"torch {torch.__version__}; load average before: {before:.2f}; freed memory "
+          f"kept: {kept}", flush=True)
     if before > MAX_LOAD and not args.allow_load:
         print(f"load average {before:.2f} > {MAX_LOAD}: not measuring (rerun on an idle "
               "machine, or --allow-load to mark the figures)", file=sys.stderr)
@@ -124,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         with open(args.out, "x") as f:
             json.dump({"tokens_per_s": results, "load_before": before, "load_after": after,
-                       "loaded": loaded, "steps": args.steps, "repeats": args.repeats}, f,
+                       "loaded": loaded, "steps": args.steps, "repeats": args.repeats,
+                       "keep_freed_memory": kept}, f,
                       indent=2)
     return 0
 

@@ -33,6 +33,7 @@ LAYERS: dict[str, str] = {
     "validation": "core",
     "serialisation": "core",
     "version": "core",
+    "malloc": "core",
     "models": "base",
     "data": "base",
     "embedded": "base",

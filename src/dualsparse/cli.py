@@ -24,6 +24,7 @@ from dualsparse.apps.lm.config import LMConfig, PruneConfig
 from dualsparse.apps.lm.prune import PruneRunConfig
 from dualsparse.data.corpora import DataError
 from dualsparse.experiments import cli as sweep_cli
+from dualsparse.malloc import keep_freed_memory
 
 TASKS = ("lm", "kws")
 
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"usage: dualsparse {{{names}}} [options]   (dualsparse COMMAND --help)",
               file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
+    keep_freed_memory()  # reuse large freed blocks: no page faults on every step's buffers
     try:
         COMMANDS[argv[0]](argv[1:])
     except Exception as exc:  # bad input, missing data, OS errors: a clear line, no traceback

@@ -42,6 +42,7 @@ from typing import Any
 from dualsparse.atomic import atomic_write_json
 from dualsparse.experiments.progress import SweepBar
 from dualsparse.experiments.store import ResultStore, RunRecord, worker_id
+from dualsparse.malloc import keep_freed_memory
 from dualsparse.validation import check_int, check_real
 
 RunFunction = Callable[[dict[str, Any], Path], dict[str, Any]]
@@ -305,6 +306,7 @@ def work(store_path: str | Path, output: str | Path, options: WorkerOptions | No
 
 def _worker_main(store_path: str, output: str, options: WorkerOptions,
                  results: Any) -> None:
+    keep_freed_memory()  # a fresh (spawned) process: set as the command line does
     try:
         results.put(work(store_path, output, options))
     except KeyboardInterrupt:
