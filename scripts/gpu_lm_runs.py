@@ -58,7 +58,6 @@ def run_summary(run_dir: Path, preset: str, seconds: float, rc: int | None) -> d
         last = train[-1]
         elapsed = float(last["elapsed_s"])
         tokens = float(last["tokens_per_s"]) * elapsed
-        epochs = float(last["epoch"] or 0) + 1 if valid else None
         out.update(steps=int(last["step"]), train_loop_seconds=round(elapsed, 1),
                    tokens_per_s_with_evaluation=round(tokens / elapsed))
         # training alone: consecutive train rows with no evaluation between them
@@ -74,7 +73,7 @@ def run_summary(run_dir: Path, preset: str, seconds: float, rc: int | None) -> d
         if rates:
             rates.sort()
             out["tokens_per_s_training"] = round(rates[len(rates) // 2])
-        if valid and epochs:  # the presets validate once per epoch
+        if valid:  # the presets validate once per epoch
             per_epoch = float(valid[-1]["elapsed_s"]) / len(valid)
             out.update(epochs_completed=len(valid), seconds_per_epoch=round(per_epoch, 2))
             recipe = RECIPE_EPOCHS.get(preset)
