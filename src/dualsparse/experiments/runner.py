@@ -232,19 +232,27 @@ def sigterm_as_exit() -> Iterator[None]:
 
 @contextmanager
 def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back for the block (POSIX, main thread; elsewhere no change):
-    a signal that arrives while a run is being claimed is handled once the claim has
-    returned, so the worker knows which run to give back."""
-    if (not hasattr(signal, "pthread_sigmask")
-            or threading.current_thread() is not threading.main_thread()):
+    """Hold SIGINT and SIGTERM back for the block (main thread; elsewhere no change): a signal
+    that arrives while a run is being claimed is handled once the claim has returned, so the
+    worker knows which run to give back. Python-level (a recording handler, then the signal
+    raised again under the block's handlers), so it holds whichever OS thread receives it."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    caught: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        caught.append(signum)
+
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, hold) for s in held}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        for s in caught:
+            signal.raise_signal(s)  # now handled by the handler the block had replaced
 
 
 def work(store_path: str | Path, output: str | Path, options: WorkerOptions | None = None,
