@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 import torch
 
 from dualsparse.accounting import ActivityMeter
-from dualsparse.apps.lm.config import LMConfig, PruneConfig, limit_tokens
+from dualsparse.apps.lm.config import LMConfig, PruneConfig, check_device, limit_tokens
 from dualsparse.apps.lm.evaluate import evaluate_lm, test_report
 from dualsparse.apps.lm.memory import check_training_memory
 from dualsparse.apps.lm.prune import PruneRunConfig, prune_hooks, prune_trained, pruner_for_training
@@ -56,10 +55,9 @@ class EvalConfig:
                 raise ValueError(f"--device {self.device}: the sparse engine runs on the CPU "
                                  "(leave --device out, or use --engine torch)")
             return torch.device("cpu")
+        check_device(self.device)
         if self.device is None:
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if not re.fullmatch(r"cpu|cuda(:\d+)?", str(self.device)):
-            raise ValueError(f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
         dev = torch.device(self.device)
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"--device {self.device}: CUDA is not available")

@@ -118,6 +118,12 @@ class DataConfig:
                 limit_tokens(corpus.test, self.test_tokens, "--test-tokens"))
 
 
+def check_device(device: str | None) -> None:
+    """``--device``: None (the default), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", str(device)):
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+
+
 def limit_tokens(data: Any, tokens: int | None, flag: str) -> Any:
     """The first ``tokens`` of ``data`` (all for None); ``flag`` names the limit in errors."""
     if tokens is None:
@@ -192,8 +198,7 @@ class RunConfig:
                             ("--eval-batch-size", self.eval_batch_size),
                             ("--test-batch-size", self.test_batch_size)):
             check_int(flag, value, low=1)
-        if self.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", str(self.device)):
-            raise ValueError(f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
+        check_device(self.device)
         for flag, value in (("--save-interval", self.save_interval),
                             ("--warmup-steps", self.warmup_steps)):
             check_int(flag, value, low=0)
@@ -390,4 +395,5 @@ class LMConfig:
 
 __all__ = ["ALIASES", "CARRY_MODES", "CELLS", "DEFAULT_PRUNE_TENSORS", "DataConfig", "LMConfig",
            "METHOD_SCHEDULES", "ModelConfig", "PRUNE_METHODS", "PRUNE_SCHEDULES", "PruneConfig",
-           "Q_SOURCES", "RunConfig", "canonical", "field_names", "limit_tokens"]
+           "Q_SOURCES", "RunConfig", "canonical", "check_device", "field_names",
+           "limit_tokens"]
