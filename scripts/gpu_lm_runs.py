@@ -56,10 +56,8 @@ def run_summary(run_dir: Path, preset: str, seconds: float, rc: int | None) -> d
     out: dict[str, Any] = {"preset": preset, "returncode": rc, "wall_seconds": round(seconds, 1)}
     if train:
         last = train[-1]
-        elapsed = float(last["elapsed_s"])
-        tokens = float(last["tokens_per_s"]) * elapsed
-        out.update(steps=int(last["step"]), train_loop_seconds=round(elapsed, 1),
-                   tokens_per_s_with_evaluation=round(tokens / elapsed))
+        out.update(steps=int(last["step"]), train_loop_seconds=round(float(last["elapsed_s"]), 1),
+                   tokens_per_s_with_evaluation=round(float(last["tokens_per_s"])))
         # training alone: consecutive train rows with no evaluation between them
         rates, prev, evaluated = [], None, False
         for r in rows:
@@ -80,7 +78,6 @@ def run_summary(run_dir: Path, preset: str, seconds: float, rc: int | None) -> d
             if recipe:
                 out["recipe_epochs"] = recipe
                 out["projected_recipe_hours"] = round(per_epoch * recipe / 3600, 2)
-        if valid:
             best = min(valid, key=lambda r: float(r["loss"]))
             out.update(best_valid_ppl=round(float(best["ppl"]), 2),
                        valid_ppl_by_epoch=[round(float(r["ppl"]), 2) for r in valid],
@@ -101,6 +98,8 @@ def run_summary(run_dir: Path, preset: str, seconds: float, rc: int | None) -> d
 
 
 def environment() -> dict[str, Any]:
+    """Versions and settings; with CUDA, ``benchmarks/bench_gpu.py``'s device report (GPU,
+    driver, memory, triton)."""
     import torch  # noqa: PLC0415 (only here: the summary of a finished run needs no torch)
 
     env: dict[str, Any] = {"python": sys.version.split()[0], "torch": torch.__version__,
@@ -108,20 +107,10 @@ def environment() -> dict[str, Any]:
                            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
                            "tf32_cudnn": torch.backends.cudnn.allow_tf32}
     if torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(0)
-    try:
-        import triton  # noqa: PLC0415 (optional)
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from bench_gpu import device_info  # noqa: PLC0415 (a benchmark script, CUDA only)
 
-        env["triton"] = triton.__version__
-    except ImportError:
-        env["triton"] = None
-    try:
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
-                              "--format=csv,noheader"], capture_output=True, text=True,
-                             timeout=20)
-        env["nvidia_smi"] = smi.stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        env["nvidia_smi"] = None
+        env.update(device_info())
     return env
 
 
@@ -160,10 +149,10 @@ class Driver:
                self.args.device, "--save", str(self.out / preset), "--no-progress",
                *shlex.split(self.args.extra), *extra]
         rc, took = self.call(preset, cmd, limit)
-        summary = run_summary(self.out / preset, preset, took, rc)
+        run_dir = self.out / preset
+        summary = run_summary(run_dir, preset, took, rc)
         self.summary["steps"][preset] = summary
         self.write()
-        run_dir = self.out / preset
         if summary.get("test_ppl") is None and (run_dir / "best.json").is_file() \
                 and self.left() > 20:
             # training ended (or was cut) without its test: test the best checkpoint
