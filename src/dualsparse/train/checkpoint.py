@@ -40,6 +40,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dualsparse.atomic import atomic_path, atomic_write_bytes, atomic_write_json
+from dualsparse.models.tracing import all_finite
 from dualsparse.sparsity.pruner import Pruner
 from dualsparse.version import __version__
 
@@ -207,7 +208,7 @@ def load_model_tensors(model: nn.Module, tensors: dict[str, torch.Tensor],
             parts.append("shape mismatch: " + "; ".join(shapes))
         raise CheckpointError("checkpoint does not match the model: " + " | ".join(parts))
     for k, t in full.items():
-        if not bool(torch.isfinite(t).all()) and t.is_floating_point():
+        if t.is_floating_point() and not all_finite(t):
             raise CheckpointError(f"checkpoint tensor {k!r} contains NaN or inf")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in full.items()})
 
