@@ -43,6 +43,18 @@ def test_report_needs_perplexities(tmp_path):
         write_report([{"config": {"i": 1}, "metrics": {"echo": 1}}], tmp_path)
 
 
+def test_a_missing_perplexity_curve_says_why(tmp_path):
+    # each setting (model, hidden size) sits at one sparsity target: no curve can be drawn,
+    # although every run has both metrics, and the report says so
+    recs = [_rec("LSTM", 0.0, 1, 140.0), _rec("LSTM", 0.75, 1, 120.0)]
+    recs[1]["config"]["nhid"] = [384, 384]
+    recs[0]["config"]["nhid"] = [192, 192]
+    md = write_report(recs, tmp_path).read_text()
+    assert md.count("Not drawn: no setting (model and other varied options) has runs at two "
+                    "or more sparsity targets") == 2
+    assert "no run has both metrics" not in md
+
+
 TOY_SPEC = """name: tiny
 run: toy
 output: {out}

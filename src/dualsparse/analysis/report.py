@@ -36,6 +36,12 @@ def machine_description() -> str:
     return f"{cpu}; {platform.system()} {platform.release()}; Python {platform.python_version()}"
 
 
+#: Why a perplexity-vs-reduction figure is missing: a curve needs one setting at two or more
+#: weight-sparsity targets, each run with both metrics.
+_NO_CURVE = ("no setting (model and other varied options) has runs at two or more sparsity "
+             "targets with both a test perplexity and the reduction")
+
+
 def _figure_section(name: str, title: str, data: Any, why_missing: str) -> tuple[str, Any]:
     if data is None:
         return f"### {title}\n\nNot drawn: {why_missing}\n", None
@@ -71,13 +77,13 @@ def write_report(records: Sequence[Any], out_dir: str | Path, title: str = "Swee
     specs = [
         ("fig_ppl_vs_reduction",
          "Test perplexity vs measured effective MAC reduction (fig. 1A/B, 2)",
-         lambda p: figures.ppl_vs_reduction(runs, p, keys), "no run has both metrics"),
+         lambda p: figures.ppl_vs_reduction(runs, p, keys), _NO_CURVE),
         ("fig_ppl_vs_ideal_reduction",
          "Test perplexity vs lambda_a x lambda_w, the papers' axis (fig. 1A/B)",
          lambda p: figures.ppl_vs_reduction(
              runs, p, keys, reduction="ideal_reduction",
              title="Perplexity vs lambda_a x lambda_w (labels: weight-sparsity target)"),
-         "no run has both metrics"),
+         _NO_CURVE),
         ("fig_tradeoff_map", "Activity sparsity vs weight sparsity (fig. 1C/D)",
          lambda p: figures.tradeoff_map(runs, p, keys), "no run has the sparsity metrics"),
         ("fig_weight_decay", "Weight decay on weights and on biases (fig. 2 / 4)",
