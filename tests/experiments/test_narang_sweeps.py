@@ -16,6 +16,9 @@ from dualsparse.experiments.spec import load_spec
 
 SWEEPS = Path(__file__).resolve().parents[2] / "examples" / "sweeps"
 SPECS = sorted(p.name for p in SWEEPS.glob("narang_*.yaml"))
+#: the check that goes with the large-vs-small table: one cell, one seed, lr varied on purpose
+LR_CHECK = "narang_large_vs_small_lr.yaml"
+DESIGN = [s for s in SPECS if s != LR_CHECK]
 SHAPES = {(1, 1), (4, 4), (8, 8), (12, 2), (16, 1), (16, 16), (32, 32)}
 HAVE_PTB = (Path(os.environ.get("DUALSPARSE_DATA", "/nonexistent")) / "ptb").is_dir()
 
@@ -32,8 +35,22 @@ def _pruner(cfg):
 
 def test_the_specs_exist():
     assert SPECS == ["narang_block_scoring.yaml", "narang_block_shapes.yaml",
-                     "narang_gl_glp.yaml", "narang_large_vs_small.yaml",
+                     "narang_gl_glp.yaml", "narang_large_vs_small.yaml", LR_CHECK,
                      "narang_late_start.yaml"]
+
+
+def test_the_lr_check_differs_from_the_large_dense_egrus_only_in_lr(tmp_path):
+    table = {tuple(c.model.hidden_sizes): c for _, c in _configs("narang_large_vs_small.yaml",
+                                                                 tmp_path)
+             if c.model.cell == "EGRU" and c.prune.prune_method is None and c.run.seed == 1}
+    checks = [c for _, c in _configs(LR_CHECK, tmp_path)]
+    assert sorted(tuple(c.model.hidden_sizes) for c in checks) == [(384, 384), (576, 576)]
+    for c in checks:
+        ref = table[tuple(c.model.hidden_sizes)]
+        assert c.run.lr == pytest.approx(ref.run.lr * 192 / c.model.hidden_sizes[0])
+        for part in ("model", "data", "prune"):
+            assert getattr(c, part) == getattr(ref, part)
+        assert c.run.max_steps == ref.run.max_steps and c.run.seed == ref.run.seed
 
 
 def test_the_late_start_differs_from_the_block_shapes_only_in_when_it_prunes(tmp_path):
@@ -51,7 +68,7 @@ def test_the_late_start_differs_from_the_block_shapes_only_in_when_it_prunes(tmp
         assert c.run.max_steps == e.run.max_steps and c.run.lr == e.run.lr
 
 
-@pytest.mark.parametrize("name", SPECS)
+@pytest.mark.parametrize("name", DESIGN)
 def test_every_run_builds_its_config_and_pruner(name, tmp_path):
     seen = {}
     budgets, seeds, cells = set(), set(), set()
