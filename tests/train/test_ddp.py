@@ -46,3 +46,24 @@ def test_two_process_ddp_ranks_end_with_identical_weights(tmp_path: Path) -> Non
     changed = [k for k in r0 if not torch.equal(r0[k], init[k])]
     assert "embedding.weight" in changed and any("weight_hh" in k for k in changed)
     assert (tmp_path / "run" / "latest.json").is_file()  # rank 0 wrote the checkpoint
+
+
+@pytest.mark.parametrize(("device", "world", "local", "expected"), [
+    ("cuda:1", 1, 0, 1),   # one process: the index the user named
+    ("cuda", 1, 0, 0),
+    (None, 1, 0, 0),       # CUDA when available: GPU 0
+    ("cuda:1", 2, 0, 0),   # torchrun: the GPU of LOCAL_RANK
+    ("cuda", 2, 1, 1),
+])
+def test_the_cuda_device_follows_the_index_or_the_local_rank(monkeypatch, device, world, local,
+                                                            expected):
+    from dualsparse.train import distributed
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)  # join nothing
+    for name, value in (("WORLD_SIZE", world), ("RANK", local), ("LOCAL_RANK", local)):
+        monkeypatch.setenv(name, str(value))
+    info = distributed.init_distributed(device)
+    assert chosen == [expected] and info.device == torch.device("cuda", expected)

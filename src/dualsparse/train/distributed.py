@@ -53,7 +53,9 @@ def init_distributed(device: str | None = None, backend: str | None = None) -> D
     """Join the process group if launched by ``torchrun``; pick the device.
 
     Args:
-        device: ``"cpu"``, ``"cuda"`` or None (CUDA when available).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or None (CUDA when available). Under
+            ``torchrun`` (``WORLD_SIZE`` > 1) each process takes the GPU of its
+            ``LOCAL_RANK``; a single process takes ``N`` of ``"cuda:N"`` (else GPU 0).
         backend: process-group backend; default ``nccl`` for CUDA, ``gloo`` for CPU.
     """
     want_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
@@ -65,8 +67,11 @@ def init_distributed(device: str | None = None, backend: str | None = None) -> D
     if not 0 <= rank < world:
         raise ValueError(f"RANK={rank} is not in [0, WORLD_SIZE={world})")
     if want_cuda:
-        torch.cuda.set_device(local)
-        dev = torch.device("cuda", local)
+        index = local
+        if world == 1 and device is not None and torch.device(device).index is not None:
+            index = torch.device(device).index
+        torch.cuda.set_device(index)
+        dev = torch.device("cuda", index)
     else:
         dev = torch.device("cpu" if device is None else device)
     if world > 1 and not dist.is_initialized():
