@@ -39,14 +39,17 @@ def test_the_specs_exist():
                      "narang_late_start.yaml"]
 
 
-def test_the_lr_check_differs_from_the_large_dense_egrus_only_in_lr(tmp_path):
-    table = {tuple(c.model.hidden_sizes): c for _, c in _configs("narang_large_vs_small.yaml",
-                                                                 tmp_path)
-             if c.model.cell == "EGRU" and c.prune.prune_method is None and c.run.seed == 1}
+def test_the_lr_check_differs_from_the_tables_wide_egrus_only_in_lr(tmp_path):
+    def key(c):
+        return tuple(c.model.hidden_sizes), c.prune.prune_method, c.prune.prune_target
+
+    table = {key(c): c for _, c in _configs("narang_large_vs_small.yaml", tmp_path)
+             if c.model.cell == "EGRU" and c.run.seed == 1}
     checks = [c for _, c in _configs(LR_CHECK, tmp_path)]
-    assert sorted(tuple(c.model.hidden_sizes) for c in checks) == [(384, 384), (576, 576)]
+    assert sorted((key(c)[0], key(c)[1] or "dense") for c in checks) == [
+        (width, m) for width in ((384, 384), (576, 576)) for m in ("block", "dense", "magnitude")]
     for c in checks:
-        ref = table[tuple(c.model.hidden_sizes)]
+        ref = table[key(c)]
         assert c.run.lr == pytest.approx(ref.run.lr * 192 / c.model.hidden_sizes[0])
         for part in ("model", "data", "prune"):
             assert getattr(c, part) == getattr(ref, part)
