@@ -61,6 +61,7 @@ def test_the_cuda_device_follows_the_index_or_the_local_rank(monkeypatch, device
 
     chosen = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
     monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)  # join nothing
     for name, value in (("WORLD_SIZE", world), ("RANK", local), ("LOCAL_RANK", local)):

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from dualsparse.train.device import resolve_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -58,9 +60,8 @@ def init_distributed(device: str | None = None, backend: str | None = None) -> D
             ``LOCAL_RANK``; a single process takes ``N`` of ``"cuda:N"`` (else GPU 0).
         backend: process-group backend; default ``nccl`` for CUDA, ``gloo`` for CPU.
     """
-    want_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
-    if want_cuda and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available")
+    chosen = resolve_device(device)
+    want_cuda = chosen.type == "cuda"
     world = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local = _env_int("LOCAL_RANK", 0)
@@ -68,12 +69,12 @@ def init_distributed(device: str | None = None, backend: str | None = None) -> D
         raise ValueError(f"RANK={rank} is not in [0, WORLD_SIZE={world})")
     if want_cuda:
         index = local
-        if world == 1 and device is not None and torch.device(device).index is not None:
-            index = torch.device(device).index
+        if world == 1 and chosen.index is not None:
+            index = chosen.index
         torch.cuda.set_device(index)
         dev = torch.device("cuda", index)
     else:
-        dev = torch.device("cpu" if device is None else device)
+        dev = chosen
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend or ("nccl" if want_cuda else "gloo"))
     return DistInfo(rank, world, local, dev)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from dualsparse.accounting import ActivityMeter
-from dualsparse.apps.lm.config import LMConfig, PruneConfig, check_device, limit_tokens
+from dualsparse.apps.lm.config import LMConfig, PruneConfig, limit_tokens
 from dualsparse.apps.lm.evaluate import evaluate_lm, test_report
 from dualsparse.apps.lm.memory import check_training_memory
 from dualsparse.apps.lm.prune import PruneRunConfig, prune_hooks, prune_trained, pruner_for_training
@@ -22,6 +22,7 @@ from dualsparse.data.corpora import load_corpus
 from dualsparse.engine.lm import evaluate_lm_sparse
 from dualsparse.models.lm import count_parameters
 from dualsparse.train import checkpoint as ckpt
+from dualsparse.train.device import resolve_device
 from dualsparse.train.distributed import DistInfo, cleanup, init_distributed
 from dualsparse.train.loop import Trainer, set_seed
 from dualsparse.train.run_dir import RunLock, check_output_file, clear_run, prepare_run_dir
@@ -55,13 +56,7 @@ class EvalConfig:
                 raise ValueError(f"--device {self.device}: the sparse engine runs on the CPU "
                                  "(leave --device out, or use --engine torch)")
             return torch.device("cpu")
-        check_device(self.device)
-        if self.device is None:
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        dev = torch.device(self.device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"--device {self.device}: CUDA is not available")
-        return dev
+        return resolve_device(self.device)
 
     def out_path(self) -> Path:
         """Where the result goes: ``out``, or a name of tag, split and engine in the run."""

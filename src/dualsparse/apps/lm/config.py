@@ -19,13 +19,13 @@ Words: *steps* are optimiser steps, *rounds* are pruning rounds, a segment has *
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from dualsparse.data.corpora import load_corpus
 from dualsparse.models.lm import RNNLanguageModel
 from dualsparse.train.config import TrainConfig
+from dualsparse.train.device import check_device
 from dualsparse.validation import check_block, check_choice, check_int, check_real
 
 CELLS = ("EGRU", "LSTM", "GRU")
@@ -116,12 +116,6 @@ class DataConfig:
         return (corpus, limit_tokens(corpus.train, self.train_tokens, "--train-tokens"),
                 limit_tokens(corpus.valid, self.valid_tokens, "--valid-tokens"),
                 limit_tokens(corpus.test, self.test_tokens, "--test-tokens"))
-
-
-def check_device(device: str | None) -> None:
-    """``--device``: None (the default), ``cpu``, ``cuda`` or ``cuda:N``."""
-    if device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", str(device)):
-        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
 
 
 def limit_tokens(data: Any, tokens: int | None, flag: str) -> Any:
@@ -395,5 +389,5 @@ class LMConfig:
 
 __all__ = ["ALIASES", "CARRY_MODES", "CELLS", "DEFAULT_PRUNE_TENSORS", "DataConfig", "LMConfig",
            "METHOD_SCHEDULES", "ModelConfig", "PRUNE_METHODS", "PRUNE_SCHEDULES", "PruneConfig",
-           "Q_SOURCES", "RunConfig", "canonical", "check_device", "field_names",
+           "Q_SOURCES", "RunConfig", "canonical", "field_names",
            "limit_tokens"]
