@@ -93,3 +93,24 @@ def test_a_huge_grid_is_refused_before_it_is_built(tmp_path, capsys):
     assert main(["sweep", "run", str(path), "--dry-run"]) == 1
     err = capsys.readouterr().err
     assert "100,000,000 runs" in err and "--max-grid" in err
+
+
+def test_a_spec_is_shown_by_its_runs_whoever_ran_them(tmp_path, capsys):
+    """A copy of a spec under another name (to reorder or split the work) runs some of its
+    runs into the same store: ``status SPEC`` shows exactly the spec's runs, found by id,
+    and how many it has not started (no copy's extra runs, no silent 'pending 0')."""
+    out = tmp_path / "out"
+    full = tmp_path / "full.yaml"
+    full.write_text(f"name: full\nrun: echo\noutput: {out}\ngrid:\n  - {{i: [0, 1, 2, 3]}}\n")
+    assert main(["sweep", "status", str(full)]) == 0  # nothing run yet: no store needed
+    assert "pending 0, running 0, done 0, failed 0, not started 4" in capsys.readouterr().out
+    part = tmp_path / "part.yaml"
+    part.write_text(f"name: part\nrun: echo\noutput: {out}\ngrid:\n  - {{i: [3, 1, 7]}}\n")
+    assert main(["sweep", "run", str(part), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["sweep", "status", str(full), "--runs"]) == 0
+    text = capsys.readouterr().out
+    assert "done 2, failed 0, not started 2" in text
+    assert text.count(" done     attempts 1") == 2  # i = 1 and 3; i = 7 is not the spec's
+    assert main(["sweep", "status", str(part)]) == 0
+    assert "pending 0, running 0, done 3, failed 0\n" in capsys.readouterr().out

@@ -30,7 +30,7 @@ from dualsparse.analysis.report import write_report
 from dualsparse.experiments.ray_backend import run_ray
 from dualsparse.experiments.runner import WorkerOptions, check_run_configs, run_local
 from dualsparse.experiments.spec import MAX_GRID_RUNS, SweepSpec, load_spec
-from dualsparse.experiments.store import ResultStore
+from dualsparse.experiments.store import STATUSES, ResultStore, RunRecord
 from dualsparse.train.run_dir import check_writable
 from dualsparse.validation import check_int
 
@@ -119,6 +119,28 @@ def _source(args: argparse.Namespace) -> tuple[Path, str | None, SweepSpec | Non
     return path, args.sweep, None
 
 
+def _runs_of(path: Path, sweep: str | None, spec: SweepSpec | None
+             ) -> tuple[list[RunRecord], dict[str, int]]:
+    """The runs to show and their count per status. For a spec (and its own sweep name):
+    exactly the spec's runs, found by id in the store whatever sweep registered them, plus
+    ``"not started"`` for those the store has not seen; else the store's listing."""
+    if spec is None or sweep != spec.name:
+        with ResultStore(path) as store:
+            return store.records(sweep), store.counts(sweep)
+    ids = [run.run_id for run in spec.expand()]
+    known: dict[str, RunRecord] = {}
+    if path.is_file():
+        with ResultStore(path) as store:
+            known = {r.run_id: r for r in store.records()}
+    records = [known[i] for i in ids if i in known]
+    counts = dict.fromkeys(STATUSES, 0)
+    for r in records:
+        counts[r.status] += 1
+    if len(records) < len(ids):
+        counts["not started"] = len(ids) - len(records)
+    return records, counts
+
+
 def sweep_run(args: argparse.Namespace) -> dict[str, Any]:
     """Register the spec's runs in its store and execute the claimable ones."""
     spec = _spec_with_output(args.spec, args.output)
@@ -176,10 +198,8 @@ def _last_line(text: str | None) -> str:
 
 def sweep_status(args: argparse.Namespace) -> dict[str, Any]:
     """Print runs per status and the last error line of failed runs."""
-    path, sweep, _ = _source(args)
-    with ResultStore(path) as store:
-        records = store.records(sweep)
-        counts = store.counts(sweep)
+    path, sweep, spec = _source(args)
+    records, counts = _runs_of(path, sweep, spec)
     print(f"{path} ({'sweep ' + repr(sweep) if sweep else 'all runs'}): "
           + ", ".join(f"{k} {v}" for k, v in counts.items()))
     for r in records:
@@ -215,15 +235,13 @@ def cmd_report(argv: list[str]) -> Path:
         except OSError as exc:
             raise ValueError(f"--notes {args.notes}: cannot read it ({exc.strerror or exc})"
                              ) from None
-    with ResultStore(path) as store:
-        done = store.records(sweep, "done")
-        failed = store.records(sweep, "failed")
-        counts = store.counts(sweep)
-        if spec is None and sweep is not None:
-            stored = store.sweep_spec(sweep)
-            description = stored.get("description", "")
-        else:
-            description = spec.description if spec else ""
+    records, counts = _runs_of(path, sweep, spec)
+    done = [r for r in records if r.status == "done"]
+    failed = [r for r in records if r.status == "failed"]
+    description = spec.description if spec else ""
+    if spec is None and sweep is not None:
+        with ResultStore(path) as store:
+            description = store.sweep_spec(sweep).get("description", "")
     title = args.title or f"Sweep report: {sweep or path.name}"
     report = write_report(done, out, title=title, description=description, counts=counts,
                           failed=failed, hardware=args.hardware, notes=notes)
