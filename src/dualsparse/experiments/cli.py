@@ -30,7 +30,7 @@ from dualsparse.analysis.report import write_report
 from dualsparse.experiments.ray_backend import run_ray
 from dualsparse.experiments.runner import WorkerOptions, check_run_configs, run_local
 from dualsparse.experiments.spec import MAX_GRID_RUNS, SweepSpec, load_spec
-from dualsparse.experiments.store import STATUSES, ResultStore, RunRecord
+from dualsparse.experiments.store import ResultStore, RunRecord, status_counts
 from dualsparse.train.run_dir import check_writable
 from dualsparse.validation import check_int
 
@@ -133,9 +133,7 @@ def _runs_of(path: Path, sweep: str | None, spec: SweepSpec | None
         with ResultStore(path) as store:
             known = {r.run_id: r for r in store.records()}
     records = [known[i] for i in ids if i in known]
-    counts = dict.fromkeys(STATUSES, 0)
-    for r in records:
-        counts[r.status] += 1
+    counts = status_counts(records)
     if len(records) < len(ids):
         counts["not started"] = len(ids) - len(records)
     return records, counts

@@ -325,10 +325,7 @@ class ResultStore:
 
     def counts(self, sweep: str | None = None) -> dict[str, int]:
         """Number of runs per status (every status present, 0 when none)."""
-        out = dict.fromkeys(STATUSES, 0)
-        for r in self.records(sweep):
-            out[r.status] += 1
-        return out
+        return status_counts(self.records(sweep))
 
     def sweeps(self) -> list[str]:
         return [r[0] for r in self._conn.execute("SELECT name FROM sweeps ORDER BY created")]
@@ -338,6 +335,14 @@ class ResultStore:
         if row is None:
             raise ValueError(f"no sweep named {name!r} in {str(self.path)!r}")
         return json.loads(row[0])
+
+
+def status_counts(records: Iterable[RunRecord]) -> dict[str, int]:
+    """Number of ``records`` per status (every status present, 0 when none)."""
+    out = dict.fromkeys(STATUSES, 0)
+    for r in records:
+        out[r.status] += 1
+    return out
 
 
 def _record(row: sqlite3.Row, path: Path) -> RunRecord:
@@ -359,4 +364,5 @@ def _record(row: sqlite3.Row, path: Path) -> RunRecord:
     return RunRecord(**d)
 
 
-__all__ = ["SCHEMA_VERSION", "TABLES", "STATUSES", "ResultStore", "RunRecord", "worker_id"]
+__all__ = ["SCHEMA_VERSION", "TABLES", "STATUSES", "ResultStore", "RunRecord", "status_counts",
+           "worker_id"]
